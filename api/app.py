@@ -1,0 +1,92 @@
+"""The FastAPI application: ``uvicorn api.app:create_app --factory``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from api import errors
+from api.deps import Auth
+from api.routes import jobs, meta
+from api.state import AppState
+from orchestrator.settings import Settings
+
+STATIC_DIR = Path(__file__).parent / "static"
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    state = AppState.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for hook in app.state.startup_hooks:
+            await hook(app)
+        try:
+            yield
+        finally:
+            for hook in reversed(app.state.shutdown_hooks):
+                await hook(app)
+            state.close()
+
+    app = FastAPI(
+        title="Launchbay",
+        version="0.1.0",
+        description="Run commands, containers, Kubernetes Jobs and built-in jobs; "
+                    "watch them live.",
+        lifespan=lifespan,
+    )
+    app.state.lb = state
+    app.state.startup_hooks = []
+    app.state.shutdown_hooks = []
+    errors.install(app)
+
+    public = APIRouter(prefix=API_PREFIX)
+    public.add_api_route("/healthz", meta.healthz, methods=["GET"], tags=["meta"],
+                         operation_id="meta-healthz", summary="Liveness and dependencies")
+    app.include_router(public)
+
+    api = APIRouter(prefix=API_PREFIX, dependencies=[Auth])
+    api.include_router(jobs.router)
+    api.include_router(meta.router)
+    for name in ("streams", "runs", "artifacts", "launcher"):
+        _include_optional(api, app, name)
+    app.include_router(api)
+    _include_ws(app)
+
+    if STATIC_DIR.is_dir() and (STATIC_DIR / "index.html").exists():
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="dashboard")
+    return app
+
+
+def _include_optional(api: APIRouter, app: FastAPI, name: str) -> None:
+    """Routers that arrive in later modules plug in here by name."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"api.routes.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"api.routes.{name}":
+            return
+        raise
+    api.include_router(mod.router)
+    setup = getattr(mod, "setup", None)
+    if setup is not None:
+        setup(app)
+
+
+def _include_ws(app: FastAPI) -> None:
+    import importlib
+
+    try:
+        mod = importlib.import_module("api.routes.websockets")
+    except ModuleNotFoundError as exc:
+        if exc.name == "api.routes.websockets":
+            return
+        raise
+    app.include_router(mod.router, prefix=API_PREFIX)

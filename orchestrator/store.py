@@ -1,0 +1,438 @@
+"""The job store: the only arbiter of job state.
+
+Every transition is one ``UPDATE … WHERE id = ? AND status IN (…) [AND attempt = ?]``;
+whoever's update matches a row wins, everyone else gets ``None`` back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import TypeAdapter
+from sqlalchemy.engine import Engine
+
+from orchestrator.errors import JobNotEnded, JobNotFound
+from orchestrator.job import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    Job,
+    JobSpec,
+    JobStatus,
+    sources_of,
+    utcnow,
+)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware datetimes on every backend (SQLite keeps naive UTC)."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("executor", sa.String(20), nullable=False),
+    sa.Column("name", sa.String(200)),
+    sa.Column("labels", sa.JSON, nullable=False, default=dict),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, default=1),
+    sa.Column("runner_id", sa.String(64)),
+    sa.Column("task_id", sa.String(100)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("claimed_at", UTCDateTime),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("lease_expires_at", UTCDateTime),
+    sa.Column("match_deadline", UTCDateTime),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("progress_percent", sa.Float, nullable=False, default=0),
+    sa.Column("progress_message", sa.Text, nullable=False, default=""),
+    sa.Column("result", sa.JSON),
+    sa.Column("steps", sa.JSON, nullable=False, default=list),
+    sa.Column("artifacts", sa.JSON, nullable=False, default=list),
+    sa.Column("resource_usage", sa.JSON),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("cancel_requested_at", UTCDateTime),
+    sa.Index("ix_jobs_status_created", "status", "created_at"),
+    sa.Index("ix_jobs_created", "created_at"),
+)
+
+_SPEC = TypeAdapter(JobSpec)
+
+
+def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=15000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            from pathlib import Path
+
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 15, "check_same_thread": False})
+        sa.event.listen(engine, "connect", _on_sqlite_connect)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _row_to_job(row: sa.Row[Any]) -> Job:
+    m = row._mapping
+    return Job(
+        id=m["id"],
+        spec=_SPEC.validate_python(m["spec"]),
+        status=JobStatus(m["status"]),
+        attempt=m["attempt"],
+        runner_id=m["runner_id"],
+        task_id=m["task_id"],
+        created_at=m["created_at"],
+        claimed_at=m["claimed_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        lease_expires_at=m["lease_expires_at"],
+        match_deadline=m["match_deadline"],
+        exit_code=m["exit_code"],
+        error=m["error"],
+        progress={"percent": m["progress_percent"], "message": m["progress_message"]},
+        result=m["result"],
+        steps=m["steps"] or [],
+        artifacts=m["artifacts"] or [],
+        resource_usage=m["resource_usage"],
+        cancel_requested=bool(m["cancel_requested"]),
+        cancel_requested_at=m["cancel_requested_at"],
+    )
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobStore:
+    """SQLAlchemy-backed job store (SQLite by default, PostgreSQL for many machines)."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        if create:
+            self.create_schema()
+
+    def create_schema(self) -> None:
+        from orchestrator.migrations import upgrade_to_head
+
+        upgrade_to_head(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------ reads
+
+    def get(self, job_id: str) -> Job:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _row_to_job(row)
+
+    def find(self, job_id: str) -> Job | None:
+        try:
+            return self.get(job_id)
+        except JobNotFound:
+            return None
+
+    def list(
+        self,
+        *,
+        statuses: Iterable[str] | None = None,
+        executor: str | None = None,
+        labels: dict[str, str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Job], int]:
+        """Jobs newest first, and how many match in all."""
+        conds: list[Any] = []
+        statuses = list(statuses or [])
+        if statuses:
+            conds.append(jobs.c.status.in_(statuses))
+        if executor:
+            conds.append(jobs.c.executor == executor)
+        if since:
+            conds.append(jobs.c.created_at >= since)
+        if until:
+            conds.append(jobs.c.created_at < until)
+        q = sa.select(jobs).where(*conds).order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+        count_q = sa.select(sa.func.count()).select_from(jobs).where(*conds)
+        with self.engine.connect() as c:
+            if labels:
+                # Labels are JSON; filter in Python to stay portable across backends.
+                rows = [r for r in c.execute(q) if _labels_match(r._mapping["labels"], labels)]
+                return [_row_to_job(r) for r in rows[offset : offset + limit]], len(rows)
+            total = c.execute(count_q).scalar_one()
+            rows = c.execute(q.limit(limit).offset(offset)).all()
+        return [_row_to_job(r) for r in rows], int(total)
+
+    def counts_by_status(self) -> dict[str, int]:
+        q = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
+        with self.engine.connect() as c:
+            found = {s: int(n) for s, n in c.execute(q)}
+        return {s.value: found.get(s.value, 0) for s in JobStatus}
+
+    def active_by_runner(self) -> dict[str, int]:
+        q = (
+            sa.select(jobs.c.runner_id, sa.func.count())
+            .where(jobs.c.status.in_([s.value for s in ACTIVE_STATUSES]))
+            .group_by(jobs.c.runner_id)
+        )
+        with self.engine.connect() as c:
+            return {r: int(n) for r, n in c.execute(q) if r}
+
+    def _select_ids(self, *conds: Any) -> list[Job]:
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(jobs).where(*conds).order_by(jobs.c.created_at)).all()
+        return [_row_to_job(r) for r in rows]
+
+    def expired_leases(self, now: datetime | None = None) -> list[Job]:
+        now = now or utcnow()
+        return self._select_ids(
+            jobs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
+            jobs.c.lease_expires_at < now,
+        )
+
+    def overdue_queued(self, now: datetime | None = None) -> list[Job]:
+        """Queued jobs whose match deadline has passed."""
+        now = now or utcnow()
+        return self._select_ids(jobs.c.status == JobStatus.queued.value, jobs.c.match_deadline < now)
+
+    def queued_older_than(self, when: datetime) -> list[Job]:
+        return self._select_ids(jobs.c.status == JobStatus.queued.value, jobs.c.created_at < when)
+
+    def stuck_cancels(self, before: datetime) -> list[Job]:
+        """Active jobs whose cancel was asked before ``before`` and never answered."""
+        return self._select_ids(
+            jobs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
+            jobs.c.cancel_requested.is_(True),
+            jobs.c.cancel_requested_at < before,
+        )
+
+    def ended_before(self, when: datetime) -> list[Job]:
+        return self._select_ids(
+            jobs.c.status.in_([s.value for s in TERMINAL_STATUSES]),
+            sa.func.coalesce(jobs.c.finished_at, jobs.c.created_at) < when,
+        )
+
+    # ------------------------------------------------------------ writes
+
+    def create(
+        self, spec: Any, *, job_id: str | None = None, match_timeout_s: float | None = None
+    ) -> Job:
+        spec = _SPEC.validate_python(spec) if isinstance(spec, dict) else spec
+        now = utcnow()
+        timeout = spec.match_timeout_s or match_timeout_s
+        values = {
+            "id": job_id or new_job_id(),
+            "spec": spec.model_dump(mode="json"),
+            "executor": spec.executor,
+            "name": spec.name,
+            "labels": spec.labels,
+            "status": JobStatus.queued.value,
+            "attempt": 1,
+            "created_at": now,
+            "match_deadline": now + timedelta(seconds=timeout) if timeout else None,
+            "progress_percent": 0.0,
+            "progress_message": "",
+            "steps": [],
+            "artifacts": [],
+            "cancel_requested": False,
+        }
+        with self.engine.begin() as c:
+            c.execute(jobs.insert().values(**values))
+        return self.get(values["id"])
+
+    def transition(
+        self,
+        job_id: str,
+        target: JobStatus,
+        *,
+        attempt: int | None = None,
+        expect: Iterable[JobStatus] | None = None,
+        require_no_cancel: bool = False,
+        **values: Any,
+    ) -> Job | None:
+        """Compare-and-set ``job_id`` to ``target``; the new job, or ``None`` if another won.
+
+        The allowed sources come from the transition table; ``expect`` narrows them and
+        ``attempt`` pins the attempt the caller believes is current.
+        """
+        sources = sources_of(target)
+        if expect is not None:
+            sources = sources & frozenset(expect)
+        conds = [jobs.c.id == job_id, jobs.c.status.in_([s.value for s in sources])]
+        if attempt is not None:
+            conds.append(jobs.c.attempt == attempt)
+        if require_no_cancel:
+            conds.append(jobs.c.cancel_requested.is_(False))
+        if target in TERMINAL_STATUSES:
+            values.setdefault("finished_at", utcnow())
+            values.setdefault("lease_expires_at", None)
+        with self.engine.begin() as c:
+            res = c.execute(jobs.update().where(*conds).values(status=target.value, **values))
+        if res.rowcount != 1:
+            return None
+        return self.get(job_id)
+
+    def claim(self, job_id: str, runner_id: str, lease_s: float) -> Job | None:
+        now = utcnow()
+        return self.transition(
+            job_id,
+            JobStatus.claimed,
+            runner_id=runner_id,
+            claimed_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+        )
+
+    def start(self, job_id: str, attempt: int, lease_s: float) -> Job | None:
+        now = utcnow()
+        return self.transition(
+            job_id,
+            JobStatus.running,
+            attempt=attempt,
+            started_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+        )
+
+    def finish(
+        self,
+        job_id: str,
+        attempt: int,
+        status: JobStatus,
+        *,
+        exit_code: int | None = None,
+        error: str | None = None,
+        **values: Any,
+    ) -> Job | None:
+        """Terminal CAS from claimed/running. Success never wins over an accepted cancel."""
+        return self.transition(
+            job_id,
+            status,
+            attempt=attempt,
+            expect=ACTIVE_STATUSES,
+            require_no_cancel=status == JobStatus.succeeded,
+            exit_code=exit_code,
+            error=error,
+            **values,
+        )
+
+    def requeue(self, job_id: str, attempt: int, *, reason: str,
+                match_timeout_s: float | None = None) -> Job | None:
+        """Active → queued with the next attempt (lease lost or a retry)."""
+        now = utcnow()
+        return self.transition(
+            job_id,
+            JobStatus.queued,
+            attempt=attempt,
+            expect=ACTIVE_STATUSES,
+            require_no_cancel=True,
+            **{
+                "attempt": attempt + 1,
+                "runner_id": None,
+                "claimed_at": None,
+                "started_at": None,
+                "lease_expires_at": None,
+                "error": reason,
+                "exit_code": None,
+                "progress_percent": 0.0,
+                "progress_message": "",
+                "match_deadline": (
+                    now + timedelta(seconds=match_timeout_s) if match_timeout_s else None
+                ),
+            },
+        )
+
+    def request_cancel(self, job_id: str) -> Job | None:
+        """Mark an active job's cancel as asked; ``None`` if it is not active."""
+        with self.engine.begin() as c:
+            res = c.execute(
+                jobs.update()
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
+                    jobs.c.cancel_requested.is_(False),
+                )
+                .values(cancel_requested=True, cancel_requested_at=utcnow())
+            )
+        return self.get(job_id) if res.rowcount == 1 else None
+
+    def _update_active(self, job_id: str, attempt: int, **values: Any) -> bool:
+        with self.engine.begin() as c:
+            res = c.execute(
+                jobs.update()
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.attempt == attempt,
+                    jobs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
+                )
+                .values(**values)
+            )
+        return res.rowcount == 1
+
+    def renew_lease(self, job_id: str, attempt: int, lease_s: float) -> bool:
+        return self._update_active(
+            job_id, attempt, lease_expires_at=utcnow() + timedelta(seconds=lease_s)
+        )
+
+    def set_progress(self, job_id: str, attempt: int, percent: float, message: str) -> bool:
+        return self._update_active(
+            job_id, attempt, progress_percent=float(percent), progress_message=message
+        )
+
+    def update_fields(self, job_id: str, attempt: int, **values: Any) -> bool:
+        """Set non-status fields (result, steps, artifacts…) of the live attempt."""
+        return self._update_active(job_id, attempt, **values)
+
+    def set_task_id(self, job_id: str, task_id: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(jobs.update().where(jobs.c.id == job_id).values(task_id=task_id))
+
+    def delete(self, job_id: str) -> Job:
+        """Remove an ended job's record; raises if it has not ended."""
+        job = self.get(job_id)
+        if not job.ended:
+            raise JobNotEnded(job_id, job.status)
+        with self.engine.begin() as c:
+            c.execute(
+                jobs.delete().where(
+                    jobs.c.id == job_id,
+                    jobs.c.status.in_([s.value for s in TERMINAL_STATUSES]),
+                )
+            )
+        return job
+
+
+def _labels_match(have: dict[str, str] | None, want: dict[str, str]) -> bool:
+    have = have or {}
+    return all(have.get(k) == v for k, v in want.items())

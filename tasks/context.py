@@ -1,0 +1,62 @@
+"""Per-process worker state, built lazily after the prefork pool has forked."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+from orchestrator.artifacts import ArtifactStore
+from orchestrator.dispatch import Dispatcher
+from orchestrator.events import Events, connect
+from orchestrator.settings import Settings
+from orchestrator.store import JobStore
+from workers.launchers import LauncherSet
+from workers.runner import AttemptRunner
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+
+    @cached_property
+    def store(self) -> JobStore:
+        return JobStore(self.settings.effective_database_url)
+
+    @cached_property
+    def events(self) -> Events:
+        return Events(connect(self.settings.effective_redis_url),
+                      logs_dir=self.settings.logs_dir,
+                      log_buffer_lines=self.settings.log_buffer_lines)
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        from tasks.app import app
+
+        return Dispatcher(self.settings, self.store, self.events, app)
+
+    @cached_property
+    def launchers(self) -> LauncherSet:
+        return LauncherSet(self.settings)
+
+    @cached_property
+    def artifacts(self) -> ArtifactStore:
+        return ArtifactStore(self.settings.artifacts_dir)
+
+    @cached_property
+    def runner(self) -> AttemptRunner:
+        runner_id = self.settings.runner_id or os.environ["LAUNCHBAY_RUNNER_ID"]
+        return AttemptRunner(self.dispatcher, self.launchers, runner_id, self.artifacts)
+
+
+_ctx: tuple[int, WorkerContext] | None = None
+
+
+def worker_context() -> WorkerContext:
+    """This process's context; rebuilt in a forked child so no connection is shared."""
+    global _ctx
+    if _ctx is None or _ctx[0] != os.getpid():
+        settings = Settings.from_env()
+        settings.ensure_dirs()
+        _ctx = (os.getpid(), WorkerContext(settings))
+    return _ctx[1]

@@ -1,0 +1,137 @@
+"""The launcher contract: start a job, follow it to its end, stop it, collect, clean up.
+
+The attempt runner (``workers/runner.py``) owns the lifecycle — claim, lease, cancel,
+timeout, retries of transient launch errors, the final compare-and-set. A launcher only
+knows how to drive one kind of execution. Handles are opaque strings that the launcher can
+parse back (a pid, a container id, ``namespace/job-name``), so another process can stop or
+clean up what this one started.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel
+
+from orchestrator.errors import RunnerLaunchError
+from orchestrator.job import StepResult
+from orchestrator.settings import Settings
+
+__all__ = ["LaunchContext", "Launcher", "Outcome", "Reporter", "RunnerLaunchError"]
+
+
+class Reporter(Protocol):
+    """What a launcher reports while a job runs. Thread-safe."""
+
+    def log(self, stream: str, line: str, step: str | None = None) -> None: ...
+    def progress(self, percent: float, message: str = "") -> None: ...
+    def result(self, value: Any) -> None: ...
+    def step(self, result: StepResult) -> None: ...
+
+
+@dataclass
+class LaunchContext:
+    """Everything a launcher needs to run one attempt of one job."""
+
+    job_id: str
+    attempt: int
+    runner_id: str
+    spec: Any  # one of the JobSpec models
+    workspace: Path
+    settings: Settings
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def context_json(self) -> str:
+        return json.dumps(
+            {
+                "job_id": self.job_id,
+                "attempt": self.attempt,
+                "runner_id": self.runner_id,
+                "workspace": str(self.workspace),
+                "spec": self.spec.model_dump(mode="json"),
+            }
+        )
+
+    def env(self, workspace: str | None = None) -> dict[str, str]:
+        """The job's environment: the spec's env plus the task context."""
+        env = dict(self.spec.env)
+        env.update(
+            {
+                "LAUNCHBAY_CONTEXT": self.context_json(),
+                "LAUNCHBAY_JOB_ID": self.job_id,
+                "LAUNCHBAY_ATTEMPT": str(self.attempt),
+                "LAUNCHBAY_WORKSPACE": workspace or str(self.workspace),
+            }
+        )
+        return env
+
+
+@dataclass
+class Outcome:
+    """How a job's execution ended, as the launcher saw it."""
+
+    exit_code: int | None = None
+    error: str | None = None
+    result: Any = None
+    resource_usage: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.error is None
+
+
+class Launcher(ABC):
+    """Base of every launcher. Subclasses set ``name`` and ``config_model``."""
+
+    name: ClassVar[str]
+    config_model: ClassVar[type[BaseModel]]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @abstractmethod
+    def start(self, ctx: LaunchContext) -> str:
+        """Launch the job; return its handle. Raise RunnerLaunchError on failure
+        (``transient=True`` where a retry may succeed)."""
+
+    @abstractmethod
+    def follow(self, ctx: LaunchContext, handle: str, reporter: Reporter) -> Outcome:
+        """Stream logs and progress to ``reporter`` and block until the job has exited."""
+
+    @abstractmethod
+    def stop(self, handle: str, grace_s: float) -> None:
+        """Ask the job to stop, wait ``grace_s``, then force it. Idempotent."""
+
+    def collect_artifacts(self, ctx: LaunchContext, handle: str) -> list[tuple[str, Path]]:
+        """``(name, local path)`` for every file matching the spec's artifact globs."""
+        return glob_workspace(ctx.workspace, ctx.spec.artifacts)
+
+    def cleanup(self, ctx: LaunchContext, handle: str | None) -> None:  # noqa: B027
+        """Remove what ``start`` created (containers, Jobs). Default: nothing."""
+
+    def orphans(self, is_live: Callable[[str, int], bool]) -> list[str]:
+        """Handles of leftovers whose (job id, attempt) is no longer live. Default: none."""
+        return []
+
+    def remove(self, handle: str) -> None:  # noqa: B027
+        """Remove one leftover found by :meth:`orphans`."""
+
+
+def glob_workspace(workspace: Path, patterns: list[str]) -> list[tuple[str, Path]]:
+    """Files under ``workspace`` matching ``patterns``; never anything outside it."""
+    root = workspace.resolve()
+    found: dict[str, Path] = {}
+    for pattern in patterns:
+        if pattern.startswith("/") or ".." in Path(pattern).parts:
+            continue
+        for p in sorted(root.glob(pattern)):
+            rp = p.resolve()
+            if rp.is_file() and rp.is_relative_to(root):
+                found.setdefault(rp.relative_to(root).as_posix(), rp)
+    return list(found.items())
