@@ -1,0 +1,81 @@
+"""Helpers for tests: bounded waits and a handle on a running stack."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import httpx
+
+from orchestrator.services import Supervisor
+from orchestrator.settings import Settings
+
+T = TypeVar("T")
+
+TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
+
+
+def wait_until(fn: Callable[[], T], timeout: float = 30, interval: float = 0.05,
+               what: str = "condition") -> T:
+    """Call ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = fn()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+@functools.cache
+def docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20,
+                              check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+class Stack:
+    """A running API + worker + beat; ``url`` is the API's base URL."""
+
+    def __init__(self, settings: Settings, supervisor: Supervisor) -> None:
+        self.settings = settings
+        self.supervisor = supervisor
+        self.url = f"http://127.0.0.1:{settings.api_port}"
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        r = self.http.post("/api/v1/jobs", json=spec)
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        r = self.http.get(f"/api/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def wait_status(self, job_id: str, statuses: Iterable[str] | str = TERMINAL,
+                    timeout: float = 30) -> dict[str, Any]:
+        wanted = {statuses} if isinstance(statuses, str) else set(statuses)
+
+        def check() -> dict[str, Any] | None:
+            j = self.job(job_id)
+            return j if j["status"] in wanted else None
+
+        return wait_until(check, timeout, what=f"job {job_id} to reach {sorted(wanted)}")
+
+    def wait_for_workers(self, n: int, timeout: float = 60) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            stats = self.http.get("/api/v1/stats").json()
+            return stats if stats["workers"]["count"] >= n else None
+
+        return wait_until(check, timeout, interval=0.2, what=f"{n} live worker(s)")
