@@ -106,7 +106,7 @@ class _SpecBase(BaseModel):
 class BuiltinSpec(_SpecBase):
     executor: Literal["builtin"] = "builtin"
     type: str = Field(description="Built-in job type (see GET /api/v1/job-types).")
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
 
     @field_validator("type")
     @classmethod

@@ -288,6 +288,12 @@ class JobStore:
         The allowed sources come from the transition table; ``expect`` narrows them and
         ``attempt`` pins the attempt the caller believes is current.
         """
+        return self._cas(job_id, target, attempt=attempt, expect=expect,
+                         require_no_cancel=require_no_cancel, values=values)
+
+    def _cas(self, job_id: str, target: JobStatus, *, attempt: int | None,
+             expect: Iterable[JobStatus] | None, require_no_cancel: bool,
+             values: dict[str, Any]) -> Job | None:
         sources = sources_of(target)
         if expect is not None:
             sources = sources & frozenset(expect)
@@ -314,6 +320,42 @@ class JobStore:
             claimed_at=now,
             lease_expires_at=now + timedelta(seconds=lease_s),
         )
+
+    def claim_next(self, runner_id: str, executors: Iterable[str], tags: Iterable[str],
+                   lease_s: float, *, page: int = 200, max_scan: int = 2000) -> Job | None:
+        """Claim the oldest queued job this runner can take, or ``None``.
+
+        A job fits when its executor is one of ``executors`` and its demand tags are a subset
+        of ``tags`` (the same rule as Celery routing). Tags live in the JSON spec, so they are
+        matched here, page by page; each fit is tried with the ordinary ``claim`` CAS, so a
+        Celery worker or another agent racing for the same job loses cleanly.
+        """
+        have = set(tags)
+        now = utcnow()
+        conds = [
+            jobs.c.status == JobStatus.queued.value,
+            jobs.c.executor.in_(list(executors)),
+            sa.or_(jobs.c.match_deadline.is_(None), jobs.c.match_deadline >= now),
+        ]
+        after: tuple[datetime, str] | None = None
+        scanned = 0
+        while scanned < max_scan:
+            q = sa.select(jobs.c.id, jobs.c.spec, jobs.c.created_at).where(*conds)
+            if after is not None:
+                q = q.where(sa.tuple_(jobs.c.created_at, jobs.c.id) > sa.tuple_(*after))
+            with self.engine.connect() as c:
+                rows = c.execute(q.order_by(jobs.c.created_at, jobs.c.id).limit(page)).all()
+            for job_id, spec, _created in rows:
+                wanted = set(((spec or {}).get("demands") or {}).get("tags") or [])
+                if wanted <= have:
+                    won = self.claim(job_id, runner_id, lease_s)
+                    if won is not None:
+                        return won
+            if len(rows) < page:
+                return None
+            scanned += len(rows)
+            after = (rows[-1][2], rows[-1][0])
+        return None
 
     def start(self, job_id: str, attempt: int, lease_s: float) -> Job | None:
         now = utcnow()
@@ -351,13 +393,13 @@ class JobStore:
                 match_timeout_s: float | None = None) -> Job | None:
         """Active → queued with the next attempt (lease lost or a retry)."""
         now = utcnow()
-        return self.transition(
+        return self._cas(
             job_id,
             JobStatus.queued,
             attempt=attempt,
             expect=ACTIVE_STATUSES,
             require_no_cancel=True,
-            **{
+            values={
                 "attempt": attempt + 1,
                 "runner_id": None,
                 "claimed_at": None,

@@ -1,0 +1,158 @@
+"""Dispatch against a real store and Valkey: broker failure, races, the reconciler."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from orchestrator.celery_app import make_celery
+from orchestrator.dispatch import Dispatcher
+from orchestrator.errors import BrokerUnavailable, InvalidTransition
+from orchestrator.events import Events
+from orchestrator.job import BuiltinSpec, JobStatus, utcnow
+from orchestrator.services import free_port
+from orchestrator.settings import Settings
+from orchestrator.store import JobStore, jobs
+from workers.launchers import LauncherSet
+from workers.runner import AttemptRunner
+
+SPEC = BuiltinSpec(type="fibonacci", params={"count": 5})
+
+
+@pytest.fixture
+def dispatcher(settings: Settings, store: JobStore, events: Events) -> Dispatcher:
+    return Dispatcher(settings, store, events, make_celery(settings))
+
+
+def _expire_lease(store: JobStore, job_id: str) -> None:
+    with store.engine.begin() as c:
+        c.execute(jobs.update().where(jobs.c.id == job_id)
+                  .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+
+
+def test_broker_down_fails_the_job_with_503(settings: Settings, store: JobStore,
+                                            events: Events) -> None:
+    dead = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    d = Dispatcher(settings, store, events, make_celery(dead))
+    with pytest.raises(BrokerUnavailable) as info:
+        d.submit(SPEC)
+    assert info.value.status_code == 503
+    [job], total = store.list()
+    assert total == 1 and job.status == JobStatus.failed
+    assert "broker unavailable" in (job.error or "")
+
+
+def test_submit_publishes_created_and_enqueues(dispatcher: Dispatcher, events: Events) -> None:
+    job = dispatcher.submit(SPEC)
+    assert job.task_id is None or job.task_id == job.id
+    assert dispatcher.store.get(job.id).task_id == job.id
+    evs = events.read_events(job.id)
+    assert [e["type"] for e in evs] == ["created"]
+    assert evs[0]["data"]["id"] == job.id
+    assert events.r.llen("lb.builtin") >= 1
+
+
+def test_cancel_racing_finish_never_ends_succeeded(dispatcher: Dispatcher,
+                                                   store: JobStore) -> None:
+    for _ in range(20):
+        job = store.create(SPEC)
+        store.claim(job.id, "runner-x", 30)
+        store.start(job.id, 1, 30)
+        barrier = threading.Barrier(2)
+        results: dict[str, object] = {}
+
+        def cancel(job_id: str = job.id) -> None:
+            barrier.wait()
+            try:
+                results["cancel"] = dispatcher.cancel(job_id)
+            except InvalidTransition as exc:  # the finish won: cancel must say so
+                results["cancel"] = exc
+
+        def finish(job_id: str = job.id) -> None:
+            barrier.wait()
+            results["finish"] = store.finish(job_id, 1, JobStatus.succeeded, exit_code=0)
+
+        threads = [threading.Thread(target=cancel), threading.Thread(target=finish)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        final = store.get(job.id)
+        if results["finish"] is None:
+            # The cancel won: the job is still running with cancel_requested; the runner's
+            # own finish CAS must now turn it into cancelled, never succeeded.
+            assert final.cancel_requested and final.status == JobStatus.running
+            assert store.finish(job.id, 1, JobStatus.succeeded) is None
+        else:
+            assert final.status == JobStatus.succeeded and not final.cancel_requested
+            assert isinstance(results["cancel"], InvalidTransition)
+
+
+def test_two_runners_one_job_exactly_one_runs(settings: Settings, dispatcher: Dispatcher) -> None:
+    job = dispatcher.store.create(SPEC)
+    launchers = LauncherSet(settings)
+    runners = [AttemptRunner(dispatcher, launchers, f"runner-{i:012x}") for i in range(2)]
+    out: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def go(r: AttemptRunner) -> None:
+        barrier.wait()
+        out.append(r.run(job.id, 1))
+
+    threads = [threading.Thread(target=go, args=(r,)) for r in runners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(out)[0] == "skipped (claimed elsewhere)" or out.count("succeeded") == 1
+    assert out.count("succeeded") == 1
+    assert dispatcher.store.get(job.id).status == JobStatus.succeeded
+
+
+def test_redelivered_message_for_a_running_job_is_a_no_op(settings: Settings,
+                                                           dispatcher: Dispatcher) -> None:
+    job = dispatcher.store.create(SPEC)
+    dispatcher.store.claim(job.id, "runner-aaaaaaaaaaaa", 30)
+    runner = AttemptRunner(dispatcher, LauncherSet(settings), "runner-bbbbbbbbbbbb")
+    assert runner.run(job.id, 1).startswith("skipped")
+    assert dispatcher.store.get(job.id).runner_id == "runner-aaaaaaaaaaaa"
+
+
+def test_reconcile_requeues_lost_runner_with_next_attempt(dispatcher: Dispatcher,
+                                                          store: JobStore) -> None:
+    job = store.create(SPEC.model_copy(update={"max_attempts": 2}))
+    store.claim(job.id, "runner-lost", 30)
+    store.start(job.id, 1, 30)
+    _expire_lease(store, job.id)
+    assert dispatcher.reconcile()["requeued"] == 1
+    again = store.get(job.id)
+    assert again.status == JobStatus.queued and again.attempt == 2
+    assert again.task_id == f"{job.id}-a2" and "lost" in (again.error or "")
+    # Attempts spent: the next loss fails it.
+    store.claim(job.id, "runner-lost2", 30)
+    _expire_lease(store, job.id)
+    assert dispatcher.reconcile()["failed"] == 1
+    final = store.get(job.id)
+    assert final.status == JobStatus.failed and "attempt 2 of 2" in (final.error or "")
+
+
+def test_reconcile_fails_unmatched_and_finishes_unanswered_cancels(
+        settings: Settings, store: JobStore, events: Events) -> None:
+    s = settings.model_copy(update={"cancel_fallback_s": 0.01})
+    d = Dispatcher(s, store, events, make_celery(s))
+    unmatched = store.create(SPEC.model_copy(update={"match_timeout_s": 0.001}))
+    stuck = store.create(SPEC.model_copy(update={"grace_s": 0}))
+    store.claim(stuck.id, "runner-deaf", 30)
+    store.start(stuck.id, 1, 30)
+    d.cancel(stuck.id)
+    with store.engine.begin() as c:
+        c.execute(jobs.update().where(jobs.c.id == stuck.id)
+                  .values(cancel_requested_at=utcnow() - timedelta(seconds=5)))
+    counts = d.reconcile()
+    assert counts["unmatched"] == 1 and counts["force_cancelled"] == 1
+    assert store.get(unmatched.id).error == "no matching runner available within 0.001 s"
+    assert store.get(stuck.id).status == JobStatus.cancelled
+    with pytest.raises(InvalidTransition):
+        d.cancel(unmatched.id)

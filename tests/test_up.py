@@ -1,0 +1,142 @@
+"""``launchbay up`` as a user runs it: a subprocess, driven over HTTP, stopped by signal."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from orchestrator.services import free_port
+from tests.support import wait_until
+
+pytestmark = pytest.mark.slow
+LAUNCHBAY = str(Path(sys.executable).parent / "launchbay")
+
+
+class Up:
+    def __init__(self, home: Path, api_port: int, flower_port: int) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCHBAY_")}
+        env.update(LAUNCHBAY_HOME=str(home), LAUNCHBAY_API_PORT=str(api_port),
+                   LAUNCHBAY_FLOWER_PORT=str(flower_port), LAUNCHBAY_LEASE_S="6",
+                   LAUNCHBAY_RECONCILE_INTERVAL_S="1")
+        self.proc = subprocess.Popen([LAUNCHBAY, "up"], env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.lines: list[str] = []
+        self.url = f"http://127.0.0.1:{api_port}"
+        self.flower = f"http://127.0.0.1:{flower_port}"
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # bounded by the test timeout; "ready" or EOF
+            self.lines.append(line.rstrip())
+            if line.startswith("ready") or "failed" in line:
+                break
+        assert any(x.startswith("ready") for x in self.lines), "\n".join(self.lines)
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def pids(self) -> list[int]:
+        return [int(m.group(1)) for x in self.lines if (m := re.search(r"\(pid (\d+)\)", x))]
+
+    def stop(self, sig: int) -> str:
+        self.http.close()
+        self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=60)
+        return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes only once reaped; check its state.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def _group_alive(pgid: int) -> bool:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+@pytest.fixture
+def up_home(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "lb-home"
+
+
+def test_up_runs_the_stack_and_survives_a_restart(up_home: Path) -> None:
+    api_port, flower_port = free_port(), free_port()
+    up = Up(up_home, api_port, flower_port)
+    names = [x.split()[0] for x in up.lines]
+    for service in ("valkey", "api", "worker", "beat", "flower", "ready"):
+        assert service in names, up.lines
+    h = up.http
+
+    # A 2 s countdown goes queued -> running -> succeeded with progress 100.
+    job = h.post("/api/v1/jobs", json={"executor": "builtin", "type": "countdown",
+                                       "params": {"seconds": 2}}).json()
+    assert job["status"] == "queued"
+    seen = set()
+
+    def finished() -> bool:
+        j = h.get(f"/api/v1/jobs/{job['id']}").json()
+        seen.add(j["status"])
+        return j["status"] == "succeeded" and j["progress"]["percent"] == 100
+
+    wait_until(finished, timeout=30, what="countdown to succeed")
+    assert "running" in seen
+
+    primes = h.post("/api/v1/jobs", json={"executor": "builtin", "type": "primes",
+                                          "params": {"limit": 1000}}).json()
+    done = wait_until(lambda: (j := h.get(f"/api/v1/jobs/{primes['id']}").json())["status"]
+                      == "succeeded" and j, timeout=30, what="primes")
+    assert done["result"]["count"] == 168
+
+    bad = h.post("/api/v1/jobs", json={"executor": "builtin", "type": "countdown",
+                                       "params": {"seconds": 0}})
+    assert bad.status_code == 422 and "seconds" in bad.json()["error"]
+
+    long = h.post("/api/v1/jobs", json={"executor": "builtin", "type": "countdown",
+                                        "params": {"seconds": 30}}).json()
+    wait_until(lambda: h.get(f"/api/v1/jobs/{long['id']}").json()["status"] == "running",
+               timeout=30, what="long countdown to run")
+    assert h.post(f"/api/v1/jobs/{long['id']}/cancel").status_code == 200
+    wait_until(lambda: h.get(f"/api/v1/jobs/{long['id']}").json()["status"] == "cancelled",
+               timeout=3, interval=0.05, what="cancel within 3 s")
+
+    only = h.get("/api/v1/jobs", params={"status": "succeeded"}).json()["items"]
+    assert {j["id"] for j in only} == {job["id"], primes["id"]}
+
+    workers = wait_until(lambda: httpx.get(f"{up.flower}/api/workers?refresh=1", timeout=10).json(),
+                         timeout=60, interval=0.5, what="Flower to list the worker")
+    assert any(name.startswith("runner-") for name in workers)
+
+    pids = up.pids()
+    out = up.stop(signal.SIGINT)
+    assert up.proc.returncode == 0, out
+    assert "stopped" in out
+    for pid in pids:
+        assert not _group_alive(pid), f"process group {pid} outlived launchbay up"
+
+    # Same home again: every job is still listed.
+    up2 = Up(up_home, api_port, flower_port)
+    listed = {j["id"] for j in up2.http.get("/api/v1/jobs").json()["items"]}
+    assert {job["id"], primes["id"], long["id"]} <= listed
+    assert up2.http.get(f"/api/v1/jobs/{long['id']}").json()["status"] == "cancelled"
+    pids2 = up2.pids()
+    up2.stop(signal.SIGTERM)
+    assert up2.proc.returncode == 0
+    for pid in pids2:
+        assert not _group_alive(pid)
