@@ -1,43 +1,71 @@
-"""The artifact store: files under ``{home}/artifacts/{job_id}/`` that cannot escape it."""
+"""The artifact store: files under ``{home}/artifacts/{job_id}/`` that cannot escape it.
+
+Names are relative POSIX paths (``out/a.txt``). A name is refused when it, or any
+percent-decoding of it, is absolute, climbs out with ``..``, or holds a backslash or NUL —
+so ``../x``, ``/etc/passwd``, ``%2e%2e/x`` and ``%252e%252e%252fx`` all fail the same way.
+The name itself is kept as given (never decoded), so a file really called ``100%.txt``
+keeps its name.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import mimetypes
+import os
+import re
 import shutil
+import tempfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
 
 from orchestrator.errors import ArtifactNotFound, UnsafePath
 from orchestrator.job import Artifact
 
+_DECODE_ROUNDS = 3  # refuse doubly and triply encoded traversal too
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-def _safe_relative(name: str) -> PurePosixPath:
-    """A relative, normalised artifact name, or UnsafePath."""
-    decoded = name
-    for _ in range(3):  # refuse doubly/triply encoded traversal too
-        decoded = unquote(decoded)
-    if "\x00" in decoded or "\\" in decoded:
-        raise UnsafePath(f"unsafe artifact name {name!r}")
-    p = PurePosixPath(decoded)
-    if p.is_absolute() or not p.parts or any(part in ("..", ".", "") for part in p.parts):
-        raise UnsafePath(f"unsafe artifact name {name!r}")
-    return p
+
+def _unsafe(text: str) -> bool:
+    if not text or "\x00" in text or "\\" in text:
+        return True
+    p = PurePosixPath(text)
+    return p.is_absolute() or not p.parts or ".." in p.parts
+
+
+def safe_name(name: str) -> PurePosixPath:
+    """``name`` as a normalised relative path, or UnsafePath if any decoding of it escapes."""
+    variant = name
+    for _ in range(_DECODE_ROUNDS + 1):
+        if _unsafe(variant):
+            raise UnsafePath(f"unsafe artifact name {name!r}")
+        decoded = unquote(variant)
+        if decoded == variant:
+            break
+        variant = decoded
+    return PurePosixPath(name)
+
+
+def content_type_of(name: str) -> str:
+    return mimetypes.guess_type(PurePosixPath(name).name)[0] or "application/octet-stream"
 
 
 class ArtifactStore:
+    """Stores, finds and removes one job's artifact files."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def job_dir(self, job_id: str) -> Path:
-        if not job_id or "/" in job_id or job_id in (".", ".."):
+        if not _JOB_ID.match(job_id or ""):
             raise UnsafePath(f"bad job id {job_id!r}")
         return self.root / job_id
 
     def path(self, job_id: str, name: str) -> Path:
         """The stored file for ``name``; raises UnsafePath or ArtifactNotFound."""
+        rel = safe_name(name)
         base = self.job_dir(job_id).resolve()
-        target = (base / _safe_relative(name)).resolve()
+        target = (base / rel).resolve()
+        # resolve() follows symlinks, so a link planted inside the folder cannot leak out.
         if not target.is_relative_to(base):
             raise UnsafePath(f"unsafe artifact name {name!r}")
         if not target.is_file():
@@ -45,19 +73,36 @@ class ArtifactStore:
         return target
 
     def save(self, job_id: str, name: str, source: Path) -> Artifact:
-        rel = _safe_relative(name)
+        """Copy ``source`` in as ``name``; returns its size, sha256 and content type.
+
+        The copy lands under a temporary name and is renamed into place, so a reader never
+        sees half a file.
+        """
+        rel = safe_name(name)
         dest = self.job_dir(job_id) / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         size = 0
-        with source.open("rb") as src, dest.open("wb") as out:
-            while chunk := src.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-                out.write(chunk)
-        ctype = mimetypes.guess_type(rel.name)[0] or "application/octet-stream"
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".partial-")
+        try:
+            with source.open("rb") as src, os.fdopen(fd, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return Artifact(name=rel.as_posix(), size=size, sha256=digest.hexdigest(),
-                        content_type=ctype)
+                        content_type=content_type_of(rel.name))
+
+    def files(self, job_id: str) -> list[str]:
+        """Names of the files stored for ``job_id`` (sorted)."""
+        d = self.job_dir(job_id)
+        if not d.is_dir():
+            return []
+        return sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
 
     def delete_job(self, job_id: str) -> int:
         """Remove a job's artifacts; returns the number of files removed."""
@@ -65,5 +110,5 @@ class ArtifactStore:
         if not d.exists():
             return 0
         n = sum(1 for p in d.rglob("*") if p.is_file())
-        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(d)
         return n

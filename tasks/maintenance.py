@@ -24,7 +24,8 @@ def retention() -> dict[str, Any]:
 
     ctx = worker_context()
     return cleanup_older_than(ctx.store, ctx.events, ctx.artifacts,
-                              ctx.settings.retention_days * 86400)
+                              ctx.settings.retention_days * 86400,
+                              workspaces_dir=ctx.settings.workspaces_dir)
 
 
 @app.task(name=REMOVE_ORPHANS, ignore_result=True)

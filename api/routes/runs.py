@@ -1,0 +1,263 @@
+"""Run history: every job, finished ones included; one run's full record; removal; cleanup."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.deps import State
+from orchestrator.errors import ParamError
+from orchestrator.events import Events, job_logs_key
+from orchestrator.job import EXECUTORS, TERMINAL_STATUSES, Job, JobStatus
+from orchestrator.retention import cleanup_older_than, parse_duration, remove_run
+from orchestrator.store import JobStore
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+API = "/api/v1"
+_JSONL_PAGE = 500
+_ENDED_EVENTS = frozenset(s.value for s in TERMINAL_STATUSES)
+Executor = Literal[EXECUTORS]  # type: ignore[valid-type]
+
+
+class RunPage(BaseModel):
+    items: list[Job]
+    total: int
+    limit: int
+    offset: int
+
+
+class CleanupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    older_than: str = Field(
+        description="Remove ended runs that finished longer ago than this: 7d, 12h, 30m, 0s.",
+        examples=["7d"],
+    )
+
+    @field_validator("older_than")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)  # ValueError → 422 naming older_than
+        return v
+
+
+class CleanupResult(BaseModel):
+    removed: int = Field(description="How many runs were removed.")
+    jobs: list[str] = Field(description="Their ids.")
+    artifact_files: int = Field(description="Artifact files deleted from disk.")
+    cutoff: str = Field(description="Runs that ended before this instant were removed.")
+    errors: int = Field(description="Runs that could not be removed (see the API log).")
+
+
+class Attempt(BaseModel):
+    attempt: int
+    runner_id: str | None = None
+    claimed_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    outcome: str | None = Field(
+        default=None, description="requeued, or the job's status for the last attempt")
+    error: str | None = None
+
+
+class RunRecord(Job):
+    """A job's full record plus its attempts, log size and links."""
+
+    attempts: list[Attempt]
+    log_lines: int = Field(description="Lines the job has logged (all attempts).")
+    links: dict[str, str]
+
+
+class RemovedRun(BaseModel):
+    id: str
+    status: str
+    artifact_files: int
+
+
+# ------------------------------------------------------------------ list
+
+
+@router.get(
+    "", response_model=RunPage, operation_id="runs-list",
+    summary="List runs, newest first (JSON page, or ?format=jsonl for one record per line)",
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+def list_runs(
+    state: State,
+    status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
+    executor: Executor | None = None,
+    label: Annotated[list[str] | None, Query(description="key=value; repeat to AND")] = None,
+    since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601)")] = None,
+    until: Annotated[datetime | None, Query(description="Created before (ISO 8601)")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=1000,
+                                       description="Page size; 50, or all for jsonl")] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    format_: Annotated[Literal["json", "jsonl"], Query(alias="format")] = "json",
+) -> Any:
+    filters: dict[str, Any] = {
+        "statuses": [s.value for s in status_ or []],
+        "executor": executor,
+        "labels": _labels(label or []),
+        "since": _utc(since),
+        "until": _utc(until),
+    }
+    if format_ == "jsonl":
+        return _jsonl(state.store, filters, limit, offset)
+    page = limit or 50
+    items, total = state.store.list(**filters, limit=page, offset=offset)
+    return {"items": [j.public() for j in items], "total": total, "limit": page,
+            "offset": offset}
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ParamError("label", f"label filter {pair!r} is not key=value")
+        out[key] = value
+    return out
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    if when is None:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _jsonl(store: JobStore, filters: dict[str, Any], limit: int | None,
+           offset: int) -> StreamingResponse:
+    # Pin the window's upper end now, so jobs submitted while we stream do not shift the
+    # offsets (newest first) and repeat a record.
+    now = datetime.now(UTC) + timedelta(microseconds=1)
+    filters = {**filters, "until": min(filters["until"] or now, now)}
+    _, total = store.list(**filters, limit=1, offset=0)
+
+    def lines() -> Iterator[str]:
+        sent, at = 0, offset
+        while limit is None or sent < limit:
+            want = _JSONL_PAGE if limit is None else min(_JSONL_PAGE, limit - sent)
+            items, _ = store.list(**filters, limit=want, offset=at)
+            for job in items:
+                yield json.dumps(job.public(), separators=(",", ":")) + "\n"
+            sent += len(items)
+            at += len(items)
+            if len(items) < want:
+                return
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson",
+                             headers={"X-Total-Count": str(total)})
+
+
+# ------------------------------------------------------------------ cleanup
+
+
+@router.post("/cleanup", response_model=CleanupResult, operation_id="runs-cleanup",
+             summary="Remove ended runs older than a duration, with logs and artifacts")
+def cleanup_runs(
+    state: State,
+    body: Annotated[CleanupRequest | None, Body(
+        description="Omit for the configured retention (LAUNCHBAY_RETENTION_DAYS)")] = None,
+) -> Any:
+    seconds = (parse_duration(body.older_than) if body is not None
+               else state.settings.retention_days * 86400)
+    return cleanup_older_than(state.store, state.events, state.artifacts, seconds,
+                              workspaces_dir=state.settings.workspaces_dir)
+
+
+# ------------------------------------------------------------------ one run
+
+
+@router.get("/{job_id}", response_model=RunRecord, operation_id="runs-get",
+            summary="One run's full record: spec, timestamps, attempts, steps, result, "
+                    "artifacts, resource usage, log size")
+def get_run(job_id: str, state: State) -> Any:
+    job = state.store.get(job_id)
+    return {
+        **job.public(),
+        "attempts": _attempts(state.events, job),
+        "log_lines": _log_lines(state.events, job_id),
+        "links": {
+            "self": f"{API}/runs/{job_id}",
+            "job": f"{API}/jobs/{job_id}",
+            "logs": f"{API}/jobs/{job_id}/logs",
+            "events": f"{API}/jobs/{job_id}/events",
+            "artifacts": f"{API}/jobs/{job_id}/artifacts",
+        },
+    }
+
+
+@router.delete("/{job_id}", response_model=RemovedRun, operation_id="runs-delete",
+               summary="Remove an ended run with its logs and artifacts (409 until it ends)")
+def delete_run(job_id: str, state: State) -> Any:
+    return remove_run(state.store, state.events, state.artifacts, job_id,
+                      workspaces_dir=state.settings.workspaces_dir)
+
+
+def _log_lines(events: Events, job_id: str) -> int:
+    """Lines logged so far: the live stream's last sequence number, else the stored file."""
+    last = events.r.xrevrange(job_logs_key(job_id), count=1)
+    if last:
+        return int(last[0][0].split("-", 1)[0])
+    path = events.log_path(job_id)
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return sum(1 for raw in f if raw.strip())
+
+
+def _attempts(events: Events, job: Job) -> list[dict[str, Any]]:
+    """One entry per attempt, rebuilt from the job's event stream.
+
+    Transition events carry the whole job, so ``claimed``/``started`` give an attempt's
+    runner and start, ``requeued`` (which already shows the next attempt) ends the one
+    before it, and a terminal event ends the last. The stream is capped, so an attempt
+    whose events were trimmed away still appears, with only its number and outcome.
+    """
+    found: dict[int, dict[str, Any]] = {}
+
+    def entry(n: int) -> dict[str, Any]:
+        return found.setdefault(n, {"attempt": n, "runner_id": None, "claimed_at": None,
+                                    "started_at": None, "ended_at": None, "outcome": None,
+                                    "error": None})
+
+    after: str | None = None
+    while True:
+        batch = events.read_events(job.id, after=after)
+        for ev in batch:
+            data, kind = ev["data"], ev["type"]
+            if not isinstance(data, dict) or "attempt" not in data:
+                continue
+            n = int(data["attempt"])
+            if kind in ("claimed", "started"):
+                e = entry(n)
+                e["runner_id"] = data.get("runner_id") or e["runner_id"]
+                e["claimed_at"] = data.get("claimed_at") or e["claimed_at"]
+                e["started_at"] = data.get("started_at") or e["started_at"]
+            elif kind == "requeued" and n > 1:
+                e = entry(n - 1)
+                e.update(outcome="requeued", ended_at=ev["ts"], error=data.get("error"))
+            elif kind in _ENDED_EVENTS:
+                e = entry(n)
+                e.update(outcome=data.get("status"), ended_at=data.get("finished_at"),
+                         error=data.get("error"))
+        if len(batch) < 1000:
+            break
+        after = batch[-1]["id"]
+    for n in range(1, job.attempt + 1):
+        e = entry(n)
+        if n < job.attempt and e["outcome"] is None:
+            e["outcome"] = "requeued"
+    last = entry(job.attempt)
+    last.update(outcome=job.status.value, runner_id=job.runner_id or last["runner_id"])
+    if job.ended:
+        last.update(ended_at=job.finished_at.isoformat() if job.finished_at else None,
+                    error=job.error)
+    return [found[n] for n in sorted(found) if n <= job.attempt]
+
