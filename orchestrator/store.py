@@ -454,6 +454,9 @@ class JobStore:
 
     def update_fields(self, job_id: str, attempt: int, **values: Any) -> bool:
         """Set non-status fields (result, steps, artifacts…) of the live attempt."""
+        if not values:  # an UPDATE with an empty SET is a syntax error
+            job = self.find(job_id)
+            return job is not None and job.attempt == attempt and job.status in ACTIVE_STATUSES
         return self._update_active(job_id, attempt, **values)
 
     def set_task_id(self, job_id: str, task_id: str) -> None:

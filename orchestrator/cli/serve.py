@@ -123,8 +123,28 @@ def flower(flower_port: FlowerPort = None) -> None:
     _exec(flower_argv(s), s, flower_env(s))
 
 
+def agent(
+    url: Annotated[str | None, typer.Option("--url", help="API root [LAUNCHBAY_URL].")] = None,
+    executors: Annotated[str, typer.Option(
+        "--executors", help="Comma list: builtin,process,docker,kubernetes")] = "builtin,process",
+    tags: Annotated[str, typer.Option("--tags", help="Comma list of runner tags.")] = "",
+    capacity: Annotated[int, typer.Option("--capacity", "-c", min=1,
+                                          help="Jobs run at once.")] = 1,
+    hostname: Annotated[str | None, typer.Option("--hostname")] = None,
+) -> None:
+    """Start a remote agent: pull jobs over HTTP from a Launchbay API (no Redis needed)."""
+    argv = [sys.executable, "-m", "workers.agent", "--executors", executors, "--tags", tags,
+            "--capacity", str(capacity)]
+    if url:
+        argv += ["--url", url]
+    if hostname:
+        argv += ["--hostname", hostname]
+    # The agent lives in workers/, which orchestrator/ does not import: run it as a program.
+    os.execv(argv[0], argv)
+
+
 def register(app: typer.Typer) -> None:
-    for fn in (up, api, worker, beat, flower):
+    for fn in (up, api, worker, beat, flower, agent):
         app.command()(fn)
 
 
