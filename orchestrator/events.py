@@ -89,16 +89,19 @@ class Events:
     # ---------------------------------------------------------- events
 
     def publish(self, job_id: str, type_: str, data: dict[str, Any]) -> dict[str, Any]:
-        ts = utcnow().isoformat()
-        payload = json.dumps(data, default=str)
-        entry_id = self.r.xadd(
-            job_events_key(job_id),
-            {"type": type_, "ts": ts, "data": payload},
-            maxlen=EVENTS_MAXLEN,
-            approximate=True,
-        )
-        event = {"id": entry_id, "job_id": job_id, "type": type_, "ts": ts, "data": data}
-        self.r.publish(EVENTS_CHANNEL, json.dumps(event, default=str))
+        # Under the log lock: an event (progress) never overtakes log lines that another
+        # thread of this process is appending, in time stamp or in publish order.
+        with self._lock:
+            ts = utcnow().isoformat()
+            payload = json.dumps(data, default=str)
+            entry_id = self.r.xadd(
+                job_events_key(job_id),
+                {"type": type_, "ts": ts, "data": payload},
+                maxlen=EVENTS_MAXLEN,
+                approximate=True,
+            )
+            event = {"id": entry_id, "job_id": job_id, "type": type_, "ts": ts, "data": data}
+            self.r.publish(EVENTS_CHANNEL, json.dumps(event, default=str))
         return event
 
     def read_events(self, job_id: str, after: str | None = None, count: int = 1000

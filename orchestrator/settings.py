@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     token: str | None = Field(default=None, description="Bearer token required by the API when set.")
 
     log_buffer_lines: int = Field(default=1000, ge=10, description="Live log lines kept in Redis per job.")
+    stream_queue_size: int = Field(
+        default=1000, ge=1,
+        description="Undelivered live messages one SSE/WebSocket client may have pending "
+                    "before it is disconnected as too slow.",
+    )
+    sse_ping_s: float = Field(default=15, gt=0, description="Keep-alive comment interval on SSE.")
     retention_days: float = Field(default=30, ge=0)
     lease_s: float = Field(default=30, gt=0, description="Runner lease; renewed every lease_s/3.")
     reconcile_interval_s: float = Field(default=5, gt=0)

@@ -1,0 +1,456 @@
+"""The per-process fan-out hub: one Redis subscription, many live clients.
+
+Each API process holds ONE pub/sub subscription to ``lb:events`` and hands every message to
+the in-process subscribers that want it (one job, or every job). A subscriber owns a bounded
+``asyncio.Queue``; when it is full the subscriber is dropped with a reason instead of ever
+making the hub (and so every other client) wait.
+
+Pub/sub is only a wake-up. The Redis streams are the truth: after a wake-up a client reads
+its job's streams from its own cursor (XRANGE with an exclusive start), so nothing is lost
+or repeated and the order is exactly the stream's, even when pub/sub drops a message or two
+publishers race. :class:`JobFollower` implements that loop for one job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import redis.asyncio as aredis
+
+from orchestrator.errors import ParamError
+from orchestrator.events import (
+    EVENTS_CHANNEL,
+    LogLine,
+    decode_event,
+    decode_log,
+    job_events_key,
+    job_logs_key,
+)
+from orchestrator.job import Job
+
+log = logging.getLogger(__name__)
+
+TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+RESYNC: dict[str, Any] = {"type": "resync"}  # "you may have missed something: re-read"
+_DROP: dict[str, Any] = {"type": "drop"}
+_EVENT_ID = re.compile(r"^\d+-\d+$")
+_RETRY_MAX_S = 5.0
+
+
+class Dropped(Exception):
+    """The subscriber fell too far behind and was disconnected; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Subscriber:
+    """One live client's view of the hub: a bounded queue of messages."""
+
+    def __init__(self, job_id: str | None, *, logs: bool, size: int, label: str) -> None:
+        self.job_id = job_id
+        self.logs = logs
+        self.label = label
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=size)
+        self.reason: str | None = None
+        self.dropped = asyncio.Event()
+
+    async def next(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next message, or None after ``timeout`` seconds; raises :class:`Dropped`."""
+        try:
+            msg = await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            return None
+        if msg is _DROP:
+            raise Dropped(self.reason or "dropped")
+        return msg
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Everything already queued, without waiting (coalesces a burst into one read)."""
+        out = []
+        while not self.queue.empty():
+            msg = self.queue.get_nowait()
+            if msg is _DROP:
+                raise Dropped(self.reason or "dropped")
+            out.append(msg)
+        return out
+
+    def _drop(self, reason: str) -> None:
+        self.reason = reason
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(_DROP)
+        self.dropped.set()
+
+
+class Hub:
+    """The process's single subscription to ``lb:events`` and its subscribers."""
+
+    def __init__(self, redis_url: str, *, logs_dir: Path, queue_size: int = 1000,
+                 client_name: str = "launchbay-fanout") -> None:
+        self.redis_url = redis_url
+        self.logs_dir = logs_dir
+        self.queue_size = queue_size
+        self.client_name = client_name
+        self.r: aredis.Redis | None = None
+        self._by_job: dict[str, set[Subscriber]] = {}
+        self._all: set[Subscriber] = set()
+        self._listeners: list[tuple[Callable[[dict[str, Any]], None], bool]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self.received = 0
+        self.dropped = 0
+        self.recent_drops: deque[dict[str, Any]] = deque(maxlen=20)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, ready_timeout: float = 5.0) -> None:
+        """Connect and subscribe; a Redis that is down now is retried in the background."""
+        # Named, so CLIENT LIST shows which connection is whose.
+        self.r = aredis.Redis.from_url(self.redis_url, decode_responses=True,
+                                       client_name=self.client_name)
+        self._task = asyncio.create_task(self._run(), name="launchbay-fanout")
+        with anyio.move_on_after(ready_timeout):
+            await self._subscribed.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for sub in list(self._all) + [s for subs in self._by_job.values() for s in subs]:
+            sub._drop("the server is shutting down")
+        self._by_job.clear()
+        self._all.clear()
+        if self.r is not None:
+            await self.r.aclose()  # type: ignore[attr-defined]  # (stubs predate aclose)
+            self.r = None
+
+    @property
+    def redis(self) -> aredis.Redis:
+        if self.r is None:
+            raise RuntimeError("the fan-out hub is not started")
+        return self.r
+
+    async def _run(self) -> None:
+        delay = 0.1
+        first = True
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(EVENTS_CHANNEL)
+                self._subscribed.set()
+                if not first:
+                    # Messages published while we were away are gone: make everyone re-read.
+                    self._broadcast(RESYNC)
+                first, delay = False, 0.1
+                async for raw in pubsub.listen():
+                    if raw.get("type") == "message":
+                        self._deliver(raw["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("fan-out subscription lost (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ subscribers
+
+    def subscribe(self, job_id: str | None = None, *, logs: bool = True,
+                  label: str = "client") -> Subscriber:
+        """A new subscriber to one job's messages, or every job's when ``job_id`` is None.
+
+        Subscribe BEFORE reading the streams, so nothing published in between is missed.
+        """
+        sub = Subscriber(job_id, logs=logs, size=self.queue_size, label=label)
+        if job_id is None:
+            self._all.add(sub)
+        else:
+            self._by_job.setdefault(job_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        """Idempotent."""
+        if sub.job_id is None:
+            self._all.discard(sub)
+            return
+        subs = self._by_job.get(sub.job_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_job[sub.job_id]
+
+    def listen(self, callback: Callable[[dict[str, Any]], None], *, logs: bool = False
+               ) -> Callable[[], None]:
+        """Call ``callback(message)`` for every message (and RESYNC after a reconnect).
+
+        For in-process consumers that only need a nudge (e.g. waking long polls): the
+        callback runs in the hub's task, so it must be quick and must not block. Returns a
+        function that removes it.
+        """
+        entry = (callback, logs)
+        self._listeners.append(entry)
+        return lambda: self._listeners.remove(entry) if entry in self._listeners else None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "subscribed": self._subscribed.is_set() and self._task is not None,
+            "subscribers": len(self._all) + sum(len(s) for s in self._by_job.values()),
+            "queue_size": self.queue_size,
+            "received": self.received,
+            "dropped": self.dropped,
+            "recent_drops": list(self.recent_drops),
+        }
+
+    def _deliver(self, data: str) -> None:
+        try:
+            msg = json.loads(data)
+            job_id = msg["job_id"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed message on %s", EVENTS_CHANNEL)
+            return
+        self.received += 1
+        is_log = msg.get("type") == "log"
+        self._call_listeners(msg, is_log)
+        for sub in [*self._by_job.get(job_id, ()), *self._all]:
+            if is_log and not sub.logs:
+                continue
+            self._offer(sub, msg)
+
+    def _call_listeners(self, msg: dict[str, Any], is_log: bool) -> None:
+        for callback, logs in list(self._listeners):
+            if is_log and not logs:
+                continue
+            try:
+                callback(msg)
+            except Exception:
+                log.exception("fan-out listener failed")
+
+    def _broadcast(self, msg: dict[str, Any]) -> None:
+        self._call_listeners(msg, False)
+        for sub in [*self._all, *(s for subs in self._by_job.values() for s in subs)]:
+            self._offer(sub, msg)
+
+    def _offer(self, sub: Subscriber, msg: dict[str, Any]) -> None:
+        try:
+            sub.queue.put_nowait(msg)
+        except asyncio.QueueFull:
+            reason = (f"too slow: more than {self.queue_size} messages waiting; "
+                      "reconnect with your last event id to resume")
+            self.unsubscribe(sub)
+            sub._drop(reason)
+            self.dropped += 1
+            self.recent_drops.append({"client": sub.label, "job_id": sub.job_id,
+                                      "reason": reason, "at": time.time()})
+            log.warning("dropped %s (job %s): %s", sub.label, sub.job_id, reason)
+
+    # ------------------------------------------------------------------ stream reads
+
+    async def last_event_id(self, job_id: str) -> str | None:
+        last = await self.redis.xrevrange(job_events_key(job_id), count=1)
+        return last[0][0] if last else None
+
+    async def read_events(self, job_id: str, after: str, count: int = 1000
+                          ) -> list[dict[str, Any]]:
+        """Events strictly after stream id ``after`` ("0-0" for all)."""
+        entries = await self.redis.xrange(job_events_key(job_id), min=f"({after}", max="+",
+                                          count=count)
+        return [decode_event(job_id, eid, f) for eid, f in entries]
+
+    async def first_buffered_seq(self, job_id: str) -> int | None:
+        first = await self.redis.xrange(job_logs_key(job_id), count=1)
+        return int(first[0][0].split("-", 1)[0]) if first else None
+
+    async def read_logs(self, job_id: str, since: int = 0, limit: int = 1000) -> list[LogLine]:
+        """Log lines after ``since``: from the live buffer, else from the whole-log file.
+
+        The file is only read when the buffer rolled past ``since`` or is gone; an empty
+        answer from a live buffer means "nothing new" and costs one XRANGE.
+        """
+        key = job_logs_key(job_id)
+        entries = await self.redis.xrange(key, min=f"({since}-0", max="+", count=limit)
+        if entries:
+            if int(entries[0][0].split("-", 1)[0]) == since + 1:
+                return [decode_log(eid, f) for eid, f in entries]
+        elif await self.redis.exists(key):
+            return []
+        path = self.logs_dir / f"{job_id}.jsonl"
+        return await anyio.to_thread.run_sync(_read_log_file, path, since, limit)
+
+
+def _read_log_file(path: Path, since: int, limit: int) -> list[LogLine]:
+    out: list[LogLine] = []
+    try:
+        f = path.open(encoding="utf-8")
+    except FileNotFoundError:
+        return out
+    with f:
+        for n, raw in enumerate(f, start=1):
+            # Lines are written in sequence order, one per line: skip without parsing.
+            if n <= since or not raw.strip():
+                continue
+            rec = json.loads(raw)
+            if rec["seq"] > since:
+                out.append(rec)
+                if len(out) >= limit:
+                    break
+    return out
+
+
+# ---------------------------------------------------------------------- cursors
+
+
+@dataclass
+class Cursor:
+    """Where a client is in one job: the last event id and the last log line seen.
+
+    Encoded as ``"{event_id}|{log_seq}"`` (opaque to clients) and used as the SSE event id,
+    so ``Last-Event-ID`` resumes both streams exactly.
+    """
+
+    event_id: str = "0-0"
+    log_seq: int = 0
+
+    def encode(self) -> str:
+        return f"{self.event_id}|{self.log_seq}"
+
+    @classmethod
+    def parse(cls, text: str, field: str = "since") -> Cursor:
+        event_id, sep, seq = text.strip().partition("|")
+        if not sep or not _EVENT_ID.match(event_id) or not seq.isdigit():
+            raise ParamError(field, f"{field} must be an event id from this stream "
+                                    f"(like '1712345678901-0|42'), got {text!r}")
+        return cls(event_id, int(seq))
+
+
+def parse_seq(text: str, field: str = "since") -> int:
+    if not text.strip().isdigit():
+        raise ParamError(field, f"{field} must be a log line number (0 or more), got {text!r}")
+    return int(text)
+
+
+# ---------------------------------------------------------------------- follower
+
+
+Item = tuple[str, dict[str, Any], Cursor]  # ("event" | "log", payload, cursor after it)
+
+
+class JobFollower:
+    """Reads one job's events and log lines from a cursor until the job has ended.
+
+    ``batches()`` yields lists of ``(kind, payload, cursor)`` in order: log lines and
+    events merged by time (each stream keeps its own exact order), the log drained completely
+    before the terminal event, which comes last. Without ``emit_events`` only log lines are
+    yielded (events are still read, to know when the job ended).
+    """
+
+    def __init__(self, hub: Hub, sub: Subscriber, job_id: str, cursor: Cursor, *,
+                 emit_events: bool = True, ended: Job | None = None, page: int = 1000,
+                 poll_s: float = 5.0) -> None:
+        self.hub, self.sub, self.job_id = hub, sub, job_id
+        self.cursor = Cursor(cursor.event_id, cursor.log_seq)
+        self.emit_events = emit_events
+        self.ended = ended
+        self.page = page
+        self.poll_s = poll_s
+        self.final: dict[str, Any] | None = None  # the terminal event, once seen
+
+    async def batches(self) -> AsyncIterator[list[Item]]:
+        read_events, read_logs = True, True
+        hint: list[LogLine] = []
+        while True:
+            evs = await self.hub.read_events(self.job_id, self.cursor.event_id) \
+                if read_events else []
+            terminal = next((e for e in evs if e["type"] in TERMINAL_EVENTS), None)
+            if terminal is not None:
+                evs = evs[: evs.index(terminal)]
+            logs = await self._logs(hint) if read_logs or hint else []
+            batch = self._merge(logs, evs)
+            if batch:
+                yield batch
+            if terminal is not None or self.ended is not None:
+                async for rest in self._finish(terminal):
+                    yield rest
+                return
+            if len(logs) >= self.page:
+                read_events, read_logs, hint = False, True, []
+                continue  # more lines are waiting: no need to wait for a wake-up
+            read_events, read_logs, hint = self._wake(await self._wait())
+
+    async def _wait(self) -> list[dict[str, Any] | None]:
+        first = await self.sub.next(self.poll_s)
+        return [first, *self.sub.pending()]
+
+    def _wake(self, msgs: list[dict[str, Any] | None]) -> tuple[bool, bool, list[LogLine]]:
+        read_events = read_logs = False
+        hint: list[LogLine] = []
+        for msg in msgs:
+            if msg is None or msg.get("type") == "resync":
+                # A quiet poll or a reconnect: re-read both streams to be sure.
+                read_events = read_logs = True
+            elif msg.get("type") == "log":
+                hint.extend(msg.get("data", {}).get("lines", []))
+            else:
+                # Also read the log: lines written just before this event come before it.
+                read_events = read_logs = True
+        return read_events, read_logs, hint
+
+    async def _logs(self, hint: list[LogLine]) -> list[LogLine]:
+        fresh = [ln for ln in hint if ln["seq"] > self.cursor.log_seq]
+        if fresh and all(ln["seq"] == self.cursor.log_seq + i
+                         for i, ln in enumerate(fresh, start=1)):
+            return fresh  # the published lines continue our cursor exactly: no read needed
+        if hint and not fresh:
+            return []
+        return await self.hub.read_logs(self.job_id, self.cursor.log_seq, self.page)
+
+    def _merge(self, logs: list[LogLine], evs: list[dict[str, Any]]) -> list[Item]:
+        out: list[Item] = []
+        i = j = 0
+        while i < len(logs) or j < len(evs):
+            if j >= len(evs) or (i < len(logs) and logs[i]["ts"] <= evs[j]["ts"]):
+                ln = logs[i]
+                i += 1
+                self.cursor = Cursor(self.cursor.event_id, ln["seq"])
+                out.append(("log", dict(ln), self.cursor))
+            else:
+                ev = evs[j]
+                j += 1
+                self.cursor = Cursor(ev["id"], self.cursor.log_seq)
+                if self.emit_events:
+                    out.append(("event", ev, self.cursor))
+        return out
+
+    async def _finish(self, terminal: dict[str, Any] | None) -> AsyncIterator[list[Item]]:
+        while True:
+            rest = await self.hub.read_logs(self.job_id, self.cursor.log_seq, self.page)
+            if not rest:
+                break
+            yield self._merge(rest, [])
+        if terminal is None and self.ended is not None:
+            job = self.ended
+            terminal = {"id": self.cursor.event_id, "job_id": job.id, "type": job.status.value,
+                        "ts": (job.finished_at or job.created_at).isoformat(),
+                        "data": job.public()}
+        if terminal is None:
+            return
+        self.final = terminal
+        self.cursor = Cursor(terminal["id"], self.cursor.log_seq)
+        if self.emit_events:
+            yield [("event", terminal, self.cursor)]

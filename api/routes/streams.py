@@ -1,0 +1,285 @@
+"""Live progress and logs over SSE, and the stored log over plain HTTP.
+
+* ``GET /jobs/{id}/events``      SSE: ``status`` first, then ``progress`` and ``log``, then one
+  of ``complete``/``failed``/``cancelled``/``timed_out`` and the stream closes. Event ids are
+  cursors over both of the job's streams; ``Last-Event-ID`` or ``?since=`` resume exactly.
+* ``GET /jobs/{id}/logs``        a page of log lines (JSON, or ``?format=text``).
+* ``GET /jobs/{id}/logs/stream`` SSE of log lines (id = line number) until the job ended.
+* ``GET /streams``               the fan-out hub's counters (subscribers, drops and why).
+
+Where a first connection starts: ``/events`` sends the job as it is now, then the log lines
+still in the live buffer (a late joiner gets the recent tail, not a million old lines), then
+what happens next. ``/logs`` and ``/logs/stream`` start at line 1 unless ``since`` says
+otherwise (older lines come from the whole-log file once the buffer rolled over).
+
+The hub (``api.fanout.Hub``) is started and stopped here, by ``setup(app)``'s hooks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from sse_starlette.event import ServerSentEvent
+from sse_starlette.sse import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Message, Receive, Scope, Send
+
+from api.fanout import Cursor, Dropped, Hub, Item, JobFollower, Subscriber, parse_seq
+from api.state import AppState
+from orchestrator.job import Job
+
+router = APIRouter(tags=["streams"])
+
+# Internal event type -> SSE event name; every other transition is a ``status`` event.
+SSE_NAMES = {"progress": "progress", "log": "log", "succeeded": "complete",
+             "failed": "failed", "cancelled": "cancelled", "timed_out": "timed_out"}
+DROP_GRACE_S = 30.0  # how long a dropped client gets to take its final "error" event
+_LOG_PAGE_MAX = 10000
+
+
+def setup(app: FastAPI) -> None:
+    """Start the process's one fan-out hub with the app; stop it on shutdown."""
+
+    async def start_hub(app: FastAPI) -> None:
+        state: AppState = app.state.lb
+        hub = Hub(state.settings.effective_redis_url, logs_dir=state.settings.logs_dir,
+                  queue_size=state.settings.stream_queue_size)
+        state.extras["hub"] = hub
+        await hub.start()
+
+    async def stop_hub(app: FastAPI) -> None:
+        hub = app.state.lb.extras.pop("hub", None)
+        if hub is not None:
+            await hub.stop()
+
+    app.state.startup_hooks.append(start_hub)
+    app.state.shutdown_hooks.append(stop_hub)
+
+
+def hub_of(state: AppState) -> Hub:
+    return state.extras["hub"]  # type: ignore[no-any-return]
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.lb  # type: ignore[no-any-return]
+
+
+def _label(request: Request, kind: str) -> str:
+    client = request.client
+    return f"{kind} from {client.host}:{client.port}" if client else kind
+
+
+# ---------------------------------------------------------------------- SSE plumbing
+
+
+class HubEventSource(EventSourceResponse):
+    """An SSE response tied to a hub subscriber.
+
+    When the hub drops the subscriber (too slow) the stream stops at once — even while it is
+    blocked writing to a client that does not read — and the client gets a last ``error``
+    event with the reason, if it takes it within ``DROP_GRACE_S``.
+    """
+
+    def __init__(self, content: AsyncIterator[bytes], *, hub: Hub, sub: Subscriber,
+                 ping: float) -> None:
+        super().__init__(content, ping=ping)
+        self.hub, self.sub = hub, sub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        finished = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal finished
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                finished = True
+
+        try:
+            try:
+                async with anyio.create_task_group() as tg:
+                    async def on_drop() -> None:
+                        await self.sub.dropped.wait()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(on_drop)
+                    await super().__call__(scope, receive, tracking_send)
+                    tg.cancel_scope.cancel()
+            except* Dropped:
+                pass  # the generator saw the drop first; the farewell below says why
+            if self.sub.reason is not None and not finished:
+                farewell = ServerSentEvent(json.dumps({"error": self.sub.reason}),
+                                           event="error").encode()
+                with anyio.move_on_after(DROP_GRACE_S):
+                    await send({"type": "http.response.body", "body": farewell,
+                                "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self.hub.unsubscribe(self.sub)
+
+
+def _encode(items: list[Item]) -> bytes:
+    """One chunk for a batch of items: fewer, larger writes when lines come fast."""
+    out = []
+    for kind, payload, cursor in items:
+        if kind == "log":
+            out.append(ServerSentEvent(json.dumps(payload), event="log", id=cursor.encode()))
+        else:
+            name = SSE_NAMES.get(payload["type"], "status")
+            out.append(ServerSentEvent(json.dumps(payload["data"], default=str), event=name,
+                                       id=cursor.encode()))
+    return b"".join(e.encode() for e in out)
+
+
+async def open_job(state: AppState, job_id: str, label: str
+                   ) -> tuple[Hub, Subscriber, str, Job]:
+    """Subscribe, then note the stream position, then read the job — in that order, so an
+    event that lands in between is seen (maybe twice as state), never missed."""
+    hub = hub_of(state)
+    sub = hub.subscribe(job_id, label=label)
+    try:
+        last = await hub.last_event_id(job_id) or "0-0"
+        job = await run_in_threadpool(state.store.get, job_id)
+    except BaseException:
+        hub.unsubscribe(sub)
+        raise
+    return hub, sub, last, job
+
+
+# ---------------------------------------------------------------------- routes
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    operation_id="streams-job-events",
+    summary="Live job events (SSE): status, progress, log, then the outcome",
+    response_class=EventSourceResponse,
+    responses={204: {"description": "Resumed after the job's last event: nothing left."},
+               404: {"description": "Unknown job."}},
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    since: Annotated[str | None, Query(description="Resume after this event id.")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> Response:
+    state = _state(request)
+    resume: Cursor | None = None
+    if last_event_id:
+        resume = Cursor.parse(last_event_id, "Last-Event-ID")
+    elif since:
+        resume = Cursor.parse(since, "since")
+    hub, sub, last, job = await open_job(state, job_id, _label(request, "sse events"))
+    try:
+        if resume is None:
+            first = await hub.first_buffered_seq(job_id)
+            # A late joiner gets the live buffer's lines; /logs has the whole log.
+            cursor = Cursor(last, max(0, first - 1) if first else 0)
+            head = ServerSentEvent(json.dumps(job.public()), event="status",
+                                   id=cursor.encode()).encode()
+        else:
+            cursor, head = resume, b""
+            if job.ended and not await _anything_after(hub, job_id, cursor):
+                hub.unsubscribe(sub)
+                return Response(status_code=204)  # tells EventSource to stop reconnecting
+    except BaseException:
+        hub.unsubscribe(sub)
+        raise
+    follower = JobFollower(hub, sub, job_id, cursor, ended=job if job.ended else None)
+
+    async def body() -> AsyncIterator[bytes]:
+        if head:
+            yield head
+        async for batch in follower.batches():
+            yield _encode(batch)
+
+    return HubEventSource(body(), hub=hub, sub=sub, ping=state.settings.sse_ping_s)
+
+
+async def _anything_after(hub: Hub, job_id: str, cursor: Cursor) -> bool:
+    if await hub.read_events(job_id, cursor.event_id, count=1):
+        return True
+    return bool(await hub.read_logs(job_id, cursor.log_seq, limit=1))
+
+
+@router.get(
+    "/jobs/{job_id}/logs",
+    operation_id="streams-job-logs",
+    summary="The job's log lines after `since` (JSON page, or the whole text)",
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def job_logs(
+    job_id: str,
+    request: Request,
+    since: Annotated[int, Query(ge=0, description="Return lines after this line number.")] = 0,
+    limit: Annotated[int | None, Query(ge=1, le=_LOG_PAGE_MAX,
+                                       description="Lines per page (JSON: default 1000).")
+                     ] = None,
+    format: Annotated[Literal["json", "text"], Query()] = "json",
+) -> Any:
+    state = _state(request)
+    hub = hub_of(state)
+    job = await run_in_threadpool(state.store.get, job_id)
+    if format == "text":
+        return StreamingResponse(_text_lines(hub, job_id, since, limit),
+                                 media_type="text/plain; charset=utf-8")
+    items = await hub.read_logs(job_id, since, limit or 1000)
+    return {"items": items, "next_since": items[-1]["seq"] if items else since,
+            "job_status": job.status.value}
+
+
+async def _text_lines(hub: Hub, job_id: str, since: int, limit: int | None
+                      ) -> AsyncIterator[str]:
+    left = limit
+    while left is None or left > 0:
+        page = await hub.read_logs(job_id, since, min(left or 5000, 5000))
+        if not page:
+            return
+        yield "".join(f"{ln['line']}\n" for ln in page)
+        since = page[-1]["seq"]
+        if left is not None:
+            left -= len(page)
+
+
+@router.get(
+    "/jobs/{job_id}/logs/stream",
+    operation_id="streams-job-log-stream",
+    summary="Live log lines (SSE; data is one JSON line, id its number) until the job ends",
+    response_class=EventSourceResponse,
+    responses={404: {"description": "Unknown job."}},
+)
+async def job_log_stream(
+    job_id: str,
+    request: Request,
+    since: Annotated[str | None, Query(description="Start after this line number.")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> Response:
+    state = _state(request)
+    seq = parse_seq(last_event_id, "Last-Event-ID") if last_event_id else \
+        parse_seq(since, "since") if since else 0
+    hub, sub, last, job = await open_job(state, job_id, _label(request, "sse logs"))
+    try:
+        if job.ended and not await hub.read_logs(job_id, seq, limit=1):
+            hub.unsubscribe(sub)
+            return Response(status_code=204)  # everything was sent: stop reconnecting
+    except BaseException:
+        hub.unsubscribe(sub)
+        raise
+    follower = JobFollower(hub, sub, job_id, Cursor(last, seq), emit_events=False,
+                           ended=job if job.ended else None)
+
+    async def body() -> AsyncIterator[bytes]:
+        async for batch in follower.batches():
+            yield b"".join(ServerSentEvent(json.dumps(p), event="log", id=str(c.log_seq)).encode()
+                           for _, p, c in batch)
+
+    return HubEventSource(body(), hub=hub, sub=sub, ping=state.settings.sse_ping_s)
+
+
+@router.get("/streams", operation_id="streams-hub", summary="This API process's fan-out hub")
+async def hub_stats(request: Request) -> dict[str, Any]:
+    return hub_of(_state(request)).stats()

@@ -1,0 +1,214 @@
+"""The fan-out hub and the job follower against a real Valkey (no API process needed)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+import redis
+
+from api.fanout import RESYNC, Cursor, Dropped, Hub, JobFollower, parse_seq
+from orchestrator.errors import ParamError
+from orchestrator.events import Events, connect
+from orchestrator.settings import Settings
+
+pytestmark = pytest.mark.anyio
+WAIT_S = 10
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def small_events(settings: Settings) -> Any:
+    ev = Events(connect(settings.effective_redis_url), logs_dir=settings.logs_dir,
+                log_buffer_lines=10)
+    yield ev
+    ev.r.close()
+
+
+@pytest.fixture
+async def hub(settings: Settings) -> AsyncIterator[Hub]:
+    h = Hub(settings.effective_redis_url, logs_dir=settings.logs_dir, queue_size=3,
+            client_name=f"test-hub-{uuid.uuid4().hex[:8]}")
+    await h.start()
+    assert h.stats()["subscribed"]
+    yield h
+    await h.stop()
+
+
+def job_id() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+async def publish(events: Events, jid: str, type_: str, data: dict[str, Any]) -> None:
+    await anyio.to_thread.run_sync(events.publish, jid, type_, data)
+
+
+async def append(events: Events, jid: str, lines: list[str]) -> None:
+    await anyio.to_thread.run_sync(events.append_logs, jid, [("stdout", None, x) for x in lines])
+
+
+async def test_messages_reach_the_right_subscribers(hub: Hub, events: Events) -> None:
+    a, b = job_id(), job_id()
+    sub_a = hub.subscribe(a)
+    sub_all = hub.subscribe(None, logs=False)
+    sub_b = hub.subscribe(b)
+    await publish(events, a, "progress", {"percent": 10, "message": "x"})
+    await append(events, a, ["hello"])
+    with anyio.fail_after(WAIT_S):
+        first = await sub_a.next()
+        second = await sub_a.next()
+        only = await sub_all.next()
+    assert first is not None and first["type"] == "progress" and first["data"]["percent"] == 10
+    assert second is not None and second["type"] == "log"
+    assert second["data"]["lines"][0]["line"] == "hello"
+    assert only is not None and only["type"] == "progress"  # no log lines for this one
+    assert await sub_all.next(timeout=0.2) is None
+    assert await sub_b.next(timeout=0.2) is None  # another job's subscriber saw nothing
+
+
+async def test_a_full_queue_drops_that_subscriber_only(hub: Hub, events: Events) -> None:
+    jid = job_id()
+    stuck = hub.subscribe(jid, label="stuck")
+    keen = hub.subscribe(jid, label="keen")
+    got = []
+    for n in range(6):
+        await publish(events, jid, "progress", {"percent": n, "message": ""})
+        with anyio.fail_after(WAIT_S):
+            msg = await keen.next()
+        got.append(msg["data"]["percent"] if msg else None)
+    assert got == [0, 1, 2, 3, 4, 5]  # the stuck one never slowed this one down
+    assert stuck.dropped.is_set() and stuck.reason is not None
+    assert "too slow" in stuck.reason and "more than 3 messages" in stuck.reason
+    with pytest.raises(Dropped):
+        await stuck.next(timeout=1)
+    stats = hub.stats()
+    assert stats["dropped"] == 1 and stats["recent_drops"][-1]["client"] == "stuck"
+    assert stats["subscribers"] == 1  # the dropped one is gone, the keen one stays
+
+
+async def test_the_hub_resubscribes_after_losing_its_connection(
+        hub: Hub, events: Events, settings: Settings) -> None:
+    jid = job_id()
+    sub = hub.subscribe(jid)
+    r = redis.Redis.from_url(settings.effective_redis_url, decode_responses=True)
+    try:
+        mine = [c for c in r.client_list()
+                if c.get("name") == hub.client_name and int(c.get("sub", 0)) > 0]
+        assert len(mine) == 1  # the hub's one subscription
+        r.client_kill_filter(_id=mine[0]["id"])
+        with anyio.fail_after(WAIT_S):
+            assert await sub.next() is RESYNC  # "you may have missed something"
+        await publish(events, jid, "progress", {"percent": 1, "message": ""})
+        with anyio.fail_after(WAIT_S):
+            msg = await sub.next()
+        assert msg is not None and msg["type"] == "progress"
+    finally:
+        r.close()
+
+
+async def test_listeners_get_events_but_not_logs_unless_asked(hub: Hub, events: Events) -> None:
+    jid = job_id()
+    seen: list[str] = []
+    done = anyio.Event()
+
+    def nudge(msg: dict[str, Any]) -> None:
+        seen.append(msg["type"])
+        if msg["type"] == "created":
+            done.set()
+
+    remove = hub.listen(nudge)
+    await append(events, jid, ["a line"])
+    await publish(events, jid, "created", {})
+    with anyio.fail_after(WAIT_S):
+        await done.wait()
+    assert seen == ["created"]
+    remove()
+    remove()  # harmless twice
+
+
+async def test_read_logs_falls_back_to_the_file_once_the_buffer_rolled(
+        hub: Hub, small_events: Events) -> None:
+    jid = job_id()
+    await append(small_events, jid, [f"l{i}" for i in range(1, 51)])  # buffer keeps 10
+    old = await hub.read_logs(jid, since=5, limit=100)
+    assert [x["line"] for x in old] == [f"l{i}" for i in range(6, 51)]
+    assert [x["seq"] for x in old] == list(range(6, 51))
+    page = await hub.read_logs(jid, since=5, limit=7)
+    assert [x["seq"] for x in page] == list(range(6, 13))
+    live = await hub.read_logs(jid, since=45, limit=100)
+    assert [x["seq"] for x in live] == [46, 47, 48, 49, 50]
+    assert await hub.read_logs(jid, since=50) == []
+    assert await hub.read_logs(job_id(), since=0) == []  # no such log anywhere
+
+
+async def collect(follower: JobFollower) -> list[tuple[str, dict[str, Any], Cursor]]:
+    out = []
+    with anyio.fail_after(WAIT_S):
+        async for batch in follower.batches():
+            out.extend(batch)
+    return out
+
+
+async def test_follower_merges_drains_and_ends_with_the_outcome_and_resumes_exactly(
+        hub: Hub, events: Events) -> None:
+    jid = job_id()
+    await publish(events, jid, "started", {"status": "running"})
+    await append(events, jid, ["one", "two"])
+    await publish(events, jid, "progress", {"percent": 50, "message": "half"})
+    await append(events, jid, ["three"])
+    await publish(events, jid, "succeeded", {"status": "succeeded"})
+    # A line written after the outcome is still drained before it (never lost).
+    await append(events, jid, ["late"])
+
+    items = await collect(JobFollower(hub, hub.subscribe(jid), jid, Cursor()))
+    shape = [(k, p.get("line") or p["type"]) for k, p, _ in items]
+    assert shape == [("event", "started"), ("log", "one"), ("log", "two"),
+                     ("event", "progress"), ("log", "three"), ("log", "late"),
+                     ("event", "succeeded")]
+    cursors = [c.encode() for _, _, c in items]
+    assert len(set(cursors)) == len(cursors)
+
+    for k in range(len(items) - 1):  # (after the outcome the routes answer 204)
+        cursor = Cursor.parse(items[k][2].encode())
+        rest = await collect(JobFollower(hub, hub.subscribe(jid), jid, cursor))
+        assert [c.encode() for _, _, c in rest] == cursors[k + 1:], k
+
+
+async def test_follower_wakes_on_live_messages(hub: Hub, events: Events) -> None:
+    jid = job_id()
+    sub = hub.subscribe(jid)
+    follower = JobFollower(hub, sub, jid, Cursor(), emit_events=False, poll_s=30)
+    got: list[str] = []
+
+    async def follow() -> None:
+        async for batch in follower.batches():
+            got.extend(p["line"] for _, p, _ in batch)
+
+    with anyio.fail_after(WAIT_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            for n in range(5):
+                await append(events, jid, [f"live-{n}"])
+            await publish(events, jid, "failed", {"status": "failed"})
+    assert got == [f"live-{n}" for n in range(5)]
+    assert follower.final is not None and follower.final["type"] == "failed"
+
+
+def test_cursors_and_line_numbers_name_the_bad_field() -> None:
+    assert Cursor.parse("1700000000000-3|42") == Cursor("1700000000000-3", 42)
+    assert Cursor("5-0", 7).encode() == "5-0|7"
+    for bad in ("", "garbage", "1-0", "1-0|x", "x|1", "1-0|-1"):
+        with pytest.raises(ParamError) as err:
+            Cursor.parse(bad, "Last-Event-ID")
+        assert err.value.field == "Last-Event-ID"
+    assert parse_seq("12") == 12
+    with pytest.raises(ParamError) as err:
+        parse_seq("-1")
+    assert err.value.field == "since"
