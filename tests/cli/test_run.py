@@ -1,0 +1,268 @@
+"""``launchbay run``: building specs, submitting, and --wait's exit codes, against a real stack."""
+
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli.conftest import EXAMPLES, Cli
+from tests.support import Stack, wait_until
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _job_named(stack: Stack, name: str) -> dict[str, Any] | None:
+    items = stack.http.get("/api/v1/jobs", params={"limit": 200}).json()["items"]
+    return next((j for j in items if j["spec"].get("name") == name), None)
+
+
+# ---------------------------------------------------------------- must-show
+
+
+def test_builtin_countdown_wait_exits_0(cli: Cli, stack: Stack) -> None:
+    name = _unique("countdown")
+    r = cli("run", "--builtin", "countdown", "seconds=2", "--wait", "--name", name)
+    assert r.code == 0, r
+    assert "2..." in r.out and "1..." in r.out, r  # the log tail
+    job = _job_named(stack, name)
+    assert job is not None and job["status"] == "succeeded"
+    assert job["progress"]["percent"] == 100
+    assert f"job {job['id']} succeeded" in r.err
+
+
+def test_process_wait_exits_with_the_commands_exit_code(cli: Cli, stack: Stack) -> None:
+    name = _unique("exit7")
+    r = cli(
+        "run", "--process", "--wait", "--name", name, "--", "sh", "-c", "echo hello-cli; exit 7"
+    )
+    assert r.code == 7, r
+    assert "hello-cli" in r.out.splitlines(), r
+    job = _job_named(stack, name)
+    assert job is not None and job["status"] == "failed" and job["exit_code"] == 7
+    assert "Traceback" not in r.err
+
+
+# ---------------------------------------------------------------- other outcomes
+
+
+def test_timeout_exits_124(cli: Cli, stack: Stack) -> None:
+    name = _unique("timeout")
+    r = cli(
+        "run", "--builtin", "countdown", "seconds=30", "--timeout", "1", "--wait", "--name", name
+    )
+    assert r.code == 124, r
+    job = _job_named(stack, name)
+    assert job is not None and job["status"] == "timed_out"
+    assert "timed out" in r.err
+
+
+def test_ctrl_c_while_waiting_cancels_the_job_and_exits_130(popen_cli: Any, stack: Stack) -> None:
+    name = _unique("ctrl-c")
+    proc = popen_cli("run", "--builtin", "countdown", "seconds=60", "--wait", "--name", name)
+    job = wait_until(lambda: _job_named(stack, name), timeout=30, what="the job to exist")
+    stack.wait_status(job["id"], "running", timeout=30)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, (out, err)
+    assert "cancelling job" in err
+    assert stack.job(job["id"])["status"] == "cancelled"
+    assert "Traceback" not in err
+
+
+def test_failed_job_without_exit_code_exits_1(cli: Cli) -> None:
+    # A command that cannot start fails the job before there is any exit code.
+    r = cli("run", "--process", "--wait", "--json", "--", "/nonexistent/launchbay-cmd")
+    assert r.code == 1, r
+    job = json.loads(r.out)
+    assert job["status"] == "failed" and job["exit_code"] is None
+    assert "failed" in r.err and "Traceback" not in r.err
+
+
+def test_single_value_for_a_list_param_becomes_a_list(cli: Cli) -> None:
+    # url_fetch's urls is an array: one urls=... is sent as a one-item list.
+    r = cli(
+        "run", "--builtin", "url_fetch", "urls=http://127.0.0.1:1/", "timeout=1", "--wait", "--json"
+    )
+    assert r.code == 0, r
+    job = json.loads(r.out)
+    assert job["spec"]["params"]["urls"] == ["http://127.0.0.1:1/"]
+    assert job["result"]["failed"] == 1
+
+
+# ---------------------------------------------------------------- building specs
+
+
+def test_run_without_wait_prints_the_id_and_applies_options(cli: Cli, stack: Stack) -> None:
+    r = cli(
+        "run",
+        "--process",
+        "-e",
+        "GREETING=hi",
+        "-e",
+        "OTHER=a=b",
+        "--artifact",
+        "*.txt",
+        "--timeout",
+        "2m",
+        "--name",
+        "opts",
+        "-l",
+        "team=cli",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING > out.txt",
+    )
+    assert r.code == 0, r
+    job_id = r.out.strip()
+    assert len(job_id) == 32, r
+    job = stack.wait_status(job_id, timeout=30)
+    spec = job["spec"]
+    assert spec["executor"] == "process"
+    assert spec["command"] == ["sh", "-c", "echo $GREETING > out.txt"]
+    assert spec["env"] == {"GREETING": "hi", "OTHER": "a=b"}
+    assert spec["artifacts"] == ["*.txt"]
+    assert spec["timeout_s"] == 120
+    assert spec["name"] == "opts" and spec["labels"] == {"team": "cli"}
+    assert job["status"] == "succeeded"
+
+
+def test_image_and_command_make_a_docker_job_with_one_main_step(cli: Cli, stack: Stack) -> None:
+    # The tag no runner has keeps it queued, so this needs no Docker; then cancel it.
+    r = cli(
+        "run",
+        "busybox:latest",
+        "--cpu",
+        "0.5",
+        "--memory",
+        "64m",
+        "--tag",
+        "cli-nobody",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "echo hi",
+    )
+    assert r.code == 0, r
+    job = json.loads(r.out)
+    spec = job["spec"]
+    assert spec["executor"] == "docker" and spec["image"] == "busybox:latest"
+    assert spec["steps"] == [{"name": "main", "command": ["sh", "-c", "echo hi"]}]
+    assert spec["resources"] == {"cpu": 0.5, "memory_mb": 64}
+    assert spec["demands"]["tags"] == ["cli-nobody"]
+    c = cli("jobs", "cancel", job["id"])
+    assert c.code == 0, c
+    assert stack.wait_status(job["id"], timeout=30)["status"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    "example", ["builtin.yaml", "builtin.json", "process.yaml", "process.json"]
+)
+def test_spec_examples_run_to_success(cli: Cli, example: str) -> None:
+    r = cli("run", "--spec", str(EXAMPLES / example), "--wait", "--json", timeout=120)
+    assert r.code == 0, r
+    job = json.loads(r.out)  # --json keeps stdout to the job; logs went to stderr
+    assert job["status"] == "succeeded"
+
+
+def test_spec_file_options_override_and_extend(cli: Cli, tmp_path: Path, stack: Stack) -> None:
+    f = tmp_path / "job.yaml"
+    f.write_text(
+        "executor: process\nname: from-file\ncommand: [sh, -c, 'echo $A $B']\nenv: {A: file}\n"
+    )
+    r = cli("run", "--spec", str(f), "--name", "from-cli", "-e", "B=cli", "--wait")
+    assert r.code == 0, r
+    assert "file cli" in r.out.splitlines(), r
+
+
+def test_spec_from_stdin(cli: Cli) -> None:
+    r = cli(
+        "run",
+        "--spec",
+        "-",
+        "--json",
+        stdin=json.dumps({"executor": "builtin", "type": "fibonacci", "params": {"count": 5}}),
+    )
+    assert r.code == 0, r
+    assert json.loads(r.out)["spec"]["params"] == {"count": 5}
+
+
+# ---------------------------------------------------------------- refusals (exit 2)
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--builtin", "countdown", "seconds"], "expected key=value"),
+        (["--builtin", "countdown", "=3"], "expected key=value"),
+        (["--process", "-e", "=x", "--", "true"], "bad -e"),
+        (["--process"], "needs a command"),
+        (["busybox"], "give an image and a command"),
+        (["--process", "--builtin", "countdown", "--", "true"], "choose one of"),
+        (["--process", "--cpu", "1", "--", "true"], "--cpu and --memory"),
+        (["busybox", "--memory", "lots", "--", "true"], "bad --memory"),
+        (["--process", "--timeout", "soon", "--", "true"], "bad --timeout"),
+        (["--spec", "/nonexistent/job.yaml"], "does not exist"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(cli: Cli, argv: list[str], needle: str) -> None:
+    r = cli("run", *argv)
+    r.assert_one_error_line()
+    assert r.code == 2, r
+    assert needle in r.err, r
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("executor: process\ncommand: [sh, -c\n", "not valid YAML"),
+        ("- just\n- a list\n", "must hold one mapping"),
+        ("name: no-executor\n", "no 'executor'"),
+    ],
+)
+def test_spec_file_that_does_not_parse_exits_2(
+    cli: Cli, tmp_path: Path, text: str, needle: str
+) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    r = cli("run", "--spec", str(f))
+    r.assert_one_error_line()
+    assert r.code == 2 and needle in r.err, r
+
+
+def test_bad_json_spec_names_the_line(cli: Cli, tmp_path: Path) -> None:
+    f = tmp_path / "bad.json"
+    f.write_text('{"executor": "process",\n "command": [}')
+    r = cli("run", "--spec", str(f))
+    r.assert_one_error_line()
+    assert r.code == 2 and "not valid JSON" in r.err and "line 2" in r.err, r
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--builtin", "countdown", "seconds=999"], "seconds"),
+        (["--builtin", "no_such_type"], "unknown job type"),
+        (["--builtin", "countdown", "nope=1"], "nope"),
+    ],
+)
+def test_server_422_is_one_line_and_exit_2(cli: Cli, argv: list[str], needle: str) -> None:
+    r = cli("run", *argv)
+    r.assert_one_error_line()
+    assert r.code == 2 and needle in r.err, r
+
+
+def test_invalid_spec_file_refused_by_the_server_names_the_field(cli: Cli, tmp_path: Path) -> None:
+    f = tmp_path / "job.yaml"
+    f.write_text("executor: docker\nimage: busybox\n")  # no steps
+    r = cli("run", "--spec", str(f))
+    r.assert_one_error_line()
+    assert r.code == 2 and "steps" in r.err, r
