@@ -22,16 +22,15 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import State
+from api.routes.streams import hub_of
 from api.state import AppState
 from orchestrator.artifacts import safe_name
 from orchestrator.errors import InvalidTransition, LaunchbayError, ParamError
-from orchestrator.events import EVENTS_CHANNEL
 from orchestrator.job import ACTIVE_STATUSES, Artifact, Job, JobStatus, StepResult
 from orchestrator.runners import RunnerInfo, new_runner_id
 
@@ -46,7 +45,7 @@ _FALLBACK_CHECK_S = 2.0
 MAX_ARTIFACT_BYTES = 1 << 30
 _RUNNER_ID = r"^runner-[0-9a-f]{12}$"
 _TAG = r"^[A-Za-z0-9_.:-]{1,64}$"
-_WAKE_TYPES = ('"type": "created"', '"type": "requeued"')
+_WAKE_TYPES = frozenset({"created", "requeued", "resync"})
 
 Executor = Annotated[str, Field(pattern=r"^(builtin|process|docker|kubernetes)$")]
 Tag = Annotated[str, Field(pattern=_TAG)]
@@ -172,44 +171,24 @@ class _Waker:
         event.set()
 
 
-async def _listen(redis_url: str, waker: _Waker) -> None:
-    """One lb:events subscription per process; wakes polls on created/requeued events."""
-    while True:
-        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-        try:
-            async with client.pubsub() as ps:
-                await ps.subscribe(EVENTS_CHANNEL)
-                waker.notify()  # whatever happened while we were not listening
-                while True:
-                    msg = await ps.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                    # Log batches dominate this channel: a substring test skips them cheaply.
-                    if msg and any(t in msg["data"] for t in _WAKE_TYPES):
-                        waker.notify()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.warning("launcher wake-up subscription lost; reconnecting", exc_info=True)
-            await asyncio.sleep(1.0)
-        finally:
-            await client.aclose()  # type: ignore[attr-defined]  # stubs predate it
-
-
 def setup(app: FastAPI) -> None:
-    """Start the wake-up subscriber with the app and stop it on shutdown."""
+    """Wake waiting polls from the process's one fan-out hub (api/fanout.py)."""
 
     async def start(app: FastAPI) -> None:
         waker = _Waker()
         app.state.launcher_waker = waker
-        app.state.launcher_listener = asyncio.create_task(
-            _listen(app.state.lb.settings.effective_redis_url, waker),
-            name="launcher-wakeups")
+
+        def on_message(msg: dict[str, Any]) -> None:
+            # RESYNC after a reconnect counts too: whatever happened meanwhile.
+            if msg.get("type") in _WAKE_TYPES:
+                waker.notify()
+
+        app.state.launcher_unlisten = hub_of(app.state.lb).listen(on_message)
 
     async def stop(app: FastAPI) -> None:
-        task = getattr(app.state, "launcher_listener", None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        unlisten = getattr(app.state, "launcher_unlisten", None)
+        if unlisten is not None:
+            unlisten()
 
     app.state.startup_hooks.append(start)
     app.state.shutdown_hooks.append(stop)
