@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from orchestrator.routing import worker_queues
 from orchestrator.runners import new_runner_id
@@ -142,7 +143,7 @@ class Supervisor:
     def start(self) -> None:
         base = {**os.environ, **settings_env(self.settings)}
         for svc in self.services:
-            out: int | object = subprocess.DEVNULL
+            out: Any = subprocess.DEVNULL
             if self.log_dir is not None:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
                 out = (self.log_dir / f"{svc.name}.log").open("ab")

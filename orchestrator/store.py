@@ -6,6 +6,7 @@ whoever's update matches a row wins, everyone else gets ``None`` back.
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from orchestrator.job import (
     Job,
     JobSpec,
     JobStatus,
+    Progress,
     sources_of,
     utcnow,
 )
@@ -117,7 +119,7 @@ def _row_to_job(row: sa.Row[Any]) -> Job:
         match_deadline=m["match_deadline"],
         exit_code=m["exit_code"],
         error=m["error"],
-        progress={"percent": m["progress_percent"], "message": m["progress_message"]},
+        progress=Progress(percent=m["progress_percent"], message=m["progress_message"]),
         result=m["result"],
         steps=m["steps"] or [],
         artifacts=m["artifacts"] or [],
@@ -173,7 +175,7 @@ class JobStore:
         until: datetime | None = None,
         limit: int = 50,
         offset: int = 0,
-    ) -> tuple[list[Job], int]:
+    ) -> tuple[builtins.list[Job], int]:
         """Jobs newest first, and how many match in all."""
         conds: list[Any] = []
         statuses = list(statuses or [])
@@ -190,8 +192,8 @@ class JobStore:
         with self.engine.connect() as c:
             if labels:
                 # Labels are JSON; filter in Python to stay portable across backends.
-                rows = [r for r in c.execute(q) if _labels_match(r._mapping["labels"], labels)]
-                return [_row_to_job(r) for r in rows[offset : offset + limit]], len(rows)
+                hits = [r for r in c.execute(q) if _labels_match(r._mapping["labels"], labels)]
+                return [_row_to_job(r) for r in hits[offset : offset + limit]], len(hits)
             total = c.execute(count_q).scalar_one()
             rows = c.execute(q.limit(limit).offset(offset)).all()
         return [_row_to_job(r) for r in rows], int(total)
@@ -211,27 +213,27 @@ class JobStore:
         with self.engine.connect() as c:
             return {r: int(n) for r, n in c.execute(q) if r}
 
-    def _select_ids(self, *conds: Any) -> list[Job]:
+    def _select_ids(self, *conds: Any) -> builtins.list[Job]:
         with self.engine.connect() as c:
             rows = c.execute(sa.select(jobs).where(*conds).order_by(jobs.c.created_at)).all()
         return [_row_to_job(r) for r in rows]
 
-    def expired_leases(self, now: datetime | None = None) -> list[Job]:
+    def expired_leases(self, now: datetime | None = None) -> builtins.list[Job]:
         now = now or utcnow()
         return self._select_ids(
             jobs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
             jobs.c.lease_expires_at < now,
         )
 
-    def overdue_queued(self, now: datetime | None = None) -> list[Job]:
+    def overdue_queued(self, now: datetime | None = None) -> builtins.list[Job]:
         """Queued jobs whose match deadline has passed."""
         now = now or utcnow()
         return self._select_ids(jobs.c.status == JobStatus.queued.value, jobs.c.match_deadline < now)
 
-    def queued_older_than(self, when: datetime) -> list[Job]:
+    def queued_older_than(self, when: datetime) -> builtins.list[Job]:
         return self._select_ids(jobs.c.status == JobStatus.queued.value, jobs.c.created_at < when)
 
-    def stuck_cancels(self, before: datetime) -> list[Job]:
+    def stuck_cancels(self, before: datetime) -> builtins.list[Job]:
         """Active jobs whose cancel was asked before ``before`` and never answered."""
         return self._select_ids(
             jobs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
@@ -239,7 +241,7 @@ class JobStore:
             jobs.c.cancel_requested_at < before,
         )
 
-    def ended_before(self, when: datetime) -> list[Job]:
+    def ended_before(self, when: datetime) -> builtins.list[Job]:
         return self._select_ids(
             jobs.c.status.in_([s.value for s in TERMINAL_STATUSES]),
             sa.func.coalesce(jobs.c.finished_at, jobs.c.created_at) < when,
