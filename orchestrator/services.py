@@ -149,7 +149,7 @@ class Supervisor:
                 out = (self.log_dir / f"{svc.name}.log").open("ab")
             svc.proc = subprocess.Popen(
                 list(svc.argv), env={**base, **svc.env}, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )
             self.say(f"{svc.name:<8} {svc.url}  (pid {svc.proc.pid})")
 
@@ -179,6 +179,20 @@ class Supervisor:
         if self.valkey is not None:
             self.valkey.stop()  # type: ignore[attr-defined]
             self.valkey = None
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the supervisor dies, however it dies (Linux).
+
+    Services run in their own sessions (so Ctrl-C reaches only the supervisor, which then
+    stops them in order); without this a SIGKILLed supervisor would orphan them.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _signal_group(proc: subprocess.Popen[bytes] | None, sig: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -29,6 +30,7 @@ class Up:
         self.proc = subprocess.Popen([LAUNCHBAY, "up"], env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
+        _STARTED.append(self)
         self.lines: list[str] = []
         self.url = f"http://127.0.0.1:{api_port}"
         self.flower = f"http://127.0.0.1:{flower_port}"
@@ -71,9 +73,19 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+_STARTED: list[Up] = []
+
+
 @pytest.fixture
 def up_home(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "lb-home"
+    # Whatever the test did, leave nothing running: kill every group it started.
+    while _STARTED:
+        up = _STARTED.pop()
+        for pid in [up.proc.pid, *up.pids()]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        up.proc.wait(10)
 
 
 def test_up_runs_the_stack_and_survives_a_restart(up_home: Path) -> None:

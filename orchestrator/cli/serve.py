@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -85,9 +85,12 @@ def up(
         typer.echo(f"launchbay up failed: {exc}", err=True)
         raise typer.Exit(1) from None
     finally:
-        typer.echo("stopping...")
+        # Stop first: saying so may fail (a closed terminal), stopping must not.
+        with contextlib.suppress(OSError):
+            typer.echo("stopping...")
         sup.stop()
-        typer.echo("stopped")
+        with contextlib.suppress(OSError):
+            typer.echo("stopped")
 
 
 def api(api_port: ApiPort = None,

@@ -1,0 +1,134 @@
+"""Launch failures through the attempt runner: transient errors are retried with backoff,
+permanent ones fail at once, and the job's error says what happened in one line.
+
+The Kubernetes API here is FakeKubernetes (an in-process fake, see workers/testing.py);
+the store, events and valkey are real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.celery_app import make_celery
+from orchestrator.dispatch import Dispatcher
+from orchestrator.events import Events
+from orchestrator.settings import Settings
+from orchestrator.store import JobStore
+from workers.launchers import LauncherSet
+from workers.launchers.kubernetes import KubernetesConfig, KubernetesLauncher
+from workers.runner import AttemptRunner
+from workers.testing import FakeKubernetes
+
+
+@pytest.fixture
+def fake_kube() -> Iterator[FakeKubernetes]:
+    with FakeKubernetes() as fake:
+        yield fake
+
+
+@pytest.fixture
+def runner(settings: Settings, store: JobStore, events: Events, fake_kube: FakeKubernetes,
+           tmp_path: Path) -> AttemptRunner:
+    settings = settings.model_copy(update={"launch_backoff_s": 0.05})
+    dispatcher = Dispatcher(settings, store, events, make_celery(settings))
+    launchers = LauncherSet(settings)
+    kubeconfig = fake_kube.write_kubeconfig(tmp_path / "kubeconfig")
+    # The set makes launchers with default configs; this one points at the fake API.
+    launchers._made["kubernetes"] = KubernetesLauncher(
+        settings, KubernetesConfig(kubeconfig=str(kubeconfig), poll_s=0.05))
+    return AttemptRunner(dispatcher, launchers, "runner-0123456789ab")
+
+
+def _create_posts(fake: FakeKubernetes) -> int:
+    return sum(1 for m, p in fake.requests if m == "POST" and p.endswith("/jobs"))
+
+
+def _submit(store: JobStore, **extra: Any) -> str:
+    spec = {"executor": "kubernetes", "image": "busybox", "command": ["echo", "hi"], **extra}
+    return store.create(spec).id
+
+
+def test_transient_errors_are_retried_until_the_launch_works(runner: AttemptRunner,
+                                                             store: JobStore,
+                                                             fake_kube: FakeKubernetes) -> None:
+    fake_kube.fail_next("POST", "/jobs", 503, times=2)
+    job_id = _submit(store)
+    assert runner.run(job_id) == "succeeded"
+    assert _create_posts(fake_kube) == 3
+    assert store.get(job_id).exit_code == 0
+
+
+def test_three_transient_failures_fail_the_job_with_one_readable_line(
+        runner: AttemptRunner, store: JobStore, fake_kube: FakeKubernetes) -> None:
+    fake_kube.fail_next("POST", "/jobs", 503, times=3)
+    job_id = _submit(store, max_attempts=3)
+    assert runner.run(job_id) == "failed"
+    job = store.get(job_id)
+    assert _create_posts(fake_kube) == 3
+    assert job.attempt == 1  # launch errors were already retried; no new attempt
+    assert job.error is not None and "\n" not in job.error
+    assert job.error.startswith("kubernetes launcher failed on launch attempt 3: ")
+    assert "503" in job.error
+
+
+def test_permanent_errors_fail_at_once(runner: AttemptRunner, store: JobStore,
+                                       fake_kube: FakeKubernetes) -> None:
+    fake_kube.fail_next("POST", "/jobs", 422, times=3)
+    job_id = _submit(store)
+    assert runner.run(job_id) == "failed"
+    assert _create_posts(fake_kube) == 1
+    assert store.get(job_id).error.startswith(  # type: ignore[union-attr]
+        "kubernetes launcher failed on launch attempt 1: ")
+
+
+def test_kubernetes_job_runs_through_the_runner(runner: AttemptRunner, store: JobStore,
+                                                fake_kube: FakeKubernetes) -> None:
+    job_id = _submit(store, command=["sh", "-c", "echo '::progress 50 half'; "
+                                                 "echo '::result [1, 2]'; exit 0"])
+    assert runner.run(job_id) == "succeeded"
+    job = store.get(job_id)
+    assert job.progress.percent == 50 and job.progress.message == "half"
+    assert job.result == [1, 2]
+    assert ("default", f"lb-{job_id}-a1", "Background") in fake_kube.deletions
+
+
+def test_cancel_deletes_the_kubernetes_job_in_the_foreground(runner: AttemptRunner,
+                                                             store: JobStore,
+                                                             fake_kube: FakeKubernetes) -> None:
+    import threading
+
+    from tests.support import wait_until
+
+    job_id = _submit(store, command=["sleep", "300"], grace_s=2)
+    final: dict[str, str] = {}
+    t = threading.Thread(target=lambda: final.setdefault("s", runner.run(job_id)))
+    t.start()
+    wait_until(fake_kube.running_processes, timeout=30, what="the pod's process to run")
+    runner.dispatcher.cancel(job_id)
+    t.join(60)
+    assert final["s"] == "cancelled"
+    assert ("default", f"lb-{job_id}-a1", "Foreground") in fake_kube.deletions
+    assert fake_kube.running_processes() == []
+    assert store.get(job_id).status == "cancelled"
+
+
+def test_unreachable_docker_daemon_is_retried_then_fails(settings: Settings, store: JobStore,
+                                                         events: Events, tmp_path: Path) -> None:
+    from workers.launchers.docker import DockerConfig, DockerLauncher
+
+    settings = settings.model_copy(update={"launch_backoff_s": 0.05})
+    launchers = LauncherSet(settings)
+    launchers._made["docker"] = DockerLauncher(
+        settings, DockerConfig(base_url=f"unix://{tmp_path}/no-docker.sock"))
+    runner = AttemptRunner(Dispatcher(settings, store, events, make_celery(settings)),
+                           launchers, "runner-0123456789ab")
+    job_id = store.create({"executor": "docker", "image": "busybox",
+                           "steps": [{"name": "s", "command": ["true"]}]}).id
+    assert runner.run(job_id) == "failed"
+    error = store.get(job_id).error or ""
+    assert error.startswith("docker launcher failed on launch attempt 3: ")
+    assert "\n" not in error

@@ -1,0 +1,239 @@
+"""The process launcher, driven directly: argv, env, steps, progress lines, stop, no leftovers."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import RunnerLaunchError
+from tests.support import wait_until
+from tests.workers.conftest import MakeCtx
+from workers.launchers import launcher_class
+from workers.launchers.process import ProcessLauncher, _job_processes
+from workers.testing import RecordingReporter
+
+
+def _job_pids(job_id: str) -> list[int]:
+    return [pid for pid, env in _job_processes() if env.get("LAUNCHBAY_JOB_ID") == job_id]
+
+
+@pytest.fixture
+def launcher(launch_settings) -> ProcessLauncher:  # type: ignore[no-untyped-def]
+    return ProcessLauncher(launch_settings)
+
+
+def test_registry_names_the_process_launcher() -> None:
+    assert launcher_class("process") is ProcessLauncher
+
+
+def test_command_runs_without_a_shell_in_the_workspace(launcher: ProcessLauncher,
+                                                        make_ctx: MakeCtx) -> None:
+    # A shell would expand $HOME and the glob; an argv list passes them through as is.
+    ctx = make_ctx({"executor": "process", "command": ["echo", "$HOME", "*"]})
+    rep = RecordingReporter()
+    out = launcher.follow(ctx, launcher.start(ctx), rep)
+    assert out.ok and out.exit_code == 0
+    assert rep.text("stdout") == ["$HOME *"]
+
+
+def test_context_reaches_the_job_and_secrets_do_not(launcher: ProcessLauncher,
+                                                    make_ctx: MakeCtx,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAUNCHBAY_TOKEN", "s3cret")
+    ctx = make_ctx({"executor": "process", "env": {"GREETING": "hi"},
+                    "command": ["sh", "-c", 'echo "$LAUNCHBAY_CONTEXT"; '
+                                'echo "$LAUNCHBAY_JOB_ID $LAUNCHBAY_ATTEMPT $GREETING"; '
+                                'echo "token=${LAUNCHBAY_TOKEN:-none}"; pwd']})
+    rep = RecordingReporter()
+    assert launcher.follow(ctx, launcher.start(ctx), rep).ok
+    context_line, ids, token, cwd = rep.text("stdout")
+    context = json.loads(context_line)
+    assert context["job_id"] == ctx.job_id and context["attempt"] == 1
+    assert context["spec"]["env"] == {"GREETING": "hi"}
+    assert context["workspace"] == str(ctx.workspace)
+    assert ids == f"{ctx.job_id} 1 hi"
+    assert token == "token=none"
+    assert Path(cwd).resolve() == ctx.workspace.resolve()
+
+
+def test_stdout_and_stderr_are_kept_apart(launcher: ProcessLauncher, make_ctx: MakeCtx) -> None:
+    ctx = make_ctx({"executor": "process",
+                    "command": ["sh", "-c", "echo out; echo err >&2; printf 'no newline'"]})
+    rep = RecordingReporter()
+    launcher.follow(ctx, launcher.start(ctx), rep)
+    assert rep.text("stdout") == ["out", "no newline"]
+    assert rep.text("stderr") == ["err"]
+
+
+def test_nonzero_exit_code_is_reported(launcher: ProcessLauncher, make_ctx: MakeCtx) -> None:
+    ctx = make_ctx({"executor": "process", "command": ["sh", "-c", "exit 7"]})
+    out = launcher.follow(ctx, launcher.start(ctx), RecordingReporter())
+    assert out.exit_code == 7 and not out.ok
+
+
+def test_steps_run_in_order_and_a_failing_step_stops_the_job(launcher: ProcessLauncher,
+                                                             make_ctx: MakeCtx) -> None:
+    ctx = make_ctx({"executor": "process", "steps": [
+        {"name": "write", "command": ["sh", "-c", "echo one > a.txt"]},
+        {"name": "check", "command": ["sh", "-c", "grep -q one a.txt && exit 3"]},
+        {"name": "never", "command": ["touch", "never.txt"]},
+    ]})
+    rep = RecordingReporter()
+    out = launcher.follow(ctx, launcher.start(ctx), rep)
+    steps = rep.final_steps()
+    assert out.exit_code == 3
+    assert out.error == "step 'check' exited with code 3"
+    assert steps["write"].exit_code == 0 and steps["check"].exit_code == 3
+    assert "never" not in steps and not (ctx.workspace / "never.txt").exists()
+    assert steps["write"].finished_at <= steps["check"].started_at  # type: ignore[operator]
+    assert out.resource_usage and out.resource_usage["max_rss_kb"] > 0
+
+
+def test_missing_program_is_a_permanent_launch_error(launcher: ProcessLauncher,
+                                                     make_ctx: MakeCtx) -> None:
+    ctx = make_ctx({"executor": "process", "command": ["/no/such/program"]})
+    with pytest.raises(RunnerLaunchError) as err:
+        launcher.start(ctx)
+    assert err.value.transient is False and err.value.launcher == "process"
+    assert "No such file or directory" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_stop_terminates_the_group_within_the_grace(launcher: ProcessLauncher,
+                                                    make_ctx: MakeCtx) -> None:
+    # The shell traps TERM and says so: the grace period lets it react before the kill.
+    ctx = make_ctx({"executor": "process", "command": [
+        "sh", "-c", "trap 'echo got TERM; exit 5' TERM; echo ready; "
+                    "sleep 300 & wait"]})
+    rep = RecordingReporter()
+    handle = launcher.start(ctx)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("o", launcher.follow(ctx, handle, rep)))
+    t.start()
+    assert rep.wait_for_line("ready")
+    launcher.stop(handle, grace_s=10)
+    t.join(30)
+    assert not t.is_alive()
+    assert "got TERM" in rep.text("stdout")
+    assert result["o"].exit_code == 5
+    assert _job_pids(ctx.job_id) == []  # the background sleep went with it
+    launcher.stop(handle, grace_s=10)  # idempotent, after the end too
+
+
+def test_stop_kills_what_ignores_sigterm(launcher: ProcessLauncher, make_ctx: MakeCtx) -> None:
+    ctx = make_ctx({"executor": "process", "command": [
+        "sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"]})
+    rep = RecordingReporter()
+    handle = launcher.start(ctx)
+    done = threading.Event()
+    out = {}
+
+    def run() -> None:
+        out["o"] = launcher.follow(ctx, handle, rep)
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert rep.wait_for_line("ready")
+    stoppers = [threading.Thread(target=launcher.stop, args=(handle, 0.5)) for _ in range(3)]
+    for s in stoppers:  # concurrent stops are safe
+        s.start()
+    assert done.wait(30)
+    for s in stoppers:
+        s.join(30)
+    assert out["o"].exit_code == 128 + 9
+    assert _job_pids(ctx.job_id) == []
+
+
+def test_escaped_processes_die_with_the_job(launcher: ProcessLauncher, make_ctx: MakeCtx,
+                                            tmp_path: Path) -> None:
+    # setsid leaves the process group; the launcher still finds it by its job id.
+    pidfile = tmp_path / "escaped.pid"
+    ctx = make_ctx({"executor": "process", "command": [
+        "sh", "-c", f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' "
+                    "</dev/null >/dev/null 2>&1 & "
+                    f"while [ ! -s {pidfile} ]; do :; done; echo started"]})
+    rep = RecordingReporter()
+    out = launcher.follow(ctx, launcher.start(ctx), rep)
+    assert out.exit_code == 0 and rep.text("stdout") == ["started"]
+    pid = int(pidfile.read_text())
+    wait_until(lambda: not Path(f"/proc/{pid}").exists()
+               or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+               timeout=10, what="the escaped process to die")
+    assert _job_pids(ctx.job_id) == []
+
+
+def test_orphans_are_processes_of_attempts_no_longer_live(launcher: ProcessLauncher,
+                                                          make_ctx: MakeCtx) -> None:
+    ctx = make_ctx({"executor": "process", "command": ["sleep", "300"]})
+    handle = launcher.start(ctx)
+    try:
+        assert handle not in launcher.orphans(lambda j, a: True)
+        found = launcher.orphans(lambda j, a: j != ctx.job_id)
+        assert found == [handle]
+        # Another process's launcher (no in-memory state) can still remove it by handle.
+        ProcessLauncher(ctx.settings).remove(handle)
+        out = launcher.follow(ctx, handle, RecordingReporter())
+        assert out.exit_code in (128 + 15, 128 + 9)
+    finally:
+        launcher.stop(handle, 0)
+    assert _job_pids(ctx.job_id) == []
+
+
+def test_relative_workdir_is_inside_the_workspace(launcher: ProcessLauncher,
+                                                  make_ctx: MakeCtx) -> None:
+    ctx = make_ctx({"executor": "process", "workdir": "sub", "command": ["pwd"]})
+    rep = RecordingReporter()
+    assert launcher.follow(ctx, launcher.start(ctx), rep).ok
+    assert Path(rep.text()[0]).resolve() == (ctx.workspace / "sub").resolve()
+
+
+def test_worker_env_is_inherited_without_launchbay_settings(launcher: ProcessLauncher,
+                                                            make_ctx: MakeCtx) -> None:
+    ctx = make_ctx({"executor": "process", "command": ["env"]})
+    rep = RecordingReporter()
+    assert launcher.follow(ctx, launcher.start(ctx), rep).ok
+    names = {line.split("=", 1)[0] for line in rep.text()}
+    assert f"PATH={os.environ['PATH']}" in rep.text()
+    assert {n for n in names if n.startswith("LAUNCHBAY_")} == {
+        "LAUNCHBAY_CONTEXT", "LAUNCHBAY_JOB_ID", "LAUNCHBAY_ATTEMPT", "LAUNCHBAY_WORKSPACE"}
+
+
+def test_a_killed_worker_takes_its_jobs_with_it(make_ctx: MakeCtx, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    ctx = make_ctx({"executor": "process", "command": ["sleep", "300"]})
+    # A stand-in worker process: starts the job, says its pid, then waits to be killed.
+    script = (
+        "import sys, uuid\n"
+        "from pathlib import Path\n"
+        "from orchestrator.job import ProcessSpec\n"
+        "from orchestrator.settings import Settings\n"
+        "from workers.launchers import LaunchContext\n"
+        "from workers.launchers.process import ProcessLauncher\n"
+        f"s = Settings(home=Path({str(ctx.settings.home)!r}))\n"
+        f"c = LaunchContext(job_id={ctx.job_id!r}, attempt=1, runner_id='runner-x', "
+        f"spec=ProcessSpec(command=['sleep', '300']), workspace=Path({str(ctx.workspace)!r}), "
+        "settings=s)\n"
+        "print(ProcessLauncher(s).start(c), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    try:
+        assert worker.stdout is not None
+        pid = int(worker.stdout.readline())
+        assert _job_pids(ctx.job_id) == [pid]
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+        wait_until(lambda: _job_pids(ctx.job_id) == [], timeout=10,
+                   what="the job to die with its worker")
+    finally:
+        worker.kill()
+        launcher = ProcessLauncher(ctx.settings)
+        for pid in _job_pids(ctx.job_id):
+            launcher.remove(str(pid))
