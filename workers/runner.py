@@ -8,6 +8,7 @@ failed attempts and the terminal transition.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -29,6 +30,7 @@ RESULT_PREFIX = "::result "
 _LOG_FLUSH_S = 0.05
 _LOG_FLUSH_LINES = 500
 _CANCEL_POLL_S = 0.2
+_PROGRESS_EVERY_S = 0.05
 
 
 @dataclass
@@ -43,29 +45,31 @@ class _Reporter:
     has_result: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     _last_progress: float = 0.0
+    _pending: tuple[float, str] | None = None
 
     def log(self, stream: str, line: str, step: str | None = None) -> None:
         line = line.rstrip("\r\n")
         if line.startswith(PROGRESS_PREFIX):
             parts = line[len(PROGRESS_PREFIX):].strip().split(" ", 1)
-            try:
-                pct = float(parts[0])
-            except ValueError:
-                pass
-            else:
-                self.progress(pct, parts[1] if len(parts) > 1 else "")
+            with contextlib.suppress(ValueError):
+                self.progress(float(parts[0]), parts[1] if len(parts) > 1 else "")
         elif line.startswith(RESULT_PREFIX):
-            try:
+            with contextlib.suppress(ValueError):
                 self.result(json.loads(line[len(RESULT_PREFIX):]))
-            except ValueError:
-                pass
         with self.lock:
             self.lines.append((stream, step, line))
             full = len(self.lines) >= _LOG_FLUSH_LINES
         if full:
-            self.flush()
+            self._flush_logs()
 
-    def flush(self) -> None:
+    def flush(self, *, final: bool = False) -> None:
+        """Send buffered log lines, and a coalesced progress update once it is due."""
+        self._flush_logs()
+        if self._pending is not None and (
+                final or time.monotonic() - self._last_progress >= _PROGRESS_EVERY_S):
+            self._send_progress()
+
+    def _flush_logs(self) -> None:
         with self.lock:
             batch, self.lines = self.lines, []
         if batch:
@@ -73,14 +77,23 @@ class _Reporter:
 
     def progress(self, percent: float, message: str = "") -> None:
         percent = max(0.0, min(100.0, float(percent)))
-        now = time.monotonic()
-        # Coalesce floods of progress lines; the last word (100 %) always goes out.
-        if percent < 100 and now - self._last_progress < 0.05:
+        with self.lock:
+            self._pending = (percent, message)
+        # Floods of progress lines are coalesced: the latest one is kept and sent by the
+        # watcher's next flush, so the last word always goes out (100 % at once).
+        if percent >= 100 or time.monotonic() - self._last_progress >= _PROGRESS_EVERY_S:
+            self._send_progress()
+
+    def _send_progress(self) -> None:
+        with self.lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
             return
-        self._last_progress = now
-        self.flush()  # logs before the progress they led to
-        store = self.runner.dispatcher.store
-        store.set_progress(self.job.id, self.job.attempt, percent, message)
+        percent, message = pending
+        self._last_progress = time.monotonic()
+        self._flush_logs()  # logs before the progress they led to
+        self.runner.dispatcher.store.set_progress(self.job.id, self.job.attempt, percent,
+                                                  message)
         self.runner.dispatcher.events.publish(
             self.job.id, "progress", {"percent": percent, "message": message,
                                       "attempt": self.job.attempt}
@@ -206,7 +219,7 @@ class AttemptRunner:
         finally:
             stop_watch.set()
             watcher.join(timeout=5)
-            reporter.flush()
+            reporter.flush(final=True)
         return self._finish(job, launcher, ctx, state, outcome, launch_error, reporter)
 
     def _launch(self, launcher: Any, ctx: LaunchContext) -> str | None:
