@@ -37,8 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Launchbay",
         version="0.1.0",
-        description="Run commands, containers, Kubernetes Jobs and built-in jobs; "
-                    "watch them live.",
+        description="Run commands, containers, Kubernetes Jobs and built-in jobs; watch them live.",
         lifespan=lifespan,
     )
     app.state.lb = state
@@ -47,8 +46,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
 
     public = APIRouter(prefix=API_PREFIX)
-    public.add_api_route("/healthz", meta.healthz, methods=["GET"], tags=["meta"],
-                         operation_id="meta-healthz", summary="Liveness and dependencies")
+    public.add_api_route(
+        "/healthz",
+        meta.healthz,
+        methods=["GET"],
+        tags=["meta"],
+        operation_id="meta-healthz",
+        summary="Liveness and dependencies",
+    )
     app.include_router(public)
 
     api = APIRouter(prefix=API_PREFIX, dependencies=[Auth])

@@ -45,17 +45,23 @@ def require_token(request: Request) -> None:
     """Bearer token check when ``LAUNCHBAY_TOKEN`` is set (``?token=`` also accepted)."""
     expected = request.app.state.lb.settings.token
     header = request.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token")
+    given = (
+        header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token")
+    )
     if not token_ok(expected, given):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def ws_token_ok(websocket: WebSocket) -> bool:
     expected = websocket.app.state.lb.settings.token
     header = websocket.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else \
-        websocket.query_params.get("token")
+    given = (
+        header[7:] if header.lower().startswith("bearer ") else websocket.query_params.get("token")
+    )
     return token_ok(expected, given)
 
 

@@ -98,8 +98,14 @@ class Subscriber:
 class Hub:
     """The process's single subscription to ``lb:events`` and its subscribers."""
 
-    def __init__(self, redis_url: str, *, logs_dir: Path, queue_size: int = 1000,
-                 client_name: str = "launchbay-fanout") -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        logs_dir: Path,
+        queue_size: int = 1000,
+        client_name: str = "launchbay-fanout",
+    ) -> None:
         self.redis_url = redis_url
         self.logs_dir = logs_dir
         self.queue_size = queue_size
@@ -119,8 +125,9 @@ class Hub:
     async def start(self, ready_timeout: float = 5.0) -> None:
         """Connect and subscribe; a Redis that is down now is retried in the background."""
         # Named, so CLIENT LIST shows which connection is whose.
-        self.r = aredis.Redis.from_url(self.redis_url, decode_responses=True,
-                                       client_name=self.client_name)
+        self.r = aredis.Redis.from_url(
+            self.redis_url, decode_responses=True, client_name=self.client_name
+        )
         self._task = asyncio.create_task(self._run(), name="launchbay-fanout")
         with anyio.move_on_after(ready_timeout):
             await self._subscribed.wait()
@@ -172,8 +179,9 @@ class Hub:
 
     # ------------------------------------------------------------------ subscribers
 
-    def subscribe(self, job_id: str | None = None, *, logs: bool = True,
-                  label: str = "client") -> Subscriber:
+    def subscribe(
+        self, job_id: str | None = None, *, logs: bool = True, label: str = "client"
+    ) -> Subscriber:
         """A new subscriber to one job's messages, or every job's when ``job_id`` is None.
 
         Subscribe BEFORE reading the streams, so nothing published in between is missed.
@@ -196,8 +204,9 @@ class Hub:
             if not subs:
                 del self._by_job[sub.job_id]
 
-    def listen(self, callback: Callable[[dict[str, Any]], None], *, logs: bool = False
-               ) -> Callable[[], None]:
+    def listen(
+        self, callback: Callable[[dict[str, Any]], None], *, logs: bool = False
+    ) -> Callable[[], None]:
         """Call ``callback(message)`` for every message (and RESYNC after a reconnect).
 
         For in-process consumers that only need a nudge (e.g. waking long polls): the
@@ -251,13 +260,16 @@ class Hub:
         try:
             sub.queue.put_nowait(msg)
         except asyncio.QueueFull:
-            reason = (f"too slow: more than {self.queue_size} messages waiting; "
-                      "reconnect with your last event id to resume")
+            reason = (
+                f"too slow: more than {self.queue_size} messages waiting; "
+                "reconnect with your last event id to resume"
+            )
             self.unsubscribe(sub)
             sub._drop(reason)
             self.dropped += 1
-            self.recent_drops.append({"client": sub.label, "job_id": sub.job_id,
-                                      "reason": reason, "at": time.time()})
+            self.recent_drops.append(
+                {"client": sub.label, "job_id": sub.job_id, "reason": reason, "at": time.time()}
+            )
             log.warning("dropped %s (job %s): %s", sub.label, sub.job_id, reason)
 
     # ------------------------------------------------------------------ stream reads
@@ -266,11 +278,11 @@ class Hub:
         last = await self.redis.xrevrange(job_events_key(job_id), count=1)
         return last[0][0] if last else None
 
-    async def read_events(self, job_id: str, after: str, count: int = 1000
-                          ) -> list[dict[str, Any]]:
+    async def read_events(self, job_id: str, after: str, count: int = 1000) -> list[dict[str, Any]]:
         """Events strictly after stream id ``after`` ("0-0" for all)."""
-        entries = await self.redis.xrange(job_events_key(job_id), min=f"({after}", max="+",
-                                          count=count)
+        entries = await self.redis.xrange(
+            job_events_key(job_id), min=f"({after}", max="+", count=count
+        )
         return [decode_event(job_id, eid, f) for eid, f in entries]
 
     async def first_buffered_seq(self, job_id: str) -> int | None:
@@ -334,8 +346,11 @@ class Cursor:
     def parse(cls, text: str, field: str = "since") -> Cursor:
         event_id, sep, seq = text.strip().partition("|")
         if not sep or not _EVENT_ID.match(event_id) or not seq.isdigit():
-            raise ParamError(field, f"{field} must be an event id from this stream "
-                                    f"(like '1712345678901-0|42'), got {text!r}")
+            raise ParamError(
+                field,
+                f"{field} must be an event id from this stream "
+                f"(like '1712345678901-0|42'), got {text!r}",
+            )
         return cls(event_id, int(seq))
 
 
@@ -360,9 +375,18 @@ class JobFollower:
     yielded (events are still read, to know when the job ended).
     """
 
-    def __init__(self, hub: Hub, sub: Subscriber, job_id: str, cursor: Cursor, *,
-                 emit_events: bool = True, ended: Job | None = None, page: int = 1000,
-                 poll_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        sub: Subscriber,
+        job_id: str,
+        cursor: Cursor,
+        *,
+        emit_events: bool = True,
+        ended: Job | None = None,
+        page: int = 1000,
+        poll_s: float = 5.0,
+    ) -> None:
         self.hub, self.sub, self.job_id = hub, sub, job_id
         self.cursor = Cursor(cursor.event_id, cursor.log_seq)
         self.emit_events = emit_events
@@ -375,8 +399,9 @@ class JobFollower:
         read_events, read_logs = True, True
         hint: list[LogLine] = []
         while True:
-            evs = await self.hub.read_events(self.job_id, self.cursor.event_id) \
-                if read_events else []
+            evs = (
+                await self.hub.read_events(self.job_id, self.cursor.event_id) if read_events else []
+            )
             terminal = next((e for e in evs if e["type"] in TERMINAL_EVENTS), None)
             if terminal is not None:
                 evs = evs[: evs.index(terminal)]
@@ -413,8 +438,9 @@ class JobFollower:
 
     async def _logs(self, hint: list[LogLine]) -> list[LogLine]:
         fresh = [ln for ln in hint if ln["seq"] > self.cursor.log_seq]
-        if fresh and all(ln["seq"] == self.cursor.log_seq + i
-                         for i, ln in enumerate(fresh, start=1)):
+        if fresh and all(
+            ln["seq"] == self.cursor.log_seq + i for i, ln in enumerate(fresh, start=1)
+        ):
             return fresh  # the published lines continue our cursor exactly: no read needed
         if hint and not fresh:
             return []
@@ -445,9 +471,13 @@ class JobFollower:
             yield self._merge(rest, [])
         if terminal is None and self.ended is not None:
             job = self.ended
-            terminal = {"id": self.cursor.event_id, "job_id": job.id, "type": job.status.value,
-                        "ts": (job.finished_at or job.created_at).isoformat(),
-                        "data": job.public()}
+            terminal = {
+                "id": self.cursor.event_id,
+                "job_id": job.id,
+                "type": job.status.value,
+                "ts": (job.finished_at or job.created_at).isoformat(),
+                "data": job.public(),
+            }
         if terminal is None:
             return
         self.final = terminal

@@ -8,9 +8,14 @@ from celery import Celery
 
 url = os.environ["BENCH_REDIS_URL"]
 app = Celery("bench_raw", broker=url, backend=url)
-app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1, task_serializer="json",
-                accept_content=["json"], result_serializer="json",
-                worker_hijack_root_logger=False)
+app.conf.update(
+    task_acks_late=True,
+    worker_prefetch_multiplier=1,
+    task_serializer="json",
+    accept_content=["json"],
+    result_serializer="json",
+    worker_hijack_root_logger=False,
+)
 
 
 @app.task(name="bench.noop")

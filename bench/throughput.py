@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,10 +59,26 @@ def _pct(xs: list[float], q: float) -> float:
 def bench_raw(url: str, n: int, concurrency: int) -> dict[str, float]:
     env = {**os.environ, "BENCH_REDIS_URL": url, "PYTHONPATH": str(ROOT)}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "bench.raw_app", "worker", "-c",
-         str(concurrency), "-P", "prefork", "--without-mingle", "--without-gossip",
-         "-l", "WARNING"],
-        env=env, cwd=ROOT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.raw_app",
+            "worker",
+            "-c",
+            str(concurrency),
+            "-P",
+            "prefork",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "WARNING",
+        ],
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     try:
         os.environ["BENCH_REDIS_URL"] = url
         from bench.raw_app import app, noop
@@ -81,8 +96,7 @@ def bench_raw(url: str, n: int, concurrency: int) -> dict[str, float]:
             r.get(timeout=120)
         elapsed = time.perf_counter() - t0
         rss = _rss_mb(_tree(worker.pid))
-        return {"rate": n / elapsed, "p50": _pct(rtts, 0.5), "p95": _pct(rtts, 0.95),
-                "rss": rss}
+        return {"rate": n / elapsed, "p50": _pct(rtts, 0.5), "p95": _pct(rtts, 0.95), "rss": rss}
     finally:
         os.killpg(worker.pid, 15)
         worker.wait(30)
@@ -90,8 +104,13 @@ def bench_raw(url: str, n: int, concurrency: int) -> dict[str, float]:
 
 def bench_launchbay(url: str, n: int, concurrency: int) -> dict[str, float]:
     home = Path(tempfile.mkdtemp(prefix="lb-bench-"))
-    s = Settings(home=home, redis_url=url, api_port=free_port(), worker_concurrency=concurrency,
-                 worker_executors=["builtin"])
+    s = Settings(
+        home=home,
+        redis_url=url,
+        api_port=free_port(),
+        worker_concurrency=concurrency,
+        worker_executors=["builtin"],
+    )
     s.ensure_dirs()
     sup = Supervisor(s, say=lambda _l: None)
     sup.add_stack(beat=False, flower=False)
@@ -101,6 +120,7 @@ def bench_launchbay(url: str, n: int, concurrency: int) -> dict[str, float]:
     try:
         wait_http(f"{base}/api/v1/healthz", 60)
         with httpx.Client(base_url=base, timeout=60) as h:
+
             def run_one() -> float:
                 t0 = time.perf_counter()
                 jid = h.post("/api/v1/jobs", json=spec).json()["id"]
@@ -117,8 +137,9 @@ def bench_launchbay(url: str, n: int, concurrency: int) -> dict[str, float]:
             rtts = [run_one() for _ in range(min(100, n))]
             t0 = time.perf_counter()
             with ThreadPoolExecutor(8) as pool:
-                ids = list(pool.map(lambda _i: h.post("/api/v1/jobs", json=spec).json()["id"],
-                                    range(n)))
+                ids = list(
+                    pool.map(lambda _i: h.post("/api/v1/jobs", json=spec).json()["id"], range(n))
+                )
             submit_s = time.perf_counter() - t0
             while True:
                 page = h.get("/api/v1/jobs", params={"status": "succeeded", "limit": 1}).json()
@@ -129,9 +150,14 @@ def bench_launchbay(url: str, n: int, concurrency: int) -> dict[str, float]:
             worker = next(sv for sv in sup.services if sv.name == "worker")
             api = next(sv for sv in sup.services if sv.name == "api")
             assert worker.proc and api.proc
-            return {"rate": n / elapsed, "p50": _pct(rtts, 0.5), "p95": _pct(rtts, 0.95),
-                    "rss": _rss_mb(_tree(worker.proc.pid)), "api_rss": _rss_mb([api.proc.pid]),
-                    "submit_rate": len(ids) / submit_s}
+            return {
+                "rate": n / elapsed,
+                "p50": _pct(rtts, 0.5),
+                "p95": _pct(rtts, 0.95),
+                "rss": _rss_mb(_tree(worker.proc.pid)),
+                "api_rss": _rss_mb([api.proc.pid]),
+                "submit_rate": len(ids) / submit_s,
+            }
     finally:
         sup.stop()
 
@@ -151,19 +177,31 @@ def main() -> None:
         lb = bench_launchbay(url, args.jobs, args.concurrency)
     finally:
         server.stop()
-    print(f"\n{args.jobs} jobs, {args.concurrency} worker processes, one Valkey, "
-          f"{os.cpu_count()} cores\n")
-    print(f"| {'system':<34} | {'jobs/s':>8} | {'p50 ms':>8} | {'p95 ms':>8} | "
-          f"{'worker RSS MB':>13} |")
+    print(
+        f"\n{args.jobs} jobs, {args.concurrency} worker processes, one Valkey, "
+        f"{os.cpu_count()} cores\n"
+    )
+    print(
+        f"| {'system':<34} | {'jobs/s':>8} | {'p50 ms':>8} | {'p95 ms':>8} | "
+        f"{'worker RSS MB':>13} |"
+    )
     print(f"|{'-' * 36}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 15}|")
-    print(f"| {'raw Celery no-op (baseline)':<34} | {raw['rate']:>8.0f} | "
-          f"{raw['p50'] * 1000:>8.1f} | {raw['p95'] * 1000:>8.1f} | {raw['rss']:>13.0f} |")
-    print(f"| {'Launchbay builtin via HTTP':<34} | {lb['rate']:>8.0f} | "
-          f"{lb['p50'] * 1000:>8.1f} | {lb['p95'] * 1000:>8.1f} | {lb['rss']:>13.0f} |")
-    print(f"\nLaunchbay: {lb['rate'] / raw['rate']:.0%} of the baseline's throughput; "
-          f"HTTP submit alone {lb['submit_rate']:.0f} jobs/s; API RSS {lb['api_rss']:.0f} MB.")
-    print("p50/p95: one job at a time, submit to observed end (Launchbay: polled over HTTP;"
-          " raw: AsyncResult.get).")
+    print(
+        f"| {'raw Celery no-op (baseline)':<34} | {raw['rate']:>8.0f} | "
+        f"{raw['p50'] * 1000:>8.1f} | {raw['p95'] * 1000:>8.1f} | {raw['rss']:>13.0f} |"
+    )
+    print(
+        f"| {'Launchbay builtin via HTTP':<34} | {lb['rate']:>8.0f} | "
+        f"{lb['p50'] * 1000:>8.1f} | {lb['p95'] * 1000:>8.1f} | {lb['rss']:>13.0f} |"
+    )
+    print(
+        f"\nLaunchbay: {lb['rate'] / raw['rate']:.0%} of the baseline's throughput; "
+        f"HTTP submit alone {lb['submit_rate']:.0f} jobs/s; API RSS {lb['api_rss']:.0f} MB."
+    )
+    print(
+        "p50/p95: one job at a time, submit to observed end (Launchbay: polled over HTTP;"
+        " raw: AsyncResult.get)."
+    )
 
 
 if __name__ == "__main__":

@@ -94,8 +94,12 @@ class ArtifactStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return Artifact(name=rel.as_posix(), size=size, sha256=digest.hexdigest(),
-                        content_type=content_type_of(rel.name))
+        return Artifact(
+            name=rel.as_posix(),
+            size=size,
+            sha256=digest.hexdigest(),
+            content_type=content_type_of(rel.name),
+        )
 
     def files(self, job_id: str) -> list[str]:
         """Names of the files stored for ``job_id`` (sorted)."""

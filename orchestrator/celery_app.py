@@ -33,12 +33,21 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         beat_schedule={
-            "reconcile": {"task": RECONCILE, "schedule": settings.reconcile_interval_s,
-                          "options": {"queue": "lb.maintenance", "expires": 60}},
-            "remove-orphans": {"task": REMOVE_ORPHANS, "schedule": 60.0,
-                               "options": {"queue": "lb.maintenance", "expires": 120}},
-            "retention": {"task": RETENTION, "schedule": 24 * 3600.0,
-                          "options": {"queue": "lb.maintenance", "expires": 3600}},
+            "reconcile": {
+                "task": RECONCILE,
+                "schedule": settings.reconcile_interval_s,
+                "options": {"queue": "lb.maintenance", "expires": 60},
+            },
+            "remove-orphans": {
+                "task": REMOVE_ORPHANS,
+                "schedule": 60.0,
+                "options": {"queue": "lb.maintenance", "expires": 120},
+            },
+            "retention": {
+                "task": RETENTION,
+                "schedule": 24 * 3600.0,
+                "options": {"queue": "lb.maintenance", "expires": 3600},
+            },
         },
     )
     return app

@@ -61,7 +61,9 @@ class Dispatcher:
             self.send(job)
         except Exception as exc:
             failed = self.store.transition(
-                job.id, JobStatus.failed, expect=[JobStatus.queued],
+                job.id,
+                JobStatus.failed,
+                expect=[JobStatus.queued],
                 error=f"broker unavailable, job not enqueued: {exc}",
             )
             if failed:
@@ -95,7 +97,9 @@ class Dispatcher:
         job = self.store.get(job_id)
         if job.status == JobStatus.queued:
             done = self.store.transition(
-                job_id, JobStatus.cancelled, expect=[JobStatus.queued],
+                job_id,
+                JobStatus.cancelled,
+                expect=[JobStatus.queued],
                 error="cancelled before it started",
             )
             if done:
@@ -131,7 +135,9 @@ class Dispatcher:
 
     def requeue(self, job: Job, reason: str, *, countdown: float | None = None) -> Job | None:
         again = self.store.requeue(
-            job.id, job.attempt, reason=reason,
+            job.id,
+            job.attempt,
+            reason=reason,
             match_timeout_s=job.spec.match_timeout_s or self.settings.default_match_timeout_s,
         )
         if again is None:
@@ -145,8 +151,9 @@ class Dispatcher:
         counts = {"requeued": 0, "failed": 0, "unmatched": 0, "force_cancelled": 0}
         for job in self.store.expired_leases():
             if job.cancel_requested:
-                done = self.store.finish(job.id, job.attempt, JobStatus.cancelled,
-                                         error="cancelled (runner lost)")
+                done = self.store.finish(
+                    job.id, job.attempt, JobStatus.cancelled, error="cancelled (runner lost)"
+                )
                 if done:
                     self.announce(done)
                     counts["force_cancelled"] += 1
@@ -155,9 +162,11 @@ class Dispatcher:
                     counts["requeued"] += 1
             else:
                 done = self.store.finish(
-                    job.id, job.attempt, JobStatus.failed,
+                    job.id,
+                    job.attempt,
+                    JobStatus.failed,
                     error=f"runner {job.runner_id} lost (lease expired) on attempt {job.attempt}"
-                          f" of {job.spec.max_attempts}",
+                    f" of {job.spec.max_attempts}",
                 )
                 if done:
                     self.announce(done)
@@ -165,7 +174,10 @@ class Dispatcher:
         for job in self.store.overdue_queued():
             timeout = job.spec.match_timeout_s or self.settings.default_match_timeout_s
             done = self.store.transition(
-                job.id, JobStatus.failed, attempt=job.attempt, expect=[JobStatus.queued],
+                job.id,
+                JobStatus.failed,
+                attempt=job.attempt,
+                expect=[JobStatus.queued],
                 error=f"no matching runner available within {timeout:g} s",
             )
             if done:
@@ -174,13 +186,18 @@ class Dispatcher:
                 counts["unmatched"] += 1
         wait = self.settings.cancel_fallback_s
         for job in self.store.stuck_cancels(utcnow() - timedelta(seconds=wait)):
-            if job.cancel_requested_at and (
-                utcnow() - job.cancel_requested_at
-            ).total_seconds() < job.spec.grace_s + wait:
+            if (
+                job.cancel_requested_at
+                and (utcnow() - job.cancel_requested_at).total_seconds() < job.spec.grace_s + wait
+            ):
                 continue
             self._revoke(job, terminate=True)
-            done = self.store.finish(job.id, job.attempt, JobStatus.cancelled,
-                                     error="cancelled (runner did not answer; terminated)")
+            done = self.store.finish(
+                job.id,
+                job.attempt,
+                JobStatus.cancelled,
+                error="cancelled (runner did not answer; terminated)",
+            )
             if done:
                 self.announce(done)
                 counts["force_cancelled"] += 1

@@ -60,8 +60,14 @@ class UnsafePath(LaunchbayError):
 class RunnerLaunchError(LaunchbayError):
     """A launcher could not start a job; ``transient`` errors are retried."""
 
-    def __init__(self, launcher: str, attempt: int, cause: BaseException | str, *,
-                 transient: bool = False) -> None:
-        self.launcher, self.attempt, self.cause, self.transient = launcher, attempt, cause, transient
+    def __init__(
+        self, launcher: str, attempt: int, cause: BaseException | str, *, transient: bool = False
+    ) -> None:
+        self.launcher, self.attempt, self.cause, self.transient = (
+            launcher,
+            attempt,
+            cause,
+            transient,
+        )
         text = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
         super().__init__(f"{launcher} launcher failed on launch attempt {attempt}: {text}")

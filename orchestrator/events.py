@@ -104,8 +104,9 @@ class Events:
             self.r.publish(EVENTS_CHANNEL, json.dumps(event, default=str))
         return event
 
-    def read_events(self, job_id: str, after: str | None = None, count: int = 1000
-                    ) -> list[dict[str, Any]]:
+    def read_events(
+        self, job_id: str, after: str | None = None, count: int = 1000
+    ) -> list[dict[str, Any]]:
         start = f"({after}" if after else "-"
         entries = self.r.xrange(job_events_key(job_id), min=start, max="+", count=count)
         return [decode_event(job_id, eid, f) for eid, f in entries]
@@ -150,8 +151,15 @@ class Events:
                 )
             pipe.publish(
                 EVENTS_CHANNEL,
-                json.dumps({"id": None, "job_id": job_id, "type": "log", "ts": ts,
-                            "data": {"seq": seq, "lines": records}}),
+                json.dumps(
+                    {
+                        "id": None,
+                        "job_id": job_id,
+                        "type": "log",
+                        "ts": ts,
+                        "data": {"seq": seq, "lines": records},
+                    }
+                ),
             )
             self.logs_dir.mkdir(parents=True, exist_ok=True)
             with self.log_path(job_id).open("a", encoding="utf-8") as f:
@@ -175,8 +183,7 @@ class Events:
 
     def read_logs(self, job_id: str, since: int = 0, limit: int | None = None) -> list[LogLine]:
         """Lines after ``since``: from the live buffer when it still holds them, else the file."""
-        entries = self.r.xrange(job_logs_key(job_id), min=f"({since}-0", max="+",
-                                count=limit)
+        entries = self.r.xrange(job_logs_key(job_id), min=f"({since}-0", max="+", count=limit)
         if entries and int(entries[0][0].split("-", 1)[0]) == since + 1:
             return [decode_log(eid, f) for eid, f in entries]
         out: list[LogLine] = []

@@ -6,7 +6,15 @@ import enum
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, computed_field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.errors import ParamError
 from orchestrator.jobtypes import JOB_TYPES, validate_params
@@ -162,6 +170,7 @@ EXECUTORS = ("builtin", "process", "docker", "kubernetes")
 
 
 # ---------------------------------------------------------------- job
+
 
 class Progress(BaseModel):
     percent: float = 0

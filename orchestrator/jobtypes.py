@@ -36,9 +36,7 @@ class JobType:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["params"] = [
-            {k: v for k, v in asdict(p).items() if v is not None} for p in self.params
-        ]
+        d["params"] = [{k: v for k, v in asdict(p).items() if v is not None} for p in self.params]
         return d
 
 
@@ -69,8 +67,13 @@ JOB_TYPES: dict[str, JobType] = {
             "Fetch up to 10 URLs concurrently; each URL's status, size and duration.",
             (
                 Param(
-                    "urls", "array", "URLs to fetch (http or https)", None,
-                    required=True, max_items=10, items="string",
+                    "urls",
+                    "array",
+                    "URLs to fetch (http or https)",
+                    None,
+                    required=True,
+                    max_items=10,
+                    items="string",
                 ),
                 Param("timeout", "number", "Per-URL timeout in seconds", 10, 1, 60),
             ),

@@ -34,8 +34,14 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def remove_run(store: JobStore, events: Events, artifacts: ArtifactStore, job_id: str, *,
-               workspaces_dir: Path | None = None) -> dict[str, Any]:
+def remove_run(
+    store: JobStore,
+    events: Events,
+    artifacts: ArtifactStore,
+    job_id: str,
+    *,
+    workspaces_dir: Path | None = None,
+) -> dict[str, Any]:
     """Remove one ended job: artifact files, streams, stored log, workspace, then the record.
 
     The record goes last, so a removal that fails half-way leaves a record to retry with.
@@ -55,9 +61,14 @@ def remove_run(store: JobStore, events: Events, artifacts: ArtifactStore, job_id
     return {"id": job.id, "status": job.status.value, "artifact_files": files}
 
 
-def cleanup_older_than(store: JobStore, events: Events, artifacts: ArtifactStore,
-                       seconds: float, *, workspaces_dir: Path | None = None
-                       ) -> dict[str, Any]:
+def cleanup_older_than(
+    store: JobStore,
+    events: Events,
+    artifacts: ArtifactStore,
+    seconds: float,
+    *,
+    workspaces_dir: Path | None = None,
+) -> dict[str, Any]:
     """Remove every job that ended more than ``seconds`` ago; say what went.
 
     ``seconds=0`` removes every ended job. One job that cannot be removed is logged and
@@ -69,8 +80,9 @@ def cleanup_older_than(store: JobStore, events: Events, artifacts: ArtifactStore
     # The +1 µs makes "0s" include a job that finished in this very microsecond.
     for job in store.ended_before(cutoff + timedelta(microseconds=1)):
         try:
-            removed.append(remove_run(store, events, artifacts, job.id,
-                                      workspaces_dir=workspaces_dir))
+            removed.append(
+                remove_run(store, events, artifacts, job.id, workspaces_dir=workspaces_dir)
+            )
         except JobNotFound:
             continue  # removed meanwhile by someone else: nothing left to do
         except Exception:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -47,33 +48,77 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
     if settings.token:
         env["LAUNCHBAY_TOKEN"] = settings.token
-    if settings.docker_host_ip:
-        env["LAUNCHBAY_DOCKER_HOST_IP"] = settings.docker_host_ip
     return env
 
 
 def api_argv(settings: Settings) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
-            "--host", settings.api_host, "--port", str(settings.api_port),
-            "--no-access-log", "--timeout-graceful-shutdown", "3"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.app:create_app",
+        "--factory",
+        "--host",
+        settings.api_host,
+        "--port",
+        str(settings.api_port),
+        "--no-access-log",
+        "--timeout-graceful-shutdown",
+        "3",
+    ]
 
 
 def worker_argv(settings: Settings, runner_id: str, *, pool: str = "prefork") -> list[str]:
     queues = worker_queues(settings.worker_executors, settings.worker_tags) + ["lb.maintenance"]
-    return [sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
-            "-Q", ",".join(queues), "-c", str(settings.worker_concurrency), "-P", pool,
-            "-n", f"{runner_id}@%h", "-E", "--without-mingle", "--without-gossip",
-            "-l", "INFO"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.app",
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "-c",
+        str(settings.worker_concurrency),
+        "-P",
+        pool,
+        "-n",
+        f"{runner_id}@%h",
+        "-E",
+        "--without-mingle",
+        "--without-gossip",
+        "-l",
+        "INFO",
+    ]
 
 
 def beat_argv(settings: Settings) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "tasks.app", "beat",
-            "-s", str(settings.home / "celerybeat-schedule"), "-l", "INFO"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.app",
+        "beat",
+        "-s",
+        str(settings.home / "celerybeat-schedule"),
+        "-l",
+        "INFO",
+    ]
 
 
 def flower_argv(settings: Settings) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "tasks.app", "flower",
-            f"--port={settings.flower_port}", f"--address={settings.api_host}"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.app",
+        "flower",
+        f"--port={settings.flower_port}",
+        f"--address={settings.api_host}",
+    ]
 
 
 def flower_env(settings: Settings) -> dict[str, str]:
@@ -95,8 +140,9 @@ class Service:
 class Supervisor:
     """Starts services in their own process groups and stops them all, leaving none behind."""
 
-    def __init__(self, settings: Settings, *, log_dir: Path | None = None,
-                 say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, settings: Settings, *, log_dir: Path | None = None, say: Callable[[str], None] = print
+    ) -> None:
         self.settings = settings
         self.services: list[Service] = []
         self.log_dir = log_dir
@@ -108,8 +154,9 @@ class Supervisor:
 
         data = self.settings.home / "valkey"
         data.mkdir(parents=True, exist_ok=True)
-        server = ValkeyServer(port=port, data_dir=data, persist=True,
-                              appendonly="yes", appendfsync="everysec")
+        server = ValkeyServer(
+            port=port, data_dir=data, persist=True, appendonly="yes", appendfsync="everysec"
+        )
         server.start()
         self.valkey = server
         url = f"redis://127.0.0.1:{server.port}/0"
@@ -117,28 +164,37 @@ class Supervisor:
         self.say(f"valkey   listening on {url} (embedded, data in {data})")
         return url
 
-    def add(self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None,
-            url: str = "") -> Service:
+    def add(
+        self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None, url: str = ""
+    ) -> Service:
         svc = Service(name, argv, env or {}, url)
         self.services.append(svc)
         return svc
 
-    def add_stack(self, *, worker: bool = True, beat: bool = True, flower: bool = True,
-                  api: bool = True) -> None:
+    def add_stack(
+        self, *, worker: bool = True, beat: bool = True, flower: bool = True, api: bool = True
+    ) -> None:
         s = self.settings
         if api:
             self.add("api", api_argv(s), url=f"http://{s.api_host}:{s.api_port}")
         if worker:
             runner_id = s.runner_id or new_runner_id()
-            self.add("worker", worker_argv(s, runner_id),
-                     env={"LAUNCHBAY_RUNNER_ID": runner_id},
-                     url=f"{runner_id}, {s.worker_concurrency} slots, executors "
-                         f"{','.join(s.worker_executors)}")
+            self.add(
+                "worker",
+                worker_argv(s, runner_id),
+                env={"LAUNCHBAY_RUNNER_ID": runner_id},
+                url=f"{runner_id}, {s.worker_concurrency} slots, executors "
+                f"{','.join(s.worker_executors)}",
+            )
         if beat:
             self.add("beat", beat_argv(s), url=f"every {s.reconcile_interval_s:g} s reconcile")
         if flower:
-            self.add("flower", flower_argv(s), env=flower_env(s),
-                     url=f"http://{s.api_host}:{s.flower_port}")
+            self.add(
+                "flower",
+                flower_argv(s),
+                env=flower_env(s),
+                url=f"http://{s.api_host}:{s.flower_port}",
+            )
 
     def start(self) -> None:
         base = {**os.environ, **settings_env(self.settings)}
@@ -148,8 +204,12 @@ class Supervisor:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
                 out = (self.log_dir / f"{svc.name}.log").open("ab")
             svc.proc = subprocess.Popen(
-                list(svc.argv), env={**base, **svc.env}, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                list(svc.argv),
+                env={**base, **svc.env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
             self.say(f"{svc.name:<8} {svc.url}  (pid {svc.proc.pid})")
 
@@ -167,15 +227,11 @@ class Supervisor:
         for svc in self.services:
             if svc.proc is None:
                 continue
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 svc.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             _signal_group(svc.proc, signal.SIGKILL)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 svc.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
         if self.valkey is not None:
             self.valkey.stop()  # type: ignore[attr-defined]
             self.valkey = None
@@ -198,10 +254,8 @@ def _die_with_parent() -> None:
 def _signal_group(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
     if proc is None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def wait_http(url: str, timeout: float = 30, alive: Callable[[], bool] = lambda: True) -> None:

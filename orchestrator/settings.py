@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import platformdirs
 from pydantic import Field, computed_field, field_validator
-from typing import Annotated
-
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -24,25 +23,33 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LAUNCHBAY_", extra="ignore")
 
-    home: Path = Field(default_factory=_default_home, description="State folder: DB, logs, artifacts.")
+    home: Path = Field(
+        default_factory=_default_home, description="State folder: DB, logs, artifacts."
+    )
     redis_url: str | None = Field(default=None, description="Broker, events and log streams.")
-    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite in home if unset.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; SQLite in home if unset."
+    )
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     flower_port: int = 5555
-    token: str | None = Field(default=None, description="Bearer token required by the API when set.")
+    token: str | None = Field(
+        default=None, description="Bearer token required by the API when set."
+    )
 
-    log_buffer_lines: int = Field(default=1000, ge=10, description="Live log lines kept in Redis per job.")
+    log_buffer_lines: int = Field(
+        default=1000, ge=10, description="Live log lines kept in Redis per job."
+    )
     stream_queue_size: int = Field(
-        default=1000, ge=1,
+        default=1000,
+        ge=1,
         description="Undelivered live messages one SSE/WebSocket client may have pending "
-                    "before it is disconnected as too slow.",
+        "before it is disconnected as too slow.",
     )
     sse_ping_s: float = Field(default=15, gt=0, description="Keep-alive comment interval on SSE.")
     retention_days: float = Field(default=30, ge=0)
     lease_s: float = Field(default=30, gt=0, description="Runner lease; renewed every lease_s/3.")
     reconcile_interval_s: float = Field(default=5, gt=0)
-    cancel_grace_s: float = Field(default=10, ge=0)
     cancel_fallback_s: float = Field(
         default=20, gt=0, description="Extra wait after the grace before a forced revoke."
     )
@@ -51,14 +58,13 @@ class Settings(BaseSettings):
     launch_backoff_s: float = Field(default=0.5, ge=0)
 
     worker_concurrency: int = Field(default=4, ge=1)
-    worker_executors: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["builtin", "process"])
+    worker_executors: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["builtin", "process"]
+    )
     worker_tags: Annotated[list[str], NoDecode] = Field(default_factory=list)
     runner_id: str | None = None
     runner_heartbeat_s: float = 5
 
-    docker_host_ip: str | None = Field(
-        default=None, description="Address containers use to reach host services."
-    )
     kube_namespace: str = "default"
 
     @field_validator("worker_executors", "worker_tags", mode="before")
@@ -66,6 +72,18 @@ class Settings(BaseSettings):
     def _split_csv(cls, v: object) -> object:
         if isinstance(v, str):
             return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("worker_executors")
+    @classmethod
+    def _known_executors(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - {"builtin", "process", "docker", "kubernetes"})
+        if unknown:
+            raise ValueError(
+                f"unknown executor(s) {unknown}; use builtin,process,docker,kubernetes"
+            )
+        if not v:
+            raise ValueError("a worker needs at least one executor")
         return v
 
     @computed_field  # type: ignore[prop-decorator]

@@ -228,7 +228,9 @@ class JobStore:
     def overdue_queued(self, now: datetime | None = None) -> builtins.list[Job]:
         """Queued jobs whose match deadline has passed."""
         now = now or utcnow()
-        return self._select_ids(jobs.c.status == JobStatus.queued.value, jobs.c.match_deadline < now)
+        return self._select_ids(
+            jobs.c.status == JobStatus.queued.value, jobs.c.match_deadline < now
+        )
 
     def queued_older_than(self, when: datetime) -> builtins.list[Job]:
         return self._select_ids(jobs.c.status == JobStatus.queued.value, jobs.c.created_at < when)
@@ -290,12 +292,25 @@ class JobStore:
         The allowed sources come from the transition table; ``expect`` narrows them and
         ``attempt`` pins the attempt the caller believes is current.
         """
-        return self._cas(job_id, target, attempt=attempt, expect=expect,
-                         require_no_cancel=require_no_cancel, values=values)
+        return self._cas(
+            job_id,
+            target,
+            attempt=attempt,
+            expect=expect,
+            require_no_cancel=require_no_cancel,
+            values=values,
+        )
 
-    def _cas(self, job_id: str, target: JobStatus, *, attempt: int | None,
-             expect: Iterable[JobStatus] | None, require_no_cancel: bool,
-             values: dict[str, Any]) -> Job | None:
+    def _cas(
+        self,
+        job_id: str,
+        target: JobStatus,
+        *,
+        attempt: int | None,
+        expect: Iterable[JobStatus] | None,
+        require_no_cancel: bool,
+        values: dict[str, Any],
+    ) -> Job | None:
         sources = sources_of(target)
         if expect is not None:
             sources = sources & frozenset(expect)
@@ -323,8 +338,16 @@ class JobStore:
             lease_expires_at=now + timedelta(seconds=lease_s),
         )
 
-    def claim_next(self, runner_id: str, executors: Iterable[str], tags: Iterable[str],
-                   lease_s: float, *, page: int = 200, max_scan: int = 2000) -> Job | None:
+    def claim_next(
+        self,
+        runner_id: str,
+        executors: Iterable[str],
+        tags: Iterable[str],
+        lease_s: float,
+        *,
+        page: int = 200,
+        max_scan: int = 2000,
+    ) -> Job | None:
         """Claim the oldest queued job this runner can take, or ``None``.
 
         A job fits when its executor is one of ``executors`` and its demand tags are a subset
@@ -391,8 +414,9 @@ class JobStore:
             **values,
         )
 
-    def requeue(self, job_id: str, attempt: int, *, reason: str,
-                match_timeout_s: float | None = None) -> Job | None:
+    def requeue(
+        self, job_id: str, attempt: int, *, reason: str, match_timeout_s: float | None = None
+    ) -> Job | None:
         """Active → queued with the next attempt (lease lost or a retry)."""
         now = utcnow()
         return self._cas(

@@ -25,9 +25,11 @@ class WorkerContext:
 
     @cached_property
     def events(self) -> Events:
-        return Events(connect(self.settings.effective_redis_url),
-                      logs_dir=self.settings.logs_dir,
-                      log_buffer_lines=self.settings.log_buffer_lines)
+        return Events(
+            connect(self.settings.effective_redis_url),
+            logs_dir=self.settings.logs_dir,
+            log_buffer_lines=self.settings.log_buffer_lines,
+        )
 
     @cached_property
     def dispatcher(self) -> Dispatcher:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -23,10 +24,13 @@ _info: RunnerInfo | None = None
 def _register(sender: Any = None, **_: Any) -> None:
     global _info
     settings = Settings.from_env()
-    registry = RunnerRegistry(connect(settings.effective_redis_url),
-                              ttl_s=settings.runner_heartbeat_s * 3)
-    concurrency = getattr(getattr(sender, "controller", None), "concurrency", None) or \
-        settings.worker_concurrency
+    registry = RunnerRegistry(
+        connect(settings.effective_redis_url), ttl_s=settings.runner_heartbeat_s * 3
+    )
+    concurrency = (
+        getattr(getattr(sender, "controller", None), "concurrency", None)
+        or settings.worker_concurrency
+    )
     _info = RunnerInfo(
         id=os.environ["LAUNCHBAY_RUNNER_ID"],
         kind="celery",
@@ -44,10 +48,8 @@ def _register(sender: Any = None, **_: Any) -> None:
                 log.warning("runner heartbeat failed", exc_info=True)
             if _stop.wait(settings.runner_heartbeat_s):
                 break
-        try:
+        with contextlib.suppress(Exception):  # the TTL removes it anyway
             registry.remove(_info.id)  # type: ignore[union-attr]
-        except Exception:
-            pass
 
     threading.Thread(target=beat, name="runner-heartbeat", daemon=True).start()
 

@@ -23,9 +23,13 @@ def retention() -> dict[str, Any]:
     from orchestrator.retention import cleanup_older_than
 
     ctx = worker_context()
-    return cleanup_older_than(ctx.store, ctx.events, ctx.artifacts,
-                              ctx.settings.retention_days * 86400,
-                              workspaces_dir=ctx.settings.workspaces_dir)
+    return cleanup_older_than(
+        ctx.store,
+        ctx.events,
+        ctx.artifacts,
+        ctx.settings.retention_days * 86400,
+        workspaces_dir=ctx.settings.workspaces_dir,
+    )
 
 
 @app.task(name=REMOVE_ORPHANS, ignore_result=True)

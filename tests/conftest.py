@@ -34,11 +34,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     has_browser = shutil.which("chromium") is not None or Path("/usr/bin/chromium").exists()
     for item in items:
         if "docker" in item.keywords and not has_docker and not REQUIRE_DOCKER:
-            item.add_marker(pytest.mark.skip(reason="no Docker engine (set "
-                                                    "LAUNCHBAY_REQUIRE_DOCKER=1 to fail)"))
+            item.add_marker(
+                pytest.mark.skip(reason="no Docker engine (set LAUNCHBAY_REQUIRE_DOCKER=1 to fail)")
+            )
         if "browser" in item.keywords and not has_browser and not REQUIRE_BROWSER:
-            item.add_marker(pytest.mark.skip(reason="no Chromium (set "
-                                                    "LAUNCHBAY_REQUIRE_BROWSER=1 to fail)"))
+            item.add_marker(
+                pytest.mark.skip(reason="no Chromium (set LAUNCHBAY_REQUIRE_BROWSER=1 to fail)")
+            )
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +63,9 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(home: Path, valkey_url: str) -> Settings:
-    s = Settings(home=home, redis_url=valkey_url, database_url=None)
+    # Database 2: the session stack's worker consumes database 0, and must not take the
+    # tasks that unit tests send (it would find no such job in its own store).
+    s = Settings(home=home, redis_url=valkey_url.rsplit("/", 1)[0] + "/2", database_url=None)
     s.ensure_dirs()
     return s
 
@@ -75,8 +79,11 @@ def store(settings: Settings) -> Iterator[JobStore]:
 
 @pytest.fixture
 def events(settings: Settings) -> Iterator[Events]:
-    ev = Events(connect(settings.effective_redis_url), logs_dir=settings.logs_dir,
-                log_buffer_lines=settings.log_buffer_lines)
+    ev = Events(
+        connect(settings.effective_redis_url),
+        logs_dir=settings.logs_dir,
+        log_buffer_lines=settings.log_buffer_lines,
+    )
     yield ev
     ev.r.close()
 
@@ -114,8 +121,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, valkey_url: str) -> Iterator
     sup.add_stack(flower=False)
     sup.start()
     try:
-        wait_http(f"http://127.0.0.1:{settings.api_port}/api/v1/healthz", timeout=60,
-                  alive=lambda: sup.poll_dead() is None)
+        wait_http(
+            f"http://127.0.0.1:{settings.api_port}/api/v1/healthz",
+            timeout=60,
+            alive=lambda: sup.poll_dead() is None,
+        )
         st = Stack(settings, sup)
         st.wait_for_workers(1)
         yield st
@@ -141,6 +151,8 @@ def _no_leftover_containers() -> Iterator[None]:
         return
     out = subprocess.run(
         ["docker", "ps", "-aq", "--filter", "label=launchbay.job_id"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout.split()
     assert out == [], f"containers left behind by the suite: {out}"

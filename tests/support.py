@@ -19,8 +19,9 @@ T = TypeVar("T")
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 
 
-def wait_until(fn: Callable[[], T], timeout: float = 30, interval: float = 0.05,
-               what: str = "condition") -> T:
+def wait_until(
+    fn: Callable[[], T], timeout: float = 30, interval: float = 0.05, what: str = "condition"
+) -> T:
     """Call ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -38,8 +39,12 @@ def docker_available() -> bool:
     if shutil.which("docker") is None:
         return False
     try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20,
-                              check=False).returncode == 0
+        return (
+            subprocess.run(
+                ["docker", "info"], capture_output=True, timeout=20, check=False
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -63,8 +68,9 @@ class Stack:
         assert r.status_code == 200, r.text
         return r.json()  # type: ignore[no-any-return]
 
-    def wait_status(self, job_id: str, statuses: Iterable[str] | str = TERMINAL,
-                    timeout: float = 30) -> dict[str, Any]:
+    def wait_status(
+        self, job_id: str, statuses: Iterable[str] | str = TERMINAL, timeout: float = 30
+    ) -> dict[str, Any]:
         wanted = {statuses} if isinstance(statuses, str) else set(statuses)
 
         def check() -> dict[str, Any] | None:

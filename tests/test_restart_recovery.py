@@ -29,8 +29,11 @@ pytestmark = pytest.mark.slow
 
 TWO_FILES = {
     "executor": "process",
-    "command": ["sh", "-c", "mkdir -p out && echo aaa > out/a.txt && echo bbb > out/b.txt "
-                            "&& echo made two"],
+    "command": [
+        "sh",
+        "-c",
+        "mkdir -p out && echo aaa > out/a.txt && echo bbb > out/b.txt && echo made two",
+    ],
     "artifacts": ["out/*.txt"],
 }
 _OWN_DB = 7
@@ -42,8 +45,11 @@ def _start(settings: Settings, **parts: bool) -> Stack:
     sup.add_stack(flower=False, **parts)
     sup.start()
     try:
-        wait_http(f"http://127.0.0.1:{settings.api_port}/api/v1/healthz", timeout=60,
-                  alive=lambda: sup.poll_dead() is None)
+        wait_http(
+            f"http://127.0.0.1:{settings.api_port}/api/v1/healthz",
+            timeout=60,
+            alive=lambda: sup.poll_dead() is None,
+        )
     except BaseException:
         sup.stop()
         raise
@@ -56,8 +62,9 @@ def _stop(stack: Stack) -> None:
 
 
 @pytest.fixture(scope="module")
-def restarted(tmp_path_factory: pytest.TempPathFactory, valkey_url: str
-              ) -> Iterator[dict[str, Any]]:
+def restarted(
+    tmp_path_factory: pytest.TempPathFactory, valkey_url: str
+) -> Iterator[dict[str, Any]]:
     home = tmp_path_factory.mktemp("restart-home")
     # Our own Redis database: the session stack's worker must not take (and drop) our tasks.
     redis_url = valkey_url.rsplit("/", 1)[0] + f"/{_OWN_DB}"
@@ -80,8 +87,9 @@ def restarted(tmp_path_factory: pytest.TempPathFactory, valkey_url: str
 
     api_only = _start(settings, worker=False, beat=False)
     try:
-        seen["queued"] = api_only.submit({"executor": "builtin", "type": "fibonacci",
-                                          "params": {"count": 10}})
+        seen["queued"] = api_only.submit(
+            {"executor": "builtin", "type": "fibonacci", "params": {"count": 10}}
+        )
         assert api_only.job(seen["queued"]["id"])["status"] == "queued"
         # Still running in the store: nobody is left to say otherwise until beat returns.
         assert api_only.job(seen["retry"]["id"])["status"] == "running"
@@ -98,8 +106,7 @@ def restarted(tmp_path_factory: pytest.TempPathFactory, valkey_url: str
         _stop(second)
 
 
-def test_ended_job_lists_and_serves_its_artifacts_after_restart(
-        restarted: dict[str, Any]) -> None:
+def test_ended_job_lists_and_serves_its_artifacts_after_restart(restarted: dict[str, Any]) -> None:
     stack: Stack = restarted["stack"]
     done = restarted["done"]
     assert done["status"] == "succeeded", done

@@ -24,12 +24,21 @@ LAUNCHBAY = str(Path(sys.executable).parent / "launchbay")
 class Up:
     def __init__(self, home: Path, api_port: int, flower_port: int) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCHBAY_")}
-        env.update(LAUNCHBAY_HOME=str(home), LAUNCHBAY_API_PORT=str(api_port),
-                   LAUNCHBAY_FLOWER_PORT=str(flower_port), LAUNCHBAY_LEASE_S="6",
-                   LAUNCHBAY_RECONCILE_INTERVAL_S="1")
-        self.proc = subprocess.Popen([LAUNCHBAY, "up"], env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+        env.update(
+            LAUNCHBAY_HOME=str(home),
+            LAUNCHBAY_API_PORT=str(api_port),
+            LAUNCHBAY_FLOWER_PORT=str(flower_port),
+            LAUNCHBAY_LEASE_S="6",
+            LAUNCHBAY_RECONCILE_INTERVAL_S="1",
+        )
+        self.proc = subprocess.Popen(
+            [LAUNCHBAY, "up"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         _STARTED.append(self)
         self.lines: list[str] = []
         self.url = f"http://127.0.0.1:{api_port}"
@@ -97,8 +106,9 @@ def test_up_runs_the_stack_and_survives_a_restart(up_home: Path) -> None:
     h = up.http
 
     # A 2 s countdown goes queued -> running -> succeeded with progress 100.
-    job = h.post("/api/v1/jobs", json={"executor": "builtin", "type": "countdown",
-                                       "params": {"seconds": 2}}).json()
+    job = h.post(
+        "/api/v1/jobs", json={"executor": "builtin", "type": "countdown", "params": {"seconds": 2}}
+    ).json()
     assert job["status"] == "queued"
     seen = set()
 
@@ -110,29 +120,46 @@ def test_up_runs_the_stack_and_survives_a_restart(up_home: Path) -> None:
     wait_until(finished, timeout=30, what="countdown to succeed")
     assert "running" in seen
 
-    primes = h.post("/api/v1/jobs", json={"executor": "builtin", "type": "primes",
-                                          "params": {"limit": 1000}}).json()
-    done = wait_until(lambda: (j := h.get(f"/api/v1/jobs/{primes['id']}").json())["status"]
-                      == "succeeded" and j, timeout=30, what="primes")
+    primes = h.post(
+        "/api/v1/jobs", json={"executor": "builtin", "type": "primes", "params": {"limit": 1000}}
+    ).json()
+    done = wait_until(
+        lambda: (j := h.get(f"/api/v1/jobs/{primes['id']}").json())["status"] == "succeeded" and j,
+        timeout=30,
+        what="primes",
+    )
     assert done["result"]["count"] == 168
 
-    bad = h.post("/api/v1/jobs", json={"executor": "builtin", "type": "countdown",
-                                       "params": {"seconds": 0}})
+    bad = h.post(
+        "/api/v1/jobs", json={"executor": "builtin", "type": "countdown", "params": {"seconds": 0}}
+    )
     assert bad.status_code == 422 and "seconds" in bad.json()["error"]
 
-    long = h.post("/api/v1/jobs", json={"executor": "builtin", "type": "countdown",
-                                        "params": {"seconds": 30}}).json()
-    wait_until(lambda: h.get(f"/api/v1/jobs/{long['id']}").json()["status"] == "running",
-               timeout=30, what="long countdown to run")
+    long = h.post(
+        "/api/v1/jobs", json={"executor": "builtin", "type": "countdown", "params": {"seconds": 30}}
+    ).json()
+    wait_until(
+        lambda: h.get(f"/api/v1/jobs/{long['id']}").json()["status"] == "running",
+        timeout=30,
+        what="long countdown to run",
+    )
     assert h.post(f"/api/v1/jobs/{long['id']}/cancel").status_code == 200
-    wait_until(lambda: h.get(f"/api/v1/jobs/{long['id']}").json()["status"] == "cancelled",
-               timeout=3, interval=0.05, what="cancel within 3 s")
+    wait_until(
+        lambda: h.get(f"/api/v1/jobs/{long['id']}").json()["status"] == "cancelled",
+        timeout=3,
+        interval=0.05,
+        what="cancel within 3 s",
+    )
 
     only = h.get("/api/v1/jobs", params={"status": "succeeded"}).json()["items"]
     assert {j["id"] for j in only} == {job["id"], primes["id"]}
 
-    workers = wait_until(lambda: httpx.get(f"{up.flower}/api/workers?refresh=1", timeout=10).json(),
-                         timeout=60, interval=0.5, what="Flower to list the worker")
+    workers = wait_until(
+        lambda: httpx.get(f"{up.flower}/api/workers?refresh=1", timeout=10).json(),
+        timeout=60,
+        interval=0.5,
+        what="Flower to list the worker",
+    )
     assert any(name.startswith("runner-") for name in workers)
 
     pids = up.pids()

@@ -58,6 +58,7 @@ _CHUNK = 1 << 16
 
 # ---------------------------------------------------------------- reporting
 
+
 class _Reporter:
     """The launcher's Reporter: buffers logs and progress; the attempt's watcher flushes."""
 
@@ -75,15 +76,20 @@ class _Reporter:
     def log(self, stream: str, line: str, step: str | None = None) -> None:
         line = line.rstrip("\r\n")
         if line.startswith(PROGRESS_PREFIX):
-            parts = line[len(PROGRESS_PREFIX):].strip().split(" ", 1)
+            parts = line[len(PROGRESS_PREFIX) :].strip().split(" ", 1)
             with contextlib.suppress(ValueError):
                 self.progress(float(parts[0]), parts[1] if len(parts) > 1 else "")
         elif line.startswith(RESULT_PREFIX):
             with contextlib.suppress(ValueError):
-                self.result(json.loads(line[len(RESULT_PREFIX):]))
+                self.result(json.loads(line[len(RESULT_PREFIX) :]))
         with self._lock:
-            self.lines.append({"stream": stream if stream in ("stdout", "stderr") else "stdout",
-                               "step": step, "line": line})
+            self.lines.append(
+                {
+                    "stream": stream if stream in ("stdout", "stderr") else "stdout",
+                    "step": step,
+                    "line": line,
+                }
+            )
             if len(self.lines) > _MAX_BUFFERED:  # server unreachable for long: keep the tail
                 self.dropped += len(self.lines) - _MAX_BUFFERED
                 del self.lines[: len(self.lines) - _MAX_BUFFERED]
@@ -107,9 +113,15 @@ class _Reporter:
                     batch = self.lines[:_LOG_BATCH]
                     del self.lines[:_LOG_BATCH]
                     if self.dropped and batch:
-                        batch.insert(0, {"stream": "system", "step": None, "line":
-                                         f"[agent dropped {self.dropped} log lines while the "
-                                         f"server was unreachable]"})
+                        batch.insert(
+                            0,
+                            {
+                                "stream": "system",
+                                "step": None,
+                                "line": f"[agent dropped {self.dropped} log lines while the "
+                                f"server was unreachable]",
+                            },
+                        )
                         self.dropped = 0
                 if not batch:
                     break
@@ -120,7 +132,8 @@ class _Reporter:
             with self._lock:
                 pending, self._progress = self._progress, None
             if pending is not None and not self._send(
-                    "progress", {"percent": pending[0], "message": pending[1]}):
+                "progress", {"percent": pending[0], "message": pending[1]}
+            ):
                 with self._lock:
                     self._progress = self._progress or pending
 
@@ -132,8 +145,9 @@ class _Reporter:
             if isinstance(exc, ApiError) and exc.status < 500:
                 log.error("job %s: the server refused %s: %s", self.attempt.job.id, what, exc)
                 return True
-            log.warning("job %s: could not send %s (%s); will retry", self.attempt.job.id,
-                        what, exc)
+            log.warning(
+                "job %s: could not send %s (%s); will retry", self.attempt.job.id, what, exc
+            )
             return False
         if answer is not None and answer.get("cancel"):
             self.attempt.request_cancel()
@@ -142,6 +156,7 @@ class _Reporter:
 
 # ---------------------------------------------------------------- one attempt
 
+
 class _Attempt:
     """One attempt of one job on this agent, from the claim to the final report."""
 
@@ -149,8 +164,14 @@ class _Attempt:
         self.agent = agent
         self.job = job
         workspace = agent.settings.workspaces_dir / job.id / f"a{job.attempt}"
-        self.ctx = LaunchContext(job_id=job.id, attempt=job.attempt, runner_id=agent.id,
-                                 spec=job.spec, workspace=workspace, settings=agent.settings)
+        self.ctx = LaunchContext(
+            job_id=job.id,
+            attempt=job.attempt,
+            runner_id=agent.id,
+            spec=job.spec,
+            workspace=workspace,
+            settings=agent.settings,
+        )
         self.cancel_asked = threading.Event()
         self.lost = threading.Event()
         self.abort_reason: str | None = None
@@ -169,8 +190,11 @@ class _Attempt:
     def lose(self) -> None:
         """The job is no longer ours: stop it and report nothing."""
         if not self.lost.is_set():
-            log.warning("job %s attempt %d is no longer held by this agent; stopping it",
-                        self.job.id, self.job.attempt)
+            log.warning(
+                "job %s attempt %d is no longer held by this agent; stopping it",
+                self.job.id,
+                self.job.attempt,
+            )
         self.lost.set()
         self.ctx.cancel.set()
 
@@ -181,15 +205,17 @@ class _Attempt:
 
     # -------------------------------------------------- HTTP
 
-    def post(self, what: str, body: dict[str, Any], *, final: bool = False
-             ) -> dict[str, Any] | None:
+    def post(
+        self, what: str, body: dict[str, Any], *, final: bool = False
+    ) -> dict[str, Any] | None:
         """POST ``/launcher/jobs/{id}/{what}``; ``None`` when the job is no longer ours."""
         payload = {"launcher_id": self.agent.id, "attempt": self.job.attempt, **body}
         delays: Iterator[float] = iter(_FINAL_RETRY_DELAYS if final else ())
         while True:
             try:
                 return self.agent.client.request_json(  # type: ignore[no-any-return]
-                    "POST", f"/launcher/jobs/{self.job.id}/{what}", json=payload)
+                    "POST", f"/launcher/jobs/{self.job.id}/{what}", json=payload
+                )
             except (Conflict, NotFound) as exc:
                 log.warning("job %s: %s refused: %s", self.job.id, what, exc)
                 self.lose()
@@ -200,8 +226,9 @@ class _Attempt:
                 delay = next(delays, None)
                 if delay is None:
                     raise
-                log.warning("job %s: %s failed (%s); retrying in %g s", self.job.id, what,
-                            exc, delay)
+                log.warning(
+                    "job %s: %s failed (%s); retrying in %g s", self.job.id, what, exc, delay
+                )
                 time.sleep(delay)
 
     # -------------------------------------------------- the run
@@ -213,8 +240,9 @@ class _Attempt:
             log.exception("job %s failed inside the agent", self.job.id)
             if not self.lost.is_set():
                 try:
-                    self.post("failed", {"error": f"agent error: {type(exc).__name__}: {exc}"},
-                              final=True)
+                    self.post(
+                        "failed", {"error": f"agent error: {type(exc).__name__}: {exc}"}, final=True
+                    )
                 except ClientError:
                     log.exception("could not report job %s", self.job.id)
 
@@ -223,8 +251,12 @@ class _Attempt:
             return
         if not self._stopping.acquire(blocking=False):
             return
-        threading.Thread(target=self._launcher.stop, args=(self._handle, grace),
-                         name=f"stop-{self.job.id}", daemon=True).start()
+        threading.Thread(
+            target=self._launcher.stop,
+            args=(self._handle, grace),
+            name=f"stop-{self.job.id}",
+            daemon=True,
+        ).start()
 
     def _run(self) -> None:
         spec = self.job.spec
@@ -233,8 +265,11 @@ class _Attempt:
         try:
             launcher = self.agent.launchers.get(spec.executor)
         except Exception as exc:
-            self.post("failed", {"error": f"this agent cannot run {spec.executor} jobs: {exc}"},
-                      final=True)
+            self.post(
+                "failed",
+                {"error": f"this agent cannot run {spec.executor} jobs: {exc}"},
+                final=True,
+            )
             return
         self._launcher = launcher
         reporter = _Reporter(self)
@@ -242,8 +277,12 @@ class _Attempt:
         launch_error: str | None = None
         done = threading.Event()
         started_at: list[float] = []
-        watcher = threading.Thread(target=self._watch, args=(reporter, done, started_at),
-                                   name=f"watch-{self.job.id}", daemon=True)
+        watcher = threading.Thread(
+            target=self._watch,
+            args=(reporter, done, started_at),
+            name=f"watch-{self.job.id}",
+            daemon=True,
+        )
         watcher.start()
         try:
             try:
@@ -261,8 +300,7 @@ class _Attempt:
                 try:
                     outcome = launcher.follow(self.ctx, self._handle, reporter)
                 except Exception as exc:
-                    log.exception("launcher %s failed following job %s", launcher.name,
-                                  self.job.id)
+                    log.exception("launcher %s failed following job %s", launcher.name, self.job.id)
                     outcome = Outcome(exit_code=None, error=f"{type(exc).__name__}: {exc}")
         finally:
             done.set()
@@ -271,8 +309,7 @@ class _Attempt:
                 reporter.flush()
         self._finish(launcher, outcome, launch_error, reporter)
 
-    def _watch(self, reporter: _Reporter, done: threading.Event, started_at: list[float]
-               ) -> None:
+    def _watch(self, reporter: _Reporter, done: threading.Event, started_at: list[float]) -> None:
         spec = self.job.spec
         while not done.wait(_FLUSH_S):
             try:
@@ -280,8 +317,12 @@ class _Attempt:
                     reporter.flush()
                 if self.ctx.cancel.is_set():
                     self._stop_once(spec.grace_s)
-                if spec.timeout_s and started_at and not self.timed_out and \
-                        time.monotonic() - started_at[0] > spec.timeout_s:
+                if (
+                    spec.timeout_s
+                    and started_at
+                    and not self.timed_out
+                    and time.monotonic() - started_at[0] > spec.timeout_s
+                ):
                     self.timed_out = True
                     self.ctx.cancel.set()
                     self._stop_once(min(spec.grace_s, 5.0))
@@ -298,18 +339,25 @@ class _Attempt:
                 return launcher.start(self.ctx)
             except RunnerLaunchError as exc:
                 if not exc.transient or n == tries:
-                    raise RunnerLaunchError(launcher.name, n, exc.cause,
-                                            transient=exc.transient) from exc
-                log.warning("transient launch error for %s (try %d/%d): %s", self.job.id, n,
-                            tries, exc)
+                    raise RunnerLaunchError(
+                        launcher.name, n, exc.cause, transient=exc.transient
+                    ) from exc
+                log.warning(
+                    "transient launch error for %s (try %d/%d): %s", self.job.id, n, tries, exc
+                )
             except Exception as exc:
                 raise RunnerLaunchError(launcher.name, n, exc) from exc
             if self.ctx.cancel.wait(settings.launch_backoff_s * 2 ** (n - 1)):
                 return None
         return None
 
-    def _finish(self, launcher: Launcher, outcome: Outcome | None, launch_error: str | None,
-                reporter: _Reporter) -> None:
+    def _finish(
+        self,
+        launcher: Launcher,
+        outcome: Outcome | None,
+        launch_error: str | None,
+        reporter: _Reporter,
+    ) -> None:
         final = "lost"
         if not self.lost.is_set():
             if self._handle is not None:
@@ -324,8 +372,15 @@ class _Attempt:
                 body["result"] = result
             code = outcome.exit_code if outcome is not None else None
             if self.timed_out:
-                what, body = "failed", {**body, "timed_out": True, "exit_code": code,
-                                        "error": f"timed out after {self.job.spec.timeout_s:g} s"}
+                what, body = (
+                    "failed",
+                    {
+                        **body,
+                        "timed_out": True,
+                        "exit_code": code,
+                        "error": f"timed out after {self.job.spec.timeout_s:g} s",
+                    },
+                )
             elif self.cancel_asked.is_set():
                 what, body = "failed", {**body, "error": "cancelled"}
             elif self.abort_reason:
@@ -338,13 +393,25 @@ class _Attempt:
                 if outcome.resource_usage:
                     body["resource_usage"] = outcome.resource_usage
             else:
-                what, body = "failed", {**body, "exit_code": code, "error": (
-                    (outcome.error if outcome else None) or f"exited with code {code}")}
+                what, body = (
+                    "failed",
+                    {
+                        **body,
+                        "exit_code": code,
+                        "error": (
+                            (outcome.error if outcome else None) or f"exited with code {code}"
+                        ),
+                    },
+                )
             try:
                 answer = self.post(what, body, final=True)
             except ClientError as exc:
-                log.error("job %s: could not report %s (%s); its lease will expire",
-                          self.job.id, what, exc)
+                log.error(
+                    "job %s: could not report %s (%s); its lease will expire",
+                    self.job.id,
+                    what,
+                    exc,
+                )
                 answer = None
             final = str(answer.get("status")) if answer else "unreported"
         log.info("job %s attempt %d ended: %s", self.job.id, self.job.attempt, final)
@@ -360,11 +427,17 @@ class _Attempt:
         for name, path in found:
             try:
                 self.agent.client.request(
-                    "POST", f"/launcher/jobs/{self.job.id}/artifacts",
-                    params={"launcher_id": self.agent.id, "attempt": self.job.attempt,
-                            "name": name},
-                    content=_chunks(path), headers={"content-type": "application/octet-stream"},
-                    timeout=300)
+                    "POST",
+                    f"/launcher/jobs/{self.job.id}/artifacts",
+                    params={
+                        "launcher_id": self.agent.id,
+                        "attempt": self.job.attempt,
+                        "name": name,
+                    },
+                    content=_chunks(path),
+                    headers={"content-type": "application/octet-stream"},
+                    timeout=300,
+                )
             except ClientError as exc:
                 return f"artifact upload failed for {name!r}: {exc}"
         return None
@@ -388,11 +461,20 @@ def _chunks(path: Path) -> Iterator[bytes]:
 
 # ---------------------------------------------------------------- the agent
 
+
 class Agent:
     """Registers, polls while it has free slots, runs jobs, heartbeats until told to stop."""
 
-    def __init__(self, client: LaunchbayClient, settings: Settings, *, executors: list[str],
-                 tags: list[str], capacity: int = 1, hostname: str | None = None) -> None:
+    def __init__(
+        self,
+        client: LaunchbayClient,
+        settings: Settings,
+        *,
+        executors: list[str],
+        tags: list[str],
+        capacity: int = 1,
+        hostname: str | None = None,
+    ) -> None:
         self.client = client
         self.settings = settings
         self.launchers = LauncherSet(settings)
@@ -412,9 +494,13 @@ class Agent:
 
     def register(self) -> None:
         """Register (again, under the same id once it has one)."""
-        body: dict[str, Any] = {"executors": self.executors, "tags": self.tags,
-                                "capacity": self.capacity, "hostname": self.hostname,
-                                "pid": os.getpid()}
+        body: dict[str, Any] = {
+            "executors": self.executors,
+            "tags": self.tags,
+            "capacity": self.capacity,
+            "hostname": self.hostname,
+            "pid": os.getpid(),
+        }
         if self.id:
             body["launcher_id"] = self.id
         got = self.client.request_json("POST", "/launcher/register", json=body)
@@ -423,9 +509,14 @@ class Agent:
         self.poll_timeout_s = float(got["poll_timeout_s"])
         self.heartbeat_s = float(got["heartbeat_interval_s"])
         if first:
-            log.info("registered as %s at %s (executors %s, tags %s, capacity %d)", self.id,
-                     self.client.url, ",".join(self.executors), ",".join(self.tags) or "-",
-                     self.capacity)
+            log.info(
+                "registered as %s at %s (executors %s, tags %s, capacity %d)",
+                self.id,
+                self.client.url,
+                ",".join(self.executors),
+                ",".join(self.tags) or "-",
+                self.capacity,
+            )
         else:
             log.warning("registration had expired; registered again as %s", self.id)
 
@@ -450,8 +541,9 @@ class Agent:
         if not self._register_until_ok():
             return 0
         heart_stop = threading.Event()
-        threading.Thread(target=self._heartbeat, args=(heart_stop,), name="heartbeat",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._heartbeat, args=(heart_stop,), name="heartbeat", daemon=True
+        ).start()
         poller = threading.Thread(target=self._poll_loop, name="poller", daemon=True)
         poller.start()
         self.draining.wait()
@@ -466,8 +558,9 @@ class Agent:
         heart_stop.set()
         self._closing.set()
         try:
-            self.client.request("POST", "/launcher/unregister",
-                                json={"launcher_id": self.id}, timeout=5)
+            self.client.request(
+                "POST", "/launcher/unregister", json={"launcher_id": self.id}, timeout=5
+            )
         except ClientError as exc:
             log.warning("could not unregister: %s", exc)
         poller.join(timeout=self.poll_timeout_s + 5)
@@ -513,9 +606,12 @@ class Agent:
 
     def _poll_once(self) -> Job | None:
         wait = self.poll_timeout_s
-        resp = self.client.request("GET", "/launcher/jobs",
-                                   params={"launcher_id": self.id, "wait": wait},
-                                   timeout=wait + 15)
+        resp = self.client.request(
+            "GET",
+            "/launcher/jobs",
+            params={"launcher_id": self.id, "wait": wait},
+            timeout=wait + 15,
+        )
         if resp.status_code == 204:
             return None
         return Job.model_validate(resp.json()["job"])
@@ -539,8 +635,11 @@ class Agent:
 
     def _give_back(self, job: Job) -> None:
         try:
-            self.client.request("POST", f"/launcher/jobs/{job.id}/release",
-                                json={"launcher_id": self.id, "attempt": job.attempt})
+            self.client.request(
+                "POST",
+                f"/launcher/jobs/{job.id}/release",
+                json={"launcher_id": self.id, "attempt": job.attempt},
+            )
             log.info("gave job %s back: draining", job.id)
         except ClientError as exc:
             log.warning("could not give job %s back (%s); its lease will expire", job.id, exc)
@@ -560,8 +659,11 @@ class Agent:
                 attempts = dict(self._attempts)
             try:
                 got = self.client.request_json(
-                    "POST", "/launcher/heartbeat",
-                    json={"launcher_id": self.id, "jobs": list(attempts)}, timeout=10)
+                    "POST",
+                    "/launcher/heartbeat",
+                    json={"launcher_id": self.id, "jobs": list(attempts)},
+                    timeout=10,
+                )
             except NotFound:
                 self._try_register()
                 continue
@@ -579,6 +681,7 @@ class Agent:
 
 # ---------------------------------------------------------------- command line
 
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"launchbay agent: {message}\n")
@@ -589,14 +692,23 @@ def _csv(text: str) -> list[str]:
 
 
 def _parser() -> _Parser:
-    p = _Parser(prog="python -m workers.agent",
-                description="Run Launchbay jobs on this host, pulled over HTTP.")
-    p.add_argument("--url", default=os.environ.get("LAUNCHBAY_URL", "http://127.0.0.1:8000"),
-                   help="API root [LAUNCHBAY_URL]")
-    p.add_argument("--token", default=os.environ.get("LAUNCHBAY_TOKEN"),
-                   help="bearer token [LAUNCHBAY_TOKEN]")
-    p.add_argument("--executors", default="builtin,process",
-                   help="comma list of builtin,process,docker,kubernetes")
+    p = _Parser(
+        prog="python -m workers.agent",
+        description="Run Launchbay jobs on this host, pulled over HTTP.",
+    )
+    p.add_argument(
+        "--url",
+        default=os.environ.get("LAUNCHBAY_URL", "http://127.0.0.1:8000"),
+        help="API root [LAUNCHBAY_URL]",
+    )
+    p.add_argument(
+        "--token", default=os.environ.get("LAUNCHBAY_TOKEN"), help="bearer token [LAUNCHBAY_TOKEN]"
+    )
+    p.add_argument(
+        "--executors",
+        default="builtin,process",
+        help="comma list of builtin,process,docker,kubernetes",
+    )
     p.add_argument("--tags", default="", help="comma list of runner tags")
     p.add_argument("--capacity", type=int, default=1, help="jobs run at once")
     p.add_argument("--hostname", default=None, help="name shown in the workers list")
@@ -610,19 +722,28 @@ def main(argv: list[str] | None = None) -> int:
     executors = _csv(args.executors)
     unknown = [e for e in executors if e not in EXECUTORS]
     if not executors or unknown:
-        parser.error(f"--executors: unknown {','.join(unknown) or '(none given)'}; "
-                     f"choose from {','.join(EXECUTORS)}")
+        parser.error(
+            f"--executors: unknown {','.join(unknown) or '(none given)'}; "
+            f"choose from {','.join(EXECUTORS)}"
+        )
     if args.capacity < 1:
         parser.error("--capacity must be at least 1")
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s agent %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s agent %(levelname)s %(message)s"
+    )
     settings = Settings.from_env()
     if args.home:
         settings = settings.model_copy(update={"home": Path(args.home)})
     settings.ensure_dirs()
     client = LaunchbayClient(args.url, args.token)
-    agent = Agent(client, settings, executors=executors, tags=_csv(args.tags),
-                  capacity=args.capacity, hostname=args.hostname)
+    agent = Agent(
+        client,
+        settings,
+        executors=executors,
+        tags=_csv(args.tags),
+        capacity=args.capacity,
+        hostname=args.hostname,
+    )
 
     def on_signal(_signum: int, _frame: object) -> None:
         if agent.draining.is_set():

@@ -66,8 +66,11 @@ def primes(params: dict[str, Any], ctx: BuiltinContext) -> dict[str, Any]:
             next_report = (pct // 10 + 1) * 10
     found = [i for i, is_p in enumerate(sieve) if is_p]
     ctx.progress(100, f"found {len(found)} primes up to {limit}")
-    return {"count": len(found), "primes": found,
-            "duration": round(time.perf_counter() - started, 6)}
+    return {
+        "count": len(found),
+        "primes": found,
+        "duration": round(time.perf_counter() - started, 6),
+    }
 
 
 def fibonacci(params: dict[str, Any], ctx: BuiltinContext) -> dict[str, Any]:
@@ -97,11 +100,20 @@ def url_fetch(params: dict[str, Any], ctx: BuiltinContext) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             resp = await client.get(url)
-            rec: dict[str, Any] = {"url": url, "status": resp.status_code,
-                                   "size": len(resp.content), "ok": resp.is_success}
+            rec: dict[str, Any] = {
+                "url": url,
+                "status": resp.status_code,
+                "size": len(resp.content),
+                "ok": resp.is_success,
+            }
         except httpx.HTTPError as exc:
-            rec = {"url": url, "status": None, "size": 0, "ok": False,
-                   "error": f"{type(exc).__name__}: {exc}"}
+            rec = {
+                "url": url,
+                "status": None,
+                "size": 0,
+                "ok": False,
+                "error": f"{type(exc).__name__}: {exc}",
+            }
         rec["duration"] = round(time.perf_counter() - t0, 4)
         with lock:
             done += 1
@@ -122,8 +134,11 @@ def url_fetch(params: dict[str, Any], ctx: BuiltinContext) -> dict[str, Any]:
             return [t.result() for t in tasks]
 
     results = asyncio.run(main())
-    return {"results": results, "ok": sum(1 for r in results if r["ok"]),
-            "failed": sum(1 for r in results if not r["ok"])}
+    return {
+        "results": results,
+        "ok": sum(1 for r in results if r["ok"]),
+        "failed": sum(1 for r in results if not r["ok"]),
+    }
 
 
 def echo_delay(params: dict[str, Any], ctx: BuiltinContext) -> dict[str, Any]:

@@ -50,12 +50,12 @@ class _Reporter:
     def log(self, stream: str, line: str, step: str | None = None) -> None:
         line = line.rstrip("\r\n")
         if line.startswith(PROGRESS_PREFIX):
-            parts = line[len(PROGRESS_PREFIX):].strip().split(" ", 1)
+            parts = line[len(PROGRESS_PREFIX) :].strip().split(" ", 1)
             with contextlib.suppress(ValueError):
                 self.progress(float(parts[0]), parts[1] if len(parts) > 1 else "")
         elif line.startswith(RESULT_PREFIX):
             with contextlib.suppress(ValueError):
-                self.result(json.loads(line[len(RESULT_PREFIX):]))
+                self.result(json.loads(line[len(RESULT_PREFIX) :]))
         with self.lock:
             self.lines.append((stream, step, line))
             full = len(self.lines) >= _LOG_FLUSH_LINES
@@ -66,7 +66,8 @@ class _Reporter:
         """Send buffered log lines, and a coalesced progress update once it is due."""
         self._flush_logs()
         if self._pending is not None and (
-                final or time.monotonic() - self._last_progress >= _PROGRESS_EVERY_S):
+            final or time.monotonic() - self._last_progress >= _PROGRESS_EVERY_S
+        ):
             self._send_progress()
 
     def _flush_logs(self) -> None:
@@ -92,11 +93,11 @@ class _Reporter:
         percent, message = pending
         self._last_progress = time.monotonic()
         self._flush_logs()  # logs before the progress they led to
-        self.runner.dispatcher.store.set_progress(self.job.id, self.job.attempt, percent,
-                                                  message)
+        self.runner.dispatcher.store.set_progress(self.job.id, self.job.attempt, percent, message)
         self.runner.dispatcher.events.publish(
-            self.job.id, "progress", {"percent": percent, "message": message,
-                                      "attempt": self.job.attempt}
+            self.job.id,
+            "progress",
+            {"percent": percent, "message": message, "attempt": self.job.attempt},
         )
 
     def result(self, value: Any) -> None:
@@ -105,14 +106,20 @@ class _Reporter:
     def step(self, result: StepResult) -> None:
         self.steps = [s for s in self.steps if s.name != result.name] + [result]
         self.runner.dispatcher.store.update_fields(
-            self.job.id, self.job.attempt,
+            self.job.id,
+            self.job.attempt,
             steps=[s.model_dump(mode="json") for s in self.steps],
         )
 
 
 class AttemptRunner:
-    def __init__(self, dispatcher: Dispatcher, launchers: LauncherSet, runner_id: str,
-                 artifacts: ArtifactStore | None = None) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        launchers: LauncherSet,
+        runner_id: str,
+        artifacts: ArtifactStore | None = None,
+    ) -> None:
         self.dispatcher = dispatcher
         self.settings = dispatcher.settings
         self.events = dispatcher.events
@@ -145,12 +152,22 @@ class AttemptRunner:
         spec = job.spec
         workspace = self.settings.workspaces_dir / job.id / f"a{job.attempt}"
         workspace.mkdir(parents=True, exist_ok=True)
-        ctx = LaunchContext(job_id=job.id, attempt=job.attempt, runner_id=self.runner_id,
-                            spec=spec, workspace=workspace, settings=self.settings)
+        ctx = LaunchContext(
+            job_id=job.id,
+            attempt=job.attempt,
+            runner_id=self.runner_id,
+            spec=spec,
+            workspace=workspace,
+            settings=self.settings,
+        )
         reporter = _Reporter(self, job)
         launcher = self.launchers.get(spec.executor)
-        state: dict[str, Any] = {"handle": None, "timed_out": False, "lost": False,
-                                 "started_at": None}
+        state: dict[str, Any] = {
+            "handle": None,
+            "timed_out": False,
+            "lost": False,
+            "started_at": None,
+        }
         stop_watch = threading.Event()
         stopping = threading.Lock()
 
@@ -175,15 +192,20 @@ class AttemptRunner:
                     if ctx.cancel.is_set():
                         stop_once(spec.grace_s)
                     t0 = state["started_at"]
-                    if spec.timeout_s and t0 and now - t0 > spec.timeout_s and \
-                            not state["timed_out"]:
+                    if (
+                        spec.timeout_s
+                        and t0
+                        and now - t0 > spec.timeout_s
+                        and not state["timed_out"]
+                    ):
                         state["timed_out"] = True
                         ctx.cancel.set()
                         stop_once(min(spec.grace_s, 5.0))
                     if now >= next_lease:
                         next_lease = now + self.settings.lease_s / 3
                         if not self.dispatcher.store.renew_lease(
-                                job.id, job.attempt, self.settings.lease_s):
+                            job.id, job.attempt, self.settings.lease_s
+                        ):
                             # Someone else owns this job now (reconciler): stand down.
                             state["lost"] = True
                             ctx.cancel.set()
@@ -233,25 +255,37 @@ class AttemptRunner:
             except RunnerLaunchError as exc:
                 exc.attempt = n
                 if not exc.transient or n == tries:
-                    raise RunnerLaunchError(launcher.name, n, exc.cause,
-                                            transient=exc.transient) from exc
-                log.warning("transient launch error for %s (try %d/%d): %s",
-                            ctx.job_id, n, tries, exc)
+                    raise RunnerLaunchError(
+                        launcher.name, n, exc.cause, transient=exc.transient
+                    ) from exc
+                log.warning(
+                    "transient launch error for %s (try %d/%d): %s", ctx.job_id, n, tries, exc
+                )
             except Exception as exc:
                 raise RunnerLaunchError(launcher.name, n, exc) from exc
             if ctx.cancel.wait(self.settings.launch_backoff_s * 2 ** (n - 1)):
                 return None
         return None
 
-    def _finish(self, job: Job, launcher: Any, ctx: LaunchContext, state: dict[str, Any],
-                outcome: Outcome | None, launch_error: str | None, reporter: _Reporter) -> str:
+    def _finish(
+        self,
+        job: Job,
+        launcher: Any,
+        ctx: LaunchContext,
+        state: dict[str, Any],
+        outcome: Outcome | None,
+        launch_error: str | None,
+        reporter: _Reporter,
+    ) -> str:
         store = self.dispatcher.store
         handle = state["handle"]
         fields: dict[str, Any] = {}
         if handle is not None:
             try:
-                collected = [self.artifacts.save(job.id, name, path)
-                             for name, path in launcher.collect_artifacts(ctx, handle)]
+                collected = [
+                    self.artifacts.save(job.id, name, path)
+                    for name, path in launcher.collect_artifacts(ctx, handle)
+                ]
                 if collected:
                     fields["artifacts"] = [a.model_dump(mode="json") for a in collected]
             except Exception as exc:
@@ -285,8 +319,11 @@ class AttemptRunner:
 
         final = "lost"
         if status is not None:
-            if status == JobStatus.failed and job.attempt < job.spec.max_attempts \
-                    and not launch_error_is_permanent(launch_error):
+            if (
+                status == JobStatus.failed
+                and job.attempt < job.spec.max_attempts
+                and not launch_error_is_permanent(launch_error)
+            ):
                 store.update_fields(job.id, job.attempt, **fields)
                 backoff = job.spec.retry_backoff_s * 2 ** (job.attempt - 1)
                 again = self.dispatcher.requeue(
@@ -296,12 +333,14 @@ class AttemptRunner:
                     final = "requeued"
                     status = None
             if status is not None:
-                done = store.finish(job.id, job.attempt, status, exit_code=code, error=error,
-                                    **fields)
+                done = store.finish(
+                    job.id, job.attempt, status, exit_code=code, error=error, **fields
+                )
                 if done is None:
                     # Lost the race: a cancel was accepted (never let success win over it).
-                    done = store.finish(job.id, job.attempt, JobStatus.cancelled,
-                                        error="cancelled", **fields)
+                    done = store.finish(
+                        job.id, job.attempt, JobStatus.cancelled, error="cancelled", **fields
+                    )
                 if done is not None:
                     self.dispatcher.announce(done)
                     final = done.status.value

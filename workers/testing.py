@@ -80,7 +80,8 @@ class RecordingReporter:
         """Block until a line containing ``text`` was logged (False on timeout)."""
         with self._changed:
             return self._changed.wait_for(
-                lambda: any(text in line for _, line, _ in self.lines), timeout)
+                lambda: any(text in line for _, line, _ in self.lines), timeout
+            )
 
 
 # ---------------------------------------------------------------------- FakeKubernetes
@@ -94,8 +95,15 @@ def _now() -> str:
 
 
 def _status_body(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def _matches(labels: dict[str, str], selector: str | None) -> bool:
@@ -121,7 +129,8 @@ class _FakePod:
     created: str = field(default_factory=_now)
     uid: str = field(default_factory=lambda: str(uuid.uuid4()))
     state: dict[str, Any] = field(
-        default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
+        default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}}
+    )
     phase: str = "Pending"
     lines: list[str] = field(default_factory=list)
     ended: bool = False
@@ -131,15 +140,30 @@ class _FakePod:
     def to_json(self) -> dict[str, Any]:
         c = self.spec["containers"][0]
         return {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid,
-                         "labels": {**self.labels, "job-name": self.job},
-                         "creationTimestamp": self.created},
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "uid": self.uid,
+                "labels": {**self.labels, "job-name": self.job},
+                "creationTimestamp": self.created,
+            },
             "spec": self.spec,
-            "status": {"phase": self.phase, "containerStatuses": [{
-                "name": c["name"], "image": c["image"], "imageID": "", "ready":
-                "running" in self.state, "restartCount": 0, "started": "running" in self.state,
-                "state": self.state}]},
+            "status": {
+                "phase": self.phase,
+                "containerStatuses": [
+                    {
+                        "name": c["name"],
+                        "image": c["image"],
+                        "imageID": "",
+                        "ready": "running" in self.state,
+                        "restartCount": 0,
+                        "started": "running" in self.state,
+                        "state": self.state,
+                    }
+                ],
+            },
         }
 
 
@@ -180,8 +204,7 @@ class FakeKubernetes:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True,
-                         name="fake-kube").start()
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-kube").start()
         return self
 
     def close(self) -> None:
@@ -203,13 +226,23 @@ class FakeKubernetes:
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         """A kubeconfig pointing at this fake, to exercise the kubeconfig code path."""
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake",
-                                                       "namespace": namespace}}],
-        }))
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "fake",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+                    "contexts": [
+                        {
+                            "name": "fake",
+                            "context": {"cluster": "fake", "user": "fake", "namespace": namespace},
+                        }
+                    ],
+                }
+            )
+        )
         return path
 
     def fail_next(self, method: str, path_contains: str, status: int, times: int = 1) -> None:
@@ -228,39 +261,52 @@ class FakeKubernetes:
     def running_processes(self) -> list[int]:
         """Pids of pod processes that still run."""
         with self._lock:
-            return [p.proc.pid for p in self.pods.values()
-                    if p.proc is not None and p.proc.poll() is None]
+            return [
+                p.proc.pid
+                for p in self.pods.values()
+                if p.proc is not None and p.proc.poll() is None
+            ]
 
     # ------------------------------------------------------------ jobs
 
     def create_job(self, ns: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         meta = body.get("metadata") or {}
         name = meta.get("name")
-        containers = (((body.get("spec") or {}).get("template") or {}).get("spec")
-                      or {}).get("containers")
+        containers = (((body.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
+            "containers"
+        )
         if body.get("kind") != "Job" or not name or not containers:
-            return 422, _status_body(422, "Invalid", "Job is invalid: name and containers "
-                                     "are required")
+            return 422, _status_body(
+                422, "Invalid", "Job is invalid: name and containers are required"
+            )
         with self._lock:
             if (ns, name) in self.jobs:
-                return 409, _status_body(409, "AlreadyExists",
-                                         f'jobs.batch "{name}" already exists')
+                return 409, _status_body(
+                    409, "AlreadyExists", f'jobs.batch "{name}" already exists'
+                )
             job = json.loads(json.dumps(body))
-            job["metadata"].update(namespace=ns, uid=str(uuid.uuid4()),
-                                   creationTimestamp=_now(), resourceVersion="1")
+            job["metadata"].update(
+                namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=_now(), resourceVersion="1"
+            )
             job["status"] = {}
             self.jobs[(ns, name)] = job
             tpl = job["spec"]["template"]
-            pod = _FakePod(ns, f"{name}-{uuid.uuid4().hex[:5]}", name,
-                           dict((tpl.get("metadata") or {}).get("labels") or {}),
-                           tpl["spec"])
+            pod = _FakePod(
+                ns,
+                f"{name}-{uuid.uuid4().hex[:5]}",
+                name,
+                dict((tpl.get("metadata") or {}).get("labels") or {}),
+                tpl["spec"],
+            )
             self.pods[(ns, pod.name)] = pod
-        threading.Thread(target=self._kubelet, args=(job, pod), daemon=True,
-                         name=f"kubelet-{pod.name}").start()
+        threading.Thread(
+            target=self._kubelet, args=(job, pod), daemon=True, name=f"kubelet-{pod.name}"
+        ).start()
         return 201, job
 
-    def delete_job(self, ns: str, name: str, propagation: str | None,
-                   grace: int | None) -> tuple[int, dict[str, Any]]:
+    def delete_job(
+        self, ns: str, name: str, propagation: str | None, grace: int | None
+    ) -> tuple[int, dict[str, Any]]:
         with self._lock:
             job = self.jobs.get((ns, name))
             if job is None:
@@ -273,6 +319,7 @@ class FakeKubernetes:
             else:
                 del self.jobs[(ns, name)]
         if propagation != "Orphan":
+
             def collect() -> None:
                 for pod in pods:
                     self._kill(pod, pod.spec.get("terminationGracePeriodSeconds", 30))
@@ -280,6 +327,7 @@ class FakeKubernetes:
                         self.pods.pop((ns, pod.name), None)
                 with self._lock:
                     self.jobs.pop((ns, name), None)  # foreground: the Job goes last
+
             threading.Thread(target=collect, daemon=True).start()
         return 200, job
 
@@ -301,17 +349,27 @@ class FakeKubernetes:
     def _kubelet(self, job: dict[str, Any], pod: _FakePod) -> None:
         c = pod.spec["containers"][0]
         if c["image"] in self.missing_images:
-            pod.state = {"waiting": {"reason": "ErrImagePull",
-                                     "message": f'pull access denied for {c["image"]}'}}
+            pod.state = {
+                "waiting": {
+                    "reason": "ErrImagePull",
+                    "message": f"pull access denied for {c['image']}",
+                }
+            }
             return
         env = {**os.environ, **{e["name"]: e.get("value", "") for e in c.get("env") or []}}
         workdir = self._tmp / pod.name
         workdir.mkdir()
         started = _now()
         try:
-            proc = subprocess.Popen(c["command"] + list(c.get("args") or []), cwd=workdir,
-                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                c["command"] + list(c.get("args") or []),
+                cwd=workdir,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except OSError as exc:
             pod.state = {"waiting": {"reason": "CreateContainerError", "message": str(exc)}}
             return
@@ -323,9 +381,11 @@ class FakeKubernetes:
         timed_out = threading.Event()
         timer = None
         if deadline:
+
             def expire() -> None:
                 timed_out.set()
                 self._kill(pod, pod.spec.get("terminationGracePeriodSeconds", 30))
+
             timer = threading.Timer(deadline, expire)
             timer.daemon = True
             timer.start()
@@ -340,23 +400,45 @@ class FakeKubernetes:
         code = 128 - code if code < 0 else code
         finished = _now()
         with self._lock, pod.cond:
-            pod.state = {"terminated": {"exitCode": code, "startedAt": started,
-                                        "finishedAt": finished,
-                                        "reason": "Completed" if code == 0 else "Error"}}
+            pod.state = {
+                "terminated": {
+                    "exitCode": code,
+                    "startedAt": started,
+                    "finishedAt": finished,
+                    "reason": "Completed" if code == 0 else "Error",
+                }
+            }
             pod.phase = "Succeeded" if code == 0 else "Failed"
             pod.ended = True
             pod.cond.notify_all()
             status = job["status"]
             status.pop("active", None)
             if code == 0 and not timed_out.is_set():
-                status.update(succeeded=1, completionTime=finished, conditions=[
-                    {"type": "Complete", "status": "True", "lastTransitionTime": finished}])
+                status.update(
+                    succeeded=1,
+                    completionTime=finished,
+                    conditions=[
+                        {"type": "Complete", "status": "True", "lastTransitionTime": finished}
+                    ],
+                )
             else:
-                reason, msg = ("DeadlineExceeded", _DEADLINE_MSG) if timed_out.is_set() else \
-                    ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
-                status.update(failed=1, conditions=[
-                    {"type": "Failed", "status": "True", "reason": reason, "message": msg,
-                     "lastTransitionTime": finished}])
+                reason, msg = (
+                    ("DeadlineExceeded", _DEADLINE_MSG)
+                    if timed_out.is_set()
+                    else ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+                )
+                status.update(
+                    failed=1,
+                    conditions=[
+                        {
+                            "type": "Failed",
+                            "status": "True",
+                            "reason": reason,
+                            "message": msg,
+                            "lastTransitionTime": finished,
+                        }
+                    ],
+                )
 
     def pod_log(self, pod: _FakePod, follow: bool) -> Iterator[str]:
         i = 0
@@ -410,21 +492,32 @@ class _FakeHandler(BaseHTTPRequestHandler):
                 self._send(*fake.create_job(ns, body))
             elif method == "GET" and not name:
                 with fake._lock:
-                    items = [j for (n, _), j in fake.jobs.items()
-                             if n == ns and _matches(j["metadata"].get("labels") or {},
-                                                     q.get("labelSelector"))]
-                self._send(200, {"apiVersion": "batch/v1", "kind": "JobList",
-                                 "metadata": {}, "items": items})
+                    items = [
+                        j
+                        for (n, _), j in fake.jobs.items()
+                        if n == ns
+                        and _matches(j["metadata"].get("labels") or {}, q.get("labelSelector"))
+                    ]
+                self._send(
+                    200,
+                    {"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": items},
+                )
             elif method == "GET":
                 with fake._lock:
                     job = fake.jobs.get((ns, name))
                 self._send(200, job) if job else self._send(
-                    404, _status_body(404, "NotFound", f'jobs.batch "{name}" not found'))
+                    404, _status_body(404, "NotFound", f'jobs.batch "{name}" not found')
+                )
             elif method == "DELETE":
                 grace = body.get("gracePeriodSeconds", q.get("gracePeriodSeconds"))
-                self._send(*fake.delete_job(
-                    ns, name, body.get("propagationPolicy") or q.get("propagationPolicy"),
-                    int(grace) if grace is not None else None))
+                self._send(
+                    *fake.delete_job(
+                        ns,
+                        name,
+                        body.get("propagationPolicy") or q.get("propagationPolicy"),
+                        int(grace) if grace is not None else None,
+                    )
+                )
             else:
                 self._send(405, _status_body(405, "MethodNotAllowed", method))
             return
@@ -432,10 +525,14 @@ class _FakeHandler(BaseHTTPRequestHandler):
             ns, name, is_log = m.group(1), m.group(2), m.group(3)
             if not name:
                 with fake._lock:
-                    items = [p.to_json() for (n, _), p in fake.pods.items()
-                             if n == ns and _matches(p.labels, q.get("labelSelector"))]
-                self._send(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {},
-                                 "items": items})
+                    items = [
+                        p.to_json()
+                        for (n, _), p in fake.pods.items()
+                        if n == ns and _matches(p.labels, q.get("labelSelector"))
+                    ]
+                self._send(
+                    200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}
+                )
                 return
             with fake._lock:
                 pod = fake.pods.get((ns, name))
@@ -444,8 +541,12 @@ class _FakeHandler(BaseHTTPRequestHandler):
             elif not is_log:
                 self._send(200, pod.to_json())
             elif pod.proc is None:
-                self._send(400, _status_body(400, "BadRequest", f'container "job" in pod '
-                                             f'"{name}" is waiting to start'))
+                self._send(
+                    400,
+                    _status_body(
+                        400, "BadRequest", f'container "job" in pod "{name}" is waiting to start'
+                    ),
+                )
             else:
                 self._stream(fake.pod_log(pod, q.get("follow") == "true"))
             return

@@ -21,33 +21,51 @@ router = APIRouter(prefix="/jobs", tags=["artifacts"])
 
 _CHUNK = 64 * 1024
 # Already compressed: gzip would spend CPU to make them bigger.
-_COMPRESSED = ("image/", "video/", "audio/", "application/zip", "application/gzip",
-               "application/x-gzip", "application/x-bzip2", "application/x-xz",
-               "application/zstd", "application/x-7z-compressed", "application/x-rar",
-               "application/pdf")
+_COMPRESSED = (
+    "image/",
+    "video/",
+    "audio/",
+    "application/zip",
+    "application/gzip",
+    "application/x-gzip",
+    "application/x-bzip2",
+    "application/x-xz",
+    "application/zstd",
+    "application/x-7z-compressed",
+    "application/x-rar",
+    "application/pdf",
+)
 
 
 class ArtifactInfo(Artifact):
     url: str = Field(description="Where to download it.")
 
 
-@router.get("/{job_id}/artifacts", response_model=list[ArtifactInfo],
-            operation_id="artifacts-list", summary="A job's artifacts")
+@router.get(
+    "/{job_id}/artifacts",
+    response_model=list[ArtifactInfo],
+    operation_id="artifacts-list",
+    summary="A job's artifacts",
+)
 def list_artifacts(job_id: str, state: State) -> Any:
     job = state.store.get(job_id)
     return [{**a.model_dump(), "url": _url(job_id, a.name)} for a in job.artifacts]
 
 
-@router.head("/{job_id}/artifacts/{name:path}", operation_id="artifacts-head",
-             include_in_schema=False)
+@router.head(
+    "/{job_id}/artifacts/{name:path}", operation_id="artifacts-head", include_in_schema=False
+)
 @router.get(
     "/{job_id}/artifacts/{name:path}",
-    operation_id="artifacts-download", summary="Download one artifact",
+    operation_id="artifacts-download",
+    summary="Download one artifact",
     response_class=FileResponse,
-    responses={200: {"description": "The file, with its content type and ETag = sha256"},
-               304: {"description": "If-None-Match matched"},
-               400: {"description": "The name would leave the job's folder"},
-               404: {"description": "No such job or artifact"}},
+    responses={
+        200: {"description": "The file, with its content type and ETag = sha256"},
+        304: {"description": "If-None-Match matched"},
+        400: {"description": "The name would leave the job's folder"},
+        404: {"description": "No such job or artifact"},
+    },
 )
 def download_artifact(
     job_id: str,
@@ -76,8 +94,12 @@ def download_artifact(
     if _etag_matches(if_none_match, art.sha256):
         return Response(status_code=304, headers=headers)
     filename = PurePosixPath(art.name).name
-    if (request.method == "GET" and "range" not in request.headers
-            and _accepts_gzip(accept_encoding) and not art.content_type.startswith(_COMPRESSED)):
+    if (
+        request.method == "GET"
+        and "range" not in request.headers
+        and _accepts_gzip(accept_encoding)
+        and not art.content_type.startswith(_COMPRESSED)
+    ):
         headers["Content-Encoding"] = "gzip"
         headers["Content-Disposition"] = _attachment(filename)
         return StreamingResponse(_gzip(path), media_type=art.content_type, headers=headers)

@@ -20,8 +20,13 @@ class JobPage(BaseModel):
     offset: int
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=Job,
-             operation_id="jobs-create", summary="Submit a job")
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Job,
+    operation_id="jobs-create",
+    summary="Submit a job",
+)
 def create_job(spec: Annotated[JobSpec, Body()], dispatcher: DispatcherDep) -> Any:
     return dispatcher.submit(spec).public()
 
@@ -33,10 +38,8 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Any:
-    items, total = store.list(statuses=[s.value for s in status_ or []], limit=limit,
-                              offset=offset)
-    return {"items": [j.public() for j in items], "total": total, "limit": limit,
-            "offset": offset}
+    items, total = store.list(statuses=[s.value for s in status_ or []], limit=limit, offset=offset)
+    return {"items": [j.public() for j in items], "total": total, "limit": limit, "offset": offset}
 
 
 @router.get("/{job_id}", response_model=Job, operation_id="jobs-get", summary="One job")
@@ -44,13 +47,21 @@ def get_job(job_id: str, store: Store) -> Any:
     return store.get(job_id).public()
 
 
-@router.post("/{job_id}/cancel", response_model=Job, operation_id="jobs-cancel",
-             summary="Cancel a queued or running job")
+@router.post(
+    "/{job_id}/cancel",
+    response_model=Job,
+    operation_id="jobs-cancel",
+    summary="Cancel a queued or running job",
+)
 def cancel_job(job_id: str, dispatcher: DispatcherDep) -> Any:
     return dispatcher.cancel(job_id).public()
 
 
-@router.delete("/{job_id}", response_model=Job, operation_id="jobs-delete",
-               summary="Cancel a job (same as POST /cancel)")
+@router.delete(
+    "/{job_id}",
+    response_model=Job,
+    operation_id="jobs-delete",
+    summary="Cancel a job (same as POST /cancel)",
+)
 def delete_job(job_id: str, dispatcher: DispatcherDep) -> Any:
     return dispatcher.cancel(job_id).public()

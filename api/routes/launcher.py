@@ -54,14 +54,17 @@ LauncherId = Annotated[str, Field(pattern=_RUNNER_ID, description="From /launche
 
 # ---------------------------------------------------------------- errors
 
+
 class LauncherNotRegistered(LaunchbayError):
     """The launcher id is unknown or its registration expired: register again."""
 
     status_code = 404
 
     def __init__(self, launcher_id: str) -> None:
-        super().__init__(f"launcher {launcher_id} is not registered (or its registration "
-                         f"expired); register again")
+        super().__init__(
+            f"launcher {launcher_id} is not registered (or its registration "
+            f"expired); register again"
+        )
 
 
 class LauncherConflict(LaunchbayError):
@@ -84,7 +87,8 @@ class RegisterIn(BaseModel):
     hostname: str = Field(default="", max_length=255)
     pid: int | None = Field(default=None, ge=0)
     launcher_id: LauncherId | None = Field(
-        default=None, description="Re-register under an id this agent already had.")
+        default=None, description="Re-register under an id this agent already had."
+    )
 
 
 class RegisterOut(BaseModel):
@@ -153,6 +157,7 @@ class PollOut(BaseModel):
 
 # ---------------------------------------------------------------- wake-ups
 
+
 class _Waker:
     """Wakes this process's long-polls when a job may have become claimable.
 
@@ -196,6 +201,7 @@ def setup(app: FastAPI) -> None:
 
 # ---------------------------------------------------------------- helpers
 
+
 def _heartbeat_interval(state: AppState) -> float:
     s = state.settings
     return round(min(s.runner_heartbeat_s, s.lease_s / 3), 3)
@@ -212,9 +218,11 @@ def _owned(state: AppState, job_id: str, claim: Claim) -> Job:
     """The job, if this launcher holds this attempt of it and it is still active."""
     job = state.store.get(job_id)
     if job.runner_id != claim.launcher_id or job.attempt != claim.attempt:
-        raise LauncherConflict(f"job {job_id} attempt {claim.attempt} is not held by launcher "
-                         f"{claim.launcher_id} (it is attempt {job.attempt}, runner "
-                         f"{job.runner_id or 'none'}, {job.status})")
+        raise LauncherConflict(
+            f"job {job_id} attempt {claim.attempt} is not held by launcher "
+            f"{claim.launcher_id} (it is attempt {job.attempt}, runner "
+            f"{job.runner_id or 'none'}, {job.status})"
+        )
     if job.status not in ACTIVE_STATUSES:
         raise LauncherConflict(f"job {job_id} is {job.status}; it takes no more reports")
     return job
@@ -231,24 +239,29 @@ def _claim_for(state: AppState, info: RunnerInfo) -> Job | None:
     return job
 
 
-def _end(state: AppState, job: Job, target: JobStatus, *, exit_code: int | None,
-         error: str | None, fields: dict[str, Any]) -> Job:
+def _end(
+    state: AppState,
+    job: Job,
+    target: JobStatus,
+    *,
+    exit_code: int | None,
+    error: str | None,
+    fields: dict[str, Any],
+) -> Job:
     """The terminal step of an agent's attempt, with the Celery path's retry rules."""
     store, dispatcher = state.store, state.dispatcher
     if target == JobStatus.failed and job.attempt < job.spec.max_attempts:
         if fields:
             store.update_fields(job.id, job.attempt, **fields)
         backoff = job.spec.retry_backoff_s * 2 ** (job.attempt - 1)
-        again = dispatcher.requeue(job, f"attempt {job.attempt} failed: {error}",
-                                   countdown=backoff)
+        again = dispatcher.requeue(job, f"attempt {job.attempt} failed: {error}", countdown=backoff)
         if again is not None:
             state.events.forget(job.id)
             return again
     done = store.finish(job.id, job.attempt, target, exit_code=exit_code, error=error, **fields)
     if done is None:
         # Lost the race to an accepted cancel: success never wins over it.
-        done = store.finish(job.id, job.attempt, JobStatus.cancelled, error="cancelled",
-                            **fields)
+        done = store.finish(job.id, job.attempt, JobStatus.cancelled, error="cancelled", **fields)
     if done is None:
         current = store.get(job.id)
         raise InvalidTransition(job.id, current.status, target, "another party ended it")
@@ -257,8 +270,9 @@ def _end(state: AppState, job: Job, target: JobStatus, *, exit_code: int | None,
     return done
 
 
-def _fields(steps: list[StepResult], result: Any, usage: dict[str, Any] | None = None
-            ) -> dict[str, Any]:
+def _fields(
+    steps: list[StepResult], result: Any, usage: dict[str, Any] | None = None
+) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if steps:
         fields["steps"] = [s.model_dump(mode="json") for s in steps]
@@ -271,8 +285,13 @@ def _fields(steps: list[StepResult], result: Any, usage: dict[str, Any] | None =
 
 # ---------------------------------------------------------------- routes
 
-@router.post("/register", response_model=RegisterOut, operation_id="launcher-register",
-             summary="Register a remote agent")
+
+@router.post(
+    "/register",
+    response_model=RegisterOut,
+    operation_id="launcher-register",
+    summary="Register a remote agent",
+)
 def register(body: RegisterIn, state: State) -> Any:
     if body.launcher_id:
         held = state.runners.get(body.launcher_id)
@@ -288,21 +307,32 @@ def register(body: RegisterIn, state: State) -> Any:
         capacity=body.capacity,
     )
     state.runners.heartbeat(info)
-    return RegisterOut(launcher_id=info.id, poll_timeout_s=POLL_TIMEOUT_S,
-                       heartbeat_interval_s=_heartbeat_interval(state),
-                       lease_s=state.settings.lease_s)
+    return RegisterOut(
+        launcher_id=info.id,
+        poll_timeout_s=POLL_TIMEOUT_S,
+        heartbeat_interval_s=_heartbeat_interval(state),
+        lease_s=state.settings.lease_s,
+    )
 
 
-@router.post("/unregister", status_code=status.HTTP_204_NO_CONTENT,
-             operation_id="launcher-unregister", summary="Leave the registry (agent stops)")
+@router.post(
+    "/unregister",
+    status_code=status.HTTP_204_NO_CONTENT,
+    operation_id="launcher-unregister",
+    summary="Leave the registry (agent stops)",
+)
 def unregister(body: HeartbeatIn, state: State) -> Response:
     state.runners.remove(body.launcher_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/jobs", response_model=PollOut, operation_id="launcher-poll",
-            summary="Long-poll for the next job this agent can run",
-            responses={204: {"description": "No job within the wait"}})
+@router.get(
+    "/jobs",
+    response_model=PollOut,
+    operation_id="launcher-poll",
+    summary="Long-poll for the next job this agent can run",
+    responses={204: {"description": "No job within the wait"}},
+)
 async def poll(
     request: Request,
     state: State,
@@ -333,8 +363,12 @@ async def poll(
             return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/jobs/{job_id}/started", response_model=Job, operation_id="launcher-started",
-             summary="The agent launched the job: claimed → running")
+@router.post(
+    "/jobs/{job_id}/started",
+    response_model=Job,
+    operation_id="launcher-started",
+    summary="The agent launched the job: claimed → running",
+)
 def started(job_id: str, body: Claim, state: State) -> Any:
     job = _owned(state, job_id, body)
     running = state.store.start(job.id, job.attempt, state.settings.lease_s)
@@ -345,20 +379,30 @@ def started(job_id: str, body: Claim, state: State) -> Any:
     return running.public()
 
 
-@router.post("/jobs/{job_id}/progress", response_model=ReportOut,
-             operation_id="launcher-progress", summary="Report progress")
+@router.post(
+    "/jobs/{job_id}/progress",
+    response_model=ReportOut,
+    operation_id="launcher-progress",
+    summary="Report progress",
+)
 def progress(job_id: str, body: ProgressIn, state: State) -> Any:
     job = _owned(state, job_id, body)
     if not state.store.set_progress(job.id, job.attempt, body.percent, body.message):
         raise LauncherConflict(f"job {job_id} attempt {body.attempt} is no longer active")
-    state.events.publish(job.id, "progress", {"percent": body.percent,
-                                              "message": body.message,
-                                              "attempt": job.attempt})
+    state.events.publish(
+        job.id,
+        "progress",
+        {"percent": body.percent, "message": body.message, "attempt": job.attempt},
+    )
     return ReportOut(cancel=job.cancel_requested)
 
 
-@router.post("/jobs/{job_id}/logs", response_model=ReportOut, operation_id="launcher-logs",
-             summary="Append log lines")
+@router.post(
+    "/jobs/{job_id}/logs",
+    response_model=ReportOut,
+    operation_id="launcher-logs",
+    summary="Append log lines",
+)
 def logs(job_id: str, body: LogsIn, state: State) -> Any:
     job = _owned(state, job_id, body)
     # Another API process may have appended the previous batch: take the sequence from
@@ -368,22 +412,36 @@ def logs(job_id: str, body: LogsIn, state: State) -> Any:
     return ReportOut(cancel=job.cancel_requested, seq=seq)
 
 
-@router.post("/jobs/{job_id}/completed", response_model=Job, operation_id="launcher-completed",
-             summary="The job exited; exit code 0 succeeds it")
+@router.post(
+    "/jobs/{job_id}/completed",
+    response_model=Job,
+    operation_id="launcher-completed",
+    summary="The job exited; exit code 0 succeeds it",
+)
 def completed(job_id: str, body: CompletedIn, state: State) -> Any:
     job = _owned(state, job_id, body)
     fields = _fields(body.steps, body.result, body.resource_usage)
     if body.exit_code == 0:
-        return _end(state, job, JobStatus.succeeded, exit_code=0, error=None,
-                    fields=fields).public()
+        return _end(
+            state, job, JobStatus.succeeded, exit_code=0, error=None, fields=fields
+        ).public()
     target = JobStatus.cancelled if job.cancel_requested else JobStatus.failed
-    return _end(state, job, target, exit_code=body.exit_code,
-                error="cancelled" if job.cancel_requested else
-                f"exited with code {body.exit_code}", fields=fields).public()
+    return _end(
+        state,
+        job,
+        target,
+        exit_code=body.exit_code,
+        error="cancelled" if job.cancel_requested else f"exited with code {body.exit_code}",
+        fields=fields,
+    ).public()
 
 
-@router.post("/jobs/{job_id}/failed", response_model=Job, operation_id="launcher-failed",
-             summary="The job failed, timed out, or stopped after a cancel")
+@router.post(
+    "/jobs/{job_id}/failed",
+    response_model=Job,
+    operation_id="launcher-failed",
+    summary="The job failed, timed out, or stopped after a cancel",
+)
 def failed(job_id: str, body: FailedIn, state: State) -> Any:
     job = _owned(state, job_id, body)
     fields = _fields(body.steps, body.result)
@@ -395,26 +453,34 @@ def failed(job_id: str, body: FailedIn, state: State) -> Any:
         error = f"timed out after {limit:g} s" if limit else body.error
     else:
         target, error = JobStatus.failed, body.error
-    return _end(state, job, target, exit_code=body.exit_code, error=error,
-                fields=fields).public()
+    return _end(state, job, target, exit_code=body.exit_code, error=error, fields=fields).public()
 
 
-@router.post("/jobs/{job_id}/release", response_model=Job, operation_id="launcher-release",
-             summary="Give back a claimed job the agent will not start")
+@router.post(
+    "/jobs/{job_id}/release",
+    response_model=Job,
+    operation_id="launcher-release",
+    summary="Give back a claimed job the agent will not start",
+)
 def release(job_id: str, body: Claim, state: State) -> Any:
     job = _owned(state, job_id, body)
     if job.status != JobStatus.claimed:
         raise LauncherConflict(f"job {job_id} is {job.status}; only a claimed job can be released")
     again = state.dispatcher.requeue(job, f"released by {body.launcher_id} before it started")
     if again is None:  # a cancel was asked meanwhile: honour it
-        return _end(state, job, JobStatus.cancelled, exit_code=None, error="cancelled",
-                    fields={}).public()
+        return _end(
+            state, job, JobStatus.cancelled, exit_code=None, error="cancelled", fields={}
+        ).public()
     state.events.forget(job.id)
     return again.public()
 
 
-@router.post("/jobs/{job_id}/artifacts", response_model=Artifact,
-             operation_id="launcher-artifact-upload", summary="Upload one artifact (raw body)")
+@router.post(
+    "/jobs/{job_id}/artifacts",
+    response_model=Artifact,
+    operation_id="launcher-artifact-upload",
+    summary="Upload one artifact (raw body)",
+)
 async def upload_artifact(
     job_id: str,
     request: Request,
@@ -440,19 +506,23 @@ async def upload_artifact(
         Path(tmp).unlink(missing_ok=True)
 
 
-def _record_artifact(state: AppState, job_id: str, claim: Claim, name: str, path: Path
-                     ) -> Artifact:
+def _record_artifact(state: AppState, job_id: str, claim: Claim, name: str, path: Path) -> Artifact:
     job = _owned(state, job_id, claim)
     saved = state.artifacts.save(job_id, name, path)
     kept = [a for a in job.artifacts if a.name != saved.name] + [saved]
-    if not state.store.update_fields(job.id, job.attempt,
-                                     artifacts=[a.model_dump(mode="json") for a in kept]):
+    if not state.store.update_fields(
+        job.id, job.attempt, artifacts=[a.model_dump(mode="json") for a in kept]
+    ):
         raise LauncherConflict(f"job {job_id} attempt {claim.attempt} is no longer active")
     return saved
 
 
-@router.post("/heartbeat", response_model=HeartbeatOut, operation_id="launcher-heartbeat",
-             summary="Keep the agent and the leases of its jobs alive")
+@router.post(
+    "/heartbeat",
+    response_model=HeartbeatOut,
+    operation_id="launcher-heartbeat",
+    summary="Keep the agent and the leases of its jobs alive",
+)
 def heartbeat(body: HeartbeatIn, state: State) -> Any:
     info = _registered(state, body.launcher_id)
     state.runners.heartbeat(info)
@@ -460,8 +530,12 @@ def heartbeat(body: HeartbeatIn, state: State) -> Any:
     lost: list[str] = []
     for job_id in dict.fromkeys(body.jobs):
         job = state.store.find(job_id)
-        if job is None or job.runner_id != info.id or job.status not in ACTIVE_STATUSES or \
-                not state.store.renew_lease(job.id, job.attempt, state.settings.lease_s):
+        if (
+            job is None
+            or job.runner_id != info.id
+            or job.status not in ACTIVE_STATUSES
+            or not state.store.renew_lease(job.id, job.attempt, state.settings.lease_s)
+        ):
             lost.append(job_id)
         elif job.cancel_requested:
             cancel.append(job_id)

@@ -44,5 +44,8 @@ def healthz(state: State) -> dict[str, Any]:
         state.store.counts_by_status()
     except Exception:
         db_ok = False
-    return {"status": "ok" if redis_ok and db_ok else "degraded", "redis": redis_ok,
-            "database": db_ok}
+    return {
+        "status": "ok" if redis_ok and db_ok else "degraded",
+        "redis": redis_ok,
+        "database": db_ok,
+    }

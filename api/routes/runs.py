@@ -62,7 +62,8 @@ class Attempt(BaseModel):
     started_at: str | None = None
     ended_at: str | None = None
     outcome: str | None = Field(
-        default=None, description="requeued, or the job's status for the last attempt")
+        default=None, description="requeued, or the job's status for the last attempt"
+    )
     error: str | None = None
 
 
@@ -84,7 +85,9 @@ class RemovedRun(BaseModel):
 
 
 @router.get(
-    "", response_model=RunPage, operation_id="runs-list",
+    "",
+    response_model=RunPage,
+    operation_id="runs-list",
     summary="List runs, newest first (JSON page, or ?format=jsonl for one record per line)",
     responses={200: {"content": {"application/x-ndjson": {}}}},
 )
@@ -95,8 +98,9 @@ def list_runs(
     label: Annotated[list[str] | None, Query(description="key=value; repeat to AND")] = None,
     since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601)")] = None,
     until: Annotated[datetime | None, Query(description="Created before (ISO 8601)")] = None,
-    limit: Annotated[int | None, Query(ge=1, le=1000,
-                                       description="Page size; 50, or all for jsonl")] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, le=1000, description="Page size; 50, or all for jsonl")
+    ] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
     format_: Annotated[Literal["json", "jsonl"], Query(alias="format")] = "json",
 ) -> Any:
@@ -111,8 +115,7 @@ def list_runs(
         return _jsonl(state.store, filters, limit, offset)
     page = limit or 50
     items, total = state.store.list(**filters, limit=page, offset=offset)
-    return {"items": [j.public() for j in items], "total": total, "limit": page,
-            "offset": offset}
+    return {"items": [j.public() for j in items], "total": total, "limit": page, "offset": offset}
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:
@@ -131,8 +134,9 @@ def _utc(when: datetime | None) -> datetime | None:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
-def _jsonl(store: JobStore, filters: dict[str, Any], limit: int | None,
-           offset: int) -> StreamingResponse:
+def _jsonl(
+    store: JobStore, filters: dict[str, Any], limit: int | None, offset: int
+) -> StreamingResponse:
     # Pin the window's upper end now, so jobs submitted while we stream do not shift the
     # offsets (newest first) and repeat a record.
     now = datetime.now(UTC) + timedelta(microseconds=1)
@@ -151,32 +155,51 @@ def _jsonl(store: JobStore, filters: dict[str, Any], limit: int | None,
             if len(items) < want:
                 return
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson",
-                             headers={"X-Total-Count": str(total)})
+    return StreamingResponse(
+        lines(), media_type="application/x-ndjson", headers={"X-Total-Count": str(total)}
+    )
 
 
 # ------------------------------------------------------------------ cleanup
 
 
-@router.post("/cleanup", response_model=CleanupResult, operation_id="runs-cleanup",
-             summary="Remove ended runs older than a duration, with logs and artifacts")
+@router.post(
+    "/cleanup",
+    response_model=CleanupResult,
+    operation_id="runs-cleanup",
+    summary="Remove ended runs older than a duration, with logs and artifacts",
+)
 def cleanup_runs(
     state: State,
-    body: Annotated[CleanupRequest | None, Body(
-        description="Omit for the configured retention (LAUNCHBAY_RETENTION_DAYS)")] = None,
+    body: Annotated[
+        CleanupRequest | None,
+        Body(description="Omit for the configured retention (LAUNCHBAY_RETENTION_DAYS)"),
+    ] = None,
 ) -> Any:
-    seconds = (parse_duration(body.older_than) if body is not None
-               else state.settings.retention_days * 86400)
-    return cleanup_older_than(state.store, state.events, state.artifacts, seconds,
-                              workspaces_dir=state.settings.workspaces_dir)
+    seconds = (
+        parse_duration(body.older_than)
+        if body is not None
+        else state.settings.retention_days * 86400
+    )
+    return cleanup_older_than(
+        state.store,
+        state.events,
+        state.artifacts,
+        seconds,
+        workspaces_dir=state.settings.workspaces_dir,
+    )
 
 
 # ------------------------------------------------------------------ one run
 
 
-@router.get("/{job_id}", response_model=RunRecord, operation_id="runs-get",
-            summary="One run's full record: spec, timestamps, attempts, steps, result, "
-                    "artifacts, resource usage, log size")
+@router.get(
+    "/{job_id}",
+    response_model=RunRecord,
+    operation_id="runs-get",
+    summary="One run's full record: spec, timestamps, attempts, steps, result, "
+    "artifacts, resource usage, log size",
+)
 def get_run(job_id: str, state: State) -> Any:
     job = state.store.get(job_id)
     return {
@@ -193,11 +216,20 @@ def get_run(job_id: str, state: State) -> Any:
     }
 
 
-@router.delete("/{job_id}", response_model=RemovedRun, operation_id="runs-delete",
-               summary="Remove an ended run with its logs and artifacts (409 until it ends)")
+@router.delete(
+    "/{job_id}",
+    response_model=RemovedRun,
+    operation_id="runs-delete",
+    summary="Remove an ended run with its logs and artifacts (409 until it ends)",
+)
 def delete_run(job_id: str, state: State) -> Any:
-    return remove_run(state.store, state.events, state.artifacts, job_id,
-                      workspaces_dir=state.settings.workspaces_dir)
+    return remove_run(
+        state.store,
+        state.events,
+        state.artifacts,
+        job_id,
+        workspaces_dir=state.settings.workspaces_dir,
+    )
 
 
 def _log_lines(events: Events, job_id: str) -> int:
@@ -223,9 +255,18 @@ def _attempts(events: Events, job: Job) -> list[dict[str, Any]]:
     found: dict[int, dict[str, Any]] = {}
 
     def entry(n: int) -> dict[str, Any]:
-        return found.setdefault(n, {"attempt": n, "runner_id": None, "claimed_at": None,
-                                    "started_at": None, "ended_at": None, "outcome": None,
-                                    "error": None})
+        return found.setdefault(
+            n,
+            {
+                "attempt": n,
+                "runner_id": None,
+                "claimed_at": None,
+                "started_at": None,
+                "ended_at": None,
+                "outcome": None,
+                "error": None,
+            },
+        )
 
     after: str | None = None
     while True:
@@ -245,8 +286,11 @@ def _attempts(events: Events, job: Job) -> list[dict[str, Any]]:
                 e.update(outcome="requeued", ended_at=ev["ts"], error=data.get("error"))
             elif kind in _ENDED_EVENTS:
                 e = entry(n)
-                e.update(outcome=data.get("status"), ended_at=data.get("finished_at"),
-                         error=data.get("error"))
+                e.update(
+                    outcome=data.get("status"),
+                    ended_at=data.get("finished_at"),
+                    error=data.get("error"),
+                )
         if len(batch) < 1000:
             break
         after = batch[-1]["id"]
@@ -257,7 +301,7 @@ def _attempts(events: Events, job: Job) -> list[dict[str, Any]]:
     last = entry(job.attempt)
     last.update(outcome=job.status.value, runner_id=job.runner_id or last["runner_id"])
     if job.ended:
-        last.update(ended_at=job.finished_at.isoformat() if job.finished_at else None,
-                    error=job.error)
+        last.update(
+            ended_at=job.finished_at.isoformat() if job.finished_at else None, error=job.error
+        )
     return [found[n] for n in sorted(found) if n <= job.attempt]
-

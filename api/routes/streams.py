@@ -36,8 +36,14 @@ from orchestrator.job import Job
 router = APIRouter(tags=["streams"])
 
 # Internal event type -> SSE event name; every other transition is a ``status`` event.
-SSE_NAMES = {"progress": "progress", "log": "log", "succeeded": "complete",
-             "failed": "failed", "cancelled": "cancelled", "timed_out": "timed_out"}
+SSE_NAMES = {
+    "progress": "progress",
+    "log": "log",
+    "succeeded": "complete",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "timed_out": "timed_out",
+}
 DROP_GRACE_S = 30.0  # how long a dropped client gets to take its final "error" event
 _LOG_PAGE_MAX = 10000
 
@@ -47,8 +53,11 @@ def setup(app: FastAPI) -> None:
 
     async def start_hub(app: FastAPI) -> None:
         state: AppState = app.state.lb
-        hub = Hub(state.settings.effective_redis_url, logs_dir=state.settings.logs_dir,
-                  queue_size=state.settings.stream_queue_size)
+        hub = Hub(
+            state.settings.effective_redis_url,
+            logs_dir=state.settings.logs_dir,
+            queue_size=state.settings.stream_queue_size,
+        )
         state.extras["hub"] = hub
         await hub.start()
 
@@ -85,8 +94,9 @@ class HubEventSource(EventSourceResponse):
     event with the reason, if it takes it within ``DROP_GRACE_S``.
     """
 
-    def __init__(self, content: AsyncIterator[bytes], *, hub: Hub, sub: Subscriber,
-                 ping: float) -> None:
+    def __init__(
+        self, content: AsyncIterator[bytes], *, hub: Hub, sub: Subscriber, ping: float
+    ) -> None:
         super().__init__(content, ping=ping)
         self.hub, self.sub = hub, sub
 
@@ -102,6 +112,7 @@ class HubEventSource(EventSourceResponse):
         try:
             try:
                 async with anyio.create_task_group() as tg:
+
                     async def on_drop() -> None:
                         await self.sub.dropped.wait()
                         tg.cancel_scope.cancel()
@@ -112,11 +123,11 @@ class HubEventSource(EventSourceResponse):
             except* Dropped:
                 pass  # the generator saw the drop first; the farewell below says why
             if self.sub.reason is not None and not finished:
-                farewell = ServerSentEvent(json.dumps({"error": self.sub.reason}),
-                                           event="error").encode()
+                farewell = ServerSentEvent(
+                    json.dumps({"error": self.sub.reason}), event="error"
+                ).encode()
                 with anyio.move_on_after(DROP_GRACE_S):
-                    await send({"type": "http.response.body", "body": farewell,
-                                "more_body": True})
+                    await send({"type": "http.response.body", "body": farewell, "more_body": True})
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self.hub.unsubscribe(self.sub)
@@ -130,13 +141,15 @@ def _encode(items: list[Item]) -> bytes:
             out.append(ServerSentEvent(json.dumps(payload), event="log", id=cursor.encode()))
         else:
             name = SSE_NAMES.get(payload["type"], "status")
-            out.append(ServerSentEvent(json.dumps(payload["data"], default=str), event=name,
-                                       id=cursor.encode()))
+            out.append(
+                ServerSentEvent(
+                    json.dumps(payload["data"], default=str), event=name, id=cursor.encode()
+                )
+            )
     return b"".join(e.encode() for e in out)
 
 
-async def open_job(state: AppState, job_id: str, label: str
-                   ) -> tuple[Hub, Subscriber, str, Job]:
+async def open_job(state: AppState, job_id: str, label: str) -> tuple[Hub, Subscriber, str, Job]:
     """Subscribe, then note the stream position, then read the job — in that order, so an
     event that lands in between is seen (maybe twice as state), never missed."""
     hub = hub_of(state)
@@ -158,8 +171,10 @@ async def open_job(state: AppState, job_id: str, label: str
     operation_id="streams-job-events",
     summary="Live job events (SSE): status, progress, log, then the outcome",
     response_class=EventSourceResponse,
-    responses={204: {"description": "Resumed after the job's last event: nothing left."},
-               404: {"description": "Unknown job."}},
+    responses={
+        204: {"description": "Resumed after the job's last event: nothing left."},
+        404: {"description": "Unknown job."},
+    },
 )
 async def job_events(
     job_id: str,
@@ -179,8 +194,9 @@ async def job_events(
             first = await hub.first_buffered_seq(job_id)
             # A late joiner gets the live buffer's lines; /logs has the whole log.
             cursor = Cursor(last, max(0, first - 1) if first else 0)
-            head = ServerSentEvent(json.dumps(job.public()), event="status",
-                                   id=cursor.encode()).encode()
+            head = ServerSentEvent(
+                json.dumps(job.public()), event="status", id=cursor.encode()
+            ).encode()
         else:
             cursor, head = resume, b""
             if job.ended and not await _anything_after(hub, job_id, cursor):
@@ -216,24 +232,28 @@ async def job_logs(
     job_id: str,
     request: Request,
     since: Annotated[int, Query(ge=0, description="Return lines after this line number.")] = 0,
-    limit: Annotated[int | None, Query(ge=1, le=_LOG_PAGE_MAX,
-                                       description="Lines per page (JSON: default 1000).")
-                     ] = None,
+    limit: Annotated[
+        int | None,
+        Query(ge=1, le=_LOG_PAGE_MAX, description="Lines per page (JSON: default 1000)."),
+    ] = None,
     format: Annotated[Literal["json", "text"], Query()] = "json",
 ) -> Any:
     state = _state(request)
     hub = hub_of(state)
     job = await run_in_threadpool(state.store.get, job_id)
     if format == "text":
-        return StreamingResponse(_text_lines(hub, job_id, since, limit),
-                                 media_type="text/plain; charset=utf-8")
+        return StreamingResponse(
+            _text_lines(hub, job_id, since, limit), media_type="text/plain; charset=utf-8"
+        )
     items = await hub.read_logs(job_id, since, limit or 1000)
-    return {"items": items, "next_since": items[-1]["seq"] if items else since,
-            "job_status": job.status.value}
+    return {
+        "items": items,
+        "next_since": items[-1]["seq"] if items else since,
+        "job_status": job.status.value,
+    }
 
 
-async def _text_lines(hub: Hub, job_id: str, since: int, limit: int | None
-                      ) -> AsyncIterator[str]:
+async def _text_lines(hub: Hub, job_id: str, since: int, limit: int | None) -> AsyncIterator[str]:
     left = limit
     while left is None or left > 0:
         page = await hub.read_logs(job_id, since, min(left or 5000, 5000))
@@ -259,8 +279,13 @@ async def job_log_stream(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
     state = _state(request)
-    seq = parse_seq(last_event_id, "Last-Event-ID") if last_event_id else \
-        parse_seq(since, "since") if since else 0
+    seq = (
+        parse_seq(last_event_id, "Last-Event-ID")
+        if last_event_id
+        else parse_seq(since, "since")
+        if since
+        else 0
+    )
     hub, sub, last, job = await open_job(state, job_id, _label(request, "sse logs"))
     try:
         if job.ended and not await hub.read_logs(job_id, seq, limit=1):
@@ -269,13 +294,16 @@ async def job_log_stream(
     except BaseException:
         hub.unsubscribe(sub)
         raise
-    follower = JobFollower(hub, sub, job_id, Cursor(last, seq), emit_events=False,
-                           ended=job if job.ended else None)
+    follower = JobFollower(
+        hub, sub, job_id, Cursor(last, seq), emit_events=False, ended=job if job.ended else None
+    )
 
     async def body() -> AsyncIterator[bytes]:
         async for batch in follower.batches():
-            yield b"".join(ServerSentEvent(json.dumps(p), event="log", id=str(c.log_seq)).encode()
-                           for _, p, c in batch)
+            yield b"".join(
+                ServerSentEvent(json.dumps(p), event="log", id=str(c.log_seq)).encode()
+                for _, p, c in batch
+            )
 
     return HubEventSource(body(), hub=hub, sub=sub, ping=state.settings.sse_ping_s)
 

@@ -53,8 +53,7 @@ async def _admit(websocket: WebSocket) -> bool:
     return False
 
 
-async def _close(websocket: WebSocket, code: int, reason: str,
-                 wait: float = _CLOSE_WAIT_S) -> None:
+async def _close(websocket: WebSocket, code: int, reason: str, wait: float = _CLOSE_WAIT_S) -> None:
     # A close reason is at most 123 bytes on the wire.
     reason = reason.encode()[:120].decode(errors="ignore")
     with contextlib.suppress(*_GONE), anyio.move_on_after(wait):
@@ -64,6 +63,7 @@ async def _close(websocket: WebSocket, code: int, reason: str,
 async def _serve(sub: Subscriber, *tasks: Callable[[], Awaitable[None]]) -> None:
     """Run the socket's tasks until the first one returns or the hub drops ``sub``."""
     async with anyio.create_task_group() as tg:
+
         async def run(fn: Callable[[], Awaitable[None]]) -> None:
             with contextlib.suppress(Dropped, *_GONE):
                 await fn()
@@ -99,8 +99,9 @@ async def job_log_socket(websocket: WebSocket, job_id: str) -> None:
     except JobNotFound as exc:
         await _close(websocket, CLOSE_NOT_FOUND, str(exc))
         return
-    follower = JobFollower(hub, sub, job_id, Cursor(last, since), emit_events=False,
-                           ended=job if job.ended else None)
+    follower = JobFollower(
+        hub, sub, job_id, Cursor(last, since), emit_events=False, ended=job if job.ended else None
+    )
     done = False
 
     async def send_lines() -> None:
@@ -135,17 +136,34 @@ def queue_message(event: dict[str, Any]) -> dict[str, Any] | None:
     if type_ == "created":
         return {"type": "job_created", "job": data}
     if type_ == "started":
-        return {"type": "job_started", "job_id": job_id, "started_at": data.get("started_at"),
-                "job": data}
+        return {
+            "type": "job_started",
+            "job_id": job_id,
+            "started_at": data.get("started_at"),
+            "job": data,
+        }
     if type_ == "progress":
-        return {"type": "job_progress", "job_id": job_id, "percent": data.get("percent"),
-                "message": data.get("message", "")}
+        return {
+            "type": "job_progress",
+            "job_id": job_id,
+            "percent": data.get("percent"),
+            "message": data.get("message", ""),
+        }
     if type_ == "succeeded":
-        return {"type": "job_completed", "job_id": job_id, "result": data.get("result"),
-                "job": data}
+        return {
+            "type": "job_completed",
+            "job_id": job_id,
+            "result": data.get("result"),
+            "job": data,
+        }
     if type_ in ("failed", "timed_out"):
-        return {"type": "job_failed", "job_id": job_id, "error": data.get("error"),
-                "status": type_, "job": data}
+        return {
+            "type": "job_failed",
+            "job_id": job_id,
+            "error": data.get("error"),
+            "status": type_,
+            "job": data,
+        }
     if type_ == "cancelled":
         return {"type": "job_cancelled", "job_id": job_id, "job": data}
     if type_ in ("queued", "requeued", "claimed", "cancel_requested"):
@@ -199,9 +217,11 @@ class QueueFeed:
     async def queue_state(self) -> dict[str, Any]:
         jobs, _ = await run_in_threadpool(self.state.store.list, limit=QUEUE_STATE_JOBS)
         stats = await self.stats.get(self.state, self.hub, self.hub.received)
-        return {"type": "queue_state",
-                "jobs": [j.public() for j in jobs if j.id not in self.hidden],
-                "stats": stats}
+        return {
+            "type": "queue_state",
+            "jobs": [j.public() for j in jobs if j.id not in self.hidden],
+            "stats": stats,
+        }
 
     async def feed(self, sub: Subscriber) -> None:
         while True:
@@ -245,8 +265,12 @@ class QueueFeed:
         kind = msg.get("type")
         extra = {"request_id": msg["request_id"]} if "request_id" in msg else {}
         if kind not in _COMMANDS:
-            return {"type": "error", "error": f"unknown message type {kind!r}; one of "
-                                              f"{list(_COMMANDS)}", "field": "type", **extra}
+            return {
+                "type": "error",
+                "error": f"unknown message type {kind!r}; one of {list(_COMMANDS)}",
+                "field": "type",
+                **extra,
+            }
         try:
             reply = await getattr(self, f"_{kind}")(msg)
         except ParamError as exc:
@@ -265,8 +289,11 @@ class QueueFeed:
         if isinstance(msg.get("spec"), dict):
             raw, prefix = msg["spec"], "spec."
         elif isinstance(msg.get("job_type"), str):
-            raw = {"executor": "builtin", "type": msg["job_type"],
-                   "params": msg.get("params") or {}}
+            raw = {
+                "executor": "builtin",
+                "type": msg["job_type"],
+                "params": msg.get("params") or {},
+            }
             if msg.get("name"):
                 raw["name"] = msg["name"]
             prefix = ""
@@ -278,8 +305,9 @@ class QueueFeed:
             field, message = _first_problem(exc)
             if not prefix and field == "type":
                 field = "job_type"
-            raise ParamError(f"{prefix}{field}" if field else prefix.rstrip(".") or "params",
-                             message) from None
+            raise ParamError(
+                f"{prefix}{field}" if field else prefix.rstrip(".") or "params", message
+            ) from None
         job = await run_in_threadpool(self.state.dispatcher.submit, spec)
         return {"type": "ack", "action": "create_job", "job_id": job.id, "job": job.public()}
 
@@ -293,10 +321,14 @@ class QueueFeed:
     async def _clear_completed(self, msg: dict[str, Any]) -> dict[str, Any]:
         # Ended jobs are run history (kept, with logs and artifacts, until retention):
         # clearing hides them from THIS connection's queue only.
-        ended = [s.value for s in JobStatus if s not in (JobStatus.queued, JobStatus.claimed,
-                                                          JobStatus.running)]
-        jobs, _ = await run_in_threadpool(self.state.store.list, statuses=ended,
-                                          limit=QUEUE_STATE_JOBS * 10)
+        ended = [
+            s.value
+            for s in JobStatus
+            if s not in (JobStatus.queued, JobStatus.claimed, JobStatus.running)
+        ]
+        jobs, _ = await run_in_threadpool(
+            self.state.store.list, statuses=ended, limit=QUEUE_STATE_JOBS * 10
+        )
         cleared = [j.id for j in jobs if j.id not in self.hidden]
         self.hidden.update(cleared)
         return {"type": "cleared", "job_ids": cleared}
@@ -326,4 +358,3 @@ async def queue_socket(websocket: WebSocket) -> None:
         feed.hub.unsubscribe(sub)
     if sub.reason is not None:
         await _close(websocket, CLOSE_TRY_LATER, sub.reason, DROP_GRACE_S)
-

@@ -10,6 +10,7 @@ import threading
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from orchestrator.runners import new_runner_id
 from orchestrator.services import (
@@ -25,14 +26,23 @@ from orchestrator.services import (
 from orchestrator.settings import Settings
 
 ApiPort = Annotated[int | None, typer.Option("--api-port", help="API port [LAUNCHBAY_API_PORT].")]
-FlowerPort = Annotated[int | None, typer.Option("--flower-port",
-                                                help="Flower port [LAUNCHBAY_FLOWER_PORT].")]
+FlowerPort = Annotated[
+    int | None, typer.Option("--flower-port", help="Flower port [LAUNCHBAY_FLOWER_PORT].")
+]
 
 
 def _settings(**overrides: object) -> Settings:
-    s = Settings.from_env()
+    """Settings from the environment plus command-line overrides; bad values exit 2."""
     clean = {k: v for k, v in overrides.items() if v is not None}
-    return s.model_copy(update=clean) if clean else s
+    try:
+        base = Settings.from_env().model_dump(exclude_computed_fields=True)
+        return Settings.model_validate({**base, **clean})
+    except ValidationError as exc:
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            typer.echo(f"error: LAUNCHBAY_{field.upper()}: {msg}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _exec(argv: list[str], settings: Settings, extra_env: dict[str, str] | None = None) -> None:
@@ -50,11 +60,11 @@ def up(
 ) -> None:
     """Start the whole stack here: Valkey (embedded unless LAUNCHBAY_REDIS_URL is set),
     the API with the dashboard, one worker, beat and Flower."""
-    settings = _settings(api_port=api_port, flower_port=flower_port,
-                         worker_concurrency=concurrency)
+    settings = _settings(api_port=api_port, flower_port=flower_port, worker_concurrency=concurrency)
     settings.ensure_dirs()
-    sup = Supervisor(settings, log_dir=settings.home / "service-logs",
-                     say=lambda line: typer.echo(line))
+    sup = Supervisor(
+        settings, log_dir=settings.home / "service-logs", say=lambda line: typer.echo(line)
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -71,15 +81,22 @@ def up(
             typer.echo(f"redis    {settings.redis_url} (external)")
         sup.add_stack(flower=not no_flower)
         sup.start()
-        wait_http(f"http://{settings.api_host}:{settings.api_port}/api/v1/healthz", timeout=60,
-                  alive=lambda: sup.poll_dead() is None)
-        typer.echo(f"ready    dashboard at http://{settings.api_host}:{settings.api_port}/ "
-                   f"(logs in {settings.home / 'service-logs'}); Ctrl-C stops everything")
+        wait_http(
+            f"http://{settings.api_host}:{settings.api_port}/api/v1/healthz",
+            timeout=60,
+            alive=lambda: sup.poll_dead() is None,
+        )
+        typer.echo(
+            f"ready    dashboard at http://{settings.api_host}:{settings.api_port}/ "
+            f"(logs in {settings.home / 'service-logs'}); Ctrl-C stops everything"
+        )
         while not stop.wait(0.5):
             dead = sup.poll_dead()
             if dead is not None:
-                typer.echo(f"{dead.name} exited with {dead.proc.returncode}; stopping",  # type: ignore[union-attr]
-                           err=True)
+                typer.echo(
+                    f"{dead.name} exited with {dead.proc.returncode}; stopping",  # type: ignore[union-attr]
+                    err=True,
+                )
                 break
     except Exception as exc:
         typer.echo(f"launchbay up failed: {exc}", err=True)
@@ -93,8 +110,9 @@ def up(
             typer.echo("stopped")
 
 
-def api(api_port: ApiPort = None,
-        host: Annotated[str | None, typer.Option("--host")] = None) -> None:
+def api(
+    api_port: ApiPort = None, host: Annotated[str | None, typer.Option("--host")] = None
+) -> None:
     """Start the API and dashboard alone."""
     s = _settings(api_port=api_port, api_host=host)
     _exec(api_argv(s), s)
@@ -102,14 +120,18 @@ def api(api_port: ApiPort = None,
 
 def worker(
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c")] = None,
-    executors: Annotated[str | None, typer.Option(
-        "--executors", help="Comma list: builtin,process,docker,kubernetes")] = None,
+    executors: Annotated[
+        str | None,
+        typer.Option("--executors", help="Comma list: builtin,process,docker,kubernetes"),
+    ] = None,
     tags: Annotated[str | None, typer.Option("--tags", help="Comma list of runner tags.")] = None,
 ) -> None:
     """Start one Celery worker (scale out by starting more)."""
-    s = _settings(worker_concurrency=concurrency,
-                  worker_executors=executors.split(",") if executors else None,
-                  worker_tags=tags.split(",") if tags else None)
+    s = _settings(
+        worker_concurrency=concurrency,
+        worker_executors=executors.split(",") if executors else None,
+        worker_tags=tags.split(",") if tags else None,
+    )
     runner_id = s.runner_id or os.environ.get("LAUNCHBAY_RUNNER_ID") or new_runner_id()
     _exec(worker_argv(s, runner_id), s, {"LAUNCHBAY_RUNNER_ID": runner_id})
 
@@ -128,16 +150,25 @@ def flower(flower_port: FlowerPort = None) -> None:
 
 def agent(
     url: Annotated[str | None, typer.Option("--url", help="API root [LAUNCHBAY_URL].")] = None,
-    executors: Annotated[str, typer.Option(
-        "--executors", help="Comma list: builtin,process,docker,kubernetes")] = "builtin,process",
+    executors: Annotated[
+        str, typer.Option("--executors", help="Comma list: builtin,process,docker,kubernetes")
+    ] = "builtin,process",
     tags: Annotated[str, typer.Option("--tags", help="Comma list of runner tags.")] = "",
-    capacity: Annotated[int, typer.Option("--capacity", "-c", min=1,
-                                          help="Jobs run at once.")] = 1,
+    capacity: Annotated[int, typer.Option("--capacity", "-c", min=1, help="Jobs run at once.")] = 1,
     hostname: Annotated[str | None, typer.Option("--hostname")] = None,
 ) -> None:
     """Start a remote agent: pull jobs over HTTP from a Launchbay API (no Redis needed)."""
-    argv = [sys.executable, "-m", "workers.agent", "--executors", executors, "--tags", tags,
-            "--capacity", str(capacity)]
+    argv = [
+        sys.executable,
+        "-m",
+        "workers.agent",
+        "--executors",
+        executors,
+        "--tags",
+        tags,
+        "--capacity",
+        str(capacity),
+    ]
     if url:
         argv += ["--url", url]
     if hostname:
@@ -149,5 +180,3 @@ def agent(
 def register(app: typer.Typer) -> None:
     for fn in (up, api, worker, beat, flower, agent):
         app.command()(fn)
-
-

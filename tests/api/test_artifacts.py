@@ -24,8 +24,14 @@ def seed_ended_job(stack: Stack, tmp_path: Path, files: dict[str, bytes]) -> dic
     store = JobStore(stack.settings.effective_database_url)
     artifacts = ArtifactStore(stack.settings.artifacts_dir)
     try:
-        job = store.create({"executor": "builtin", "type": "countdown",
-                            "params": {"seconds": 1}, "labels": {"seeded": "yes"}})
+        job = store.create(
+            {
+                "executor": "builtin",
+                "type": "countdown",
+                "params": {"seconds": 1},
+                "labels": {"seeded": "yes"},
+            }
+        )
         assert store.claim(job.id, "seed-runner", 60) is not None
         assert store.start(job.id, 1, 60) is not None
         saved = []
@@ -41,8 +47,9 @@ def seed_ended_job(stack: Stack, tmp_path: Path, files: dict[str, bytes]) -> dic
         store.dispose()
 
 
-def raw_get(stack: Stack, path: str, headers: dict[str, str] | None = None
-            ) -> tuple[int, dict[str, str], bytes]:
+def raw_get(
+    stack: Stack, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """A request whose path goes out byte for byte (httpx would remove dot segments)."""
     conn = http.client.HTTPConnection("127.0.0.1", stack.settings.api_port, timeout=30)
     try:
@@ -55,12 +62,16 @@ def raw_get(stack: Stack, path: str, headers: dict[str, str] | None = None
 
 @pytest.fixture
 def seeded(stack: Stack, tmp_path: Path) -> dict[str, Any]:
-    return seed_ended_job(stack, tmp_path, {
-        "out/a.txt": b"aaa\n",
-        "report.json": b'{"ok": true}\n',
-        "big.log": BIG,
-        "pic.png": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8,
-    })
+    return seed_ended_job(
+        stack,
+        tmp_path,
+        {
+            "out/a.txt": b"aaa\n",
+            "report.json": b'{"ok": true}\n',
+            "big.log": BIG,
+            "pic.png": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8,
+        },
+    )
 
 
 def test_list_artifacts(api: httpx.Client, seeded: dict[str, Any]) -> None:
@@ -112,8 +123,7 @@ def test_gzip_only_when_the_client_accepts_it(stack: Stack, seeded: dict[str, An
     assert headers["etag"] == f'"{sha}"'
 
     for accept in (None, "identity", "gzip;q=0, identity", "br"):
-        status, headers, body = raw_get(stack, path,
-                                        {"Accept-Encoding": accept} if accept else {})
+        status, headers, body = raw_get(stack, path, {"Accept-Encoding": accept} if accept else {})
         assert status == 200, accept
         assert "content-encoding" not in headers, accept
         assert int(headers["content-length"]) == len(BIG)
@@ -152,18 +162,23 @@ TRAVERSAL = [
 
 
 @pytest.mark.parametrize("name", TRAVERSAL)
-def test_traversal_and_absolute_names_are_refused(stack: Stack, seeded: dict[str, Any],
-                                                  name: str) -> None:
+def test_traversal_and_absolute_names_are_refused(
+    stack: Stack, seeded: dict[str, Any], name: str
+) -> None:
     status, _, body = raw_get(stack, f"/api/v1/jobs/{seeded['id']}/artifacts/{name}")
     assert status == 400, (name, status, body[:200])
     assert b"root:" not in body
 
 
-def test_another_jobs_artifact_cannot_be_reached(stack: Stack, tmp_path: Path,
-                                                 seeded: dict[str, Any]) -> None:
+def test_another_jobs_artifact_cannot_be_reached(
+    stack: Stack, tmp_path: Path, seeded: dict[str, Any]
+) -> None:
     other = seed_ended_job(stack, tmp_path / "o", {"secret.txt": b"top secret\n"})
-    for name in (f"../{other['id']}/secret.txt", f"..%2f{other['id']}%2fsecret.txt",
-                 f"%252e%252e%252f{other['id']}%252fsecret.txt"):
+    for name in (
+        f"../{other['id']}/secret.txt",
+        f"..%2f{other['id']}%2fsecret.txt",
+        f"%252e%252e%252f{other['id']}%252fsecret.txt",
+    ):
         status, _, body = raw_get(stack, f"/api/v1/jobs/{seeded['id']}/artifacts/{name}")
         assert status == 400, (name, status)
         assert b"top secret" not in body
@@ -173,7 +188,8 @@ def test_another_jobs_artifact_cannot_be_reached(stack: Stack, tmp_path: Path,
 
 
 def test_a_file_on_disk_but_not_in_the_record_is_not_served(
-        stack: Stack, seeded: dict[str, Any]) -> None:
+    stack: Stack, seeded: dict[str, Any]
+) -> None:
     planted = stack.settings.artifacts_dir / seeded["id"] / "planted.txt"
     planted.write_text("not an artifact of this run")
     status, _, body = raw_get(stack, f"/api/v1/jobs/{seeded['id']}/artifacts/planted.txt")
@@ -217,13 +233,14 @@ def test_process_job_artifacts_end_to_end(stack: Stack, api: httpx.Client) -> No
     assert on_disk == ["out/a.txt", "out/b.txt"]
 
 
-def test_artifact_globs_cannot_reach_outside_the_workspace(stack: Stack,
-                                                          api: httpx.Client) -> None:
-    job = stack.submit({
-        "executor": "process",
-        "command": ["sh", "-c", "echo in > in.txt && ln -s /etc/passwd link.txt"],
-        "artifacts": ["*.txt", "../*", "/etc/passwd"],
-    })
+def test_artifact_globs_cannot_reach_outside_the_workspace(stack: Stack, api: httpx.Client) -> None:
+    job = stack.submit(
+        {
+            "executor": "process",
+            "command": ["sh", "-c", "echo in > in.txt && ln -s /etc/passwd link.txt"],
+            "artifacts": ["*.txt", "../*", "/etc/passwd"],
+        }
+    )
     done = stack.wait_status(job["id"], timeout=60)
     assert done["status"] == "succeeded", done
     names = [a["name"] for a in api.get(f"/api/v1/jobs/{job['id']}/artifacts").json()]

@@ -26,16 +26,21 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def small_events(settings: Settings) -> Any:
-    ev = Events(connect(settings.effective_redis_url), logs_dir=settings.logs_dir,
-                log_buffer_lines=10)
+    ev = Events(
+        connect(settings.effective_redis_url), logs_dir=settings.logs_dir, log_buffer_lines=10
+    )
     yield ev
     ev.r.close()
 
 
 @pytest.fixture
 async def hub(settings: Settings) -> AsyncIterator[Hub]:
-    h = Hub(settings.effective_redis_url, logs_dir=settings.logs_dir, queue_size=3,
-            client_name=f"test-hub-{uuid.uuid4().hex[:8]}")
+    h = Hub(
+        settings.effective_redis_url,
+        logs_dir=settings.logs_dir,
+        queue_size=3,
+        client_name=f"test-hub-{uuid.uuid4().hex[:8]}",
+    )
     await h.start()
     assert h.stats()["subscribed"]
     yield h
@@ -94,13 +99,17 @@ async def test_a_full_queue_drops_that_subscriber_only(hub: Hub, events: Events)
 
 
 async def test_the_hub_resubscribes_after_losing_its_connection(
-        hub: Hub, events: Events, settings: Settings) -> None:
+    hub: Hub, events: Events, settings: Settings
+) -> None:
     jid = job_id()
     sub = hub.subscribe(jid)
     r = redis.Redis.from_url(settings.effective_redis_url, decode_responses=True)
     try:
-        mine = [c for c in r.client_list()
-                if c.get("name") == hub.client_name and int(c.get("sub", 0)) > 0]
+        mine = [
+            c
+            for c in r.client_list()
+            if c.get("name") == hub.client_name and int(c.get("sub", 0)) > 0
+        ]
         assert len(mine) == 1  # the hub's one subscription
         r.client_kill_filter(_id=mine[0]["id"])
         with anyio.fail_after(WAIT_S):
@@ -134,7 +143,8 @@ async def test_listeners_get_events_but_not_logs_unless_asked(hub: Hub, events: 
 
 
 async def test_read_logs_falls_back_to_the_file_once_the_buffer_rolled(
-        hub: Hub, small_events: Events) -> None:
+    hub: Hub, small_events: Events
+) -> None:
     jid = job_id()
     await append(small_events, jid, [f"l{i}" for i in range(1, 51)])  # buffer keeps 10
     old = await hub.read_logs(jid, since=5, limit=100)
@@ -157,7 +167,8 @@ async def collect(follower: JobFollower) -> list[tuple[str, dict[str, Any], Curs
 
 
 async def test_follower_merges_drains_and_ends_with_the_outcome_and_resumes_exactly(
-        hub: Hub, events: Events) -> None:
+    hub: Hub, events: Events
+) -> None:
     jid = job_id()
     await publish(events, jid, "started", {"status": "running"})
     await append(events, jid, ["one", "two"])
@@ -169,16 +180,22 @@ async def test_follower_merges_drains_and_ends_with_the_outcome_and_resumes_exac
 
     items = await collect(JobFollower(hub, hub.subscribe(jid), jid, Cursor()))
     shape = [(k, p.get("line") or p["type"]) for k, p, _ in items]
-    assert shape == [("event", "started"), ("log", "one"), ("log", "two"),
-                     ("event", "progress"), ("log", "three"), ("log", "late"),
-                     ("event", "succeeded")]
+    assert shape == [
+        ("event", "started"),
+        ("log", "one"),
+        ("log", "two"),
+        ("event", "progress"),
+        ("log", "three"),
+        ("log", "late"),
+        ("event", "succeeded"),
+    ]
     cursors = [c.encode() for _, _, c in items]
     assert len(set(cursors)) == len(cursors)
 
     for k in range(len(items) - 1):  # (after the outcome the routes answer 204)
         cursor = Cursor.parse(items[k][2].encode())
         rest = await collect(JobFollower(hub, hub.subscribe(jid), jid, cursor))
-        assert [c.encode() for _, _, c in rest] == cursors[k + 1:], k
+        assert [c.encode() for _, _, c in rest] == cursors[k + 1 :], k
 
 
 async def test_follower_wakes_on_live_messages(hub: Hub, events: Events) -> None:

@@ -12,12 +12,26 @@ UNMATCHED = {"executor": "builtin", "type": "countdown", "demands": {"tags": ["n
 
 
 def test_submit_answers_201_with_the_job(api: httpx.Client) -> None:
-    r = api.post("/api/v1/jobs", json={**COUNTDOWN, "params": {"seconds": 1}, "name": "t1",
-                                       "labels": {"team": "a"}})
+    r = api.post(
+        "/api/v1/jobs",
+        json={**COUNTDOWN, "params": {"seconds": 1}, "name": "t1", "labels": {"team": "a"}},
+    )
     assert r.status_code == 201
     job = r.json()
-    for key in ("id", "status", "executor", "attempt", "created_at", "started_at",
-                "finished_at", "progress", "result", "error", "exit_code", "runner_id"):
+    for key in (
+        "id",
+        "status",
+        "executor",
+        "attempt",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "progress",
+        "result",
+        "error",
+        "exit_code",
+        "runner_id",
+    ):
         assert key in job, key
     assert job["status"] == "queued" and job["executor"] == "builtin" and job["attempt"] == 1
     assert job["progress"] == {"percent": 0.0, "message": ""}
@@ -48,8 +62,11 @@ def test_every_builtin_type_runs(stack: Stack) -> None:
         {"executor": "builtin", "type": "fibonacci", "params": {"count": 20}},
         {"executor": "builtin", "type": "echo_delay", "params": {"message": "hi", "delay": 1}},
         # One good URL (the API itself) and one refused: reported, not fatal.
-        {"executor": "builtin", "type": "url_fetch",
-         "params": {"urls": [f"{stack.url}/api/v1/healthz", "http://127.0.0.1:9/"]}},
+        {
+            "executor": "builtin",
+            "type": "url_fetch",
+            "params": {"urls": [f"{stack.url}/api/v1/healthz", "http://127.0.0.1:9/"]},
+        },
     ]
     jobs = [stack.submit(s) for s in specs]
     done = [stack.wait_status(j["id"], timeout=30) for j in jobs]
@@ -87,8 +104,11 @@ def test_invalid_specs_are_422(api: httpx.Client) -> None:
 
 
 def test_unknown_job_is_404(api: httpx.Client) -> None:
-    for method, path in [("GET", "/api/v1/jobs/nope"), ("POST", "/api/v1/jobs/nope/cancel"),
-                         ("DELETE", "/api/v1/jobs/nope")]:
+    for method, path in [
+        ("GET", "/api/v1/jobs/nope"),
+        ("POST", "/api/v1/jobs/nope/cancel"),
+        ("DELETE", "/api/v1/jobs/nope"),
+    ]:
         r = api.request(method, path)
         assert r.status_code == 404
         assert r.json() == {"error": "job nope not found", "code": 404}
@@ -131,8 +151,10 @@ def test_unmatched_job_fails_after_match_timeout(stack: Stack) -> None:
 
 
 def test_list_filters_and_paginates_newest_first(stack: Stack) -> None:
-    ids = [stack.submit({"executor": "builtin", "type": "fibonacci", "params": {"count": 3}})["id"]
-           for _ in range(3)]
+    ids = [
+        stack.submit({"executor": "builtin", "type": "fibonacci", "params": {"count": 3}})["id"]
+        for _ in range(3)
+    ]
     for i in ids:
         stack.wait_status(i, "succeeded", timeout=20)
     queued = stack.submit({**UNMATCHED, "params": {"seconds": 1}})
@@ -157,8 +179,15 @@ def test_job_types_publish_schemas(api: httpx.Client) -> None:
     types = {t["name"]: t for t in api.get("/api/v1/job-types").json()}
     assert set(types) == {"countdown", "primes", "fibonacci", "url_fetch", "echo_delay"}
     seconds = types["countdown"]["params"][0]
-    assert seconds == {"name": "seconds", "type": "integer", "description": "Seconds to count down",
-                       "default": 10, "min": 1, "max": 60, "required": False}
+    assert seconds == {
+        "name": "seconds",
+        "type": "integer",
+        "description": "Seconds to count down",
+        "default": 10,
+        "min": 1,
+        "max": 60,
+        "required": False,
+    }
 
 
 def test_stats_count_statuses_and_workers(stack: Stack) -> None:
@@ -169,8 +198,11 @@ def test_stats_count_statuses_and_workers(stack: Stack) -> None:
     assert stats["workers"]["capacity"] >= 4
     job = stack.submit({**COUNTDOWN, "params": {"seconds": 5}})
     stack.wait_status(job["id"], "running", timeout=20)
-    active = wait_until(lambda: stack.http.get("/api/v1/stats").json()["workers"]["active"] >= 1,
-                        timeout=10, what="an active worker slot")
+    active = wait_until(
+        lambda: stack.http.get("/api/v1/stats").json()["workers"]["active"] >= 1,
+        timeout=10,
+        what="an active worker slot",
+    )
     assert active
     stack.http.post(f"/api/v1/jobs/{job['id']}/cancel")
 

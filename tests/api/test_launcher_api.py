@@ -35,10 +35,18 @@ def stack_events(stack: Stack) -> Iterator[Events]:
     ev.r.close()
 
 
-def register(api: httpx.Client, tags: list[str], executors: list[str] | None = None,
-             capacity: int = 1) -> str:
-    r = api.post(f"{L}/register", json={"executors": executors or ["builtin"], "tags": tags,
-                                         "capacity": capacity, "hostname": "test-host"})
+def register(
+    api: httpx.Client, tags: list[str], executors: list[str] | None = None, capacity: int = 1
+) -> str:
+    r = api.post(
+        f"{L}/register",
+        json={
+            "executors": executors or ["builtin"],
+            "tags": tags,
+            "capacity": capacity,
+            "hostname": "test-host",
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["poll_timeout_s"] == 30
@@ -47,13 +55,19 @@ def register(api: httpx.Client, tags: list[str], executors: list[str] | None = N
 
 
 def spec(tag: str, **extra: Any) -> dict[str, Any]:
-    return {"executor": "builtin", "type": "countdown", "params": {"seconds": 1},
-            "demands": {"tags": [tag]}, **extra}
+    return {
+        "executor": "builtin",
+        "type": "countdown",
+        "params": {"seconds": 1},
+        "demands": {"tags": [tag]},
+        **extra,
+    }
 
 
 def poll(api: httpx.Client, launcher_id: str, wait: float = 5) -> httpx.Response:
-    return api.get(f"{L}/jobs", params={"launcher_id": launcher_id, "wait": wait},
-                   timeout=wait + 15)
+    return api.get(
+        f"{L}/jobs", params={"launcher_id": launcher_id, "wait": wait}, timeout=wait + 15
+    )
 
 
 def claim(api: httpx.Client, launcher_id: str) -> dict[str, Any]:
@@ -62,10 +76,12 @@ def claim(api: httpx.Client, launcher_id: str) -> dict[str, Any]:
     return r.json()["job"]  # type: ignore[no-any-return]
 
 
-def post(api: httpx.Client, job_id: str, what: str, launcher_id: str, attempt: int = 1,
-         **body: Any) -> httpx.Response:
-    return api.post(f"{L}/jobs/{job_id}/{what}",
-                    json={"launcher_id": launcher_id, "attempt": attempt, **body})
+def post(
+    api: httpx.Client, job_id: str, what: str, launcher_id: str, attempt: int = 1, **body: Any
+) -> httpx.Response:
+    return api.post(
+        f"{L}/jobs/{job_id}/{what}", json={"launcher_id": launcher_id, "attempt": attempt, **body}
+    )
 
 
 def event_types(events: Events, job_id: str) -> list[str]:
@@ -93,8 +109,9 @@ def test_register_shows_agent_in_workers_and_stats(api: httpx.Client, tag: str) 
 
 def test_reregistering_keeps_the_id(api: httpx.Client, tag: str) -> None:
     lid = register(api, [tag])
-    r = api.post(f"{L}/register", json={"executors": ["builtin"], "tags": [tag, "more"],
-                                        "launcher_id": lid})
+    r = api.post(
+        f"{L}/register", json={"executors": ["builtin"], "tags": [tag, "more"], "launcher_id": lid}
+    )
     assert r.status_code == 200 and r.json()["launcher_id"] == lid
     workers = {w["id"]: w for w in api.get("/api/v1/workers").json()}
     assert workers[lid]["tags"] == sorted([tag, "more"])
@@ -106,8 +123,9 @@ def test_reregistering_keeps_the_id(api: httpx.Client, tag: str) -> None:
 # ------------------------------------------------------------------ the happy path
 
 
-def test_claim_start_progress_logs_complete(api: httpx.Client, stack: Stack, tag: str,
-                                            stack_events: Events) -> None:
+def test_claim_start_progress_logs_complete(
+    api: httpx.Client, stack: Stack, tag: str, stack_events: Events
+) -> None:
     lid = register(api, [tag])
     job = stack.submit(spec(tag, name="agent-path"))
     got = claim(api, lid)
@@ -119,10 +137,16 @@ def test_claim_start_progress_logs_complete(api: httpx.Client, stack: Stack, tag
     assert r.status_code == 200 and r.json()["status"] == "running"
     r = post(api, job["id"], "progress", lid, percent=40, message="almost half")
     assert r.status_code == 200 and r.json() == {"cancel": False, "seq": None}
-    r = post(api, job["id"], "logs", lid, lines=[
-        {"stream": "stdout", "line": "hello from the agent"},
-        {"stream": "stderr", "step": "build", "line": "a warning"},
-    ])
+    r = post(
+        api,
+        job["id"],
+        "logs",
+        lid,
+        lines=[
+            {"stream": "stdout", "line": "hello from the agent"},
+            {"stream": "stderr", "step": "build", "line": "a warning"},
+        ],
+    )
     assert r.status_code == 200 and r.json()["seq"] == 2
     now = stack.job(job["id"])
     assert now["progress"] == {"percent": 40, "message": "almost half"}
@@ -138,14 +162,15 @@ def test_claim_start_progress_logs_complete(api: httpx.Client, stack: Stack, tag
 
     logs = api.get(f"/api/v1/jobs/{job['id']}/logs").json()["items"]
     assert [(ln["seq"], ln["stream"], ln["step"], ln["line"]) for ln in logs] == [
-        (1, "stdout", None, "hello from the agent"), (2, "stderr", "build", "a warning")]
+        (1, "stdout", None, "hello from the agent"),
+        (2, "stderr", "build", "a warning"),
+    ]
     types = event_types(stack_events, job["id"])
     assert types[0] == "created"
     assert types[1:] == ["claimed", "started", "progress", "succeeded"]
 
 
-def test_nonzero_exit_in_completed_fails_the_job(api: httpx.Client, stack: Stack,
-                                                 tag: str) -> None:
+def test_nonzero_exit_in_completed_fails_the_job(api: httpx.Client, stack: Stack, tag: str) -> None:
     lid = register(api, [tag])
     job = stack.submit(spec(tag))
     claim(api, lid)
@@ -156,8 +181,9 @@ def test_nonzero_exit_in_completed_fails_the_job(api: httpx.Client, stack: Stack
     assert "code 3" in r.json()["error"]
 
 
-def test_failed_with_attempts_left_is_requeued_then_reclaimed(api: httpx.Client, stack: Stack,
-                                                              tag: str) -> None:
+def test_failed_with_attempts_left_is_requeued_then_reclaimed(
+    api: httpx.Client, stack: Stack, tag: str
+) -> None:
     lid = register(api, [tag])
     job = stack.submit(spec(tag, max_attempts=2, retry_backoff_s=0))
     claim(api, lid)
@@ -185,12 +211,12 @@ def test_timed_out_report(api: httpx.Client, stack: Stack, tag: str) -> None:
 # ------------------------------------------------------------------ matching and waiting
 
 
-def test_poll_answers_204_when_nothing_matches(api: httpx.Client, stack: Stack,
-                                               tag: str) -> None:
+def test_poll_answers_204_when_nothing_matches(api: httpx.Client, stack: Stack, tag: str) -> None:
     lid = register(api, [tag])
     needs_more = stack.submit(spec(tag) | {"demands": {"tags": [tag, "gpu"]}})
-    other_executor = stack.submit({"executor": "process", "command": ["true"],
-                                   "demands": {"tags": [tag]}})
+    other_executor = stack.submit(
+        {"executor": "process", "command": ["true"], "demands": {"tags": [tag]}}
+    )
     r = poll(api, lid, wait=0.5)
     assert r.status_code == 204
     assert stack.job(needs_more["id"])["status"] == "queued"
@@ -219,8 +245,7 @@ def test_long_poll_hands_over_a_job_submitted_while_waiting(stack: Stack, tag: s
     assert answer[0].json()["job"]["id"] == job["id"]
 
 
-def test_parked_poll_of_an_unregistered_launcher_claims_nothing(stack: Stack,
-                                                               tag: str) -> None:
+def test_parked_poll_of_an_unregistered_launcher_claims_nothing(stack: Stack, tag: str) -> None:
     with httpx.Client(base_url=stack.url, timeout=40) as c:
         lid = register(c, [tag])
     sent = threading.Event()
@@ -253,8 +278,9 @@ def test_capacity_limits_claims(api: httpx.Client, stack: Stack, tag: str) -> No
     assert claim(api, lid)["id"] == second["id"]
 
 
-def test_two_launchers_racing_for_one_job(api: httpx.Client, stack: Stack, tag: str,
-                                          stack_events: Events) -> None:
+def test_two_launchers_racing_for_one_job(
+    api: httpx.Client, stack: Stack, tag: str, stack_events: Events
+) -> None:
     ids = [register(api, [tag]) for _ in range(2)]
     answers: dict[str, httpx.Response] = {}
 
@@ -277,8 +303,9 @@ def test_two_launchers_racing_for_one_job(api: httpx.Client, stack: Stack, tag: 
 
 def test_claim_next_is_a_compare_and_set(store: JobStore) -> None:
     """Seam test on the store: many threads racing for one queued job, one wins."""
-    job = store.create(BuiltinSpec(type="countdown", params={"seconds": 1},
-                                   demands=Demands(tags=["x"])))
+    job = store.create(
+        BuiltinSpec(type="countdown", params={"seconds": 1}, demands=Demands(tags=["x"]))
+    )
     won: list[str] = []
     barrier = threading.Barrier(8)
 
@@ -299,8 +326,9 @@ def test_claim_next_is_a_compare_and_set(store: JobStore) -> None:
 
 
 def test_claim_next_skips_what_it_cannot_take(store: JobStore) -> None:
-    gpu = store.create(BuiltinSpec(type="countdown", params={"seconds": 1},
-                                   demands=Demands(tags=["gpu"])))
+    gpu = store.create(
+        BuiltinSpec(type="countdown", params={"seconds": 1}, demands=Demands(tags=["gpu"]))
+    )
     plain = store.create(BuiltinSpec(type="countdown", params={"seconds": 1}))
     got = store.claim_next("runner-0000000000aa", ["builtin"], ["cpu"], 30, page=1)
     assert got is not None and got.id == plain.id  # found on the second page
@@ -311,8 +339,9 @@ def test_claim_next_skips_what_it_cannot_take(store: JobStore) -> None:
 # ------------------------------------------------------------------ heartbeat, cancel, lease
 
 
-def test_heartbeat_renews_leases_and_carries_cancel(api: httpx.Client, stack: Stack,
-                                                    tag: str) -> None:
+def test_heartbeat_renews_leases_and_carries_cancel(
+    api: httpx.Client, stack: Stack, tag: str
+) -> None:
     lid = register(api, [tag])
     other = register(api, [tag + "-other"])
     job = stack.submit(spec(tag))
@@ -339,8 +368,9 @@ def test_heartbeat_renews_leases_and_carries_cancel(api: httpx.Client, stack: St
     assert r.json()["status"] == "cancelled"
 
 
-def test_success_never_wins_over_an_accepted_cancel(api: httpx.Client, stack: Stack,
-                                                    tag: str) -> None:
+def test_success_never_wins_over_an_accepted_cancel(
+    api: httpx.Client, stack: Stack, tag: str
+) -> None:
     lid = register(api, [tag])
     job = stack.submit(spec(tag, max_attempts=3))
     claim(api, lid)
@@ -352,8 +382,9 @@ def test_success_never_wins_over_an_accepted_cancel(api: httpx.Client, stack: St
     assert stack.job(job["id"])["status"] == "cancelled"
 
 
-def test_unrenewed_lease_is_requeued_by_the_reconciler(api: httpx.Client, stack: Stack,
-                                                       tag: str) -> None:
+def test_unrenewed_lease_is_requeued_by_the_reconciler(
+    api: httpx.Client, stack: Stack, tag: str
+) -> None:
     lid = register(api, [tag])
     job = stack.submit(spec(tag, max_attempts=2))
     claim(api, lid)
@@ -395,8 +426,7 @@ def test_artifact_upload(api: httpx.Client, stack: Stack, tag: str) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["size"] == 9 and len(r.json()["sha256"]) == 64
     bad = {**params, "name": "../escape.txt"}
-    assert api.post(f"{L}/jobs/{job['id']}/artifacts", params=bad, content=b"x"
-                    ).status_code == 400
+    assert api.post(f"{L}/jobs/{job['id']}/artifacts", params=bad, content=b"x").status_code == 400
     post(api, job["id"], "completed", lid)
     done = stack.job(job["id"])
     assert [a["name"] for a in done["artifacts"]] == ["out/report.txt"]
@@ -407,15 +437,20 @@ def test_artifact_upload(api: httpx.Client, stack: Stack, tag: str) -> None:
 # ------------------------------------------------------------------ refusals
 
 
-def test_reports_from_the_wrong_launcher_or_attempt_conflict(api: httpx.Client, stack: Stack,
-                                                             tag: str) -> None:
+def test_reports_from_the_wrong_launcher_or_attempt_conflict(
+    api: httpx.Client, stack: Stack, tag: str
+) -> None:
     lid = register(api, [tag])
     intruder = register(api, [tag])
     job = stack.submit(spec(tag))
     claim(api, lid)
-    for what, body in [("started", {}), ("progress", {"percent": 1}),
-                       ("logs", {"lines": [{"line": "x"}]}), ("completed", {}),
-                       ("failed", {"error": "x"})]:
+    for what, body in [
+        ("started", {}),
+        ("progress", {"percent": 1}),
+        ("logs", {"lines": [{"line": "x"}]}),
+        ("completed", {}),
+        ("failed", {"error": "x"}),
+    ]:
         r = post(api, job["id"], what, intruder, **body)
         assert r.status_code == 409, (what, r.text)
         assert intruder in r.json()["error"]
@@ -439,17 +474,21 @@ def test_unknown_job_or_launcher_is_404(api: httpx.Client, tag: str) -> None:
     assert r.status_code == 404
 
 
-@pytest.mark.parametrize(("path", "body", "field"), [
-    ("register", {"executors": ["fortran"]}, "executors.0"),
-    ("register", {"executors": []}, "executors"),
-    ("register", {"executors": ["builtin"], "capacity": 0}, "capacity"),
-    ("register", {"executors": ["builtin"], "tags": ["has space"]}, "tags.0"),
-    ("register", {"executors": ["builtin"], "launcher_id": "me"}, "launcher_id"),
-    ("register", {"executors": ["builtin"], "colour": "red"}, "colour"),
-    ("heartbeat", {"launcher_id": "runner-000000000000", "jobs": "abc"}, "jobs"),
-])
-def test_bad_bodies_are_422_naming_the_field(api: httpx.Client, path: str, body: dict[str, Any],
-                                              field: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("register", {"executors": ["fortran"]}, "executors.0"),
+        ("register", {"executors": []}, "executors"),
+        ("register", {"executors": ["builtin"], "capacity": 0}, "capacity"),
+        ("register", {"executors": ["builtin"], "tags": ["has space"]}, "tags.0"),
+        ("register", {"executors": ["builtin"], "launcher_id": "me"}, "launcher_id"),
+        ("register", {"executors": ["builtin"], "colour": "red"}, "colour"),
+        ("heartbeat", {"launcher_id": "runner-000000000000", "jobs": "abc"}, "jobs"),
+    ],
+)
+def test_bad_bodies_are_422_naming_the_field(
+    api: httpx.Client, path: str, body: dict[str, Any], field: str
+) -> None:
     r = api.post(f"{L}/{path}", json=body)
     assert r.status_code == 422, r.text
     assert field in [f["field"] for f in r.json()["fields"]], r.json()

@@ -16,13 +16,21 @@ from tests.support import Stack
 
 
 def fib(tag: str, kind: str) -> dict[str, Any]:
-    return {"executor": "builtin", "type": "fibonacci", "params": {"count": 5},
-            "labels": {"t": tag, "kind": kind}}
+    return {
+        "executor": "builtin",
+        "type": "fibonacci",
+        "params": {"count": 5},
+        "labels": {"t": tag, "kind": kind},
+    }
 
 
 def proc(tag: str, kind: str, script: str, **extra: Any) -> dict[str, Any]:
-    return {"executor": "process", "command": ["sh", "-c", script],
-            "labels": {"t": tag, "kind": kind}, **extra}
+    return {
+        "executor": "process",
+        "command": ["sh", "-c", script],
+        "labels": {"t": tag, "kind": kind},
+        **extra,
+    }
 
 
 def ids(page: dict[str, Any]) -> list[str]:
@@ -33,8 +41,12 @@ def ids(page: dict[str, Any]) -> list[str]:
 def history(stack: Stack) -> dict[str, Any]:
     """Four ended runs with a unique label, submitted one after another."""
     tag = uuid.uuid4().hex
-    specs = [fib(tag, "x"), fib(tag, "y"), proc(tag, "x", "echo hi"),
-             proc(tag, "y", "echo oops >&2; exit 3")]
+    specs = [
+        fib(tag, "x"),
+        fib(tag, "y"),
+        proc(tag, "x", "echo hi"),
+        proc(tag, "y", "echo oops >&2; exit 3"),
+    ]
     jobs = []
     for spec in specs:
         job = stack.submit(spec)
@@ -42,8 +54,9 @@ def history(stack: Stack) -> dict[str, Any]:
     return {"tag": tag, "jobs": jobs}
 
 
-def test_list_includes_finished_runs_newest_first(api: httpx.Client,
-                                                  history: dict[str, Any]) -> None:
+def test_list_includes_finished_runs_newest_first(
+    api: httpx.Client, history: dict[str, Any]
+) -> None:
     tag, jobs = history["tag"], history["jobs"]
     assert [j["status"] for j in jobs] == ["succeeded", "succeeded", "succeeded", "failed"]
     page = api.get("/api/v1/runs", params={"label": f"t={tag}"}).json()
@@ -89,18 +102,22 @@ def test_pagination(api: httpx.Client, history: dict[str, Any]) -> None:
     assert page["items"] == [] and page["total"] == 4
 
 
-@pytest.mark.parametrize("params,field", [
-    ({"label": "no-equals"}, "label"),
-    ({"executor": "mainframe"}, "executor"),
-    ({"status": "sleeping"}, "status"),
-    ({"since": "yesterday"}, "since"),
-    ({"until": "2024-13-45"}, "until"),
-    ({"limit": 0}, "limit"),
-    ({"offset": -1}, "offset"),
-    ({"format": "xml"}, "format"),
-])
-def test_bad_query_is_422_naming_the_field(api: httpx.Client, params: dict[str, Any],
-                                           field: str) -> None:
+@pytest.mark.parametrize(
+    "params,field",
+    [
+        ({"label": "no-equals"}, "label"),
+        ({"executor": "mainframe"}, "executor"),
+        ({"status": "sleeping"}, "status"),
+        ({"since": "yesterday"}, "since"),
+        ({"until": "2024-13-45"}, "until"),
+        ({"limit": 0}, "limit"),
+        ({"offset": -1}, "offset"),
+        ({"format": "xml"}, "format"),
+    ],
+)
+def test_bad_query_is_422_naming_the_field(
+    api: httpx.Client, params: dict[str, Any], field: str
+) -> None:
     r = api.get("/api/v1/runs", params=params)
     assert r.status_code == 422, r.text
     body = r.json()
@@ -109,8 +126,7 @@ def test_bad_query_is_422_naming_the_field(api: httpx.Client, params: dict[str, 
     assert any(n == field or n.startswith(f"{field}.") for n in named), body
 
 
-def test_jsonl_one_parseable_record_per_line(api: httpx.Client,
-                                             history: dict[str, Any]) -> None:
+def test_jsonl_one_parseable_record_per_line(api: httpx.Client, history: dict[str, Any]) -> None:
     tag, jobs = history["tag"], history["jobs"]
     r = api.get("/api/v1/runs", params={"format": "jsonl", "label": f"t={tag}"})
     assert r.status_code == 200
@@ -122,10 +138,12 @@ def test_jsonl_one_parseable_record_per_line(api: httpx.Client,
     assert [rec["id"] for rec in records] == [j["id"] for j in reversed(jobs)]
     assert records[0]["status"] == "failed"
 
-    r = api.get("/api/v1/runs", params={"format": "jsonl", "label": f"t={tag}", "limit": 3,
-                                        "offset": 1})
-    assert [json.loads(x)["id"] for x in r.text.splitlines()] == \
-        [j["id"] for j in reversed(jobs)][1:4]
+    r = api.get(
+        "/api/v1/runs", params={"format": "jsonl", "label": f"t={tag}", "limit": 3, "offset": 1}
+    )
+    assert [json.loads(x)["id"] for x in r.text.splitlines()] == [j["id"] for j in reversed(jobs)][
+        1:4
+    ]
 
     # Unfiltered: every run, as many lines as the JSON page's total.
     total = api.get("/api/v1/runs", params={"limit": 1}).json()["total"]
@@ -136,12 +154,16 @@ def test_jsonl_one_parseable_record_per_line(api: httpx.Client,
 
 
 def test_run_record_is_complete(stack: Stack, api: httpx.Client) -> None:
-    job = stack.submit({
-        "executor": "process",
-        "steps": [{"name": "build", "command": ["sh", "-c", "echo building; echo warn >&2"]},
-                  {"name": "test", "command": ["sh", "-c", "echo '::result {\"n\": 7}'"]}],
-        "labels": {"t": uuid.uuid4().hex},
-    })
+    job = stack.submit(
+        {
+            "executor": "process",
+            "steps": [
+                {"name": "build", "command": ["sh", "-c", "echo building; echo warn >&2"]},
+                {"name": "test", "command": ["sh", "-c", "echo '::result {\"n\": 7}'"]},
+            ],
+            "labels": {"t": uuid.uuid4().hex},
+        }
+    )
     stack.wait_status(job["id"], timeout=60)
     r = api.get(f"/api/v1/runs/{job['id']}")
     assert r.status_code == 200, r.text
@@ -164,13 +186,21 @@ def test_run_record_is_complete(stack: Stack, api: httpx.Client) -> None:
 
 
 def test_attempts_history_shows_each_try(stack: Stack, api: httpx.Client) -> None:
-    job = stack.submit({"executor": "process", "command": ["sh", "-c", "exit 4"],
-                        "max_attempts": 2, "retry_backoff_s": 0})
+    job = stack.submit(
+        {
+            "executor": "process",
+            "command": ["sh", "-c", "exit 4"],
+            "max_attempts": 2,
+            "retry_backoff_s": 0,
+        }
+    )
     done = stack.wait_status(job["id"], timeout=60)
     assert (done["status"], done["attempt"]) == ("failed", 2)
     rec = api.get(f"/api/v1/runs/{job['id']}").json()
-    assert [(a["attempt"], a["outcome"]) for a in rec["attempts"]] == \
-        [(1, "requeued"), (2, "failed")]
+    assert [(a["attempt"], a["outcome"]) for a in rec["attempts"]] == [
+        (1, "requeued"),
+        (2, "failed"),
+    ]
     assert "exited with code 4" in rec["attempts"][0]["error"]
     assert rec["attempts"][1]["error"] == "exited with code 4"
 
@@ -186,11 +216,18 @@ def _wait_running(stack: Stack, job_id: str) -> dict[str, Any]:
     return stack.wait_status(job_id, "running", timeout=60)
 
 
-def test_delete_refuses_until_ended_then_removes_everything(stack: Stack,
-                                                            api: httpx.Client) -> None:
-    job = stack.submit(proc("del", "x", "mkdir -p out && echo a > out/a.txt && "
-                                        "echo started && sleep 30",
-                            artifacts=["out/*"], grace_s=1))
+def test_delete_refuses_until_ended_then_removes_everything(
+    stack: Stack, api: httpx.Client
+) -> None:
+    job = stack.submit(
+        proc(
+            "del",
+            "x",
+            "mkdir -p out && echo a > out/a.txt && echo started && sleep 30",
+            artifacts=["out/*"],
+            grace_s=1,
+        )
+    )
     _wait_running(stack, job["id"])
     r = api.delete(f"/api/v1/runs/{job['id']}")
     assert r.status_code == 409, r.text
@@ -219,29 +256,43 @@ def test_delete_refuses_until_ended_then_removes_everything(stack: Stack,
         r_.close()
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"older_than": "7x"}, "older_than"),
-    ({"older_than": "-1d"}, "older_than"),
-    ({"older_than": 7}, "older_than"),
-    ({}, "older_than"),
-    ({"older_than": "7d", "dry": True}, "dry"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"older_than": "7x"}, "older_than"),
+        ({"older_than": "-1d"}, "older_than"),
+        ({"older_than": 7}, "older_than"),
+        ({}, "older_than"),
+        ({"older_than": "7d", "dry": True}, "dry"),
+    ],
+)
 def test_cleanup_bad_body_is_422(api: httpx.Client, body: dict[str, Any], field: str) -> None:
     r = api.post("/api/v1/runs/cleanup", json=body)
     assert r.status_code == 422, r.text
     assert field in [f["field"] for f in r.json()["fields"]]
 
 
-def test_cleanup_removes_ended_runs_and_their_files(stack: Stack, api: httpx.Client,
-                                                    tmp_path: Path) -> None:
+def test_cleanup_removes_ended_runs_and_their_files(
+    stack: Stack, api: httpx.Client, tmp_path: Path
+) -> None:
     from tests.api.test_artifacts import seed_ended_job
 
-    running = stack.submit(proc("cleanup", "x", "mkdir -p out && echo r > out/r.txt && "
-                                               "sleep 30", artifacts=["out/*"], grace_s=1))
-    finished = stack.submit({"executor": "process",
-                             "command": ["sh", "-c", "mkdir -p out && echo aaa > out/a.txt "
-                                                     "&& echo bbb > out/b.txt"],
-                             "artifacts": ["out/*.txt"]})
+    running = stack.submit(
+        proc(
+            "cleanup",
+            "x",
+            "mkdir -p out && echo r > out/r.txt && sleep 30",
+            artifacts=["out/*"],
+            grace_s=1,
+        )
+    )
+    finished = stack.submit(
+        {
+            "executor": "process",
+            "command": ["sh", "-c", "mkdir -p out && echo aaa > out/a.txt && echo bbb > out/b.txt"],
+            "artifacts": ["out/*.txt"],
+        }
+    )
     assert stack.wait_status(finished["id"], timeout=60)["status"] == "succeeded"
     seeded = seed_ended_job(stack, tmp_path, {"x.bin": b"\x00" * 10})
     _wait_running(stack, running["id"])
@@ -273,8 +324,9 @@ def test_cleanup_removes_ended_runs_and_their_files(stack: Stack, api: httpx.Cli
     finally:
         r_.close()
     # Every ended run is gone from the history; the running one keeps record and files.
-    ended = api.get("/api/v1/runs", params={"status": ["succeeded", "failed", "cancelled",
-                                                       "timed_out"]}).json()
+    ended = api.get(
+        "/api/v1/runs", params={"status": ["succeeded", "failed", "cancelled", "timed_out"]}
+    ).json()
     assert all(j["id"] not in (finished["id"], seeded["id"]) for j in ended["items"])
     assert api.get(f"/api/v1/runs/{running['id']}").json()["status"] == "running"
 

@@ -19,13 +19,19 @@ from tests.support import Stack, wait_until
 
 API = "/api/v1"
 TERMINAL_SSE = {"complete", "failed", "cancelled", "timed_out"}
-LINES_5000 = {"executor": "process", "command": [
-    "sh", "-c", "i=1; while [ $i -le 5000 ]; do echo line-$i; i=$((i+1)); done"]}
+LINES_5000 = {
+    "executor": "process",
+    "command": ["sh", "-c", "i=1; while [ $i -le 5000 ]; do echo line-$i; i=$((i+1)); done"],
+}
 
 
-def collect(client: httpx.Client, path: str, headers: dict[str, str] | None = None,
-            params: dict[str, Any] | None = None, stop_after: int | None = None
-            ) -> list[ServerSentEvent]:
+def collect(
+    client: httpx.Client,
+    path: str,
+    headers: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+    stop_after: int | None = None,
+) -> list[ServerSentEvent]:
     """Every event of one SSE response until the server closes it (or ``stop_after``)."""
     out: list[ServerSentEvent] = []
     with connect_sse(client, "GET", path, headers=dict(headers or {}), params=params) as es:
@@ -47,8 +53,9 @@ def sse(stack: Stack) -> Any:
         yield c
 
 
-def test_countdown_streams_status_progress_complete_and_resumes(stack: Stack,
-                                                                sse: httpx.Client) -> None:
+def test_countdown_streams_status_progress_complete_and_resumes(
+    stack: Stack, sse: httpx.Client
+) -> None:
     job = stack.submit({"executor": "builtin", "type": "countdown", "params": {"seconds": 3}})
     events = collect(sse, f"{API}/jobs/{job['id']}/events")  # returns only when it closes
 
@@ -65,18 +72,19 @@ def test_countdown_streams_status_progress_complete_and_resumes(stack: Stack,
     ids = [e.id for e in events]
     assert all(ids) and len(set(ids)) == len(ids)
 
-    replay = collect(sse, f"{API}/jobs/{job['id']}/events",
-                     headers={"Last-Event-ID": events[1].id})
-    assert [(e.event, e.id, json.loads(e.data)) for e in replay] == \
-           [(e.event, e.id, json.loads(e.data)) for e in events[2:]]
+    replay = collect(sse, f"{API}/jobs/{job['id']}/events", headers={"Last-Event-ID": events[1].id})
+    assert [(e.event, e.id, json.loads(e.data)) for e in replay] == [
+        (e.event, e.id, json.loads(e.data)) for e in events[2:]
+    ]
 
     # ?since= is the same cursor for clients that cannot set headers.
     again = collect(sse, f"{API}/jobs/{job['id']}/events", params={"since": events[1].id})
     assert [e.id for e in again] == [e.id for e in events[2:]]
 
 
-def test_resume_after_the_end_answers_204_so_eventsource_stops(stack: Stack,
-                                                                sse: httpx.Client) -> None:
+def test_resume_after_the_end_answers_204_so_eventsource_stops(
+    stack: Stack, sse: httpx.Client
+) -> None:
     job = stack.submit({"executor": "builtin", "type": "fibonacci", "params": {"count": 5}})
     events = collect(sse, f"{API}/jobs/{job['id']}/events")
     assert events[-1].event == "complete"
@@ -84,8 +92,9 @@ def test_resume_after_the_end_answers_204_so_eventsource_stops(stack: Stack,
     assert r.status_code == 204
 
 
-def test_ended_job_streams_its_state_and_outcome_then_closes(stack: Stack,
-                                                              sse: httpx.Client) -> None:
+def test_ended_job_streams_its_state_and_outcome_then_closes(
+    stack: Stack, sse: httpx.Client
+) -> None:
     job = stack.submit({"executor": "process", "command": ["sh", "-c", "echo hi; exit 3"]})
     stack.wait_status(job["id"], timeout=30)
     events = collect(sse, f"{API}/jobs/{job['id']}/events")
@@ -112,7 +121,8 @@ def test_a_bad_resume_cursor_is_422_naming_it(stack: Stack, sse: httpx.Client) -
 
 
 def test_5000_lines_reach_a_log_stream_client_in_order_and_stay_readable(
-        stack: Stack, sse: httpx.Client) -> None:
+    stack: Stack, sse: httpx.Client
+) -> None:
     job = stack.submit(LINES_5000)
     events = collect(sse, f"{API}/jobs/{job['id']}/logs/stream")  # closes after the last line
     lines = [json.loads(e.data) for e in events]
@@ -127,8 +137,9 @@ def test_5000_lines_reach_a_log_stream_client_in_order_and_stay_readable(
     got: list[dict[str, Any]] = []
     since = 0
     for _ in range(10):
-        page = sse.get(f"{API}/jobs/{job['id']}/logs",
-                       params={"since": since, "limit": 1000}).json()
+        page = sse.get(
+            f"{API}/jobs/{job['id']}/logs", params={"since": since, "limit": 1000}
+        ).json()
         assert page["job_status"] == "succeeded"
         if not page["items"]:
             break
@@ -145,8 +156,9 @@ def test_5000_lines_reach_a_log_stream_client_in_order_and_stay_readable(
     assert tail["next_since"] == 5000
 
 
-def test_log_stream_resumes_after_a_disconnect_losing_nothing(stack: Stack,
-                                                              sse: httpx.Client) -> None:
+def test_log_stream_resumes_after_a_disconnect_losing_nothing(
+    stack: Stack, sse: httpx.Client
+) -> None:
     job = stack.submit(LINES_5000)
     path = f"{API}/jobs/{job['id']}/logs/stream"
     first = collect(sse, path, stop_after=1234)  # then hang up mid-stream
@@ -161,10 +173,20 @@ def test_log_stream_resumes_after_a_disconnect_losing_nothing(stack: Stack,
 def test_many_clients_at_once_see_the_same_stream(stack: Stack, tmp_path: Path) -> None:
     go = tmp_path / "go"
     # The job waits for the file, so every client is connected before anything happens.
-    job = stack.submit({"executor": "process", "command": [
-        "sh", "-c", 'while [ ! -e "$1" ]; do sleep 0.05; done; '
-                    "for i in $(seq 1 300); do echo n-$i; done; echo '::progress 50 half'; "
-                    "for i in $(seq 301 600); do echo n-$i; done", "sh", str(go)]})
+    job = stack.submit(
+        {
+            "executor": "process",
+            "command": [
+                "sh",
+                "-c",
+                'while [ ! -e "$1" ]; do sleep 0.05; done; '
+                "for i in $(seq 1 300); do echo n-$i; done; echo '::progress 50 half'; "
+                "for i in $(seq 301 600); do echo n-$i; done",
+                "sh",
+                str(go),
+            ],
+        }
+    )
     clients = 12
     results: dict[int, list[tuple[str | None, Any]]] = {}
     errors: list[BaseException] = []
@@ -181,8 +203,11 @@ def test_many_clients_at_once_see_the_same_stream(stack: Stack, tmp_path: Path) 
     for t in threads:
         t.start()
     with httpx.Client(base_url=stack.url, timeout=10) as c:
-        wait_until(lambda: c.get(f"{API}/streams").json()["subscribers"] >= clients, 30,
-                   what=f"{clients} SSE clients to subscribe")
+        wait_until(
+            lambda: c.get(f"{API}/streams").json()["subscribers"] >= clients,
+            30,
+            what=f"{clients} SSE clients to subscribe",
+        )
     go.touch()
     for t in threads:
         t.join(60)
@@ -190,8 +215,9 @@ def test_many_clients_at_once_see_the_same_stream(stack: Stack, tmp_path: Path) 
     assert len(results) == clients
     first = results[0]
     logs = [d["line"] for ev, d in first if ev == "log"]
-    assert logs == [f"n-{i}" for i in range(1, 301)] + ["::progress 50 half"] + \
-        [f"n-{i}" for i in range(301, 601)]
+    assert logs == [f"n-{i}" for i in range(1, 301)] + ["::progress 50 half"] + [
+        f"n-{i}" for i in range(301, 601)
+    ]
     # The progress event comes after the 300 lines printed before it.
     at = first.index(("progress", {"percent": 50.0, "message": "half", "attempt": 1}))
     assert [d["line"] for ev, d in first[:at] if ev == "log"][-1] == "n-300"
@@ -203,5 +229,8 @@ def test_many_clients_at_once_see_the_same_stream(stack: Stack, tmp_path: Path) 
 def test_hub_reports_its_subscription(sse: httpx.Client) -> None:
     hub = sse.get(f"{API}/streams").json()
     assert hub["subscribed"] is True and hub["queue_size"] >= 1
-    wait_until(lambda: sse.get(f"{API}/streams").json()["subscribers"] == 0, 10,
-               what="stream subscribers of earlier tests to be released")
+    wait_until(
+        lambda: sse.get(f"{API}/streams").json()["subscribers"] == 0,
+        10,
+        what="stream subscribers of earlier tests to be released",
+    )

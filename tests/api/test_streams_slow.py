@@ -47,8 +47,11 @@ class TightApi:
 def tight(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TightApi]:
     settings = stack.settings.model_copy(update={"api_port": free_port(), "token": TOKEN})
     sup = Supervisor(settings, log_dir=tmp_path_factory.mktemp("tight-api"), say=lambda _: None)
-    sup.add("api", api_argv(settings), env={"LAUNCHBAY_STREAM_QUEUE_SIZE": str(QUEUE),
-                                            "LAUNCHBAY_SSE_PING_S": "0.3"})
+    sup.add(
+        "api",
+        api_argv(settings),
+        env={"LAUNCHBAY_STREAM_QUEUE_SIZE": str(QUEUE), "LAUNCHBAY_SSE_PING_S": "0.3"},
+    )
     sup.start()
     try:
         url = f"http://127.0.0.1:{settings.api_port}"
@@ -62,24 +65,32 @@ def tight(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ti
 
 def gated(go: Path, body: str) -> dict[str, Any]:
     """A process job that waits for ``go`` to exist before running ``body`` (python)."""
-    script = ("import os, sys, time\n"
-              "while not os.path.exists(sys.argv[1]): time.sleep(0.05)\n" + body)
+    script = (
+        "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)\n" + body
+    )
     return {"executor": "process", "command": ["python3", "-c", script, str(go)]}
 
 
 def test_a_slow_client_is_dropped_with_a_reason_and_does_not_delay_a_fast_one(
-        stack: Stack, tight: TightApi, tmp_path: Path) -> None:
+    stack: Stack, tight: TightApi, tmp_path: Path
+) -> None:
     go = tmp_path / "go"
     # ~5 MB at once (more than the kernel buffers a client that never reads: ~3 MB here),
     # then a line every 60 ms: each its own live message, far more than QUEUE of them.
     burst, trickle = 5000, 120
     n = burst + trickle
-    job = stack.submit(gated(go, (
-        f"for i in range(1, {burst} + 1):\n"
-        "    print(f'{i:06d} ' + 'x' * 1000)\n"
-        "sys.stdout.flush()\n"
-        f"for i in range({burst} + 1, {n} + 1):\n"
-        "    print(f'{i:06d} tail', flush=True); time.sleep(0.06)\n")))
+    job = stack.submit(
+        gated(
+            go,
+            (
+                f"for i in range(1, {burst} + 1):\n"
+                "    print(f'{i:06d} ' + 'x' * 1000)\n"
+                "sys.stdout.flush()\n"
+                f"for i in range({burst} + 1, {n} + 1):\n"
+                "    print(f'{i:06d} tail', flush=True); time.sleep(0.06)\n"
+            ),
+        )
+    )
     path = f"{API}/jobs/{job['id']}/logs/stream"
     before = tight.hub()["dropped"]
 
@@ -88,8 +99,10 @@ def test_a_slow_client_is_dropped_with_a_reason_and_does_not_delay_a_fast_one(
     slow = socket.socket()
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.connect((host, port))
-    slow.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
-                 "Accept: text/event-stream\r\n\r\n".encode())
+    slow.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
     wait_until(lambda: tight.hub()["subscribers"] >= 1, 20, what="the slow client to subscribe")
 
     fast_lines: list[str] = []
@@ -116,8 +129,11 @@ def test_a_slow_client_is_dropped_with_a_reason_and_does_not_delay_a_fast_one(
     assert fast_lines[0].startswith("000001 ") and fast_lines[-1].startswith(f"{n:06d} ")
     assert [int(x[:6]) for x in fast_lines] == list(range(1, n + 1))
 
-    hub = wait_until(lambda: (h := tight.hub())["dropped"] > before and h, 30,
-                     what="the hub to drop the slow client")
+    hub = wait_until(
+        lambda: (h := tight.hub())["dropped"] > before and h,
+        30,
+        what="the hub to drop the slow client",
+    )
     drop = hub["recent_drops"][-1]
     assert drop["job_id"] == job["id"] and "too slow" in drop["reason"]
     assert drop["client"].startswith("sse logs from 127.0.0.1:")
@@ -131,7 +147,7 @@ def test_a_slow_client_is_dropped_with_a_reason_and_does_not_delay_a_fast_one(
             break
         data += got
     slow.close()
-    tail = data[data.rindex(b"event: error"):].decode(errors="replace")
+    tail = data[data.rindex(b"event: error") :].decode(errors="replace")
     assert "too slow" in tail and f"more than {QUEUE} messages" in tail
     assert data.count(b"event: log") < n  # it was cut off, not served to the end
 
@@ -159,8 +175,10 @@ def test_streams_need_the_token_when_one_is_set(stack: Stack, tight: TightApi) -
     assert r.status_code == 401
     ws_base = tight.url.replace("http://", "ws://") + API
     for path in ("/ws/queue", f"/jobs/{job['id']}/logs/stream", "/ws/queue?token=wrong"):
-        with connect(ws_base + path, open_timeout=10) as ws, \
-                pytest.raises(ConnectionClosed) as closed:
+        with (
+            connect(ws_base + path, open_timeout=10) as ws,
+            pytest.raises(ConnectionClosed) as closed,
+        ):
             ws.recv(timeout=10)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008, path
     with connect(f"{ws_base}/ws/queue?token={TOKEN}", open_timeout=10) as ws:
@@ -170,7 +188,8 @@ def test_streams_need_the_token_when_one_is_set(stack: Stack, tight: TightApi) -
 
 
 def test_each_api_process_holds_one_subscription_whatever_its_clients(
-        stack: Stack, tight: TightApi, tmp_path: Path) -> None:
+    stack: Stack, tight: TightApi, tmp_path: Path
+) -> None:
     r = redis.Redis.from_url(stack.settings.effective_redis_url, decode_responses=True)
     go = tmp_path / "go"
     job = stack.submit(gated(go, "print('done')\n"))
@@ -200,9 +219,11 @@ def raw_ws(host: str, port: int, path: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect((host, port))
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
     return sock
 
 
@@ -242,15 +263,22 @@ def read_frames(sock: socket.socket, timeout: float) -> tuple[int, tuple[int, st
 
 
 def test_a_slow_websocket_client_is_closed_with_1013_and_the_reason(
-        stack: Stack, tight: TightApi, tmp_path: Path) -> None:
+    stack: Stack, tight: TightApi, tmp_path: Path
+) -> None:
     go = tmp_path / "go"
     burst, trickle = 5000, 120
-    job = stack.submit(gated(go, (
-        f"for i in range(1, {burst} + 1):\n"
-        "    print(f'{i:06d} ' + 'x' * 1000)\n"
-        "sys.stdout.flush()\n"
-        f"for i in range({burst} + 1, {burst + trickle} + 1):\n"
-        "    print(f'{i:06d} tail', flush=True); time.sleep(0.06)\n")))
+    job = stack.submit(
+        gated(
+            go,
+            (
+                f"for i in range(1, {burst} + 1):\n"
+                "    print(f'{i:06d} ' + 'x' * 1000)\n"
+                "sys.stdout.flush()\n"
+                f"for i in range({burst} + 1, {burst + trickle} + 1):\n"
+                "    print(f'{i:06d} tail', flush=True); time.sleep(0.06)\n"
+            ),
+        )
+    )
     before = tight.hub()["dropped"]
     host, port = urlsplit(tight.url).hostname, urlsplit(tight.url).port
     assert host and port
@@ -258,8 +286,11 @@ def test_a_slow_websocket_client_is_closed_with_1013_and_the_reason(
     try:
         wait_until(lambda: tight.hub()["subscribers"] >= 1, 20, what="the socket to subscribe")
         go.touch()
-        hub = wait_until(lambda: (h := tight.hub())["dropped"] > before and h, 60,
-                         what="the hub to drop the slow socket")
+        hub = wait_until(
+            lambda: (h := tight.hub())["dropped"] > before and h,
+            60,
+            what="the hub to drop the slow socket",
+        )
         drop = hub["recent_drops"][-1]
         assert drop["job_id"] == job["id"] and drop["client"].startswith("ws logs from")
         texts, (code, reason) = read_frames(sock, 30)

@@ -29,8 +29,9 @@ class Peer:
     def send(self, msg: dict[str, Any] | str) -> None:
         self.ws.send(msg if isinstance(msg, str) else json.dumps(msg))
 
-    def wait_for(self, pred: Callable[[dict[str, Any]], bool], what: str,
-                 timeout: float = WAIT_S) -> dict[str, Any]:
+    def wait_for(
+        self, pred: Callable[[dict[str, Any]], bool], what: str, timeout: float = WAIT_S
+    ) -> dict[str, Any]:
         for m in self.seen:
             if pred(m):
                 self.seen.remove(m)
@@ -78,14 +79,22 @@ def test_two_queue_clients_stay_in_sync(peers: Callable[[], Peer]) -> None:
         assert isinstance(state["jobs"], list) and "total" in state["stats"]
         assert "workers" in state["stats"]
 
-    a.send({"type": "create_job", "job_type": "countdown", "params": {"seconds": 30},
-            "name": "ws-made", "request_id": "r-1"})
+    a.send(
+        {
+            "type": "create_job",
+            "job_type": "countdown",
+            "params": {"seconds": 30},
+            "name": "ws-made",
+            "request_id": "r-1",
+        }
+    )
     ack = a.wait_for(of_type("ack", action="create_job"), "create_job ack")
     assert ack["request_id"] == "r-1"
     job_id = ack["job_id"]
     for p in (a, b):
-        created = p.wait_for(lambda m: m.get("type") == "job_created"
-                             and m["job"]["id"] == job_id, "job_created")
+        created = p.wait_for(
+            lambda m: m.get("type") == "job_created" and m["job"]["id"] == job_id, "job_created"
+        )
         assert created["job"]["name"] == "ws-made" and created["job"]["type"] == "countdown"
         p.wait_for(of_type("stats_update"), "stats_update after a transition")
     # It really runs: both see it start and make progress.
@@ -114,12 +123,16 @@ def test_bad_messages_get_errors_and_the_socket_stays_open(peers: Callable[[], P
     cases: list[tuple[Any, dict[str, Any]]] = [
         ({"type": "launch_rockets"}, {"field": "type"}),
         ([1, 2, 3], {}),
-        ({"type": "create_job", "job_type": "countdown", "params": {"seconds": 1000}},
-         {"field": "params.seconds"}),
+        (
+            {"type": "create_job", "job_type": "countdown", "params": {"seconds": 1000}},
+            {"field": "params.seconds"},
+        ),
         ({"type": "create_job", "job_type": "no-such-type"}, {"field": "job_type"}),
         ({"type": "create_job", "spec": {"executor": "process"}}, {"field": "spec"}),
-        ({"type": "create_job", "spec": {"executor": "process", "command": []}},
-         {"field": "spec.command"}),
+        (
+            {"type": "create_job", "spec": {"executor": "process", "command": []}},
+            {"field": "spec.command"},
+        ),
         ({"type": "create_job"}, {"field": "job_type"}),
         ({"type": "cancel_job"}, {"field": "job_id"}),
         ({"type": "cancel_job", "job_id": "no-such-job"}, {"code": 404}),
@@ -140,12 +153,15 @@ def test_bad_messages_get_errors_and_the_socket_stays_open(peers: Callable[[], P
     p.wait_for(of_type("pong"), "pong")
 
 
-def test_create_job_with_a_spec_and_completion_reaches_the_feed(
-        peers: Callable[[], Peer]) -> None:
+def test_create_job_with_a_spec_and_completion_reaches_the_feed(peers: Callable[[], Peer]) -> None:
     p = peers()
     p.wait_for(of_type("queue_state"), "queue_state")
-    p.send({"type": "create_job", "spec": {"executor": "process",
-                                           "command": ["sh", "-c", "echo '::result {\"x\": 1}'"]}})
+    p.send(
+        {
+            "type": "create_job",
+            "spec": {"executor": "process", "command": ["sh", "-c", "echo '::result {\"x\": 1}'"]},
+        }
+    )
     job_id = p.wait_for(of_type("ack", action="create_job"), "ack")["job_id"]
     done = p.wait_for(of_type("job_completed", job_id=job_id), "job_completed")
     assert done["result"] == {"x": 1}
@@ -153,15 +169,17 @@ def test_create_job_with_a_spec_and_completion_reaches_the_feed(
     stats = p.wait_for(of_type("stats_update"), "stats_update")["stats"]
     assert stats["succeeded"] >= 1
 
-    p.send({"type": "create_job", "spec": {"executor": "process",
-                                           "command": ["sh", "-c", "exit 4"]}})
+    p.send(
+        {"type": "create_job", "spec": {"executor": "process", "command": ["sh", "-c", "exit 4"]}}
+    )
     bad = p.wait_for(of_type("ack", action="create_job"), "ack")["job_id"]
     failed = p.wait_for(of_type("job_failed", job_id=bad), "job_failed")
     assert failed["status"] == "failed" and "4" in failed["error"]
 
 
 def test_clear_completed_hides_ended_jobs_from_this_connection_only(
-        stack: Stack, peers: Callable[[], Peer]) -> None:
+    stack: Stack, peers: Callable[[], Peer]
+) -> None:
     job = stack.submit({"executor": "builtin", "type": "fibonacci", "params": {"count": 3}})
     stack.wait_status(job["id"], timeout=30)
     a, b = peers(), peers()
@@ -178,27 +196,36 @@ def test_clear_completed_hides_ended_jobs_from_this_connection_only(
 
 
 def test_log_socket_sends_every_line_in_order_then_closes(stack: Stack) -> None:
-    job = stack.submit({"executor": "process", "command": [
-        "sh", "-c", "i=1; while [ $i -le 3000 ]; do echo w-$i; i=$((i+1)); done; "
-                    "echo oops >&2"]})
+    job = stack.submit(
+        {
+            "executor": "process",
+            "command": [
+                "sh",
+                "-c",
+                "i=1; while [ $i -le 3000 ]; do echo w-$i; i=$((i+1)); done; echo oops >&2",
+            ],
+        }
+    )
     lines: list[dict[str, Any]] = []
-    with connect(ws_url(stack, f"/jobs/{job['id']}/logs/stream"), open_timeout=10) as ws, \
-            pytest.raises(ConnectionClosed) as closed:
+    with (
+        connect(ws_url(stack, f"/jobs/{job['id']}/logs/stream"), open_timeout=10) as ws,
+        pytest.raises(ConnectionClosed) as closed,
+    ):
         while True:
             lines.append(json.loads(ws.recv(timeout=WAIT_S)))
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
     assert closed.value.rcvd.reason == "job succeeded"
     # stdout and stderr are two pipes: each keeps its order, their interleaving is the log's.
-    assert [ln["line"] for ln in lines if ln["stream"] == "stdout"] == \
-        [f"w-{i}" for i in range(1, 3001)]
+    assert [ln["line"] for ln in lines if ln["stream"] == "stdout"] == [
+        f"w-{i}" for i in range(1, 3001)
+    ]
     assert [ln["line"] for ln in lines if ln["stream"] == "stderr"] == ["oops"]
     assert [ln["seq"] for ln in lines] == list(range(1, 3002))
     stored = stack.http.get(f"/api/v1/jobs/{job['id']}/logs", params={"limit": 5000}).json()
     assert stored["items"] == lines
 
     # ?since= resumes after a line number.
-    with connect(ws_url(stack, f"/jobs/{job['id']}/logs/stream?since=2998"),
-                 open_timeout=10) as ws:
+    with connect(ws_url(stack, f"/jobs/{job['id']}/logs/stream?since=2998"), open_timeout=10) as ws:
         tail = []
         with pytest.raises(ConnectionClosed):
             while True:
@@ -207,8 +234,10 @@ def test_log_socket_sends_every_line_in_order_then_closes(stack: Stack) -> None:
 
 
 def test_log_socket_for_an_unknown_job_closes_with_4404(stack: Stack) -> None:
-    with connect(ws_url(stack, "/jobs/nope/logs/stream"), open_timeout=10) as ws, \
-            pytest.raises(ConnectionClosed) as closed:
+    with (
+        connect(ws_url(stack, "/jobs/nope/logs/stream"), open_timeout=10) as ws,
+        pytest.raises(ConnectionClosed) as closed,
+    ):
         ws.recv(timeout=WAIT_S)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
     assert "not found" in closed.value.rcvd.reason

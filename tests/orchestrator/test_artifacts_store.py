@@ -36,10 +36,17 @@ def test_unsafe_names_are_refused(name: str) -> None:
         safe_name(name)
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("a.txt", "a.txt"), ("out/a.txt", "out/a.txt"), ("./out//a.txt", "out/a.txt"),
-    ("100%.txt", "100%.txt"), ("a%20b.txt", "a%20b.txt"), ("..a", "..a"),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("a.txt", "a.txt"),
+        ("out/a.txt", "out/a.txt"),
+        ("./out//a.txt", "out/a.txt"),
+        ("100%.txt", "100%.txt"),
+        ("a%20b.txt", "a%20b.txt"),
+        ("..a", "..a"),
+    ],
+)
 def test_safe_names_are_kept_literally(name: str, expected: str) -> None:
     assert safe_name(name).as_posix() == expected
 
@@ -86,9 +93,12 @@ def test_path_refuses_traversal_to_a_real_file_of_another_job(tmp_path: Path) ->
     store = ArtifactStore(tmp_path / "artifacts")
     store.save("other", "secret.txt", _file(tmp_path, "s", b"secret"))
     store.save("job1", "a.txt", _file(tmp_path, "a", b"a"))
-    for name in ("../other/secret.txt", "..%2fother%2fsecret.txt",
-                 "%252e%252e%252fother%252fsecret.txt",
-                 str((tmp_path / "artifacts" / "other" / "secret.txt").resolve())):
+    for name in (
+        "../other/secret.txt",
+        "..%2fother%2fsecret.txt",
+        "%252e%252e%252fother%252fsecret.txt",
+        str((tmp_path / "artifacts" / "other" / "secret.txt").resolve()),
+    ):
         with pytest.raises(UnsafePath):
             store.path("job1", name)
 

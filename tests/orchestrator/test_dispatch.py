@@ -28,12 +28,16 @@ def dispatcher(settings: Settings, store: JobStore, events: Events) -> Dispatche
 
 def _expire_lease(store: JobStore, job_id: str) -> None:
     with store.engine.begin() as c:
-        c.execute(jobs.update().where(jobs.c.id == job_id)
-                  .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        c.execute(
+            jobs.update()
+            .where(jobs.c.id == job_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
 
 
-def test_broker_down_fails_the_job_with_503(settings: Settings, store: JobStore,
-                                            events: Events) -> None:
+def test_broker_down_fails_the_job_with_503(
+    settings: Settings, store: JobStore, events: Events
+) -> None:
     dead = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     d = Dispatcher(settings, store, events, make_celery(dead))
     with pytest.raises(BrokerUnavailable) as info:
@@ -54,8 +58,7 @@ def test_submit_publishes_created_and_enqueues(dispatcher: Dispatcher, events: E
     assert events.r.llen("lb.builtin") >= 1
 
 
-def test_cancel_racing_finish_never_ends_succeeded(dispatcher: Dispatcher,
-                                                   store: JobStore) -> None:
+def test_cancel_racing_finish_never_ends_succeeded(dispatcher: Dispatcher, store: JobStore) -> None:
     for _ in range(20):
         job = store.create(SPEC)
         store.claim(job.id, "runner-x", 30)
@@ -63,14 +66,22 @@ def test_cancel_racing_finish_never_ends_succeeded(dispatcher: Dispatcher,
         barrier = threading.Barrier(2)
         results: dict[str, object] = {}
 
-        def cancel(job_id: str = job.id) -> None:
+        def cancel(
+            job_id: str = job.id,
+            barrier: threading.Barrier = barrier,
+            results: dict[str, object] = results,
+        ) -> None:
             barrier.wait()
             try:
                 results["cancel"] = dispatcher.cancel(job_id)
             except InvalidTransition as exc:  # the finish won: cancel must say so
                 results["cancel"] = exc
 
-        def finish(job_id: str = job.id) -> None:
+        def finish(
+            job_id: str = job.id,
+            barrier: threading.Barrier = barrier,
+            results: dict[str, object] = results,
+        ) -> None:
             barrier.wait()
             results["finish"] = store.finish(job_id, 1, JobStatus.succeeded, exit_code=0)
 
@@ -111,8 +122,9 @@ def test_two_runners_one_job_exactly_one_runs(settings: Settings, dispatcher: Di
     assert dispatcher.store.get(job.id).status == JobStatus.succeeded
 
 
-def test_redelivered_message_for_a_running_job_is_a_no_op(settings: Settings,
-                                                           dispatcher: Dispatcher) -> None:
+def test_redelivered_message_for_a_running_job_is_a_no_op(
+    settings: Settings, dispatcher: Dispatcher
+) -> None:
     job = dispatcher.store.create(SPEC)
     dispatcher.store.claim(job.id, "runner-aaaaaaaaaaaa", 30)
     runner = AttemptRunner(dispatcher, LauncherSet(settings), "runner-bbbbbbbbbbbb")
@@ -120,8 +132,9 @@ def test_redelivered_message_for_a_running_job_is_a_no_op(settings: Settings,
     assert dispatcher.store.get(job.id).runner_id == "runner-aaaaaaaaaaaa"
 
 
-def test_reconcile_requeues_lost_runner_with_next_attempt(dispatcher: Dispatcher,
-                                                          store: JobStore) -> None:
+def test_reconcile_requeues_lost_runner_with_next_attempt(
+    dispatcher: Dispatcher, store: JobStore
+) -> None:
     job = store.create(SPEC.model_copy(update={"max_attempts": 2}))
     store.claim(job.id, "runner-lost", 30)
     store.start(job.id, 1, 30)
@@ -139,7 +152,8 @@ def test_reconcile_requeues_lost_runner_with_next_attempt(dispatcher: Dispatcher
 
 
 def test_reconcile_fails_unmatched_and_finishes_unanswered_cancels(
-        settings: Settings, store: JobStore, events: Events) -> None:
+    settings: Settings, store: JobStore, events: Events
+) -> None:
     s = settings.model_copy(update={"cancel_fallback_s": 0.01})
     d = Dispatcher(s, store, events, make_celery(s))
     unmatched = store.create(SPEC.model_copy(update={"match_timeout_s": 0.001}))
@@ -148,8 +162,11 @@ def test_reconcile_fails_unmatched_and_finishes_unanswered_cancels(
     store.start(stuck.id, 1, 30)
     d.cancel(stuck.id)
     with store.engine.begin() as c:
-        c.execute(jobs.update().where(jobs.c.id == stuck.id)
-                  .values(cancel_requested_at=utcnow() - timedelta(seconds=5)))
+        c.execute(
+            jobs.update()
+            .where(jobs.c.id == stuck.id)
+            .values(cancel_requested_at=utcnow() - timedelta(seconds=5))
+        )
     counts = d.reconcile()
     assert counts["unmatched"] == 1 and counts["force_cancelled"] == 1
     assert store.get(unmatched.id).error == "no matching runner available within 0.001 s"

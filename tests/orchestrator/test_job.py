@@ -50,8 +50,11 @@ def test_transition_table(src: str, dst: str, ok: bool) -> None:
 def test_sources_of_matches_table() -> None:
     assert sources_of(JobStatus.claimed) == {JobStatus.queued}
     assert sources_of(JobStatus.succeeded) == {JobStatus.running}
-    assert sources_of(JobStatus.cancelled) == {JobStatus.queued, JobStatus.claimed,
-                                               JobStatus.running}
+    assert sources_of(JobStatus.cancelled) == {
+        JobStatus.queued,
+        JobStatus.claimed,
+        JobStatus.running,
+    }
 
 
 def test_builtin_defaults_are_filled() -> None:
@@ -111,8 +114,13 @@ def test_process_needs_exactly_one_of_command_or_steps() -> None:
     with pytest.raises(ValidationError):
         SPEC.validate_python({"executor": "process"})
     with pytest.raises(ValidationError):
-        SPEC.validate_python({"executor": "process", "command": ["true"],
-                              "steps": [{"name": "a", "command": ["true"]}]})
+        SPEC.validate_python(
+            {
+                "executor": "process",
+                "command": ["true"],
+                "steps": [{"name": "a", "command": ["true"]}],
+            }
+        )
     assert SPEC.validate_python({"executor": "process", "command": ["true"]}).command == ["true"]
 
 

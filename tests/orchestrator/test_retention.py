@@ -20,10 +20,19 @@ from orchestrator.store import JobStore
 SPEC = {"executor": "builtin", "type": "countdown", "params": {"seconds": 1}}
 
 
-@pytest.mark.parametrize("text,seconds", [
-    ("7d", 7 * 86400), ("12h", 12 * 3600), ("30m", 1800), ("0s", 0), ("90s", 90),
-    ("1.5h", 5400), ("2w", 14 * 86400), (" 3d ", 3 * 86400),
-])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [
+        ("7d", 7 * 86400),
+        ("12h", 12 * 3600),
+        ("30m", 1800),
+        ("0s", 0),
+        ("90s", 90),
+        ("1.5h", 5400),
+        ("2w", 14 * 86400),
+        (" 3d ", 3 * 86400),
+    ],
+)
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -34,9 +43,16 @@ def test_parse_duration_refuses_nonsense(text: str) -> None:
         parse_duration(text)
 
 
-def _run(store: JobStore, events: Events, artifacts: ArtifactStore, tmp_path: Path, *,
-         end: JobStatus | None = JobStatus.succeeded, ended_ago: timedelta = timedelta(0),
-         files: int = 2) -> Job:
+def _run(
+    store: JobStore,
+    events: Events,
+    artifacts: ArtifactStore,
+    tmp_path: Path,
+    *,
+    end: JobStatus | None = JobStatus.succeeded,
+    ended_ago: timedelta = timedelta(0),
+    files: int = 2,
+) -> Job:
     """A job as the worker leaves it: events, log lines, artifacts, then (maybe) ended."""
     job = store.create(SPEC)
     events.publish(job.id, "created", job.public())
@@ -51,8 +67,14 @@ def _run(store: JobStore, events: Events, artifacts: ArtifactStore, tmp_path: Pa
         saved.append(artifacts.save(job.id, f"out/{i}.txt", src).model_dump(mode="json"))
     if end is None:
         return store.get(job.id)
-    done = store.finish(job.id, 1, end, exit_code=0 if end == JobStatus.succeeded else 1,
-                        artifacts=saved, finished_at=utcnow() - ended_ago)
+    done = store.finish(
+        job.id,
+        1,
+        end,
+        exit_code=0 if end == JobStatus.succeeded else 1,
+        artifacts=saved,
+        finished_at=utcnow() - ended_ago,
+    )
     assert done is not None
     events.publish(job.id, end.value, done.public())
     return done
@@ -68,14 +90,17 @@ def _traces(settings: Settings, events: Events, job_id: str) -> dict[str, bool]:
 
 
 def test_remove_run_removes_everything_of_an_ended_job(
-        store: JobStore, events: Events, artifact_store: ArtifactStore, settings: Settings,
-        tmp_path: Path) -> None:
+    store: JobStore,
+    events: Events,
+    artifact_store: ArtifactStore,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
     job = _run(store, events, artifact_store, tmp_path, end=JobStatus.failed)
     ws = settings.workspaces_dir / job.id / "a1"
     ws.mkdir(parents=True)  # a workspace kept by cleanup: "never"
     assert all(_traces(settings, events, job.id).values())
-    out = remove_run(store, events, artifact_store, job.id,
-                     workspaces_dir=settings.workspaces_dir)
+    out = remove_run(store, events, artifact_store, job.id, workspaces_dir=settings.workspaces_dir)
     assert out == {"id": job.id, "status": "failed", "artifact_files": 2}
     assert not any(_traces(settings, events, job.id).values())
     assert not (settings.workspaces_dir / job.id).exists()
@@ -86,30 +111,47 @@ def test_remove_run_removes_everything_of_an_ended_job(
 
 
 def test_remove_run_refuses_a_job_that_has_not_ended(
-        store: JobStore, events: Events, artifact_store: ArtifactStore, settings: Settings,
-        tmp_path: Path) -> None:
+    store: JobStore,
+    events: Events,
+    artifact_store: ArtifactStore,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
     running = _run(store, events, artifact_store, tmp_path, end=None)
     queued = store.create(SPEC)
     for job in (running, queued):
         with pytest.raises(JobNotEnded):
-            remove_run(store, events, artifact_store, job.id,
-                       workspaces_dir=settings.workspaces_dir)
+            remove_run(
+                store, events, artifact_store, job.id, workspaces_dir=settings.workspaces_dir
+            )
         assert store.get(job.id).status == job.status
     # The running job's artifacts and logs are untouched.
     assert all(_traces(settings, events, running.id).values())
 
 
 def test_cleanup_keeps_recent_and_unended_runs(
-        store: JobStore, events: Events, artifact_store: ArtifactStore, settings: Settings,
-        tmp_path: Path) -> None:
+    store: JobStore,
+    events: Events,
+    artifact_store: ArtifactStore,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
     old = _run(store, events, artifact_store, tmp_path, ended_ago=timedelta(days=8))
-    old_cancelled = _run(store, events, artifact_store, tmp_path, end=JobStatus.cancelled,
-                         ended_ago=timedelta(days=10), files=1)
+    old_cancelled = _run(
+        store,
+        events,
+        artifact_store,
+        tmp_path,
+        end=JobStatus.cancelled,
+        ended_ago=timedelta(days=10),
+        files=1,
+    )
     recent = _run(store, events, artifact_store, tmp_path, ended_ago=timedelta(days=6))
     running = _run(store, events, artifact_store, tmp_path, end=None)
 
-    out = cleanup_older_than(store, events, artifact_store, parse_duration("7d"),
-                             workspaces_dir=settings.workspaces_dir)
+    out = cleanup_older_than(
+        store, events, artifact_store, parse_duration("7d"), workspaces_dir=settings.workspaces_dir
+    )
     assert sorted(out["jobs"]) == sorted([old.id, old_cancelled.id])
     assert out["removed"] == 2
     assert out["artifact_files"] == 3
@@ -129,8 +171,12 @@ def test_cleanup_keeps_recent_and_unended_runs(
 
 
 def test_one_broken_run_does_not_stop_the_sweep(
-        store: JobStore, events: Events, artifact_store: ArtifactStore, settings: Settings,
-        tmp_path: Path) -> None:
+    store: JobStore,
+    events: Events,
+    artifact_store: ArtifactStore,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
     a = _run(store, events, artifact_store, tmp_path, ended_ago=timedelta(days=2))
     b = _run(store, events, artifact_store, tmp_path, ended_ago=timedelta(days=2))
     # A plain file where a's artifact folder should be: removing it fails (even as root).

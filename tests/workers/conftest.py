@@ -34,8 +34,13 @@ def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     ctx = tmp_path_factory.mktemp("busybox-image")
     shutil.copy2(_BUSYBOX, ctx / "busybox")
     (ctx / "Dockerfile").write_text(_DOCKERFILE)
-    out = subprocess.run(["docker", "build", "-q", "-t", BUSYBOX_IMAGE, str(ctx)],
-                         capture_output=True, text=True, timeout=300, check=False)
+    out = subprocess.run(
+        ["docker", "build", "-q", "-t", BUSYBOX_IMAGE, str(ctx)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert out.returncode == 0, f"docker build failed: {out.stderr}"
     return BUSYBOX_IMAGE
 
@@ -56,22 +61,33 @@ def make_ctx(launch_settings: Settings) -> MakeCtx:
     """Build a LaunchContext for a spec dict, with a fresh job id and workspace."""
 
     def make(spec: dict[str, Any], attempt: int = 1) -> LaunchContext:
-        model = {"process": ProcessSpec, "docker": DockerSpec,
-                 "kubernetes": KubernetesSpec}[spec["executor"]]
+        model = {"process": ProcessSpec, "docker": DockerSpec, "kubernetes": KubernetesSpec}[
+            spec["executor"]
+        ]
         job_id = uuid.uuid4().hex
         ws = launch_settings.workspaces_dir / job_id / f"a{attempt}"
         ws.mkdir(parents=True)
-        return LaunchContext(job_id=job_id, attempt=attempt, runner_id="runner-0123456789ab",
-                             spec=model.model_validate(spec), workspace=ws,
-                             settings=launch_settings)
+        return LaunchContext(
+            job_id=job_id,
+            attempt=attempt,
+            runner_id="runner-0123456789ab",
+            spec=model.model_validate(spec),
+            workspace=ws,
+            settings=launch_settings,
+        )
 
     return make
 
 
 def labelled_containers(job_id: str) -> list[str]:
     """Ids of every container (running or not) labelled with ``job_id``."""
-    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=launchbay.job_id={job_id}"],
-                         capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=launchbay.job_id={job_id}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return out.stdout.split()
 
 

@@ -36,8 +36,9 @@ class AgentProc:
 
 
 def _agents(stack: Stack) -> dict[str, dict[str, Any]]:
-    return {w["hostname"]: w for w in stack.http.get("/api/v1/workers").json()
-            if w["kind"] == "agent"}
+    return {
+        w["hostname"]: w for w in stack.http.get("/api/v1/workers").json() if w["kind"] == "agent"
+    }
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -65,13 +66,30 @@ def start_agent(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., AgentPro
         hostname = f"agent-{uuid.uuid4().hex[:8]}"
         home = tmp_path / hostname
         log = tmp_path / f"{hostname}.log"
-        argv = [sys.executable, "-m", "workers.agent", "--url", stack.url,
-                "--executors", executors, "--tags", ",".join(tags),
-                "--capacity", str(capacity), "--hostname", hostname]
+        argv = [
+            sys.executable,
+            "-m",
+            "workers.agent",
+            "--url",
+            stack.url,
+            "--executors",
+            executors,
+            "--tags",
+            ",".join(tags),
+            "--capacity",
+            str(capacity),
+            "--hostname",
+            hostname,
+        ]
         with log.open("wb") as out:
-            proc = subprocess.Popen(argv, cwd=REPO, env={**env, "LAUNCHBAY_HOME": str(home)},
-                                    stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                env={**env, "LAUNCHBAY_HOME": str(home)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         started.append(proc)
 
         def registered() -> dict[str, Any] | None:
@@ -100,8 +118,13 @@ def stack_events(stack: Stack) -> Iterator[Events]:
 
 
 def countdown(tag: str, seconds: int, **extra: Any) -> dict[str, Any]:
-    return {"executor": "builtin", "type": "countdown", "params": {"seconds": seconds},
-            "demands": {"tags": [tag]}, **extra}
+    return {
+        "executor": "builtin",
+        "type": "countdown",
+        "params": {"seconds": seconds},
+        "demands": {"tags": [tag]},
+        **extra,
+    }
 
 
 def log_lines(stack: Stack, job_id: str) -> list[dict[str, Any]]:
@@ -114,8 +137,8 @@ def log_lines(stack: Stack, job_id: str) -> list[dict[str, Any]]:
 
 
 def test_agent_runs_a_builtin_job_the_celery_worker_cannot_take(
-        stack: Stack, start_agent: Callable[..., AgentProc], tag: str,
-        stack_events: Events) -> None:
+    stack: Stack, start_agent: Callable[..., AgentProc], tag: str, stack_events: Events
+) -> None:
     agent = start_agent([tag])
     job = stack.submit(countdown(tag, 2))
     done = stack.wait_status(job["id"], timeout=30)
@@ -130,20 +153,32 @@ def test_agent_runs_a_builtin_job_the_celery_worker_cannot_take(
 
 
 def test_agent_runs_process_steps_with_progress_result_and_artifacts(
-        stack: Stack, start_agent: Callable[..., AgentProc], tag: str) -> None:
+    stack: Stack, start_agent: Callable[..., AgentProc], tag: str
+) -> None:
     agent = start_agent([tag], executors="builtin,process")
-    job = stack.submit({
-        "executor": "process",
-        "demands": {"tags": [tag]},
-        "steps": [
-            {"name": "build", "command": ["sh", "-c", "echo building; "
-                                          "echo '::progress 50 half way'; mkdir -p out; "
-                                          "echo payload > out/report.txt"]},
-            {"name": "report", "command": ["sh", "-c", "echo '::result {\"ok\": true}'; "
-                                           "echo to-stderr >&2"]},
-        ],
-        "artifacts": ["out/*.txt"],
-    })
+    job = stack.submit(
+        {
+            "executor": "process",
+            "demands": {"tags": [tag]},
+            "steps": [
+                {
+                    "name": "build",
+                    "command": [
+                        "sh",
+                        "-c",
+                        "echo building; "
+                        "echo '::progress 50 half way'; mkdir -p out; "
+                        "echo payload > out/report.txt",
+                    ],
+                },
+                {
+                    "name": "report",
+                    "command": ["sh", "-c", "echo '::result {\"ok\": true}'; echo to-stderr >&2"],
+                },
+            ],
+            "artifacts": ["out/*.txt"],
+        }
+    )
     done = stack.wait_status(job["id"], timeout=30)
     assert done["status"] == "succeeded", (done, agent.output())
     assert done["runner_id"] == agent.id
@@ -156,11 +191,17 @@ def test_agent_runs_process_steps_with_progress_result_and_artifacts(
     assert ("stdout", "building") in lines and ("stderr", "to-stderr") in lines
 
 
-def test_agent_reports_a_failing_process(stack: Stack, start_agent: Callable[..., AgentProc],
-                                         tag: str) -> None:
+def test_agent_reports_a_failing_process(
+    stack: Stack, start_agent: Callable[..., AgentProc], tag: str
+) -> None:
     start_agent([tag], executors="process")
-    job = stack.submit({"executor": "process", "demands": {"tags": [tag]},
-                        "command": ["sh", "-c", "echo oops >&2; exit 3"]})
+    job = stack.submit(
+        {
+            "executor": "process",
+            "demands": {"tags": [tag]},
+            "command": ["sh", "-c", "echo oops >&2; exit 3"],
+        }
+    )
     done = stack.wait_status(job["id"], timeout=30)
     assert done["status"] == "failed"
     assert done["exit_code"] == 3
@@ -171,10 +212,17 @@ def test_agent_reports_a_failing_process(stack: Stack, start_agent: Callable[...
 
 
 def test_cancel_stops_the_agent_job_and_frees_its_slot(
-        stack: Stack, start_agent: Callable[..., AgentProc], tag: str) -> None:
+    stack: Stack, start_agent: Callable[..., AgentProc], tag: str
+) -> None:
     agent = start_agent([tag], executors="builtin,process")
-    job = stack.submit({"executor": "process", "demands": {"tags": [tag]},
-                        "command": ["sh", "-c", "echo started; sleep 60"], "grace_s": 2})
+    job = stack.submit(
+        {
+            "executor": "process",
+            "demands": {"tags": [tag]},
+            "command": ["sh", "-c", "echo started; sleep 60"],
+            "grace_s": 2,
+        }
+    )
     stack.wait_status(job["id"], "running", timeout=30)
     wait_until(lambda: log_lines(stack, job["id"]), timeout=15, what="the first log line")
     r = stack.http.post(f"/api/v1/jobs/{job['id']}/cancel")
@@ -187,8 +235,9 @@ def test_cancel_stops_the_agent_job_and_frees_its_slot(
     assert stack.wait_status(nxt["id"], timeout=30)["status"] == "succeeded"
 
 
-def test_agent_enforces_the_run_time_limit(stack: Stack, start_agent: Callable[..., AgentProc],
-                                           tag: str) -> None:
+def test_agent_enforces_the_run_time_limit(
+    stack: Stack, start_agent: Callable[..., AgentProc], tag: str
+) -> None:
     start_agent([tag])
     job = stack.submit(countdown(tag, 30, timeout_s=1))
     done = stack.wait_status(job["id"], timeout=30)
@@ -200,8 +249,8 @@ def test_agent_enforces_the_run_time_limit(stack: Stack, start_agent: Callable[.
 
 
 def test_two_agents_share_work_and_each_job_is_claimed_once(
-        stack: Stack, start_agent: Callable[..., AgentProc], tag: str,
-        stack_events: Events) -> None:
+    stack: Stack, start_agent: Callable[..., AgentProc], tag: str, stack_events: Events
+) -> None:
     agents = {start_agent([tag]).id, start_agent([tag]).id}
     jobs = [stack.submit(countdown(tag, 1)) for _ in range(4)]
     for job in jobs:
@@ -213,7 +262,8 @@ def test_two_agents_share_work_and_each_job_is_claimed_once(
 
 
 def test_a_killed_agent_loses_its_jobs_to_the_reconciler(
-        stack: Stack, start_agent: Callable[..., AgentProc], tag: str) -> None:
+    stack: Stack, start_agent: Callable[..., AgentProc], tag: str
+) -> None:
     first = start_agent([tag], capacity=2)
     retried = stack.submit(countdown(tag, 8, max_attempts=2, retry_backoff_s=0))
     once = stack.submit(countdown(tag, 8, max_attempts=1))
@@ -226,8 +276,11 @@ def test_a_killed_agent_loses_its_jobs_to_the_reconciler(
     assert back["attempt"] == 2 and "lease expired" in back["error"]
     failed = stack.wait_status(once["id"], timeout=40)
     assert failed["status"] == "failed" and "lease expired" in failed["error"]
-    wait_until(lambda: first.hostname not in _agents(stack), timeout=30,
-               what="the dead agent to leave the registry")
+    wait_until(
+        lambda: first.hostname not in _agents(stack),
+        timeout=30,
+        what="the dead agent to leave the registry",
+    )
 
     second = start_agent([tag])
     done = stack.wait_status(retried["id"], timeout=60)
@@ -235,8 +288,9 @@ def test_a_killed_agent_loses_its_jobs_to_the_reconciler(
     assert done["attempt"] == 2 and done["runner_id"] == second.id
 
 
-def test_sigterm_drains_then_unregisters(stack: Stack, start_agent: Callable[..., AgentProc],
-                                         tag: str) -> None:
+def test_sigterm_drains_then_unregisters(
+    stack: Stack, start_agent: Callable[..., AgentProc], tag: str
+) -> None:
     agent = start_agent([tag])
     job = stack.submit(countdown(tag, 3))
     stack.wait_status(job["id"], "running", timeout=30)
@@ -250,14 +304,23 @@ def test_sigterm_drains_then_unregisters(stack: Stack, start_agent: Callable[...
 # ------------------------------------------------------------------ the command line
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--executors", "fortran"], "--executors"),
-    (["--capacity", "0"], "--capacity"),
-    (["--capacity", "many"], "--capacity"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--executors", "fortran"], "--executors"),
+        (["--capacity", "0"], "--capacity"),
+        (["--capacity", "many"], "--capacity"),
+    ],
+)
 def test_bad_arguments_are_one_line_on_stderr(args: list[str], needle: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "workers.agent", *args], cwd=REPO,
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "workers.agent", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], out.stderr

@@ -12,8 +12,11 @@ from workers.builtin import BuiltinContext, JobCancelled, countdown, fibonacci, 
 
 def _ctx(cancel: threading.Event | None = None) -> tuple[BuiltinContext, list[Any]]:
     seen: list[Any] = []
-    ctx = BuiltinContext(cancel=cancel or threading.Event(),
-                         progress=lambda p, m: seen.append((p, m)), log=lambda _l: None)
+    ctx = BuiltinContext(
+        cancel=cancel or threading.Event(),
+        progress=lambda p, m: seen.append((p, m)),
+        log=lambda _l: None,
+    )
     return ctx, seen
 
 

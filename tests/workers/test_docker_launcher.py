@@ -37,13 +37,23 @@ def test_registry_names_the_docker_launcher() -> None:
     assert launcher_class("docker") is DockerLauncher
 
 
-def test_two_steps_share_the_workspace_and_report_results(launcher: DockerLauncher,
-                                                          docker_ctx) -> None:  # type: ignore[no-untyped-def]
-    ctx = docker_ctx([
-        {"name": "a", "command": ["sh", "-c", "mkdir -p out && echo alpha > out/a.txt && pwd"]},
-        {"name": "b", "command": ["sh", "-c", "echo beta > out/b.txt; echo err >&2; "
-                                              "echo \"$LAUNCHBAY_CONTEXT\""]},
-    ], artifacts=["out/*.txt"])
+def test_two_steps_share_the_workspace_and_report_results(
+    launcher: DockerLauncher, docker_ctx
+) -> None:  # type: ignore[no-untyped-def]
+    ctx = docker_ctx(
+        [
+            {"name": "a", "command": ["sh", "-c", "mkdir -p out && echo alpha > out/a.txt && pwd"]},
+            {
+                "name": "b",
+                "command": [
+                    "sh",
+                    "-c",
+                    'echo beta > out/b.txt; echo err >&2; echo "$LAUNCHBAY_CONTEXT"',
+                ],
+            },
+        ],
+        artifacts=["out/*.txt"],
+    )
     rep = RecordingReporter()
     handle = launcher.start(ctx)
     out = launcher.follow(ctx, handle, rep)
@@ -57,8 +67,10 @@ def test_two_steps_share_the_workspace_and_report_results(launcher: DockerLaunch
     assert context["job_id"] == ctx.job_id and context["workspace"] == "/workspace"
     found = dict(launcher.collect_artifacts(ctx, handle))
     assert sorted(found) == ["out/a.txt", "out/b.txt"]
-    assert hashlib.sha256(found["out/a.txt"].read_bytes()).hexdigest() == \
-        hashlib.sha256(b"alpha\n").hexdigest()
+    assert (
+        hashlib.sha256(found["out/a.txt"].read_bytes()).hexdigest()
+        == hashlib.sha256(b"alpha\n").hexdigest()
+    )
     # Files written in the container belong to the worker, so it can clean them up.
     assert found["out/b.txt"].stat().st_uid == os.getuid()
     assert len(labelled_containers(ctx.job_id)) == 2
@@ -66,14 +78,26 @@ def test_two_steps_share_the_workspace_and_report_results(launcher: DockerLaunch
     assert labelled_containers(ctx.job_id) == []
 
 
-def test_containers_are_unprivileged_limited_and_labelled(launcher: DockerLauncher,
-                                                          docker_ctx) -> None:  # type: ignore[no-untyped-def]
+def test_containers_are_unprivileged_limited_and_labelled(
+    launcher: DockerLauncher, docker_ctx
+) -> None:  # type: ignore[no-untyped-def]
     import docker
 
-    ctx = docker_ctx([{"name": "probe", "command": [
-        "sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null "
-                    "|| cat /sys/fs/cgroup/memory.max; grep CapEff /proc/self/status"]}],
-        resources={"cpu": 0.5, "memory_mb": 64}, network="none")
+    ctx = docker_ctx(
+        [
+            {
+                "name": "probe",
+                "command": [
+                    "sh",
+                    "-c",
+                    "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null "
+                    "|| cat /sys/fs/cgroup/memory.max; grep CapEff /proc/self/status",
+                ],
+            }
+        ],
+        resources={"cpu": 0.5, "memory_mb": 64},
+        network="none",
+    )
     rep = RecordingReporter()
     handle = launcher.start(ctx)
     assert launcher.follow(ctx, handle, rep).ok
@@ -93,11 +117,16 @@ def test_containers_are_unprivileged_limited_and_labelled(launcher: DockerLaunch
     launcher.cleanup(ctx, handle)
 
 
-def test_failing_step_names_the_step_and_its_exit_code(launcher: DockerLauncher,
-                                                       docker_ctx) -> None:  # type: ignore[no-untyped-def]
-    ctx = docker_ctx([{"name": "ok", "command": ["true"]},
-                      {"name": "boom", "command": ["sh", "-c", "exit 3"]},
-                      {"name": "never", "command": ["true"]}])
+def test_failing_step_names_the_step_and_its_exit_code(
+    launcher: DockerLauncher, docker_ctx
+) -> None:  # type: ignore[no-untyped-def]
+    ctx = docker_ctx(
+        [
+            {"name": "ok", "command": ["true"]},
+            {"name": "boom", "command": ["sh", "-c", "exit 3"]},
+            {"name": "never", "command": ["true"]},
+        ]
+    )
     rep = RecordingReporter()
     handle = launcher.start(ctx)
     out = launcher.follow(ctx, handle, rep)
@@ -107,10 +136,15 @@ def test_failing_step_names_the_step_and_its_exit_code(launcher: DockerLauncher,
     assert labelled_containers(ctx.job_id) == []
 
 
-def test_stop_ends_a_running_container_and_skips_later_steps(launcher: DockerLauncher,
-                                                             docker_ctx) -> None:  # type: ignore[no-untyped-def]
-    ctx = docker_ctx([{"name": "wait", "command": ["sh", "-c", "echo ready; sleep 300"]},
-                      {"name": "after", "command": ["true"]}])
+def test_stop_ends_a_running_container_and_skips_later_steps(
+    launcher: DockerLauncher, docker_ctx
+) -> None:  # type: ignore[no-untyped-def]
+    ctx = docker_ctx(
+        [
+            {"name": "wait", "command": ["sh", "-c", "echo ready; sleep 300"]},
+            {"name": "after", "command": ["true"]},
+        ]
+    )
     rep = RecordingReporter()
     handle = launcher.start(ctx)
     outcome = {}
@@ -130,10 +164,16 @@ def test_stop_ends_a_running_container_and_skips_later_steps(launcher: DockerLau
     assert labelled_containers(ctx.job_id) == []
 
 
-def test_missing_image_fails_at_once(launcher: DockerLauncher, make_ctx: MakeCtx,
-                                     remove_containers_after: list[str]) -> None:
-    ctx = make_ctx({"executor": "docker", "image": "launchbay-test-missing:nope",
-                    "steps": [{"name": "x", "command": ["true"]}]})
+def test_missing_image_fails_at_once(
+    launcher: DockerLauncher, make_ctx: MakeCtx, remove_containers_after: list[str]
+) -> None:
+    ctx = make_ctx(
+        {
+            "executor": "docker",
+            "image": "launchbay-test-missing:nope",
+            "steps": [{"name": "x", "command": ["true"]}],
+        }
+    )
     remove_containers_after.append(ctx.job_id)
     with pytest.raises(RunnerLaunchError) as err:
         launcher.start(ctx)
@@ -142,20 +182,26 @@ def test_missing_image_fails_at_once(launcher: DockerLauncher, make_ctx: MakeCtx
     assert labelled_containers(ctx.job_id) == []
 
 
-def test_unreachable_daemon_is_transient(launch_settings, make_ctx: MakeCtx,  # type: ignore[no-untyped-def]
-                                         tmp_path) -> None:
-    launcher = DockerLauncher(launch_settings,
-                              DockerConfig(base_url=f"unix://{tmp_path}/no-docker.sock"))
-    ctx = make_ctx({"executor": "docker", "image": "x",
-                    "steps": [{"name": "x", "command": ["true"]}]})
+def test_unreachable_daemon_is_transient(
+    launch_settings,
+    make_ctx: MakeCtx,  # type: ignore[no-untyped-def]
+    tmp_path,
+) -> None:
+    launcher = DockerLauncher(
+        launch_settings, DockerConfig(base_url=f"unix://{tmp_path}/no-docker.sock")
+    )
+    ctx = make_ctx(
+        {"executor": "docker", "image": "x", "steps": [{"name": "x", "command": ["true"]}]}
+    )
     with pytest.raises(RunnerLaunchError) as err:
         launcher.start(ctx)
     assert err.value.transient is True
     assert "\n" not in str(err.value)
 
 
-def test_orphans_are_containers_of_attempts_no_longer_live(launcher: DockerLauncher,
-                                                           docker_ctx, launch_settings) -> None:  # type: ignore[no-untyped-def]
+def test_orphans_are_containers_of_attempts_no_longer_live(
+    launcher: DockerLauncher, docker_ctx, launch_settings
+) -> None:  # type: ignore[no-untyped-def]
     ctx = docker_ctx([{"name": "long", "command": ["sleep", "300"]}])
     handle = launcher.start(ctx)
     assert handle not in launcher.orphans(lambda j, a: True)

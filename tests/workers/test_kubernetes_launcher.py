@@ -35,17 +35,25 @@ def fake_kube() -> Iterator[FakeKubernetes]:
 
 
 @pytest.fixture
-def launcher(launch_settings, fake_kube: FakeKubernetes,  # type: ignore[no-untyped-def]
-             tmp_path: Path) -> KubernetesLauncher:
+def launcher(
+    launch_settings,
+    fake_kube: FakeKubernetes,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> KubernetesLauncher:
     # Through a kubeconfig file, as a worker outside the cluster would connect.
     kubeconfig = fake_kube.write_kubeconfig(tmp_path / "kubeconfig")
-    return KubernetesLauncher(launch_settings,
-                              KubernetesConfig(kubeconfig=str(kubeconfig), poll_s=0.05))
+    return KubernetesLauncher(
+        launch_settings, KubernetesConfig(kubeconfig=str(kubeconfig), poll_s=0.05)
+    )
 
 
 def _spec(**extra: Any) -> dict[str, Any]:
-    return {"executor": "kubernetes", "image": "busybox:1.36",
-            "command": ["sh", "-c", "echo hello; echo ::progress 50 half"], **extra}
+    return {
+        "executor": "kubernetes",
+        "image": "busybox:1.36",
+        "command": ["sh", "-c", "echo hello; echo ::progress 50 half"],
+        **extra,
+    }
 
 
 def test_registry_names_the_kubernetes_launcher() -> None:
@@ -54,22 +62,48 @@ def test_registry_names_the_kubernetes_launcher() -> None:
 
 # ------------------------------------------------------------------ manifests
 
-@pytest.mark.parametrize("extra", [
-    {},
-    {"timeout_s": 30, "resources": {"cpu": 0.5, "memory_mb": 256}, "namespace": "batch",
-     "labels": {"team": "data", "bad label!": "x"}, "env": {"A": "1"}, "grace_s": 3},
-    {"template": {"metadata": {"annotations": {"owner": "me"}}, "spec": {
-        "backoffLimit": 6,
-        "template": {"spec": {
-            "restartPolicy": "OnFailure",
-            "nodeSelector": {"disk": "ssd"},
-            "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
-            "containers": [{"name": "job", "image": "ignored", "env": [{"name": "B",
-                                                                           "value": "2"}]}]}}}}},
-])
-def test_generated_manifests_validate_against_the_schema(launcher: KubernetesLauncher,
-                                                         make_ctx: MakeCtx,
-                                                         extra: dict[str, Any]) -> None:
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {
+            "timeout_s": 30,
+            "resources": {"cpu": 0.5, "memory_mb": 256},
+            "namespace": "batch",
+            "labels": {"team": "data", "bad label!": "x"},
+            "env": {"A": "1"},
+            "grace_s": 3,
+        },
+        {
+            "template": {
+                "metadata": {"annotations": {"owner": "me"}},
+                "spec": {
+                    "backoffLimit": 6,
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "OnFailure",
+                            "nodeSelector": {"disk": "ssd"},
+                            "tolerations": [
+                                {"key": "batch", "operator": "Exists", "effect": "NoSchedule"}
+                            ],
+                            "containers": [
+                                {
+                                    "name": "job",
+                                    "image": "ignored",
+                                    "env": [{"name": "B", "value": "2"}],
+                                }
+                            ],
+                        }
+                    },
+                },
+            }
+        },
+    ],
+)
+def test_generated_manifests_validate_against_the_schema(
+    launcher: KubernetesLauncher, make_ctx: MakeCtx, extra: dict[str, Any]
+) -> None:
     ctx = make_ctx(_spec(**extra))
     manifest = launcher.manifest(ctx)
     schema_valid(manifest)
@@ -98,29 +132,60 @@ def test_generated_manifests_validate_against_the_schema(launcher: KubernetesLau
         assert {"name": "B", "value": "2"} in container["env"]
 
 
-def test_workspace_claim_mounts_the_attempts_sub_path(launch_settings,  # type: ignore[no-untyped-def]
-                                                      make_ctx: MakeCtx) -> None:
+def test_workspace_claim_mounts_the_attempts_sub_path(
+    launch_settings,  # type: ignore[no-untyped-def]
+    make_ctx: MakeCtx,
+) -> None:
     launcher = KubernetesLauncher(launch_settings, KubernetesConfig(workspace_claim="lb-ws"))
     ctx = make_ctx(_spec())
     manifest = launcher.manifest(ctx)
     schema_valid(manifest)
     pod = manifest["spec"]["template"]["spec"]
-    assert pod["volumes"] == [{"name": "workspace",
-                               "persistentVolumeClaim": {"claimName": "lb-ws"}}]
+    assert pod["volumes"] == [
+        {"name": "workspace", "persistentVolumeClaim": {"claimName": "lb-ws"}}
+    ]
     assert pod["containers"][0]["volumeMounts"][0]["subPath"] == f"{ctx.job_id}/a1"
 
 
-@pytest.mark.parametrize("template, why", [
-    ({"spec": {"template": {"spec": {"hostNetwork": True}}}}, "hostNetwork"),
-    ({"spec": {"template": {"spec": {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}}}},
-     "hostPath"),
-    ({"spec": {"template": {"spec": {"containers": [
-        {"name": "side", "image": "x", "securityContext": {"privileged": True}}]}}}},
-     "privileged"),
-])
-def test_unsafe_templates_fail_at_once(launcher: KubernetesLauncher, make_ctx: MakeCtx,
-                                       fake_kube: FakeKubernetes, template: dict[str, Any],
-                                       why: str) -> None:
+@pytest.mark.parametrize(
+    "template, why",
+    [
+        ({"spec": {"template": {"spec": {"hostNetwork": True}}}}, "hostNetwork"),
+        (
+            {
+                "spec": {
+                    "template": {"spec": {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}}
+                }
+            },
+            "hostPath",
+        ),
+        (
+            {
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "containers": [
+                                {
+                                    "name": "side",
+                                    "image": "x",
+                                    "securityContext": {"privileged": True},
+                                }
+                            ]
+                        }
+                    }
+                }
+            },
+            "privileged",
+        ),
+    ],
+)
+def test_unsafe_templates_fail_at_once(
+    launcher: KubernetesLauncher,
+    make_ctx: MakeCtx,
+    fake_kube: FakeKubernetes,
+    template: dict[str, Any],
+    why: str,
+) -> None:
     ctx = make_ctx(_spec(template=template))
     with pytest.raises(RunnerLaunchError) as err:
         launcher.start(ctx)
@@ -129,15 +194,24 @@ def test_unsafe_templates_fail_at_once(launcher: KubernetesLauncher, make_ctx: M
 
 
 def test_validator_refuses_broken_invariants() -> None:
-    good = {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": "x", "namespace": "d"},
-            "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 1, "template": {
+    good = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "x", "namespace": "d"},
+        "spec": {
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": 1,
+            "template": {
                 "metadata": {"labels": {"launchbay.job_id": "j", "launchbay.attempt": "1"}},
-                "spec": {"restartPolicy": "Never",
-                         "containers": [{"name": "job", "image": "i"}]}}}}
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "job", "image": "i"}]},
+            },
+        },
+    }
     validate_job_manifest(good)
-    for path, value in [(("spec", "backoffLimit"), 2),
-                        (("spec", "template", "spec", "restartPolicy"), "OnFailure")]:
+    for path, value in [
+        (("spec", "backoffLimit"), 2),
+        (("spec", "template", "spec", "restartPolicy"), "OnFailure"),
+    ]:
         bad: Any = __import__("copy").deepcopy(good)
         target = bad
         for key in path[:-1]:
@@ -151,9 +225,10 @@ def test_validator_refuses_broken_invariants() -> None:
 
 # ------------------------------------------------------------------ lifecycle (fake API)
 
-def test_job_runs_to_success_and_logs_are_followed(launcher: KubernetesLauncher,
-                                                   make_ctx: MakeCtx,
-                                                   fake_kube: FakeKubernetes) -> None:
+
+def test_job_runs_to_success_and_logs_are_followed(
+    launcher: KubernetesLauncher, make_ctx: MakeCtx, fake_kube: FakeKubernetes
+) -> None:
     ctx = make_ctx(_spec())
     handle = launcher.start(ctx)
     assert handle.startswith("default/lb-")
@@ -168,19 +243,22 @@ def test_job_runs_to_success_and_logs_are_followed(launcher: KubernetesLauncher,
     assert ("POST", "/apis/batch/v1/namespaces/default/jobs") in fake_kube.requests
 
 
-def test_exit_code_of_the_pod_is_the_jobs(launcher: KubernetesLauncher,
-                                          make_ctx: MakeCtx) -> None:
+def test_exit_code_of_the_pod_is_the_jobs(launcher: KubernetesLauncher, make_ctx: MakeCtx) -> None:
     ctx = make_ctx(_spec(command=["sh", "-c", "echo bye; exit 4"]))
     rep = RecordingReporter()
     out = launcher.follow(ctx, launcher.start(ctx), rep)
     assert out.exit_code == 4 and rep.text() == ["bye"]
 
 
-def test_cancel_deletes_the_job_with_foreground_propagation(launcher: KubernetesLauncher,
-                                                            make_ctx: MakeCtx,
-                                                            fake_kube: FakeKubernetes) -> None:
-    ctx = make_ctx(_spec(command=["sh", "-c", "trap 'echo term; exit 143' TERM; echo ready; "
-                                              "sleep 300 & wait"], grace_s=5))
+def test_cancel_deletes_the_job_with_foreground_propagation(
+    launcher: KubernetesLauncher, make_ctx: MakeCtx, fake_kube: FakeKubernetes
+) -> None:
+    ctx = make_ctx(
+        _spec(
+            command=["sh", "-c", "trap 'echo term; exit 143' TERM; echo ready; sleep 300 & wait"],
+            grace_s=5,
+        )
+    )
     handle = launcher.start(ctx)
     rep = RecordingReporter()
     outcome: dict[str, Any] = {}
@@ -200,7 +278,8 @@ def test_cancel_deletes_the_job_with_foreground_propagation(launcher: Kubernetes
 
 
 def test_transient_api_errors_are_retryable_and_conflicts_are_adopted(
-        launcher: KubernetesLauncher, make_ctx: MakeCtx, fake_kube: FakeKubernetes) -> None:
+    launcher: KubernetesLauncher, make_ctx: MakeCtx, fake_kube: FakeKubernetes
+) -> None:
     ctx = make_ctx(_spec())
     fake_kube.fail_next("POST", "/jobs", 503)
     with pytest.raises(RunnerLaunchError) as err:
@@ -212,9 +291,9 @@ def test_transient_api_errors_are_retryable_and_conflicts_are_adopted(
     assert launcher.follow(ctx, handle, RecordingReporter()).ok
 
 
-def test_invalid_manifest_rejected_by_the_api_is_permanent(launcher: KubernetesLauncher,
-                                                           make_ctx: MakeCtx,
-                                                           fake_kube: FakeKubernetes) -> None:
+def test_invalid_manifest_rejected_by_the_api_is_permanent(
+    launcher: KubernetesLauncher, make_ctx: MakeCtx, fake_kube: FakeKubernetes
+) -> None:
     fake_kube.fail_next("POST", "/jobs", 422)
     with pytest.raises(RunnerLaunchError) as err:
         launcher.start(make_ctx(_spec()))
@@ -224,34 +303,36 @@ def test_invalid_manifest_rejected_by_the_api_is_permanent(launcher: KubernetesL
 def test_unreachable_api_is_transient(launch_settings, make_ctx: MakeCtx) -> None:  # type: ignore[no-untyped-def]
     from orchestrator.services import free_port
 
-    launcher = KubernetesLauncher(launch_settings,
-                                  KubernetesConfig(host=f"http://127.0.0.1:{free_port()}"))
+    launcher = KubernetesLauncher(
+        launch_settings, KubernetesConfig(host=f"http://127.0.0.1:{free_port()}")
+    )
     launcher.apis()[0].api_client.configuration.retries = 0
     with pytest.raises(RunnerLaunchError) as err:
         launcher.start(make_ctx(_spec()))
     assert err.value.transient is True and "\n" not in str(err.value)
 
 
-def test_image_that_cannot_be_pulled_fails_the_job(launcher: KubernetesLauncher,
-                                                   make_ctx: MakeCtx,
-                                                   fake_kube: FakeKubernetes) -> None:
+def test_image_that_cannot_be_pulled_fails_the_job(
+    launcher: KubernetesLauncher, make_ctx: MakeCtx, fake_kube: FakeKubernetes
+) -> None:
     fake_kube.missing_images.add("nope:1")
     ctx = make_ctx(_spec(image="nope:1"))
     out = launcher.follow(ctx, launcher.start(ctx), RecordingReporter())
     assert out.error is not None and "ErrImagePull" in out.error
 
 
-def test_deadline_ends_the_job(launcher: KubernetesLauncher, make_ctx: MakeCtx,
-                               launch_settings) -> None:  # type: ignore[no-untyped-def]
+def test_deadline_ends_the_job(
+    launcher: KubernetesLauncher, make_ctx: MakeCtx, launch_settings
+) -> None:  # type: ignore[no-untyped-def]
     launcher.config.deadline_margin_s = 0
     ctx = make_ctx(_spec(command=["sleep", "300"], timeout_s=1, grace_s=1))
     out = launcher.follow(ctx, launcher.start(ctx), RecordingReporter())
     assert out.error is not None and "DeadlineExceeded" in out.error
 
 
-def test_orphans_are_running_jobs_of_attempts_no_longer_live(launcher: KubernetesLauncher,
-                                                             make_ctx: MakeCtx,
-                                                             fake_kube: FakeKubernetes) -> None:
+def test_orphans_are_running_jobs_of_attempts_no_longer_live(
+    launcher: KubernetesLauncher, make_ctx: MakeCtx, fake_kube: FakeKubernetes
+) -> None:
     ctx = make_ctx(_spec(command=["sleep", "300"]))
     handle = launcher.start(ctx)
     assert launcher.orphans(lambda j, a: True) == []
@@ -261,9 +342,11 @@ def test_orphans_are_running_jobs_of_attempts_no_longer_live(launcher: Kubernete
     assert fake_kube.running_processes() == []
 
 
-def test_worker_reads_launcher_config_from_the_environment(launch_settings,  # type: ignore[no-untyped-def]
-                                                           make_ctx: MakeCtx,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_reads_launcher_config_from_the_environment(
+    launch_settings,  # type: ignore[no-untyped-def]
+    make_ctx: MakeCtx,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from workers.launchers import LauncherSet
 
     monkeypatch.setenv("LAUNCHBAY_KUBE_TTL_SECONDS_AFTER_FINISHED", "60")
@@ -304,16 +387,24 @@ def test_a_host_without_docker_or_kubernetes_runs_the_rest(tmp_path: Path) -> No
         "    assert not e.transient and 'not installed' in str(e), e\n"
         "    print('docker refused:', e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120, cwd=Path(__file__).parents[2], check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
-    assert "docker refused: docker launcher failed on launch attempt 1: the 'docker' " \
-           "package is not installed" in out.stdout
+    assert (
+        "docker refused: docker launcher failed on launch attempt 1: the 'docker' "
+        "package is not installed" in out.stdout
+    )
 
 
-def test_artifacts_without_a_shared_workspace_fail_at_once(launcher: KubernetesLauncher,
-                                                           make_ctx: MakeCtx,
-                                                           fake_kube: FakeKubernetes) -> None:
+def test_artifacts_without_a_shared_workspace_fail_at_once(
+    launcher: KubernetesLauncher, make_ctx: MakeCtx, fake_kube: FakeKubernetes
+) -> None:
     with pytest.raises(RunnerLaunchError, match="WORKSPACE_CLAIM") as err:
         launcher.start(make_ctx(_spec(artifacts=["out/*"])))
     assert err.value.transient is False and fake_kube.jobs == {}

@@ -31,15 +31,17 @@ def fake_kube() -> Iterator[FakeKubernetes]:
 
 
 @pytest.fixture
-def runner(settings: Settings, store: JobStore, events: Events, fake_kube: FakeKubernetes,
-           tmp_path: Path) -> AttemptRunner:
+def runner(
+    settings: Settings, store: JobStore, events: Events, fake_kube: FakeKubernetes, tmp_path: Path
+) -> AttemptRunner:
     settings = settings.model_copy(update={"launch_backoff_s": 0.05})
     dispatcher = Dispatcher(settings, store, events, make_celery(settings))
     launchers = LauncherSet(settings)
     kubeconfig = fake_kube.write_kubeconfig(tmp_path / "kubeconfig")
     # The set makes launchers with default configs; this one points at the fake API.
     launchers._made["kubernetes"] = KubernetesLauncher(
-        settings, KubernetesConfig(kubeconfig=str(kubeconfig), poll_s=0.05))
+        settings, KubernetesConfig(kubeconfig=str(kubeconfig), poll_s=0.05)
+    )
     return AttemptRunner(dispatcher, launchers, "runner-0123456789ab")
 
 
@@ -52,9 +54,9 @@ def _submit(store: JobStore, **extra: Any) -> str:
     return store.create(spec).id
 
 
-def test_transient_errors_are_retried_until_the_launch_works(runner: AttemptRunner,
-                                                             store: JobStore,
-                                                             fake_kube: FakeKubernetes) -> None:
+def test_transient_errors_are_retried_until_the_launch_works(
+    runner: AttemptRunner, store: JobStore, fake_kube: FakeKubernetes
+) -> None:
     fake_kube.fail_next("POST", "/jobs", 503, times=2)
     job_id = _submit(store)
     assert runner.run(job_id) == "succeeded"
@@ -63,7 +65,8 @@ def test_transient_errors_are_retried_until_the_launch_works(runner: AttemptRunn
 
 
 def test_three_transient_failures_fail_the_job_with_one_readable_line(
-        runner: AttemptRunner, store: JobStore, fake_kube: FakeKubernetes) -> None:
+    runner: AttemptRunner, store: JobStore, fake_kube: FakeKubernetes
+) -> None:
     fake_kube.fail_next("POST", "/jobs", 503, times=3)
     job_id = _submit(store, max_attempts=3)
     assert runner.run(job_id) == "failed"
@@ -75,20 +78,24 @@ def test_three_transient_failures_fail_the_job_with_one_readable_line(
     assert "503" in job.error
 
 
-def test_permanent_errors_fail_at_once(runner: AttemptRunner, store: JobStore,
-                                       fake_kube: FakeKubernetes) -> None:
+def test_permanent_errors_fail_at_once(
+    runner: AttemptRunner, store: JobStore, fake_kube: FakeKubernetes
+) -> None:
     fake_kube.fail_next("POST", "/jobs", 422, times=3)
     job_id = _submit(store)
     assert runner.run(job_id) == "failed"
     assert _create_posts(fake_kube) == 1
     assert store.get(job_id).error.startswith(  # type: ignore[union-attr]
-        "kubernetes launcher failed on launch attempt 1: ")
+        "kubernetes launcher failed on launch attempt 1: "
+    )
 
 
-def test_kubernetes_job_runs_through_the_runner(runner: AttemptRunner, store: JobStore,
-                                                fake_kube: FakeKubernetes) -> None:
-    job_id = _submit(store, command=["sh", "-c", "echo '::progress 50 half'; "
-                                                 "echo '::result [1, 2]'; exit 0"])
+def test_kubernetes_job_runs_through_the_runner(
+    runner: AttemptRunner, store: JobStore, fake_kube: FakeKubernetes
+) -> None:
+    job_id = _submit(
+        store, command=["sh", "-c", "echo '::progress 50 half'; echo '::result [1, 2]'; exit 0"]
+    )
     assert runner.run(job_id) == "succeeded"
     job = store.get(job_id)
     assert job.progress.percent == 50 and job.progress.message == "half"
@@ -96,9 +103,9 @@ def test_kubernetes_job_runs_through_the_runner(runner: AttemptRunner, store: Jo
     assert ("default", f"lb-{job_id}-a1", "Background") in fake_kube.deletions
 
 
-def test_cancel_deletes_the_kubernetes_job_in_the_foreground(runner: AttemptRunner,
-                                                             store: JobStore,
-                                                             fake_kube: FakeKubernetes) -> None:
+def test_cancel_deletes_the_kubernetes_job_in_the_foreground(
+    runner: AttemptRunner, store: JobStore, fake_kube: FakeKubernetes
+) -> None:
     import threading
 
     from tests.support import wait_until
@@ -116,18 +123,22 @@ def test_cancel_deletes_the_kubernetes_job_in_the_foreground(runner: AttemptRunn
     assert store.get(job_id).status == "cancelled"
 
 
-def test_unreachable_docker_daemon_is_retried_then_fails(settings: Settings, store: JobStore,
-                                                         events: Events, tmp_path: Path) -> None:
+def test_unreachable_docker_daemon_is_retried_then_fails(
+    settings: Settings, store: JobStore, events: Events, tmp_path: Path
+) -> None:
     from workers.launchers.docker import DockerConfig, DockerLauncher
 
     settings = settings.model_copy(update={"launch_backoff_s": 0.05})
     launchers = LauncherSet(settings)
     launchers._made["docker"] = DockerLauncher(
-        settings, DockerConfig(base_url=f"unix://{tmp_path}/no-docker.sock"))
-    runner = AttemptRunner(Dispatcher(settings, store, events, make_celery(settings)),
-                           launchers, "runner-0123456789ab")
-    job_id = store.create({"executor": "docker", "image": "busybox",
-                           "steps": [{"name": "s", "command": ["true"]}]}).id
+        settings, DockerConfig(base_url=f"unix://{tmp_path}/no-docker.sock")
+    )
+    runner = AttemptRunner(
+        Dispatcher(settings, store, events, make_celery(settings)), launchers, "runner-0123456789ab"
+    )
+    job_id = store.create(
+        {"executor": "docker", "image": "busybox", "steps": [{"name": "s", "command": ["true"]}]}
+    ).id
     assert runner.run(job_id) == "failed"
     error = store.get(job_id).error or ""
     assert error.startswith("docker launcher failed on launch attempt 3: ")

@@ -30,8 +30,9 @@ def test_registry_names_the_process_launcher() -> None:
     assert launcher_class("process") is ProcessLauncher
 
 
-def test_command_runs_without_a_shell_in_the_workspace(launcher: ProcessLauncher,
-                                                        make_ctx: MakeCtx) -> None:
+def test_command_runs_without_a_shell_in_the_workspace(
+    launcher: ProcessLauncher, make_ctx: MakeCtx
+) -> None:
     # A shell would expand $HOME and the glob; an argv list passes them through as is.
     ctx = make_ctx({"executor": "process", "command": ["echo", "$HOME", "*"]})
     rep = RecordingReporter()
@@ -40,14 +41,23 @@ def test_command_runs_without_a_shell_in_the_workspace(launcher: ProcessLauncher
     assert rep.text("stdout") == ["$HOME *"]
 
 
-def test_context_reaches_the_job_and_secrets_do_not(launcher: ProcessLauncher,
-                                                    make_ctx: MakeCtx,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_context_reaches_the_job_and_secrets_do_not(
+    launcher: ProcessLauncher, make_ctx: MakeCtx, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LAUNCHBAY_TOKEN", "s3cret")
-    ctx = make_ctx({"executor": "process", "env": {"GREETING": "hi"},
-                    "command": ["sh", "-c", 'echo "$LAUNCHBAY_CONTEXT"; '
-                                'echo "$LAUNCHBAY_JOB_ID $LAUNCHBAY_ATTEMPT $GREETING"; '
-                                'echo "token=${LAUNCHBAY_TOKEN:-none}"; pwd']})
+    ctx = make_ctx(
+        {
+            "executor": "process",
+            "env": {"GREETING": "hi"},
+            "command": [
+                "sh",
+                "-c",
+                'echo "$LAUNCHBAY_CONTEXT"; '
+                'echo "$LAUNCHBAY_JOB_ID $LAUNCHBAY_ATTEMPT $GREETING"; '
+                'echo "token=${LAUNCHBAY_TOKEN:-none}"; pwd',
+            ],
+        }
+    )
     rep = RecordingReporter()
     assert launcher.follow(ctx, launcher.start(ctx), rep).ok
     context_line, ids, token, cwd = rep.text("stdout")
@@ -61,8 +71,12 @@ def test_context_reaches_the_job_and_secrets_do_not(launcher: ProcessLauncher,
 
 
 def test_stdout_and_stderr_are_kept_apart(launcher: ProcessLauncher, make_ctx: MakeCtx) -> None:
-    ctx = make_ctx({"executor": "process",
-                    "command": ["sh", "-c", "echo out; echo err >&2; printf 'no newline'"]})
+    ctx = make_ctx(
+        {
+            "executor": "process",
+            "command": ["sh", "-c", "echo out; echo err >&2; printf 'no newline'"],
+        }
+    )
     rep = RecordingReporter()
     launcher.follow(ctx, launcher.start(ctx), rep)
     assert rep.text("stdout") == ["out", "no newline"]
@@ -75,13 +89,19 @@ def test_nonzero_exit_code_is_reported(launcher: ProcessLauncher, make_ctx: Make
     assert out.exit_code == 7 and not out.ok
 
 
-def test_steps_run_in_order_and_a_failing_step_stops_the_job(launcher: ProcessLauncher,
-                                                             make_ctx: MakeCtx) -> None:
-    ctx = make_ctx({"executor": "process", "steps": [
-        {"name": "write", "command": ["sh", "-c", "echo one > a.txt"]},
-        {"name": "check", "command": ["sh", "-c", "grep -q one a.txt && exit 3"]},
-        {"name": "never", "command": ["touch", "never.txt"]},
-    ]})
+def test_steps_run_in_order_and_a_failing_step_stops_the_job(
+    launcher: ProcessLauncher, make_ctx: MakeCtx
+) -> None:
+    ctx = make_ctx(
+        {
+            "executor": "process",
+            "steps": [
+                {"name": "write", "command": ["sh", "-c", "echo one > a.txt"]},
+                {"name": "check", "command": ["sh", "-c", "grep -q one a.txt && exit 3"]},
+                {"name": "never", "command": ["touch", "never.txt"]},
+            ],
+        }
+    )
     rep = RecordingReporter()
     out = launcher.follow(ctx, launcher.start(ctx), rep)
     steps = rep.final_steps()
@@ -93,8 +113,9 @@ def test_steps_run_in_order_and_a_failing_step_stops_the_job(launcher: ProcessLa
     assert out.resource_usage and out.resource_usage["max_rss_kb"] > 0
 
 
-def test_missing_program_is_a_permanent_launch_error(launcher: ProcessLauncher,
-                                                     make_ctx: MakeCtx) -> None:
+def test_missing_program_is_a_permanent_launch_error(
+    launcher: ProcessLauncher, make_ctx: MakeCtx
+) -> None:
     ctx = make_ctx({"executor": "process", "command": ["/no/such/program"]})
     with pytest.raises(RunnerLaunchError) as err:
         launcher.start(ctx)
@@ -102,12 +123,20 @@ def test_missing_program_is_a_permanent_launch_error(launcher: ProcessLauncher,
     assert "No such file or directory" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_stop_terminates_the_group_within_the_grace(launcher: ProcessLauncher,
-                                                    make_ctx: MakeCtx) -> None:
+def test_stop_terminates_the_group_within_the_grace(
+    launcher: ProcessLauncher, make_ctx: MakeCtx
+) -> None:
     # The shell traps TERM and says so: the grace period lets it react before the kill.
-    ctx = make_ctx({"executor": "process", "command": [
-        "sh", "-c", "trap 'echo got TERM; exit 5' TERM; echo ready; "
-                    "sleep 300 & wait"]})
+    ctx = make_ctx(
+        {
+            "executor": "process",
+            "command": [
+                "sh",
+                "-c",
+                "trap 'echo got TERM; exit 5' TERM; echo ready; sleep 300 & wait",
+            ],
+        }
+    )
     rep = RecordingReporter()
     handle = launcher.start(ctx)
     result = {}
@@ -124,8 +153,12 @@ def test_stop_terminates_the_group_within_the_grace(launcher: ProcessLauncher,
 
 
 def test_stop_kills_what_ignores_sigterm(launcher: ProcessLauncher, make_ctx: MakeCtx) -> None:
-    ctx = make_ctx({"executor": "process", "command": [
-        "sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"]})
+    ctx = make_ctx(
+        {
+            "executor": "process",
+            "command": ["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"],
+        }
+    )
     rep = RecordingReporter()
     handle = launcher.start(ctx)
     done = threading.Event()
@@ -147,26 +180,41 @@ def test_stop_kills_what_ignores_sigterm(launcher: ProcessLauncher, make_ctx: Ma
     assert _job_pids(ctx.job_id) == []
 
 
-def test_escaped_processes_die_with_the_job(launcher: ProcessLauncher, make_ctx: MakeCtx,
-                                            tmp_path: Path) -> None:
+def test_escaped_processes_die_with_the_job(
+    launcher: ProcessLauncher, make_ctx: MakeCtx, tmp_path: Path
+) -> None:
     # setsid leaves the process group; the launcher still finds it by its job id.
     pidfile = tmp_path / "escaped.pid"
-    ctx = make_ctx({"executor": "process", "command": [
-        "sh", "-c", f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' "
-                    "</dev/null >/dev/null 2>&1 & "
-                    f"while [ ! -s {pidfile} ]; do :; done; echo started"]})
+    ctx = make_ctx(
+        {
+            "executor": "process",
+            "command": [
+                "sh",
+                "-c",
+                f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' "
+                "</dev/null >/dev/null 2>&1 & "
+                f"while [ ! -s {pidfile} ]; do :; done; echo started",
+            ],
+        }
+    )
     rep = RecordingReporter()
     out = launcher.follow(ctx, launcher.start(ctx), rep)
     assert out.exit_code == 0 and rep.text("stdout") == ["started"]
     pid = int(pidfile.read_text())
-    wait_until(lambda: not Path(f"/proc/{pid}").exists()
-               or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
-               timeout=10, what="the escaped process to die")
+    wait_until(
+        lambda: (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        ),
+        timeout=10,
+        what="the escaped process to die",
+    )
     assert _job_pids(ctx.job_id) == []
 
 
-def test_orphans_are_processes_of_attempts_no_longer_live(launcher: ProcessLauncher,
-                                                          make_ctx: MakeCtx) -> None:
+def test_orphans_are_processes_of_attempts_no_longer_live(
+    launcher: ProcessLauncher, make_ctx: MakeCtx
+) -> None:
     ctx = make_ctx({"executor": "process", "command": ["sleep", "300"]})
     handle = launcher.start(ctx)
     try:
@@ -182,23 +230,29 @@ def test_orphans_are_processes_of_attempts_no_longer_live(launcher: ProcessLaunc
     assert _job_pids(ctx.job_id) == []
 
 
-def test_relative_workdir_is_inside_the_workspace(launcher: ProcessLauncher,
-                                                  make_ctx: MakeCtx) -> None:
+def test_relative_workdir_is_inside_the_workspace(
+    launcher: ProcessLauncher, make_ctx: MakeCtx
+) -> None:
     ctx = make_ctx({"executor": "process", "workdir": "sub", "command": ["pwd"]})
     rep = RecordingReporter()
     assert launcher.follow(ctx, launcher.start(ctx), rep).ok
     assert Path(rep.text()[0]).resolve() == (ctx.workspace / "sub").resolve()
 
 
-def test_worker_env_is_inherited_without_launchbay_settings(launcher: ProcessLauncher,
-                                                            make_ctx: MakeCtx) -> None:
+def test_worker_env_is_inherited_without_launchbay_settings(
+    launcher: ProcessLauncher, make_ctx: MakeCtx
+) -> None:
     ctx = make_ctx({"executor": "process", "command": ["env"]})
     rep = RecordingReporter()
     assert launcher.follow(ctx, launcher.start(ctx), rep).ok
     names = {line.split("=", 1)[0] for line in rep.text()}
     assert f"PATH={os.environ['PATH']}" in rep.text()
     assert {n for n in names if n.startswith("LAUNCHBAY_")} == {
-        "LAUNCHBAY_CONTEXT", "LAUNCHBAY_JOB_ID", "LAUNCHBAY_ATTEMPT", "LAUNCHBAY_WORKSPACE"}
+        "LAUNCHBAY_CONTEXT",
+        "LAUNCHBAY_JOB_ID",
+        "LAUNCHBAY_ATTEMPT",
+        "LAUNCHBAY_WORKSPACE",
+    }
 
 
 def test_a_killed_worker_takes_its_jobs_with_it(make_ctx: MakeCtx, tmp_path: Path) -> None:
@@ -222,16 +276,22 @@ def test_a_killed_worker_takes_its_jobs_with_it(make_ctx: MakeCtx, tmp_path: Pat
         "print(ProcessLauncher(s).start(c), flush=True)\n"
         "sys.stdin.read()\n"
     )
-    worker = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    worker = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
     try:
         assert worker.stdout is not None
         pid = int(worker.stdout.readline())
         assert _job_pids(ctx.job_id) == [pid]
         worker.send_signal(signal.SIGKILL)
         worker.wait(30)
-        wait_until(lambda: _job_pids(ctx.job_id) == [], timeout=10,
-                   what="the job to die with its worker")
+        wait_until(
+            lambda: _job_pids(ctx.job_id) == [], timeout=10, what="the job to die with its worker"
+        )
     finally:
         worker.kill()
         launcher = ProcessLauncher(ctx.settings)

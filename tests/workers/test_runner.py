@@ -8,17 +8,30 @@ from tests.support import Stack
 def test_coalesced_progress_still_delivers_the_last_update(stack: Stack) -> None:
     # Three updates within a few milliseconds: the runner coalesces them, but the last
     # one must still be what the job shows at the end.
-    job = stack.submit({"executor": "process", "command": [
-        "sh", "-c", "echo '::progress 33 one'; echo '::progress 66 two'; "
-                    "echo '::progress 99 three'"]})
+    job = stack.submit(
+        {
+            "executor": "process",
+            "command": [
+                "sh",
+                "-c",
+                "echo '::progress 33 one'; echo '::progress 66 two'; echo '::progress 99 three'",
+            ],
+        }
+    )
     done = stack.wait_status(job["id"], timeout=30)
     assert done["status"] == "succeeded"
     assert done["progress"] == {"percent": 99.0, "message": "three"}
 
 
 def test_failed_attempt_is_retried_up_to_max_attempts(stack: Stack) -> None:
-    job = stack.submit({"executor": "process", "max_attempts": 2, "retry_backoff_s": 0,
-                        "command": ["sh", "-c", "echo attempt $LAUNCHBAY_ATTEMPT; exit 4"]})
+    job = stack.submit(
+        {
+            "executor": "process",
+            "max_attempts": 2,
+            "retry_backoff_s": 0,
+            "command": ["sh", "-c", "echo attempt $LAUNCHBAY_ATTEMPT; exit 4"],
+        }
+    )
     done = stack.wait_status(job["id"], timeout=30)
     assert done["status"] == "failed"
     assert done["attempt"] == 2 and done["exit_code"] == 4
@@ -28,7 +41,13 @@ def test_failed_attempt_is_retried_up_to_max_attempts(stack: Stack) -> None:
 
 def test_retry_that_succeeds_ends_succeeded(stack: Stack) -> None:
     # Fails on attempt 1, succeeds on attempt 2.
-    job = stack.submit({"executor": "process", "max_attempts": 3, "retry_backoff_s": 0,
-                        "command": ["sh", "-c", "test $LAUNCHBAY_ATTEMPT -ge 2"]})
+    job = stack.submit(
+        {
+            "executor": "process",
+            "max_attempts": 3,
+            "retry_backoff_s": 0,
+            "command": ["sh", "-c", "test $LAUNCHBAY_ATTEMPT -ge 2"],
+        }
+    )
     done = stack.wait_status(job["id"], timeout=30)
     assert done["status"] == "succeeded" and done["attempt"] == 2

@@ -20,8 +20,9 @@ LABEL_CLEANUP = "launchbay.cleanup"
 WORKDIR = "/workspace"
 
 
-def container_kwargs(ctx: LaunchContext, index: int, step: Step, cfg: Any,
-                     instance: str) -> dict[str, Any]:
+def container_kwargs(
+    ctx: LaunchContext, index: int, step: Step, cfg: Any, instance: str
+) -> dict[str, Any]:
     """``containers.create`` arguments for one step: unprivileged, limited, labelled."""
     spec = ctx.spec
     ws = str(ctx.workspace)

@@ -25,8 +25,10 @@ LABEL_INSTANCE = "launchbay.instance"
 LABEL_CLEANUP = "launchbay.cleanup"
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_LABEL_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-                         r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_NAME = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
 _HOST_FIELDS = ("hostNetwork", "hostPID", "hostIPC")
 
 
@@ -39,19 +41,34 @@ def job_name(job_id: str, attempt: int) -> str:
     return f"lb-{job_id.lower()[:40]}-a{attempt}"
 
 
-def build_job_manifest(ctx: LaunchContext, *, namespace: str, instance: str,
-                       ttl_s: int, deadline_margin_s: int = 10,
-                       service_account: str | None = None,
-                       image_pull_policy: str | None = None,
-                       workspace_claim: str | None = None,
-                       workspace_sub_path: str | None = None) -> dict[str, Any]:
+def build_job_manifest(
+    ctx: LaunchContext,
+    *,
+    namespace: str,
+    instance: str,
+    ttl_s: int,
+    deadline_margin_s: int = 10,
+    service_account: str | None = None,
+    image_pull_policy: str | None = None,
+    workspace_claim: str | None = None,
+    workspace_sub_path: str | None = None,
+) -> dict[str, Any]:
     """The Job for one attempt, with the user's template merged under it and checked."""
     spec = ctx.spec
-    labels = {LABEL_JOB: ctx.job_id, LABEL_ATTEMPT: str(ctx.attempt),
-              LABEL_INSTANCE: instance, LABEL_CLEANUP: spec.cleanup}
-    user_labels = {k: v for k, v in spec.labels.items()
-                   if _LABEL_NAME.match(k) and len(v) <= 63 and _LABEL_VALUE.match(v)
-                   and not k.startswith("launchbay.")}
+    labels = {
+        LABEL_JOB: ctx.job_id,
+        LABEL_ATTEMPT: str(ctx.attempt),
+        LABEL_INSTANCE: instance,
+        LABEL_CLEANUP: spec.cleanup,
+    }
+    user_labels = {
+        k: v
+        for k, v in spec.labels.items()
+        if _LABEL_NAME.match(k)
+        and len(v) <= 63
+        and _LABEL_VALUE.match(v)
+        and not k.startswith("launchbay.")
+    }
     env = ctx.env(workspace=WORKDIR)
     context = json.loads(env["LAUNCHBAY_CONTEXT"])
     context["workspace"] = WORKDIR
@@ -148,27 +165,38 @@ def _resources(res: Any) -> dict[str, Any]:
 
 def validate_job_manifest(manifest: dict[str, Any], *, timeout_s: float | None = None) -> None:
     """Raise ManifestError unless the Job holds every invariant the launcher needs."""
+
     def need(ok: bool, what: str) -> None:
         if not ok:
             raise ManifestError(f"invalid Job manifest: {what}")
 
-    need(manifest.get("apiVersion") == "batch/v1" and manifest.get("kind") == "Job",
-         "must be a batch/v1 Job")
+    need(
+        manifest.get("apiVersion") == "batch/v1" and manifest.get("kind") == "Job",
+        "must be a batch/v1 Job",
+    )
     meta = manifest.get("metadata") or {}
-    need(bool(meta.get("name")) and bool(meta.get("namespace")), "metadata needs name and "
-         "namespace")
+    need(
+        bool(meta.get("name")) and bool(meta.get("namespace")), "metadata needs name and namespace"
+    )
     spec = manifest.get("spec") or {}
     need(spec.get("backoffLimit") == 0, "spec.backoffLimit must be 0")
-    need(isinstance(spec.get("ttlSecondsAfterFinished"), int)
-         and spec["ttlSecondsAfterFinished"] >= 0, "spec.ttlSecondsAfterFinished must be set")
+    need(
+        isinstance(spec.get("ttlSecondsAfterFinished"), int)
+        and spec["ttlSecondsAfterFinished"] >= 0,
+        "spec.ttlSecondsAfterFinished must be set",
+    )
     if timeout_s:
-        need(isinstance(spec.get("activeDeadlineSeconds"), int)
-             and spec["activeDeadlineSeconds"] >= timeout_s,
-             "spec.activeDeadlineSeconds must cover timeout_s")
+        need(
+            isinstance(spec.get("activeDeadlineSeconds"), int)
+            and spec["activeDeadlineSeconds"] >= timeout_s,
+            "spec.activeDeadlineSeconds must cover timeout_s",
+        )
     template = spec.get("template") or {}
     labels = (template.get("metadata") or {}).get("labels") or {}
-    need(LABEL_JOB in labels and LABEL_ATTEMPT in labels, "pod template must carry the "
-         "launchbay.job_id and launchbay.attempt labels")
+    need(
+        LABEL_JOB in labels and LABEL_ATTEMPT in labels,
+        "pod template must carry the launchbay.job_id and launchbay.attempt labels",
+    )
     pod = template.get("spec") or {}
     need(pod.get("restartPolicy") == "Never", "spec.template.spec.restartPolicy must be Never")
     for f in _HOST_FIELDS:
@@ -176,10 +204,14 @@ def validate_job_manifest(manifest: dict[str, Any], *, timeout_s: float | None =
     for vol in pod.get("volumes") or []:
         need("hostPath" not in vol, f"hostPath volume {vol.get('name')!r} is not allowed")
     containers = list(pod.get("containers") or []) + list(pod.get("initContainers") or [])
-    need(any(c.get("name") == CONTAINER for c in pod.get("containers") or []),
-         f"a container named {CONTAINER!r} must run the job")
+    need(
+        any(c.get("name") == CONTAINER for c in pod.get("containers") or []),
+        f"a container named {CONTAINER!r} must run the job",
+    )
     for c in containers:
         sc = c.get("securityContext") or {}
         need(not sc.get("privileged"), f"container {c.get('name')!r} must not be privileged")
-        need(not (sc.get("capabilities") or {}).get("add"),
-             f"container {c.get('name')!r} must not add capabilities")
+        need(
+            not (sc.get("capabilities") or {}).get("add"),
+            f"container {c.get('name')!r} must not add capabilities",
+        )

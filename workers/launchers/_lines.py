@@ -25,7 +25,7 @@ class LineSplitter:
             nl = self._buf.find(b"\n")
             if nl < 0:
                 break
-            line, self._buf = self._buf[:nl], self._buf[nl + 1:]
+            line, self._buf = self._buf[:nl], self._buf[nl + 1 :]
             self._emit(_decode(line))
         if len(self._buf) > MAX_LINE_BYTES:
             line, self._buf = self._buf[:MAX_LINE_BYTES], self._buf[MAX_LINE_BYTES:]

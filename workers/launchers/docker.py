@@ -61,7 +61,7 @@ class DockerConfig(BaseSettings):
     user: str | None = Field(
         default=None,
         description="uid:gid inside containers; the worker's own ids if unset, so files "
-                    "a job writes in the workspace stay the worker's.",
+        "a job writes in the workspace stay the worker's.",
     )
     pids_limit: int = Field(default=512, ge=16, description="Processes per container.")
     init: bool = Field(default=True, description="Run docker-init as PID 1 (forwards signals).")
@@ -69,12 +69,13 @@ class DockerConfig(BaseSettings):
     host_workspaces_dir: str | None = Field(
         default=None,
         description="Where the engine sees the workers' workspaces folder, when the "
-                    "worker itself runs in a container (compose).",
+        "worker itself runs in a container (compose).",
     )
     keep_finished_s: float = Field(
-        default=24 * 3600, ge=0,
+        default=24 * 3600,
+        ge=0,
         description="How long the orphan sweep spares stopped containers of jobs whose "
-                    "cleanup policy keeps them.",
+        "cleanup policy keeps them.",
     )
 
 
@@ -112,11 +113,16 @@ class DockerLauncher(Launcher):
                 try:
                     import docker
                 except ImportError as exc:
-                    raise RunnerLaunchError(self.name, 1, "the 'docker' package is not "
-                                            "installed (pip install 'launchbay[docker]')") from exc
+                    raise RunnerLaunchError(
+                        self.name,
+                        1,
+                        "the 'docker' package is not installed (pip install 'launchbay[docker]')",
+                    ) from exc
 
-                kw: dict[str, Any] = {"timeout": int(self.config.api_timeout_s),
-                                      "max_pool_size": 64}
+                kw: dict[str, Any] = {
+                    "timeout": int(self.config.api_timeout_s),
+                    "max_pool_size": 64,
+                }
                 if self.config.base_url:
                     c = docker.DockerClient(base_url=self.config.base_url, **kw)
                 else:
@@ -157,15 +163,21 @@ class DockerLauncher(Launcher):
                 return
             except docker.errors.ImageNotFound:
                 if policy == "never":
-                    raise RunnerLaunchError(self.name, 1, f"image {image!r} is not present "
-                                            "and the pull policy is 'never'") from None
+                    raise RunnerLaunchError(
+                        self.name,
+                        1,
+                        f"image {image!r} is not present and the pull policy is 'never'",
+                    ) from None
         try:
             repo, tag = _split_image(image)
             images.pull(repo, tag=tag)
         except docker.errors.APIError as exc:
             if exc.status_code == 404 or _MISSING_IMAGE.search(str(exc.explanation or exc)):
-                raise RunnerLaunchError(self.name, 1, f"image {image!r} not found: "
-                                        f"{one_line(str(exc.explanation or exc))}") from exc
+                raise RunnerLaunchError(
+                    self.name,
+                    1,
+                    f"image {image!r} not found: {one_line(str(exc.explanation or exc))}",
+                ) from exc
             raise
 
     def _start_step(self, run: _Run, index: int, step: Step) -> str:
@@ -202,39 +214,53 @@ class DockerLauncher(Launcher):
                             self._start_step(run, i, step)
                         except Exception as exc:
                             now = utcnow()
-                            reporter.step(StepResult(name=step.name, started_at=now,
-                                                     finished_at=now))
-                            return Outcome(error=f"step {step.name!r} could not start: "
-                                                 f"{one_line(exc)}")
+                            reporter.step(
+                                StepResult(name=step.name, started_at=now, finished_at=now)
+                            )
+                            return Outcome(
+                                error=f"step {step.name!r} could not start: {one_line(exc)}"
+                            )
                     cid = run.current
                 assert cid is not None
                 code, started, finished = self._follow_container(cid, reporter, step.name)
-                reporter.step(StepResult(name=step.name, exit_code=code,
-                                         started_at=started, finished_at=finished))
+                reporter.step(
+                    StepResult(
+                        name=step.name, exit_code=code, started_at=started, finished_at=finished
+                    )
+                )
                 if code != 0:
-                    return Outcome(exit_code=code,
-                                   error=f"step {step.name!r} exited with code {code}")
+                    return Outcome(
+                        exit_code=code, error=f"step {step.name!r} exited with code {code}"
+                    )
             return Outcome(exit_code=0)
         finally:
             with self._lock:
                 self._runs.pop(handle, None)
 
-    def _follow_container(self, cid: str, reporter: Reporter,
-                          step: str) -> tuple[int | None, datetime, datetime]:
+    def _follow_container(
+        self, cid: str, reporter: Reporter, step: str
+    ) -> tuple[int | None, datetime, datetime]:
         api = self.client().api
         started = utcnow()
         reporter.step(StepResult(name=step, started_at=started))
 
         def read(stream: str) -> None:
             try:
-                chunks = api.logs(cid, stdout=stream == "stdout", stderr=stream == "stderr",
-                                  stream=True, follow=True)
+                chunks = api.logs(
+                    cid,
+                    stdout=stream == "stdout",
+                    stderr=stream == "stderr",
+                    stream=True,
+                    follow=True,
+                )
                 pump(chunks, lambda line: reporter.log(stream, line, step))
             except Exception as exc:  # the container vanished (removed by a cancel)
                 log.debug("log stream of %s ended: %s", cid, exc)
 
-        readers = [threading.Thread(target=read, args=(s,), daemon=True, name=f"{s}-{cid[:12]}")
-                   for s in ("stdout", "stderr")]
+        readers = [
+            threading.Thread(target=read, args=(s,), daemon=True, name=f"{s}-{cid[:12]}")
+            for s in ("stdout", "stderr")
+        ]
         for t in readers:
             t.start()
         code: int | None
@@ -297,8 +323,12 @@ class DockerLauncher(Launcher):
             return []
         if LABEL_JOB not in labels:
             return []  # never touch a container Launchbay did not start
-        filters = {"label": [f"{LABEL_JOB}={labels[LABEL_JOB]}",
-                             f"{LABEL_ATTEMPT}={labels.get(LABEL_ATTEMPT, '')}"]}
+        filters = {
+            "label": [
+                f"{LABEL_JOB}={labels[LABEL_JOB]}",
+                f"{LABEL_ATTEMPT}={labels.get(LABEL_ATTEMPT, '')}",
+            ]
+        }
         return [c["Id"] for c in api.containers(all=True, filters=filters)]
 
     # ------------------------------------------------------------------ cleanup
@@ -312,8 +342,13 @@ class DockerLauncher(Launcher):
         except Exception:
             log.warning("cannot reach Docker to clean up job %s", ctx.job_id)
             return
-        filters = {"label": [f"{LABEL_JOB}={ctx.job_id}", f"{LABEL_ATTEMPT}={ctx.attempt}",
-                             f"{LABEL_INSTANCE}={self.instance}"]}
+        filters = {
+            "label": [
+                f"{LABEL_JOB}={ctx.job_id}",
+                f"{LABEL_ATTEMPT}={ctx.attempt}",
+                f"{LABEL_INSTANCE}={self.instance}",
+            ]
+        }
         for c in api.containers(all=True, filters=filters):
             with contextlib.suppress(docker.errors.NotFound):
                 api.remove_container(c["Id"], force=True, v=True)
@@ -363,6 +398,7 @@ class DockerLauncher(Launcher):
 
 # ---------------------------------------------------------------------- helpers
 
+
 def _is_transient(exc: BaseException) -> bool:
     """Daemon unreachable or a server-side error: worth another try."""
     import docker.errors
@@ -373,8 +409,9 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, docker.errors.APIError):
         return bool(exc.is_server_error())
     # from_env/ping failures wrap connection errors in a bare DockerException.
-    return isinstance(exc, docker.errors.DockerException) and \
-        not isinstance(exc, docker.errors.APIError | docker.errors.InvalidArgument)
+    return isinstance(exc, docker.errors.DockerException) and not isinstance(
+        exc, docker.errors.APIError | docker.errors.InvalidArgument
+    )
 
 
 def _split_image(image: str) -> tuple[str, str | None]:

@@ -34,8 +34,14 @@ from workers.launchers.base import LaunchContext, Launcher, Outcome, Reporter
 log = logging.getLogger(__name__)
 
 # Pod waiting reasons that will not resolve by waiting longer.
-_STUCK = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
-          "CreateContainerError", "ErrImageNeverPull"}
+_STUCK = {
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "ErrImageNeverPull",
+}
 
 
 class KubernetesConfig(BaseSettings):
@@ -47,25 +53,31 @@ class KubernetesConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LAUNCHBAY_KUBE_", extra="ignore")
 
     namespace: str | None = Field(
-        default=None, description="Default namespace; Settings.kube_namespace if unset.")
+        default=None, description="Default namespace; Settings.kube_namespace if unset."
+    )
     host: str | None = Field(
-        default=None, description="API server URL, bypassing kubeconfig (tests, proxies).")
+        default=None, description="API server URL, bypassing kubeconfig (tests, proxies)."
+    )
     kubeconfig: str | None = Field(default=None, description="kubeconfig path ($KUBECONFIG).")
     context: str | None = Field(default=None, description="kubeconfig context.")
     ttl_seconds_after_finished: int = Field(
-        default=3600, ge=0, description="How long Kubernetes keeps a finished Job.")
+        default=3600, ge=0, description="How long Kubernetes keeps a finished Job."
+    )
     deadline_margin_s: int = Field(
-        default=10, ge=0, description="activeDeadlineSeconds = timeout_s + this margin.")
+        default=10, ge=0, description="activeDeadlineSeconds = timeout_s + this margin."
+    )
     service_account: str | None = None
     image_pull_policy: str | None = Field(default=None, description="Always/IfNotPresent/Never.")
     workspace_claim: str | None = Field(
         default=None,
         description="A ReadWriteMany PVC the workers mount at their workspaces folder; "
-                    "pods mount their attempt's sub-path, so artifacts can be collected. "
-                    "Without it pods get an emptyDir and no artifacts.")
+        "pods mount their attempt's sub-path, so artifacts can be collected. "
+        "Without it pods get an emptyDir and no artifacts.",
+    )
     poll_s: float = Field(default=0.5, gt=0, description="Job status poll interval.")
     start_timeout_s: float = Field(
-        default=600, gt=0, description="How long a pod may stay pending before the job fails.")
+        default=600, gt=0, description="How long a pod may stay pending before the job fails."
+    )
 
 
 def _split(handle: str) -> tuple[str, str]:
@@ -100,9 +112,12 @@ class KubernetesLauncher(Launcher):
                 try:
                     from kubernetes import client, config
                 except ImportError as exc:
-                    raise RunnerLaunchError(self.name, 1, "the 'kubernetes' package is not "
-                                            "installed (pip install 'launchbay[kubernetes]')"
-                                            ) from exc
+                    raise RunnerLaunchError(
+                        self.name,
+                        1,
+                        "the 'kubernetes' package is not "
+                        "installed (pip install 'launchbay[kubernetes]')",
+                    ) from exc
 
                 conf = client.Configuration()
                 if self.config.host:
@@ -111,9 +126,11 @@ class KubernetesLauncher(Launcher):
                     try:
                         config.load_incluster_config(client_configuration=conf)
                     except config.ConfigException:
-                        config.load_kube_config(config_file=self.config.kubeconfig,
-                                                context=self.config.context,
-                                                client_configuration=conf)
+                        config.load_kube_config(
+                            config_file=self.config.kubeconfig,
+                            context=self.config.context,
+                            client_configuration=conf,
+                        )
                 api = client.ApiClient(conf)
                 self._apis = (client.BatchV1Api(api), client.CoreV1Api(api))
             return self._apis
@@ -125,10 +142,15 @@ class KubernetesLauncher(Launcher):
         if cfg.workspace_claim:
             sub_path = ctx.workspace.relative_to(self.settings.workspaces_dir).as_posix()
         return build_job_manifest(
-            ctx, namespace=ctx.spec.namespace or self.namespace, instance=self.instance,
-            ttl_s=cfg.ttl_seconds_after_finished, deadline_margin_s=cfg.deadline_margin_s,
-            service_account=cfg.service_account, image_pull_policy=cfg.image_pull_policy,
-            workspace_claim=cfg.workspace_claim, workspace_sub_path=sub_path,
+            ctx,
+            namespace=ctx.spec.namespace or self.namespace,
+            instance=self.instance,
+            ttl_s=cfg.ttl_seconds_after_finished,
+            deadline_margin_s=cfg.deadline_margin_s,
+            service_account=cfg.service_account,
+            image_pull_policy=cfg.image_pull_policy,
+            workspace_claim=cfg.workspace_claim,
+            workspace_sub_path=sub_path,
         )
 
     # ------------------------------------------------------------------ start
@@ -137,8 +159,11 @@ class KubernetesLauncher(Launcher):
         if ctx.spec.artifacts and not self.config.workspace_claim:
             # Without a shared volume the pod's files never reach the worker: say so now
             # rather than end "succeeded" with the artifacts silently missing.
-            raise RunnerLaunchError(self.name, 1, "artifacts need a shared workspace volume "
-                                    "(set LAUNCHBAY_KUBE_WORKSPACE_CLAIM)")
+            raise RunnerLaunchError(
+                self.name,
+                1,
+                "artifacts need a shared workspace volume (set LAUNCHBAY_KUBE_WORKSPACE_CLAIM)",
+            )
         try:
             manifest = self.manifest(ctx)
         except ManifestError as exc:
@@ -154,8 +179,9 @@ class KubernetesLauncher(Launcher):
                 # An earlier try of this launch reached the server after all: adopt it.
                 log.info("Job %s/%s already exists; following it", ns, name)
             else:
-                raise RunnerLaunchError(self.name, 1, _describe(exc),
-                                        transient=_is_transient(exc)) from exc
+                raise RunnerLaunchError(
+                    self.name, 1, _describe(exc), transient=_is_transient(exc)
+                ) from exc
         self._namespaces.add(ns)
         return f"{ns}/{name}"
 
@@ -186,11 +212,12 @@ class KubernetesLauncher(Launcher):
             done = _job_finished(job)
             if done is not None and state != "running":
                 return self._finished(batch, ns, name, pod, done)
-            if state in (None, "waiting") and \
-                    time.monotonic() - pending_since > self.config.start_timeout_s:
+            if (
+                state in (None, "waiting")
+                and time.monotonic() - pending_since > self.config.start_timeout_s
+            ):
                 self._delete(ns, name, "Background")
-                return Outcome(error=f"pod did not start within "
-                                     f"{self.config.start_timeout_s:g} s")
+                return Outcome(error=f"pod did not start within {self.config.start_timeout_s:g} s")
             if handle in self._stopping:
                 return Outcome(error="stopped")
             time.sleep(self.config.poll_s)
@@ -205,8 +232,9 @@ class KubernetesLauncher(Launcher):
                 reporter.log("stdout", line)
 
         try:
-            resp = core.read_namespaced_pod_log(pod, ns, container=CONTAINER, follow=True,
-                                                _preload_content=False)
+            resp = core.read_namespaced_pod_log(
+                pod, ns, container=CONTAINER, follow=True, _preload_content=False
+            )
         except Exception as exc:
             log.debug("log stream of %s/%s unavailable: %s", ns, pod, exc)
             return seen
@@ -218,8 +246,14 @@ class KubernetesLauncher(Launcher):
             resp.release_conn()
         return max(seen, count)
 
-    def _finished(self, batch: Any, ns: str, name: str, pod: Any,
-                  condition: tuple[str, str, str] | None = None) -> Outcome:
+    def _finished(
+        self,
+        batch: Any,
+        ns: str,
+        name: str,
+        pod: Any,
+        condition: tuple[str, str, str] | None = None,
+    ) -> Outcome:
         code = _exit_code(pod)
         # The Job controller marks the Job a moment after the pod ends; give it that moment.
         deadline = time.monotonic() + 5
@@ -230,8 +264,11 @@ class KubernetesLauncher(Launcher):
             condition = _job_finished(job)
             if condition is None:
                 time.sleep(self.config.poll_s)
-        if condition is not None and condition[0] == "Failed" and \
-                condition[1] not in ("", "BackoffLimitExceeded"):
+        if (
+            condition is not None
+            and condition[0] == "Failed"
+            and condition[1] not in ("", "BackoffLimitExceeded")
+        ):
             _, reason, message = condition
             return Outcome(exit_code=code, error=one_line(f"Job failed: {reason}: {message}"))
         if code is None:
@@ -303,6 +340,7 @@ class KubernetesLauncher(Launcher):
 
 # ---------------------------------------------------------------------- helpers
 
+
 def _status(exc: BaseException) -> int | None:
     status = getattr(exc, "status", None)
     return status if isinstance(status, int) else None
@@ -354,8 +392,10 @@ def _newest_pod(core: Any, ns: str, selector: str) -> Any:
     pods = core.list_namespaced_pod(ns, label_selector=selector).items
     if not pods:
         return None
-    return max(pods, key=lambda p: (p.metadata.creation_timestamp is not None,
-                                    p.metadata.creation_timestamp))
+    return max(
+        pods,
+        key=lambda p: (p.metadata.creation_timestamp is not None, p.metadata.creation_timestamp),
+    )
 
 
 def _container_status(pod: Any) -> Any:

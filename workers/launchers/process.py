@@ -44,7 +44,7 @@ class ProcessConfig(BaseSettings):
     inherit_env: bool = Field(
         default=True,
         description="Start from the worker's environment (without its LAUNCHBAY_* settings, "
-                    "which hold secrets such as the token and database URL).",
+        "which hold secrets such as the token and database URL).",
     )
     reader_join_s: float = Field(
         default=5.0, gt=0, description="How long to wait for output after a step exits."
@@ -126,9 +126,14 @@ class ProcessLauncher(Launcher):
                     os._exit(137)
 
         proc = subprocess.Popen(
-            list(step.command), cwd=cwd, env=self._env(run.ctx),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, close_fds=True,
+            list(step.command),
+            cwd=cwd,
+            env=self._env(run.ctx),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
             preexec_fn=_die_with_worker if prctl is not None else None,
         )
         run.proc, run.exited = proc, threading.Event()
@@ -145,19 +150,25 @@ class ProcessLauncher(Launcher):
             for i, step in enumerate(run.steps):
                 with run.lock:
                     if run.stopping:
-                        return Outcome(error=f"stopped before step {step.name!r}",
-                                       resource_usage=run.usage or None)
+                        return Outcome(
+                            error=f"stopped before step {step.name!r}",
+                            resource_usage=run.usage or None,
+                        )
                     if i > 0:
                         try:
                             self._spawn(run, step)
                         except OSError as exc:
                             now = utcnow()
-                            reporter.step(StepResult(name=step.name, exit_code=127,
-                                                     started_at=now, finished_at=now))
-                            return Outcome(exit_code=127,
-                                           error=f"step {step.name!r} could not start: "
-                                                 f"{one_line(exc)}",
-                                           resource_usage=run.usage or None)
+                            reporter.step(
+                                StepResult(
+                                    name=step.name, exit_code=127, started_at=now, finished_at=now
+                                )
+                            )
+                            return Outcome(
+                                exit_code=127,
+                                error=f"step {step.name!r} could not start: {one_line(exc)}",
+                                resource_usage=run.usage or None,
+                            )
                     proc = run.proc
                 assert proc is not None
                 started = utcnow()
@@ -165,8 +176,11 @@ class ProcessLauncher(Launcher):
                     reporter.step(StepResult(name=step.name, started_at=started))
                 code = self._follow_step(run, proc, reporter, step.name if named else None)
                 if named:
-                    reporter.step(StepResult(name=step.name, exit_code=code,
-                                             started_at=started, finished_at=utcnow()))
+                    reporter.step(
+                        StepResult(
+                            name=step.name, exit_code=code, started_at=started, finished_at=utcnow()
+                        )
+                    )
                 outcome = Outcome(exit_code=code)
                 if code != 0:
                     if named:
@@ -179,13 +193,22 @@ class ProcessLauncher(Launcher):
         outcome.resource_usage = run.usage or None
         return outcome
 
-    def _follow_step(self, run: _Run, proc: subprocess.Popen[bytes], reporter: Reporter,
-                     step: str | None) -> int:
+    def _follow_step(
+        self, run: _Run, proc: subprocess.Popen[bytes], reporter: Reporter, step: str | None
+    ) -> int:
         readers = [
-            threading.Thread(target=_read, args=(proc.stdout, "stdout", reporter, step),
-                             daemon=True, name=f"out-{proc.pid}"),
-            threading.Thread(target=_read, args=(proc.stderr, "stderr", reporter, step),
-                             daemon=True, name=f"err-{proc.pid}"),
+            threading.Thread(
+                target=_read,
+                args=(proc.stdout, "stdout", reporter, step),
+                daemon=True,
+                name=f"out-{proc.pid}",
+            ),
+            threading.Thread(
+                target=_read,
+                args=(proc.stderr, "stderr", reporter, step),
+                daemon=True,
+                name=f"err-{proc.pid}",
+            ),
         ]
         for t in readers:
             t.start()
@@ -263,6 +286,7 @@ class ProcessLauncher(Launcher):
 
 
 # ---------------------------------------------------------------------- helpers
+
 
 def _read(pipe: BufferedReader | None, stream: str, reporter: Reporter, step: str | None) -> None:
     if pipe is None:
