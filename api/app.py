@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.deps import Auth
-from api.routes import jobs, meta
+from api.routes import artifacts, jobs, launcher, meta, runs, streams, websockets
 from api.state import AppState
 from orchestrator.settings import Settings
 
@@ -57,41 +57,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(public)
 
     api = APIRouter(prefix=API_PREFIX, dependencies=[Auth])
-    api.include_router(jobs.router)
-    api.include_router(meta.router)
-    for name in ("streams", "runs", "artifacts", "launcher"):
-        _include_optional(api, app, name)
+    for module in (jobs, meta, streams, runs, artifacts, launcher):
+        api.include_router(module.router)
     app.include_router(api)
-    _include_ws(app)
+    # WebSockets check the token themselves (browsers cannot send the header).
+    app.include_router(websockets.router, prefix=API_PREFIX)
+    # The streams hub starts first: the launcher's long polls listen to it.
+    streams.setup(app)
+    launcher.setup(app)
 
     if STATIC_DIR.is_dir() and (STATIC_DIR / "index.html").exists():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="dashboard")
     return app
-
-
-def _include_optional(api: APIRouter, app: FastAPI, name: str) -> None:
-    """Routers that arrive in later modules plug in here by name."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(f"api.routes.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"api.routes.{name}":
-            return
-        raise
-    api.include_router(mod.router)
-    setup = getattr(mod, "setup", None)
-    if setup is not None:
-        setup(app)
-
-
-def _include_ws(app: FastAPI) -> None:
-    import importlib
-
-    try:
-        mod = importlib.import_module("api.routes.websockets")
-    except ModuleNotFoundError as exc:
-        if exc.name == "api.routes.websockets":
-            return
-        raise
-    app.include_router(mod.router, prefix=API_PREFIX)

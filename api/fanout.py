@@ -8,7 +8,8 @@ making the hub (and so every other client) wait.
 Pub/sub is only a wake-up. The Redis streams are the truth: after a wake-up a client reads
 its job's streams from its own cursor (XRANGE with an exclusive start), so nothing is lost
 or repeated and the order is exactly the stream's, even when pub/sub drops a message or two
-publishers race. :class:`JobFollower` implements that loop for one job.
+publishers race. :class:`api.follower.JobFollower` implements that loop for one job, on
+top of the hub's stream reads (``read_events``, ``read_logs``).
 """
 
 from __future__ import annotations
@@ -17,18 +18,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import redis.asyncio as aredis
 
-from orchestrator.errors import ParamError
 from orchestrator.events import (
     EVENTS_CHANNEL,
     LogLine,
@@ -37,14 +35,11 @@ from orchestrator.events import (
     job_events_key,
     job_logs_key,
 )
-from orchestrator.job import Job
 
 log = logging.getLogger(__name__)
 
-TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 RESYNC: dict[str, Any] = {"type": "resync"}  # "you may have missed something: re-read"
 _DROP: dict[str, Any] = {"type": "drop"}
-_EVENT_ID = re.compile(r"^\d+-\d+$")
 _RETRY_MAX_S = 5.0
 
 
@@ -323,164 +318,3 @@ def _read_log_file(path: Path, since: int, limit: int) -> list[LogLine]:
                 if len(out) >= limit:
                     break
     return out
-
-
-# ---------------------------------------------------------------------- cursors
-
-
-@dataclass
-class Cursor:
-    """Where a client is in one job: the last event id and the last log line seen.
-
-    Encoded as ``"{event_id}|{log_seq}"`` (opaque to clients) and used as the SSE event id,
-    so ``Last-Event-ID`` resumes both streams exactly.
-    """
-
-    event_id: str = "0-0"
-    log_seq: int = 0
-
-    def encode(self) -> str:
-        return f"{self.event_id}|{self.log_seq}"
-
-    @classmethod
-    def parse(cls, text: str, field: str = "since") -> Cursor:
-        event_id, sep, seq = text.strip().partition("|")
-        if not sep or not _EVENT_ID.match(event_id) or not seq.isdigit():
-            raise ParamError(
-                field,
-                f"{field} must be an event id from this stream "
-                f"(like '1712345678901-0|42'), got {text!r}",
-            )
-        return cls(event_id, int(seq))
-
-
-def parse_seq(text: str, field: str = "since") -> int:
-    if not text.strip().isdigit():
-        raise ParamError(field, f"{field} must be a log line number (0 or more), got {text!r}")
-    return int(text)
-
-
-# ---------------------------------------------------------------------- follower
-
-
-Item = tuple[str, dict[str, Any], Cursor]  # ("event" | "log", payload, cursor after it)
-
-
-class JobFollower:
-    """Reads one job's events and log lines from a cursor until the job has ended.
-
-    ``batches()`` yields lists of ``(kind, payload, cursor)`` in order: log lines and
-    events merged by time (each stream keeps its own exact order), the log drained completely
-    before the terminal event, which comes last. Without ``emit_events`` only log lines are
-    yielded (events are still read, to know when the job ended).
-    """
-
-    def __init__(
-        self,
-        hub: Hub,
-        sub: Subscriber,
-        job_id: str,
-        cursor: Cursor,
-        *,
-        emit_events: bool = True,
-        ended: Job | None = None,
-        page: int = 1000,
-        poll_s: float = 5.0,
-    ) -> None:
-        self.hub, self.sub, self.job_id = hub, sub, job_id
-        self.cursor = Cursor(cursor.event_id, cursor.log_seq)
-        self.emit_events = emit_events
-        self.ended = ended
-        self.page = page
-        self.poll_s = poll_s
-        self.final: dict[str, Any] | None = None  # the terminal event, once seen
-
-    async def batches(self) -> AsyncIterator[list[Item]]:
-        read_events, read_logs = True, True
-        hint: list[LogLine] = []
-        while True:
-            evs = (
-                await self.hub.read_events(self.job_id, self.cursor.event_id) if read_events else []
-            )
-            terminal = next((e for e in evs if e["type"] in TERMINAL_EVENTS), None)
-            if terminal is not None:
-                evs = evs[: evs.index(terminal)]
-            logs = await self._logs(hint) if read_logs or hint else []
-            batch = self._merge(logs, evs)
-            if batch:
-                yield batch
-            if terminal is not None or self.ended is not None:
-                async for rest in self._finish(terminal):
-                    yield rest
-                return
-            if len(logs) >= self.page:
-                read_events, read_logs, hint = False, True, []
-                continue  # more lines are waiting: no need to wait for a wake-up
-            read_events, read_logs, hint = self._wake(await self._wait())
-
-    async def _wait(self) -> list[dict[str, Any] | None]:
-        first = await self.sub.next(self.poll_s)
-        return [first, *self.sub.pending()]
-
-    def _wake(self, msgs: list[dict[str, Any] | None]) -> tuple[bool, bool, list[LogLine]]:
-        read_events = read_logs = False
-        hint: list[LogLine] = []
-        for msg in msgs:
-            if msg is None or msg.get("type") == "resync":
-                # A quiet poll or a reconnect: re-read both streams to be sure.
-                read_events = read_logs = True
-            elif msg.get("type") == "log":
-                hint.extend(msg.get("data", {}).get("lines", []))
-            else:
-                # Also read the log: lines written just before this event come before it.
-                read_events = read_logs = True
-        return read_events, read_logs, hint
-
-    async def _logs(self, hint: list[LogLine]) -> list[LogLine]:
-        fresh = [ln for ln in hint if ln["seq"] > self.cursor.log_seq]
-        if fresh and all(
-            ln["seq"] == self.cursor.log_seq + i for i, ln in enumerate(fresh, start=1)
-        ):
-            return fresh  # the published lines continue our cursor exactly: no read needed
-        if hint and not fresh:
-            return []
-        return await self.hub.read_logs(self.job_id, self.cursor.log_seq, self.page)
-
-    def _merge(self, logs: list[LogLine], evs: list[dict[str, Any]]) -> list[Item]:
-        out: list[Item] = []
-        i = j = 0
-        while i < len(logs) or j < len(evs):
-            if j >= len(evs) or (i < len(logs) and logs[i]["ts"] <= evs[j]["ts"]):
-                ln = logs[i]
-                i += 1
-                self.cursor = Cursor(self.cursor.event_id, ln["seq"])
-                out.append(("log", dict(ln), self.cursor))
-            else:
-                ev = evs[j]
-                j += 1
-                self.cursor = Cursor(ev["id"], self.cursor.log_seq)
-                if self.emit_events:
-                    out.append(("event", ev, self.cursor))
-        return out
-
-    async def _finish(self, terminal: dict[str, Any] | None) -> AsyncIterator[list[Item]]:
-        while True:
-            rest = await self.hub.read_logs(self.job_id, self.cursor.log_seq, self.page)
-            if not rest:
-                break
-            yield self._merge(rest, [])
-        if terminal is None and self.ended is not None:
-            job = self.ended
-            terminal = {
-                "id": self.cursor.event_id,
-                "job_id": job.id,
-                "type": job.status.value,
-                "ts": (job.finished_at or job.created_at).isoformat(),
-                "data": job.public(),
-            }
-        if terminal is None:
-            return
-        self.final = terminal
-        self.cursor = Cursor(terminal["id"], self.cursor.log_seq)
-        if self.emit_events:
-            yield [("event", terminal, self.cursor)]

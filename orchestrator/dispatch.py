@@ -12,17 +12,12 @@ from celery import Celery
 from orchestrator.celery_app import RUN_JOB
 from orchestrator.errors import BrokerUnavailable, InvalidTransition
 from orchestrator.events import Events
-from orchestrator.job import Job, JobStatus, utcnow
+from orchestrator.job import Job, JobStatus, task_id_for, utcnow
 from orchestrator.routing import route
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
 
 log = logging.getLogger(__name__)
-
-
-def task_id_for(job_id: str, attempt: int) -> str:
-    """The job id for the first attempt (so Celery and Flower show it), suffixed after."""
-    return job_id if attempt == 1 else f"{job_id}-a{attempt}"
 
 
 def event_type_for(status: JobStatus) -> str:

@@ -64,6 +64,12 @@ def can_transition(current: JobStatus, target: JobStatus) -> bool:
     return target in TRANSITIONS[current]
 
 
+def task_id_for(job_id: str, attempt: int) -> str:
+    """The Celery task id of an attempt: the job id itself first (so Celery and Flower show
+    it), suffixed for later attempts so a revoke of one attempt never hits the next."""
+    return job_id if attempt == 1 else f"{job_id}-a{attempt}"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -52,73 +52,35 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def api_argv(settings: Settings) -> list[str]:
+    # fmt: off
     return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "api.app:create_app",
-        "--factory",
-        "--host",
-        settings.api_host,
-        "--port",
-        str(settings.api_port),
-        "--no-access-log",
-        "--timeout-graceful-shutdown",
-        "3",
+        sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
+        "--host", settings.api_host, "--port", str(settings.api_port),
+        "--no-access-log", "--timeout-graceful-shutdown", "3",
     ]
+    # fmt: on
+
+
+def _celery(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "tasks.app", *args]
 
 
 def worker_argv(settings: Settings, runner_id: str, *, pool: str = "prefork") -> list[str]:
     queues = worker_queues(settings.worker_executors, settings.worker_tags) + ["lb.maintenance"]
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "tasks.app",
-        "worker",
-        "-Q",
-        ",".join(queues),
-        "-c",
-        str(settings.worker_concurrency),
-        "-P",
-        pool,
-        "-n",
-        f"{runner_id}@%h",
-        "-E",
-        "--without-mingle",
-        "--without-gossip",
-        "-l",
-        "INFO",
-    ]
+    # fmt: off
+    return _celery(
+        "worker", "-Q", ",".join(queues), "-c", str(settings.worker_concurrency), "-P", pool,
+        "-n", f"{runner_id}@%h", "-E", "--without-mingle", "--without-gossip", "-l", "INFO",
+    )
+    # fmt: on
 
 
 def beat_argv(settings: Settings) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "tasks.app",
-        "beat",
-        "-s",
-        str(settings.home / "celerybeat-schedule"),
-        "-l",
-        "INFO",
-    ]
+    return _celery("beat", "-s", str(settings.home / "celerybeat-schedule"), "-l", "INFO")
 
 
 def flower_argv(settings: Settings) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "tasks.app",
-        "flower",
-        f"--port={settings.flower_port}",
-        f"--address={settings.api_host}",
-    ]
+    return _celery("flower", f"--port={settings.flower_port}", f"--address={settings.api_host}")
 
 
 def flower_env(settings: Settings) -> dict[str, str]:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from pydantic import TypeAdapter
-from sqlalchemy.engine import Engine
 
 from orchestrator.errors import JobNotEnded, JobNotFound
 from orchestrator.job import (
@@ -25,81 +24,12 @@ from orchestrator.job import (
     JobStatus,
     Progress,
     sources_of,
+    task_id_for,
     utcnow,
 )
-
-
-class UTCDateTime(sa.TypeDecorator[datetime]):
-    """Timezone-aware datetimes on every backend (SQLite keeps naive UTC)."""
-
-    impl = sa.DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.astimezone(UTC).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return value.replace(tzinfo=UTC) if value is not None else None
-
-
-metadata = sa.MetaData()
-
-jobs = sa.Table(
-    "jobs",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("spec", sa.JSON, nullable=False),
-    sa.Column("executor", sa.String(20), nullable=False),
-    sa.Column("name", sa.String(200)),
-    sa.Column("labels", sa.JSON, nullable=False, default=dict),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("attempt", sa.Integer, nullable=False, default=1),
-    sa.Column("runner_id", sa.String(64)),
-    sa.Column("task_id", sa.String(100)),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("claimed_at", UTCDateTime),
-    sa.Column("started_at", UTCDateTime),
-    sa.Column("finished_at", UTCDateTime),
-    sa.Column("lease_expires_at", UTCDateTime),
-    sa.Column("match_deadline", UTCDateTime),
-    sa.Column("exit_code", sa.Integer),
-    sa.Column("error", sa.Text),
-    sa.Column("progress_percent", sa.Float, nullable=False, default=0),
-    sa.Column("progress_message", sa.Text, nullable=False, default=""),
-    sa.Column("result", sa.JSON),
-    sa.Column("steps", sa.JSON, nullable=False, default=list),
-    sa.Column("artifacts", sa.JSON, nullable=False, default=list),
-    sa.Column("resource_usage", sa.JSON),
-    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
-    sa.Column("cancel_requested_at", UTCDateTime),
-    sa.Index("ix_jobs_status_created", "status", "created_at"),
-    sa.Index("ix_jobs_created", "created_at"),
-)
+from orchestrator.schema import jobs, make_engine
 
 _SPEC = TypeAdapter(JobSpec)
-
-
-def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=15000")
-    cur.close()
-
-
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            from pathlib import Path
-
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 15, "check_same_thread": False})
-        sa.event.listen(engine, "connect", _on_sqlite_connect)
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True)
 
 
 def _row_to_job(row: sa.Row[Any]) -> Job:
@@ -257,14 +187,16 @@ class JobStore:
         spec = _SPEC.validate_python(spec) if isinstance(spec, dict) else spec
         now = utcnow()
         timeout = spec.match_timeout_s or match_timeout_s
+        job_id = job_id or new_job_id()
         values = {
-            "id": job_id or new_job_id(),
+            "id": job_id,
             "spec": spec.model_dump(mode="json"),
             "executor": spec.executor,
             "name": spec.name,
             "labels": spec.labels,
             "status": JobStatus.queued.value,
             "attempt": 1,
+            "task_id": task_id_for(job_id, 1),
             "created_at": now,
             "match_deadline": now + timedelta(seconds=timeout) if timeout else None,
             "progress_percent": 0.0,
@@ -427,6 +359,7 @@ class JobStore:
             require_no_cancel=True,
             values={
                 "attempt": attempt + 1,
+                "task_id": task_id_for(job_id, attempt + 1),
                 "runner_id": None,
                 "claimed_at": None,
                 "started_at": None,

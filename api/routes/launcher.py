@@ -23,15 +23,39 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import State
+from api.routes._launcher_core import (
+    LauncherConflict,
+    Waker,
+    claim_next_for,
+    end_attempt,
+    heartbeat_interval,
+    owned_job,
+    record_artifact,
+    registered_launcher,
+    renew_leases,
+)
+from api.routes._launcher_models import (
+    RUNNER_ID,
+    Claim,
+    CompletedIn,
+    FailedIn,
+    HeartbeatIn,
+    HeartbeatOut,
+    LogsIn,
+    PollOut,
+    ProgressIn,
+    RegisterIn,
+    RegisterOut,
+    ReportOut,
+    job_fields,
+)
 from api.routes.streams import hub_of
-from api.state import AppState
 from orchestrator.artifacts import safe_name
-from orchestrator.errors import InvalidTransition, LaunchbayError, ParamError
-from orchestrator.job import ACTIVE_STATUSES, Artifact, Job, JobStatus, StepResult
+from orchestrator.errors import ParamError
+from orchestrator.job import Artifact, Job, JobStatus
 from orchestrator.runners import RunnerInfo, new_runner_id
 
 log = logging.getLogger(__name__)
@@ -43,144 +67,14 @@ POLL_TIMEOUT_S = 30
 # subscriber that is reconnecting.
 _FALLBACK_CHECK_S = 2.0
 MAX_ARTIFACT_BYTES = 1 << 30
-_RUNNER_ID = r"^runner-[0-9a-f]{12}$"
-_TAG = r"^[A-Za-z0-9_.:-]{1,64}$"
 _WAKE_TYPES = frozenset({"created", "requeued", "resync"})
-
-Executor = Annotated[str, Field(pattern=r"^(builtin|process|docker|kubernetes)$")]
-Tag = Annotated[str, Field(pattern=_TAG)]
-LauncherId = Annotated[str, Field(pattern=_RUNNER_ID, description="From /launcher/register.")]
-
-
-# ---------------------------------------------------------------- errors
-
-
-class LauncherNotRegistered(LaunchbayError):
-    """The launcher id is unknown or its registration expired: register again."""
-
-    status_code = 404
-
-    def __init__(self, launcher_id: str) -> None:
-        super().__init__(
-            f"launcher {launcher_id} is not registered (or its registration "
-            f"expired); register again"
-        )
-
-
-class LauncherConflict(LaunchbayError):
-    """A report for a job this launcher and attempt do not (or no longer) hold, or an id
-    that is not this agent's to take."""
-
-    status_code = 409
-
-
-# ---------------------------------------------------------------- bodies
-
-_STRICT = ConfigDict(extra="forbid")
-
-
-class RegisterIn(BaseModel):
-    model_config = _STRICT
-    executors: list[Executor] = Field(min_length=1, description="Executors this agent runs.")
-    tags: list[Tag] = Field(default_factory=list, max_length=32, description="Runner tags.")
-    capacity: int = Field(default=1, ge=1, le=256, description="Jobs it runs at once.")
-    hostname: str = Field(default="", max_length=255)
-    pid: int | None = Field(default=None, ge=0)
-    launcher_id: LauncherId | None = Field(
-        default=None, description="Re-register under an id this agent already had."
-    )
-
-
-class RegisterOut(BaseModel):
-    launcher_id: str
-    poll_timeout_s: int
-    heartbeat_interval_s: float
-    lease_s: float
-
-
-class Claim(BaseModel):
-    model_config = _STRICT
-    launcher_id: LauncherId
-    attempt: int = Field(ge=1, description="The attempt the agent was given.")
-
-
-class ProgressIn(Claim):
-    percent: float = Field(ge=0, le=100)
-    message: str = Field(default="", max_length=2000)
-
-
-class LogLineIn(BaseModel):
-    model_config = _STRICT
-    stream: str = Field(default="stdout", pattern=r"^(stdout|stderr|system)$")
-    step: str | None = Field(default=None, max_length=100)
-    line: str = Field(max_length=65536)
-
-
-class LogsIn(Claim):
-    lines: list[LogLineIn] = Field(min_length=1, max_length=5000)
-
-
-class CompletedIn(Claim):
-    exit_code: int = Field(default=0, description="Non-zero is recorded as a failure.")
-    result: Any = None
-    steps: list[StepResult] = Field(default_factory=list)
-    resource_usage: dict[str, Any] | None = None
-
-
-class FailedIn(Claim):
-    error: str = Field(min_length=1, max_length=10000)
-    exit_code: int | None = None
-    timed_out: bool = Field(default=False, description="The agent stopped it at timeout_s.")
-    steps: list[StepResult] = Field(default_factory=list)
-    result: Any = None
-
-
-class HeartbeatIn(BaseModel):
-    model_config = _STRICT
-    launcher_id: LauncherId
-    jobs: list[str] = Field(default_factory=list, max_length=1024)
-
-
-class HeartbeatOut(BaseModel):
-    cancel: list[str] = Field(description="Jobs whose cancel was asked: stop them.")
-    lost: list[str] = Field(description="Jobs no longer held by this launcher: drop them.")
-
-
-class ReportOut(BaseModel):
-    cancel: bool = Field(description="The job's cancel was asked: stop it.")
-    seq: int | None = None
-
-
-class PollOut(BaseModel):
-    job: Job
-
-
-# ---------------------------------------------------------------- wake-ups
-
-
-class _Waker:
-    """Wakes this process's long-polls when a job may have become claimable.
-
-    Waiters take :meth:`current` *before* looking at the store, so a notify that lands
-    between the look and the wait is never lost.
-    """
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def current(self) -> asyncio.Event:
-        return self._event
-
-    def notify(self) -> None:
-        event, self._event = self._event, asyncio.Event()
-        event.set()
 
 
 def setup(app: FastAPI) -> None:
     """Wake waiting polls from the process's one fan-out hub (api/fanout.py)."""
 
     async def start(app: FastAPI) -> None:
-        waker = _Waker()
+        waker = Waker()
         app.state.launcher_waker = waker
 
         def on_message(msg: dict[str, Any]) -> None:
@@ -197,90 +91,6 @@ def setup(app: FastAPI) -> None:
 
     app.state.startup_hooks.append(start)
     app.state.shutdown_hooks.append(stop)
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _heartbeat_interval(state: AppState) -> float:
-    s = state.settings
-    return round(min(s.runner_heartbeat_s, s.lease_s / 3), 3)
-
-
-def _registered(state: AppState, launcher_id: str) -> RunnerInfo:
-    info = state.runners.get(launcher_id)
-    if info is None or info.kind != "agent":
-        raise LauncherNotRegistered(launcher_id)
-    return info
-
-
-def _owned(state: AppState, job_id: str, claim: Claim) -> Job:
-    """The job, if this launcher holds this attempt of it and it is still active."""
-    job = state.store.get(job_id)
-    if job.runner_id != claim.launcher_id or job.attempt != claim.attempt:
-        raise LauncherConflict(
-            f"job {job_id} attempt {claim.attempt} is not held by launcher "
-            f"{claim.launcher_id} (it is attempt {job.attempt}, runner "
-            f"{job.runner_id or 'none'}, {job.status})"
-        )
-    if job.status not in ACTIVE_STATUSES:
-        raise LauncherConflict(f"job {job_id} is {job.status}; it takes no more reports")
-    return job
-
-
-def _claim_for(state: AppState, info: RunnerInfo) -> Job | None:
-    active = state.store.active_by_runner().get(info.id, 0)
-    if active >= info.capacity:
-        return None
-    job = state.store.claim_next(info.id, info.executors, info.tags, state.settings.lease_s)
-    if job is not None:
-        state.events.forget(job.id)
-        state.dispatcher.announce(job)
-    return job
-
-
-def _end(
-    state: AppState,
-    job: Job,
-    target: JobStatus,
-    *,
-    exit_code: int | None,
-    error: str | None,
-    fields: dict[str, Any],
-) -> Job:
-    """The terminal step of an agent's attempt, with the Celery path's retry rules."""
-    store, dispatcher = state.store, state.dispatcher
-    if target == JobStatus.failed and job.attempt < job.spec.max_attempts:
-        if fields:
-            store.update_fields(job.id, job.attempt, **fields)
-        backoff = job.spec.retry_backoff_s * 2 ** (job.attempt - 1)
-        again = dispatcher.requeue(job, f"attempt {job.attempt} failed: {error}", countdown=backoff)
-        if again is not None:
-            state.events.forget(job.id)
-            return again
-    done = store.finish(job.id, job.attempt, target, exit_code=exit_code, error=error, **fields)
-    if done is None:
-        # Lost the race to an accepted cancel: success never wins over it.
-        done = store.finish(job.id, job.attempt, JobStatus.cancelled, error="cancelled", **fields)
-    if done is None:
-        current = store.get(job.id)
-        raise InvalidTransition(job.id, current.status, target, "another party ended it")
-    dispatcher.announce(done)
-    state.events.forget(job.id)
-    return done
-
-
-def _fields(
-    steps: list[StepResult], result: Any, usage: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    fields: dict[str, Any] = {}
-    if steps:
-        fields["steps"] = [s.model_dump(mode="json") for s in steps]
-    if result is not None:
-        fields["result"] = result
-    if usage:
-        fields["resource_usage"] = usage
-    return fields
 
 
 # ---------------------------------------------------------------- routes
@@ -310,7 +120,7 @@ def register(body: RegisterIn, state: State) -> Any:
     return RegisterOut(
         launcher_id=info.id,
         poll_timeout_s=POLL_TIMEOUT_S,
-        heartbeat_interval_s=_heartbeat_interval(state),
+        heartbeat_interval_s=heartbeat_interval(state),
         lease_s=state.settings.lease_s,
     )
 
@@ -336,17 +146,17 @@ def unregister(body: HeartbeatIn, state: State) -> Response:
 async def poll(
     request: Request,
     state: State,
-    launcher_id: Annotated[str, Query(pattern=_RUNNER_ID)],
+    launcher_id: Annotated[str, Query(pattern=RUNNER_ID)],
     wait: Annotated[float, Query(ge=0, le=POLL_TIMEOUT_S)] = POLL_TIMEOUT_S,
 ) -> Any:
-    info = await run_in_threadpool(_registered, state, launcher_id)
-    waker: _Waker | None = getattr(request.app.state, "launcher_waker", None)
+    info = await run_in_threadpool(registered_launcher, state, launcher_id)
+    waker: Waker | None = getattr(request.app.state, "launcher_waker", None)
     deadline = time.monotonic() + wait
     while True:
         wake = waker.current() if waker is not None else None
         if await request.is_disconnected():
             return Response(status_code=status.HTTP_204_NO_CONTENT)
-        job = await run_in_threadpool(_claim_for, state, info)
+        job = await run_in_threadpool(claim_next_for, state, info)
         if job is not None:
             return {"job": job.public()}
         left = deadline - time.monotonic()
@@ -370,7 +180,7 @@ async def poll(
     summary="The agent launched the job: claimed → running",
 )
 def started(job_id: str, body: Claim, state: State) -> Any:
-    job = _owned(state, job_id, body)
+    job = owned_job(state, job_id, body)
     running = state.store.start(job.id, job.attempt, state.settings.lease_s)
     if running is None:
         current = state.store.get(job_id)
@@ -386,7 +196,7 @@ def started(job_id: str, body: Claim, state: State) -> Any:
     summary="Report progress",
 )
 def progress(job_id: str, body: ProgressIn, state: State) -> Any:
-    job = _owned(state, job_id, body)
+    job = owned_job(state, job_id, body)
     if not state.store.set_progress(job.id, job.attempt, body.percent, body.message):
         raise LauncherConflict(f"job {job_id} attempt {body.attempt} is no longer active")
     state.events.publish(
@@ -404,7 +214,7 @@ def progress(job_id: str, body: ProgressIn, state: State) -> Any:
     summary="Append log lines",
 )
 def logs(job_id: str, body: LogsIn, state: State) -> Any:
-    job = _owned(state, job_id, body)
+    job = owned_job(state, job_id, body)
     # Another API process may have appended the previous batch: take the sequence from
     # Redis, not from this process's cache.
     state.events.forget(job.id)
@@ -419,14 +229,14 @@ def logs(job_id: str, body: LogsIn, state: State) -> Any:
     summary="The job exited; exit code 0 succeeds it",
 )
 def completed(job_id: str, body: CompletedIn, state: State) -> Any:
-    job = _owned(state, job_id, body)
-    fields = _fields(body.steps, body.result, body.resource_usage)
+    job = owned_job(state, job_id, body)
+    fields = job_fields(body.steps, body.result, body.resource_usage)
     if body.exit_code == 0:
-        return _end(
+        return end_attempt(
             state, job, JobStatus.succeeded, exit_code=0, error=None, fields=fields
         ).public()
     target = JobStatus.cancelled if job.cancel_requested else JobStatus.failed
-    return _end(
+    return end_attempt(
         state,
         job,
         target,
@@ -443,8 +253,8 @@ def completed(job_id: str, body: CompletedIn, state: State) -> Any:
     summary="The job failed, timed out, or stopped after a cancel",
 )
 def failed(job_id: str, body: FailedIn, state: State) -> Any:
-    job = _owned(state, job_id, body)
-    fields = _fields(body.steps, body.result)
+    job = owned_job(state, job_id, body)
+    fields = job_fields(body.steps, body.result)
     if job.cancel_requested:
         target, error = JobStatus.cancelled, "cancelled"
     elif body.timed_out:
@@ -453,7 +263,9 @@ def failed(job_id: str, body: FailedIn, state: State) -> Any:
         error = f"timed out after {limit:g} s" if limit else body.error
     else:
         target, error = JobStatus.failed, body.error
-    return _end(state, job, target, exit_code=body.exit_code, error=error, fields=fields).public()
+    return end_attempt(
+        state, job, target, exit_code=body.exit_code, error=error, fields=fields
+    ).public()
 
 
 @router.post(
@@ -463,12 +275,12 @@ def failed(job_id: str, body: FailedIn, state: State) -> Any:
     summary="Give back a claimed job the agent will not start",
 )
 def release(job_id: str, body: Claim, state: State) -> Any:
-    job = _owned(state, job_id, body)
+    job = owned_job(state, job_id, body)
     if job.status != JobStatus.claimed:
         raise LauncherConflict(f"job {job_id} is {job.status}; only a claimed job can be released")
     again = state.dispatcher.requeue(job, f"released by {body.launcher_id} before it started")
     if again is None:  # a cancel was asked meanwhile: honour it
-        return _end(
+        return end_attempt(
             state, job, JobStatus.cancelled, exit_code=None, error="cancelled", fields={}
         ).public()
     state.events.forget(job.id)
@@ -485,12 +297,12 @@ async def upload_artifact(
     job_id: str,
     request: Request,
     state: State,
-    launcher_id: Annotated[str, Query(pattern=_RUNNER_ID)],
+    launcher_id: Annotated[str, Query(pattern=RUNNER_ID)],
     attempt: Annotated[int, Query(ge=1)],
     name: Annotated[str, Query(min_length=1, max_length=1000)],
 ) -> Any:
     claim = Claim(launcher_id=launcher_id, attempt=attempt)
-    await run_in_threadpool(_owned, state, job_id, claim)
+    await run_in_threadpool(owned_job, state, job_id, claim)
     safe_name(name)  # refuse a bad name before reading the body
     fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=state.settings.home)
     try:
@@ -501,20 +313,9 @@ async def upload_artifact(
                 if size > MAX_ARTIFACT_BYTES:
                     raise ParamError("body", f"artifact larger than {MAX_ARTIFACT_BYTES} bytes")
                 await run_in_threadpool(out.write, chunk)
-        return await run_in_threadpool(_record_artifact, state, job_id, claim, name, Path(tmp))
+        return await run_in_threadpool(record_artifact, state, job_id, claim, name, Path(tmp))
     finally:
         Path(tmp).unlink(missing_ok=True)
-
-
-def _record_artifact(state: AppState, job_id: str, claim: Claim, name: str, path: Path) -> Artifact:
-    job = _owned(state, job_id, claim)
-    saved = state.artifacts.save(job_id, name, path)
-    kept = [a for a in job.artifacts if a.name != saved.name] + [saved]
-    if not state.store.update_fields(
-        job.id, job.attempt, artifacts=[a.model_dump(mode="json") for a in kept]
-    ):
-        raise LauncherConflict(f"job {job_id} attempt {claim.attempt} is no longer active")
-    return saved
 
 
 @router.post(
@@ -524,19 +325,7 @@ def _record_artifact(state: AppState, job_id: str, claim: Claim, name: str, path
     summary="Keep the agent and the leases of its jobs alive",
 )
 def heartbeat(body: HeartbeatIn, state: State) -> Any:
-    info = _registered(state, body.launcher_id)
+    info = registered_launcher(state, body.launcher_id)
     state.runners.heartbeat(info)
-    cancel: list[str] = []
-    lost: list[str] = []
-    for job_id in dict.fromkeys(body.jobs):
-        job = state.store.find(job_id)
-        if (
-            job is None
-            or job.runner_id != info.id
-            or job.status not in ACTIVE_STATUSES
-            or not state.store.renew_lease(job.id, job.attempt, state.settings.lease_s)
-        ):
-            lost.append(job_id)
-        elif job.cancel_requested:
-            cancel.append(job_id)
+    cancel, lost = renew_leases(state, info, body.jobs)
     return HeartbeatOut(cancel=cancel, lost=lost)

@@ -29,7 +29,8 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message, Receive, Scope, Send
 
-from api.fanout import Cursor, Dropped, Hub, Item, JobFollower, Subscriber, parse_seq
+from api.fanout import Dropped, Hub, Subscriber
+from api.follower import Cursor, Item, JobFollower, parse_seq
 from api.state import AppState
 from orchestrator.job import Job
 

@@ -25,7 +25,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
 from api.deps import ws_token_ok
-from api.fanout import RESYNC, Cursor, Dropped, Hub, JobFollower, Subscriber, parse_seq
+from api.fanout import RESYNC, Dropped, Hub, Subscriber
+from api.follower import Cursor, JobFollower, parse_seq
 from api.routes.meta import stats_of
 from api.routes.streams import DROP_GRACE_S, hub_of, open_job
 from api.state import AppState

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from orchestrator.store import metadata
+from orchestrator.schema import metadata
 
 config = context.config
 target_metadata = metadata
@@ -38,7 +38,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from orchestrator.store import make_engine
+    from orchestrator.schema import make_engine
 
     engine = make_engine(_url())
     try:

@@ -10,7 +10,8 @@ import anyio
 import pytest
 import redis
 
-from api.fanout import RESYNC, Cursor, Dropped, Hub, JobFollower, parse_seq
+from api.fanout import RESYNC, Dropped, Hub
+from api.follower import Cursor, JobFollower, parse_seq
 from orchestrator.errors import ParamError
 from orchestrator.events import Events, connect
 from orchestrator.settings import Settings

@@ -12,9 +12,10 @@ from orchestrator.dispatch import Dispatcher
 from orchestrator.errors import BrokerUnavailable, InvalidTransition
 from orchestrator.events import Events
 from orchestrator.job import BuiltinSpec, JobStatus, utcnow
+from orchestrator.schema import jobs
 from orchestrator.services import free_port
 from orchestrator.settings import Settings
-from orchestrator.store import JobStore, jobs
+from orchestrator.store import JobStore
 from workers.launchers import LauncherSet
 from workers.runner import AttemptRunner
 

@@ -25,7 +25,8 @@ from orchestrator.job import (
     utcnow,
 )
 from orchestrator.migrations import current_revision, head_revision, upgrade_to_head
-from orchestrator.store import JobStore, jobs, make_engine, metadata
+from orchestrator.schema import jobs, make_engine, metadata
+from orchestrator.store import JobStore
 
 LEASE = 30.0
 S = JobStatus
@@ -552,7 +553,7 @@ def test_new_database_is_at_head_and_matches_the_table(store: JobStore) -> None:
         diff = compare_metadata(
             MigrationContext.configure(c, opts={"compare_type": True}), metadata
         )
-    assert diff == [], f"migrations and orchestrator.store.jobs differ: {diff}"
+    assert diff == [], f"migrations and orchestrator.schema.jobs differ: {diff}"
 
 
 def test_upgrade_keeps_the_data_of_a_database_made_before_migrations(backend_url: str) -> None:

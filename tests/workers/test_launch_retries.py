@@ -1,7 +1,7 @@
 """Launch failures through the attempt runner: transient errors are retried with backoff,
 permanent ones fail at once, and the job's error says what happened in one line.
 
-The Kubernetes API here is FakeKubernetes (an in-process fake, see workers/testing.py);
+The Kubernetes API here is FakeKubernetes (an in-process fake, see workers/testing/);
 the store, events and valkey are real.
 """
 

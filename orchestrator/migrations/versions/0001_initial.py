@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2025-01-01
 
-Datetimes are stored naive in UTC (``orchestrator.store.UTCDateTime`` adds the zone back).
+Datetimes are stored naive in UTC (``orchestrator.schema.UTCDateTime`` adds the zone back).
 """
 
 from __future__ import annotations
