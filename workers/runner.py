@@ -8,8 +8,6 @@ failed attempts and the terminal transition.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import shutil
 import threading
@@ -21,12 +19,11 @@ from orchestrator.artifacts import ArtifactStore
 from orchestrator.dispatch import Dispatcher
 from orchestrator.errors import RunnerLaunchError
 from orchestrator.job import Job, JobStatus, StepResult
+from workers.directives import apply_directive
 from workers.launchers import LaunchContext, LauncherSet, Outcome
 
 log = logging.getLogger(__name__)
 
-PROGRESS_PREFIX = "::progress "
-RESULT_PREFIX = "::result "
 _LOG_FLUSH_S = 0.05
 _LOG_FLUSH_LINES = 500
 _CANCEL_POLL_S = 0.2
@@ -49,13 +46,7 @@ class _Reporter:
 
     def log(self, stream: str, line: str, step: str | None = None) -> None:
         line = line.rstrip("\r\n")
-        if line.startswith(PROGRESS_PREFIX):
-            parts = line[len(PROGRESS_PREFIX) :].strip().split(" ", 1)
-            with contextlib.suppress(ValueError):
-                self.progress(float(parts[0]), parts[1] if len(parts) > 1 else "")
-        elif line.startswith(RESULT_PREFIX):
-            with contextlib.suppress(ValueError):
-                self.result(json.loads(line[len(RESULT_PREFIX) :]))
+        apply_directive(line, self)
         with self.lock:
             self.lines.append((stream, step, line))
             full = len(self.lines) >= _LOG_FLUSH_LINES

@@ -21,6 +21,5 @@ loop, heartbeat, drain), ``attempt`` (one job from claim to final report), ``rep
 
 from workers.agent.cli import main
 from workers.agent.daemon import Agent
-from workers.agent.reporter import PROGRESS_PREFIX, RESULT_PREFIX
 
-__all__ = ["PROGRESS_PREFIX", "RESULT_PREFIX", "Agent", "main"]
+__all__ = ["Agent", "main"]

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.client import ApiError, ServerUnreachable
 from orchestrator.job import StepResult
+from workers.directives import apply_directive
 
 if TYPE_CHECKING:
     from workers.agent.attempt import Attempt
 
 log = logging.getLogger("launchbay.agent")
 
-PROGRESS_PREFIX = "::progress "  # the same stdout protocol AttemptRunner parses
-RESULT_PREFIX = "::result "
 _LOG_BATCH = 2000
 _MAX_BUFFERED = 50_000
 
@@ -39,13 +36,7 @@ class Reporter:
     def log(self, stream: str, line: str, step: str | None = None) -> None:
         """Buffer one line; ``::progress``/``::result`` lines also set progress/result."""
         line = line.rstrip("\r\n")
-        if line.startswith(PROGRESS_PREFIX):
-            parts = line[len(PROGRESS_PREFIX) :].strip().split(" ", 1)
-            with contextlib.suppress(ValueError):
-                self.progress(float(parts[0]), parts[1] if len(parts) > 1 else "")
-        elif line.startswith(RESULT_PREFIX):
-            with contextlib.suppress(ValueError):
-                self.result(json.loads(line[len(RESULT_PREFIX) :]))
+        apply_directive(line, self)
         with self._lock:
             self.lines.append(
                 {
