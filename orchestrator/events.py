@@ -42,6 +42,15 @@ def runner_key(runner_id: str) -> str:
 
 RUNNERS_PATTERN = "lb:runners:*"
 
+# KEYS[1] the job's event stream; ARGV: maxlen, type, ts, data (JSON), channel, and the
+# published message's JSON without its closing brace (id and data are appended here).
+_PUBLISH_LUA = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+                      'type', ARGV[2], 'ts', ARGV[3], 'data', ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. ', "id": "' .. id .. '", "data": ' .. ARGV[4] .. '}')
+return id
+"""
+
 
 class LogLine(TypedDict):
     seq: int
@@ -85,6 +94,7 @@ class Events:
         self.log_buffer_lines = log_buffer_lines
         self._seq: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._publish_script = client.register_script(_PUBLISH_LUA)
 
     # ---------------------------------------------------------- events
 
@@ -94,15 +104,14 @@ class Events:
         with self._lock:
             ts = utcnow().isoformat()
             payload = json.dumps(data, default=str)
-            entry_id = self.r.xadd(
-                job_events_key(job_id),
-                {"type": type_, "ts": ts, "data": payload},
-                maxlen=EVENTS_MAXLEN,
-                approximate=True,
+            body = json.dumps({"job_id": job_id, "type": type_, "ts": ts}, default=str)
+            # One round trip: the script appends to the stream and publishes the event with
+            # the stream id it got (the id is only known inside Redis).
+            entry_id = self._publish_script(
+                keys=[job_events_key(job_id)],
+                args=[EVENTS_MAXLEN, type_, ts, payload, EVENTS_CHANNEL, body[:-1]],
             )
-            event = {"id": entry_id, "job_id": job_id, "type": type_, "ts": ts, "data": data}
-            self.r.publish(EVENTS_CHANNEL, json.dumps(event, default=str))
-        return event
+        return {"id": entry_id, "job_id": job_id, "type": type_, "ts": ts, "data": data}
 
     def read_events(
         self, job_id: str, after: str | None = None, count: int = 1000

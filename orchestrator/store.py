@@ -255,10 +255,11 @@ class JobStore:
             values.setdefault("finished_at", utcnow())
             values.setdefault("lease_expires_at", None)
         with self.engine.begin() as c:
-            res = c.execute(jobs.update().where(*conds).values(status=target.value, **values))
-        if res.rowcount != 1:
-            return None
-        return self.get(job_id)
+            # RETURNING: the winner reads its new row in the same statement.
+            row = c.execute(
+                jobs.update().where(*conds).values(status=target.value, **values).returning(jobs)
+            ).first()
+        return _row_to_job(row) if row is not None else None
 
     def claim(self, job_id: str, runner_id: str, lease_s: float) -> Job | None:
         now = utcnow()
