@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from orchestrator.services import free_port
-from tests.support import wait_until
+from tests.support import docker_available, wait_until
 
 pytestmark = pytest.mark.slow
 LAUNCHBAY = str(Path(sys.executable).parent / "launchbay")
@@ -103,6 +103,9 @@ def test_up_runs_the_stack_and_survives_a_restart(up_home: Path) -> None:
     names = [x.split()[0] for x in up.lines]
     for service in ("valkey", "api", "worker", "beat", "flower", "ready"):
         assert service in names, up.lines
+    worker_line = next(x for x in up.lines if x.startswith("worker"))
+    # With an engine on the machine, `up` takes docker jobs as well.
+    assert ("docker" in worker_line) == docker_available(), worker_line
     h = up.http
 
     # A 2 s countdown goes queued -> running -> succeeded with progress 100.

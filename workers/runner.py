@@ -310,10 +310,12 @@ class AttemptRunner:
 
         final = "lost"
         if status is not None:
+            # A launch error was already retried by _launch; only a job's own failure
+            # earns another attempt.
             if (
                 status == JobStatus.failed
                 and job.attempt < job.spec.max_attempts
-                and not launch_error_is_permanent(launch_error)
+                and launch_error is None
             ):
                 store.update_fields(job.id, job.attempt, **fields)
                 backoff = job.spec.retry_backoff_s * 2 ** (job.attempt - 1)
@@ -349,8 +351,3 @@ class AttemptRunner:
         except Exception:
             log.exception("cleanup failed for job %s", ctx.job_id)
         shutil.rmtree(ctx.workspace, ignore_errors=True)
-
-
-def launch_error_is_permanent(error: str | None) -> bool:
-    """Launch errors were already retried by the launcher loop; do not retry the attempt."""
-    return error is not None

@@ -52,6 +52,16 @@ def _exec(argv: list[str], settings: Settings, extra_env: dict[str, str] | None 
     os.execve(argv[0], argv, env)
 
 
+def _docker_engine_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+    except Exception:  # no SDK, no socket, no engine: all mean "no docker jobs here"
+        return False
+    return True
+
+
 def up(
     api_port: ApiPort = None,
     flower_port: FlowerPort = None,
@@ -61,6 +71,11 @@ def up(
     """Start the whole stack here: Valkey (embedded unless LAUNCHBAY_REDIS_URL is set),
     the API with the dashboard, one worker, beat and Flower."""
     settings = _settings(api_port=api_port, flower_port=flower_port, worker_concurrency=concurrency)
+    if "LAUNCHBAY_WORKER_EXECUTORS" not in os.environ and _docker_engine_answers():
+        # On one machine, take docker jobs when an engine is there to run them.
+        settings = settings.model_copy(
+            update={"worker_executors": [*settings.worker_executors, "docker"]}
+        )
     settings.ensure_dirs()
     sup = Supervisor(
         settings, log_dir=settings.home / "service-logs", say=lambda line: typer.echo(line)
