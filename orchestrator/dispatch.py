@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Celery
 
+from orchestrator.broker import held_task_ids
 from orchestrator.celery_app import RUN_JOB
 from orchestrator.errors import BrokerUnavailable, InvalidTransition
 from orchestrator.events import Events
@@ -141,8 +142,26 @@ class Dispatcher:
         self.send(again, countdown=countdown)
         return self.store.get(job.id)
 
+    def resend_lost(self, older_than_s: float = 120) -> int:
+        """Re-send queued jobs older than ``older_than_s`` whose message the broker lost.
+
+        A duplicate is harmless (the claim is a compare-and-set), a lost message is not:
+        without this the job would wait for its match deadline.
+        """
+        stale = self.store.queued_older_than(utcnow() - timedelta(seconds=older_than_s))
+        if not stale:
+            return 0
+        held = held_task_ids(self.events.r, {route(j.spec) for j in stale})
+        resent = 0
+        for job in stale:
+            if (job.task_id or task_id_for(job.id, job.attempt)) not in held:
+                self.send(job)
+                resent += 1
+        return resent
+
     def reconcile(self) -> dict[str, int]:
-        """Beat's periodic sweep: lost runners, unmatched jobs, unanswered cancels."""
+        """Beat's periodic sweep: lost runners, unmatched jobs, unanswered cancels, lost
+        messages."""
         counts = {"requeued": 0, "failed": 0, "unmatched": 0, "force_cancelled": 0}
         for job in self.store.expired_leases():
             if job.cancel_requested:
@@ -196,4 +215,9 @@ class Dispatcher:
             if done:
                 self.announce(done)
                 counts["force_cancelled"] += 1
+        # Reading the broker's queues is the costly part of a sweep: one process per
+        # half-period does it (the reconcile task may run on any worker).
+        window = max(1, int(self.settings.resend_after_s / 2))
+        if self.events.r.set("lb:reconcile:resend", "1", nx=True, ex=window):
+            counts["resent"] = self.resend_lost(self.settings.resend_after_s)
         return counts

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
         default=20, gt=0, description="Extra wait after the grace before a forced revoke."
     )
     default_match_timeout_s: float = 3600
+    resend_after_s: float = Field(
+        default=120, gt=0, description="Age after which a queued job's lost message is re-sent."
+    )
     launch_retries: int = Field(default=3, ge=1)
     launch_backoff_s: float = Field(default=0.5, ge=0)
 

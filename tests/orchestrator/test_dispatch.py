@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 
@@ -11,7 +12,7 @@ from orchestrator.celery_app import make_celery
 from orchestrator.dispatch import Dispatcher
 from orchestrator.errors import BrokerUnavailable, InvalidTransition
 from orchestrator.events import Events
-from orchestrator.job import BuiltinSpec, JobStatus, utcnow
+from orchestrator.job import BuiltinSpec, Demands, JobStatus, utcnow
 from orchestrator.schema import jobs
 from orchestrator.services import free_port
 from orchestrator.settings import Settings
@@ -174,3 +175,27 @@ def test_reconcile_fails_unmatched_and_finishes_unanswered_cancels(
     assert store.get(stuck.id).status == JobStatus.cancelled
     with pytest.raises(InvalidTransition):
         d.cancel(unmatched.id)
+
+
+def test_reconcile_resends_a_queued_job_whose_message_was_lost(
+    dispatcher: Dispatcher, events: Events
+) -> None:
+    spec = SPEC.model_copy(update={"demands": Demands(tags=["resend-test"])})
+    job = dispatcher.submit(spec)
+    queue = "lb.builtin.resend-test"
+    assert events.r.llen(queue) == 1
+    # The broker still holds it: nothing to do.
+    assert dispatcher.resend_lost(older_than_s=0) == 0
+    assert events.r.llen(queue) == 1
+    # A message taken by a worker but not acked yet counts as held too.
+    raw = events.r.lpop(queue)
+    events.r.hset("unacked", "tag-1", json.dumps([json.loads(raw), "", queue]))
+    assert dispatcher.resend_lost(older_than_s=0) == 0
+    # Lost everywhere (a flushed or unpersisted broker): sent again, same task id.
+    events.r.hdel("unacked", "tag-1")
+    assert dispatcher.resend_lost(older_than_s=0) == 1
+    [again] = events.r.lrange(queue, 0, -1)
+    assert json.loads(again)["headers"]["id"] == job.id
+    # Young jobs are left alone (their message may be on its way).
+    events.r.delete(queue)
+    assert dispatcher.resend_lost(older_than_s=3600) == 0
