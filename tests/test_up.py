@@ -182,3 +182,31 @@ def test_up_runs_the_stack_and_survives_a_restart(up_home: Path) -> None:
     assert up2.proc.returncode == 0
     for pid in pids2:
         assert not _group_alive(pid)
+
+
+def test_up_says_which_service_died_and_why(up_home: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCHBAY_")}
+        env.update(
+            LAUNCHBAY_HOME=str(up_home),
+            LAUNCHBAY_API_PORT=str(port),
+            LAUNCHBAY_FLOWER_PORT=str(free_port()),
+        )
+        r = subprocess.run(
+            [LAUNCHBAY, "up"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            start_new_session=True,
+        )
+    assert r.returncode == 1
+    assert "api exited with code" in r.stderr
+    assert "address already in use" in r.stderr
+    pids = [int(m.group(1)) for m in re.finditer(r"\(pid (\d+)\)", r.stdout)]
+    assert pids and not any(_group_alive(p) for p in pids)

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from orchestrator.runners import new_runner_id
 from orchestrator.services import (
+    Service,
     Supervisor,
     api_argv,
     beat_argv,
@@ -62,6 +64,16 @@ def _docker_engine_answers() -> bool:
     return True
 
 
+def _say_why(dead: Service, log_dir: Path) -> None:
+    """Name the service that died and show the end of its log."""
+    code = dead.proc.returncode if dead.proc is not None else None
+    typer.echo(f"{dead.name} exited with code {code}; the end of its log:", err=True)
+    log = log_dir / f"{dead.name}.log"
+    if log.exists():
+        for line in log.read_text(errors="replace").splitlines()[-8:]:
+            typer.echo(f"  {line}", err=True)
+
+
 def up(
     api_port: ApiPort = None,
     flower_port: FlowerPort = None,
@@ -106,15 +118,12 @@ def up(
             f"(logs in {settings.home / 'service-logs'}); Ctrl-C stops everything"
         )
         while not stop.wait(0.5):
-            dead = sup.poll_dead()
-            if dead is not None:
-                typer.echo(
-                    f"{dead.name} exited with {dead.proc.returncode}; stopping",  # type: ignore[union-attr]
-                    err=True,
-                )
-                break
+            if sup.poll_dead() is not None:
+                raise RuntimeError("a service stopped on its own")
     except Exception as exc:
         typer.echo(f"launchbay up failed: {exc}", err=True)
+        if (dead := sup.poll_dead()) is not None:
+            _say_why(dead, settings.home / "service-logs")
         raise typer.Exit(1) from None
     finally:
         # Stop first: saying so may fail (a closed terminal), stopping must not.
