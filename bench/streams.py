@@ -66,7 +66,7 @@ class Run:
         self.lat += lats
         if seqs == list(range(1, self.m + 1)):
             self.complete += 1
-        else:
+        elif seqs:  # (a client that got nothing at all has its reason noted already)
             self.errors["missed events" if len(set(seqs)) < self.m else "dupes/disorder"] += 1
 
 
@@ -220,7 +220,11 @@ async def sse_phase(kind: str, s: Settings, api_pid: int, n: int, m: int, rate: 
 
 
 def _report(n: int, m: int, rate: float, raw: Run, runs: list[Run], api_errors: str) -> None:
-    print(f"\n{n} clients, {m} events at {rate:g}/s, one Valkey, {os.cpu_count()} cores\n")
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"\n{n} clients, {m} events at {rate:g}/s, one Valkey, "
+        f"{os.cpu_count()} cores, load {load}\n"
+    )
     print(
         f"| {'system':<34} | {'p50 ms':>8} | {'p95 ms':>8} | {'max ms':>8} | "
         f"{'complete':>9} | {'Redis conns':>11} | {'subs':>4} |"
