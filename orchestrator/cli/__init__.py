@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli import serve
+from orchestrator.cli import client_commands, serve
 
 app = typer.Typer(
     name="launchbay",
@@ -13,15 +13,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-serve.register(app)
-
-try:  # the HTTP client commands
-    import importlib
-
-    importlib.import_module("orchestrator.cli.client_commands").register(app)
-except ModuleNotFoundError as exc:  # pragma: no cover - during bring-up only
-    if exc.name != "orchestrator.cli.client_commands":
-        raise
+serve.register(app)  # up, api, worker, beat, flower, agent
+client_commands.register(app)  # run, jobs, runs, workers (over HTTP)
 
 
 def main() -> None:
