@@ -10,6 +10,17 @@ its job's streams from its own cursor (XRANGE with an exclusive start), so nothi
 or repeated and the order is exactly the stream's, even when pub/sub drops a message or two
 publishers race. :class:`api.follower.JobFollower` implements that loop for one job, on
 top of the hub's stream reads (``read_events``, ``read_logs``).
+
+Two things keep that cheap with many clients:
+
+* Stream reads share a small bounded pool (``BlockingConnectionPool``): a burst of clients
+  waits its turn for a connection instead of failing, and the process's Redis connections
+  stay few whatever the number of clients.
+* Each event message gets ``prev``: the stream id of the job's previous event, as this hub
+  saw it on its subscription (None when it does not know). Events are appended and
+  published in one Lua script, so the channel's order is the stream's order; while the
+  subscription lasts, ``prev`` is exactly the entry before. A follower whose cursor equals
+  ``prev`` takes the event from the message and skips the read.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +52,7 @@ log = logging.getLogger(__name__)
 RESYNC: dict[str, Any] = {"type": "resync"}  # "you may have missed something: re-read"
 _DROP: dict[str, Any] = {"type": "drop"}
 _RETRY_MAX_S = 5.0
+_CHAIN_JOBS = 10000  # jobs whose last event id the hub remembers (least recently seen go)
 
 
 class Dropped(Exception):
@@ -100,12 +112,20 @@ class Hub:
         logs_dir: Path,
         queue_size: int = 1000,
         client_name: str = "launchbay-fanout",
+        max_connections: int = 16,
+        pool_wait_s: float = 30.0,
     ) -> None:
         self.redis_url = redis_url
         self.logs_dir = logs_dir
         self.queue_size = queue_size
         self.client_name = client_name
+        self.max_connections = max_connections
+        self.pool_wait_s = pool_wait_s
         self.r: aredis.Redis | None = None
+        self._sub_r: aredis.Redis | None = None
+        self._pool: aredis.BlockingConnectionPool | None = None
+        # job id -> stream id of the last event seen on the subscription (see ``prev``).
+        self._last_event: OrderedDict[str, str] = OrderedDict()
         self._by_job: dict[str, set[Subscriber]] = {}
         self._all: set[Subscriber] = set()
         self._listeners: list[tuple[Callable[[dict[str, Any]], None], bool]] = []
@@ -119,8 +139,18 @@ class Hub:
 
     async def start(self, ready_timeout: float = 5.0) -> None:
         """Connect and subscribe; a Redis that is down now is retried in the background."""
-        # Named, so CLIENT LIST shows which connection is whose.
-        self.r = aredis.Redis.from_url(
+        # Named, so CLIENT LIST shows which connection is whose. Stream reads queue for one
+        # of a few connections (the default pool raises past its max instead of waiting).
+        self._pool = aredis.BlockingConnectionPool.from_url(
+            self.redis_url,
+            max_connections=self.max_connections,
+            timeout=self.pool_wait_s,
+            decode_responses=True,
+            client_name=self.client_name,
+        )
+        self.r = aredis.Redis(connection_pool=self._pool)
+        # The subscription has a connection of its own: it never waits behind reads.
+        self._sub_r = aredis.Redis.from_url(
             self.redis_url, decode_responses=True, client_name=self.client_name
         )
         self._task = asyncio.create_task(self._run(), name="launchbay-fanout")
@@ -137,9 +167,14 @@ class Hub:
             sub._drop("the server is shutting down")
         self._by_job.clear()
         self._all.clear()
-        if self.r is not None:
-            await self.r.aclose()  # type: ignore[attr-defined]  # (stubs predate aclose)
-            self.r = None
+        self._last_event.clear()
+        for client in (self.r, self._sub_r):
+            if client is not None:
+                await client.aclose()  # type: ignore[attr-defined]  # (stubs predate aclose)
+        self.r = self._sub_r = None
+        if self._pool is not None:
+            await self._pool.disconnect()  # (a pool passed in is not closed by its client)
+            self._pool = None
 
     @property
     def redis(self) -> aredis.Redis:
@@ -150,10 +185,13 @@ class Hub:
     async def _run(self) -> None:
         delay = 0.1
         first = True
+        assert self._sub_r is not None
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._sub_r.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(EVENTS_CHANNEL)
+                # Whatever was published while we were away broke every job's chain.
+                self._last_event.clear()
                 self._subscribed.set()
                 if not first:
                     # Messages published while we were away are gone: make everyone re-read.
@@ -231,11 +269,25 @@ class Hub:
             return
         self.received += 1
         is_log = msg.get("type") == "log"
+        if not is_log:
+            self._chain(job_id, msg)
         self._call_listeners(msg, is_log)
         for sub in [*self._by_job.get(job_id, ()), *self._all]:
             if is_log and not sub.logs:
                 continue
             self._offer(sub, msg)
+
+    def _chain(self, job_id: str, msg: dict[str, Any]) -> None:
+        """Attach ``prev`` (the job's previous event id, None if unknown) to an event."""
+        eid = msg.get("id")
+        if not isinstance(eid, str):
+            msg["prev"] = None
+            self._last_event.pop(job_id, None)  # (not one of ours: the chain is unsure now)
+            return
+        msg["prev"] = self._last_event.pop(job_id, None)
+        self._last_event[job_id] = eid  # (re)inserted last: the most recently seen
+        if len(self._last_event) > _CHAIN_JOBS:
+            self._last_event.popitem(last=False)
 
     def _call_listeners(self, msg: dict[str, Any], is_log: bool) -> None:
         for callback, logs in list(self._listeners):

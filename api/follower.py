@@ -4,6 +4,10 @@ Pub/sub only wakes a follower (see :mod:`api.fanout`). The Redis streams are the
 after a wake-up :class:`JobFollower` reads its job's streams from its own :class:`Cursor`
 (XRANGE with an exclusive start), so nothing is lost or repeated and the order is exactly
 the stream's, even when pub/sub drops a message or two publishers race.
+
+The reads are skipped when the messages provably continue the cursor: log lines whose
+numbers follow the cursor's, and events whose ``prev`` (set by the hub) is the cursor's
+event id. Anything else (a gap, an unknown ``prev``, a quiet poll, a resync) reads.
 """
 
 from __future__ import annotations
@@ -95,9 +99,12 @@ class JobFollower:
     async def batches(self) -> AsyncIterator[list[Item]]:
         read_events, read_logs = True, True
         hint: list[LogLine] = []
+        published: list[dict[str, Any]] = []
         while True:
             evs = (
-                await self.hub.read_events(self.job_id, self.cursor.event_id) if read_events else []
+                await self.hub.read_events(self.job_id, self.cursor.event_id)
+                if read_events
+                else published
             )
             terminal = next((e for e in evs if e["type"] in TERMINAL_EVENTS), None)
             if terminal is not None:
@@ -111,27 +118,42 @@ class JobFollower:
                     yield rest
                 return
             if len(logs) >= self.page:
-                read_events, read_logs, hint = False, True, []
+                read_events, read_logs, hint, published = False, True, [], []
                 continue  # more lines are waiting: no need to wait for a wake-up
-            read_events, read_logs, hint = self._wake(await self._wait())
+            read_events, read_logs, hint, published = self._wake(await self._wait())
 
     async def _wait(self) -> list[dict[str, Any] | None]:
         first = await self.sub.next(self.poll_s)
         return [first, *self.sub.pending()]
 
-    def _wake(self, msgs: list[dict[str, Any] | None]) -> tuple[bool, bool, list[LogLine]]:
+    def _wake(
+        self, msgs: list[dict[str, Any] | None]
+    ) -> tuple[bool, bool, list[LogLine], list[dict[str, Any]]]:
+        """What a burst of messages asks for: (read events?, read logs?, lines, events)."""
         read_events = read_logs = False
         hint: list[LogLine] = []
+        published: list[dict[str, Any]] = []
+        head = self.cursor.event_id  # the last event we have, or will have from ``published``
         for msg in msgs:
             if msg is None or msg.get("type") == "resync":
                 # A quiet poll or a reconnect: re-read both streams to be sure.
                 read_events = read_logs = True
             elif msg.get("type") == "log":
                 hint.extend(msg.get("data", {}).get("lines", []))
-            else:
-                # Also read the log: lines written just before this event come before it.
-                read_events = read_logs = True
-        return read_events, read_logs, hint
+            elif not read_events:  # (else a read is due anyway, and covers this event)
+                after = _is_after(msg.get("id"), head)
+                if after is False:
+                    continue  # already ours (it landed between subscribing and a read)
+                if after and msg.get("prev") == head:
+                    # The very next entry of the stream, as published: no read needed.
+                    # Lines logged before it were published before it: they are in ``hint``.
+                    published.append(_event_of(msg))
+                    head = msg["id"]
+                else:
+                    # A gap or an unknown predecessor: read both streams, as on a first
+                    # connection (lines written just before the events come before them).
+                    read_events = read_logs = True
+        return read_events, read_logs, hint, [] if read_events else published
 
     async def _logs(self, hint: list[LogLine]) -> list[LogLine]:
         fresh = [ln for ln in hint if ln["seq"] > self.cursor.log_seq]
@@ -181,3 +203,20 @@ class JobFollower:
         self.cursor = Cursor(terminal["id"], self.cursor.log_seq)
         if self.emit_events:
             yield [("event", terminal, self.cursor)]
+
+
+def _id_key(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _is_after(event_id: Any, head: str) -> bool | None:
+    """Whether stream id ``event_id`` comes after ``head`` (None: not a stream id)."""
+    if not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
+        return None
+    return _id_key(event_id) > _id_key(head)
+
+
+def _event_of(msg: dict[str, Any]) -> dict[str, Any]:
+    """A published event message as the stream read would give it."""
+    return {k: msg[k] for k in ("id", "job_id", "type", "ts", "data")}

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         description="Undelivered live messages one SSE/WebSocket client may have pending "
         "before it is disconnected as too slow.",
     )
+    stream_redis_connections: int = Field(
+        default=16,
+        ge=1,
+        description="Redis connections one API process uses for its live clients' stream "
+        "reads (plus its one subscription); clients queue for them, whatever their number.",
+    )
     sse_ping_s: float = Field(default=15, gt=0, description="Keep-alive comment interval on SSE.")
     retention_days: float = Field(default=30, ge=0)
     lease_s: float = Field(default=30, gt=0, description="Runner lease; renewed every lease_s/3.")

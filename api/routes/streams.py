@@ -58,6 +58,7 @@ def setup(app: FastAPI) -> None:
             state.settings.effective_redis_url,
             logs_dir=state.settings.logs_dir,
             queue_size=state.settings.stream_queue_size,
+            max_connections=state.settings.stream_redis_connections,
         )
         state.extras["hub"] = hub
         await hub.start()

@@ -10,10 +10,10 @@ import anyio
 import pytest
 import redis
 
-from api.fanout import RESYNC, Dropped, Hub
+from api.fanout import RESYNC, Dropped, Hub, Subscriber
 from api.follower import Cursor, JobFollower, parse_seq
 from orchestrator.errors import ParamError
-from orchestrator.events import Events, connect
+from orchestrator.events import Events, LogLine, connect
 from orchestrator.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -230,3 +230,159 @@ def test_cursors_and_line_numbers_name_the_bad_field() -> None:
     with pytest.raises(ParamError) as err:
         parse_seq("-1")
     assert err.value.field == "since"
+
+
+class CountingHub(Hub):
+    """The real hub, counting its stream reads (to see which wake-ups cost a read)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads: list[str] = []
+
+    async def read_events(self, job_id: str, after: str, count: int = 1000) -> list[dict[str, Any]]:
+        self.reads.append("events")
+        return await super().read_events(job_id, after, count)
+
+    async def read_logs(self, job_id: str, since: int = 0, limit: int = 1000) -> list[LogLine]:
+        self.reads.append("logs")
+        return await super().read_logs(job_id, since, limit)
+
+
+@pytest.fixture
+async def counting_hub(settings: Settings) -> AsyncIterator[CountingHub]:
+    h = CountingHub(
+        settings.effective_redis_url,
+        logs_dir=settings.logs_dir,
+        client_name=f"test-hub-{uuid.uuid4().hex[:8]}",
+        max_connections=2,
+    )
+    await h.start()
+    yield h
+    await h.stop()
+
+
+async def test_event_messages_name_the_previous_event_the_hub_saw(
+    counting_hub: CountingHub, events: Events, settings: Settings
+) -> None:
+    hub, jid, other = counting_hub, job_id(), job_id()
+    sub = hub.subscribe(jid, logs=False)
+    ids = []
+    for n in range(3):
+        ev = await anyio.to_thread.run_sync(events.publish, jid, "progress", {"n": n})
+        ids.append(ev["id"])
+        await publish(events, other, "progress", {})  # another job's events: its own chain
+        await append(events, jid, [f"line {n}"])  # log lines are not links
+    got: list[tuple[str, str | None]] = []
+    with anyio.fail_after(WAIT_S):
+        while len(got) < 3:
+            msg = await sub.next()
+            if msg is not None and msg["type"] == "progress":
+                got.append((msg["id"], msg["prev"]))
+    # The first one the hub saw has no known predecessor; then each names the one before.
+    assert got == [(ids[0], None), (ids[1], ids[0]), (ids[2], ids[1])]
+
+    # After a lost subscription the chain starts again: what was missed is unknown.
+    r = redis.Redis.from_url(settings.effective_redis_url, decode_responses=True)
+    try:
+        mine = [
+            c
+            for c in r.client_list()
+            if c.get("name") == hub.client_name and int(c.get("sub", 0)) > 0
+        ]
+        r.client_kill_filter(_id=mine[0]["id"])
+        with anyio.fail_after(WAIT_S):
+            assert await sub.next() is RESYNC
+    finally:
+        r.close()
+    fourth = await anyio.to_thread.run_sync(events.publish, jid, "progress", {"n": 3})
+    with anyio.fail_after(WAIT_S):
+        msg = await sub.next()
+    assert msg is not None and msg["id"] == fourth["id"] and msg["prev"] is None
+
+
+async def test_a_follower_takes_chained_events_from_the_messages_without_reading(
+    counting_hub: CountingHub, events: Events
+) -> None:
+    hub, jid = counting_hub, job_id()
+    # Published before the client came, but the hub saw it: the chain starts here.
+    await publish(events, jid, "started", {"status": "running"})
+    sub = hub.subscribe(jid)
+    follower = JobFollower(hub, sub, jid, Cursor(), poll_s=30)
+    got: list[tuple[str, Any]] = []
+    seen = {1: anyio.Event(), 2: anyio.Event(), 10: anyio.Event()}  # items so far -> event
+
+    async def follow() -> None:
+        async for batch in follower.batches():
+            got.extend((k, p.get("line") or p["type"]) for k, p, _ in batch)
+            for n, ev in seen.items():
+                if len(got) >= n:
+                    ev.set()
+
+    with anyio.fail_after(WAIT_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            await seen[1].wait()
+            assert hub.reads == ["events", "logs"]  # the first look reads both streams
+            del hub.reads[:]
+            # From here each event names its predecessor and lines continue the cursor:
+            # a live client costs no read at all, for events or for lines.
+            await publish(events, jid, "progress", {"percent": 1, "message": "a"})
+            await seen[2].wait()
+            for n in range(2, 6):
+                await append(events, jid, [f"line {n}"])
+                await publish(events, jid, "progress", {"percent": n, "message": "b"})
+            await seen[10].wait()
+            assert hub.reads == []
+            await publish(events, jid, "succeeded", {"status": "succeeded"})
+    assert got == [
+        ("event", "started"),
+        ("event", "progress"),
+        *[x for n in range(2, 6) for x in (("log", f"line {n}"), ("event", "progress"))],
+        ("event", "succeeded"),
+    ]
+    assert hub.reads == ["logs"]  # the final drain of the log, once
+
+
+async def test_a_follower_that_missed_a_message_reads_and_loses_nothing(
+    counting_hub: CountingHub, events: Events
+) -> None:
+    hub, jid = counting_hub, job_id()
+    real = hub.subscribe(jid)
+    # The follower's subscriber gets what the hub delivers except the event with n == 1: the
+    # next message names a predecessor the follower does not have.
+    gappy = Subscriber(jid, logs=True, size=100, label="gappy")
+
+    async def relay() -> None:
+        while True:
+            msg = await real.next()
+            if msg is not None and (msg.get("data") or {}).get("n") != 1:
+                gappy.queue.put_nowait(msg)
+
+    first = await anyio.to_thread.run_sync(events.publish, jid, "progress", {"n": 0})
+    follower = JobFollower(hub, gappy, jid, Cursor(), poll_s=30)
+    items: list[dict[str, Any]] = []
+    started, done = anyio.Event(), anyio.Event()
+
+    async def follow() -> None:
+        async for batch in follower.batches():
+            items.extend(p for _, p, _ in batch)
+            started.set()
+        done.set()
+
+    with anyio.fail_after(WAIT_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(relay)
+            tg.start_soon(follow)
+            await started.wait()  # it has read event 0
+            reads = len(hub.reads)
+            ids = [first["id"]]
+            for n in range(1, 4):
+                ev = await anyio.to_thread.run_sync(events.publish, jid, "progress", {"n": n})
+                ids.append(ev["id"])
+            await publish(events, jid, "failed", {"status": "failed"})
+            await done.wait()
+            tg.cancel_scope.cancel()  # (the relay)
+    assert follower.final is not None and follower.final["type"] == "failed"
+    assert [p["id"] for p in items] == [*ids, follower.final["id"]]
+    assert [p["data"].get("n") for p in items[:-1]] == [0, 1, 2, 3]
+    assert "events" in hub.reads[reads:]  # the gap was filled from the stream

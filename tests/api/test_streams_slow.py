@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 import pytest
 import redis
-from httpx_sse import connect_sse
+from httpx_sse import aconnect_sse, connect_sse
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -298,3 +299,109 @@ def test_a_slow_websocket_client_is_closed_with_1013_and_the_reason(
         assert code == 1013 and "too slow" in reason
     finally:
         sock.close()
+
+
+CROWD = 150  # SSE clients at once: more than a default Redis pool's 100 connections
+CROWD_POOL = 4  # this API's stream-read connections: the clients must queue for them
+
+
+@pytest.fixture(scope="module")
+def crowded(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second API process with very few Redis connections for its stream reads."""
+    settings = stack.settings.model_copy(update={"api_port": free_port(), "token": None})
+    sup = Supervisor(settings, log_dir=tmp_path_factory.mktemp("crowd-api"), say=lambda _: None)
+    sup.add("api", api_argv(settings), env={"LAUNCHBAY_STREAM_REDIS_CONNECTIONS": str(CROWD_POOL)})
+    sup.start()
+    try:
+        url = f"http://127.0.0.1:{settings.api_port}"
+        wait_http(f"{url}{API}/healthz", timeout=60, alive=lambda: sup.poll_dead() is None)
+        yield url
+    finally:
+        sup.stop()
+
+
+def test_150_sse_clients_at_once_all_get_complete_streams(
+    stack: Stack, crowded: str, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    lines, every = 60, 10
+    job = stack.submit(
+        gated(
+            go,
+            # (Paced, so most progress lines go out as events rather than coalesced.)
+            f"for i in range(1, {lines} + 1):\n"
+            "    print(f'n-{i}', flush=True)\n"
+            f"    if i % {every} == 0:\n"
+            "        print(f'::progress {i} at {i}', flush=True); time.sleep(0.1)\n",
+        )
+    )
+    kinds = ["events", "logs/stream"]
+    results: dict[int, list[tuple[str, Any]]] = {}
+    failures: list[str] = []
+    ready: list[int] = []  # clients whose response started: their start position is noted
+
+    async def client(h: httpx.AsyncClient, n: int) -> None:
+        got: list[tuple[str, Any]] = []
+        try:
+            path = f"{API}/jobs/{job['id']}/{kinds[n % 2]}"
+            async with aconnect_sse(h, "GET", path) as es:
+                if es.response.status_code != 200:
+                    failures.append(f"client {n}: HTTP {es.response.status_code}")
+                    return
+                ready.append(n)
+                async for ev in es.aiter_sse():
+                    if ev.event not in ("message", "status"):  # (keep-alives, first state)
+                        got.append((ev.event, json.loads(ev.data)))
+            results[n] = got
+        except Exception as exc:  # surfaced below, with the others
+            failures.append(f"client {n}: {exc!r}")
+
+    async def crowd() -> None:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        timeout = httpx.Timeout(30, read=60)
+        async with (
+            httpx.AsyncClient(base_url=crowded, limits=limits, timeout=timeout) as h,
+            anyio.create_task_group() as tg,
+        ):
+            for n in range(CROWD):
+                tg.start_soon(client, h, n)
+
+    # The clients run in their own thread and event loop; this thread watches the hub.
+    runner = threading.Thread(target=anyio.run, args=(crowd,))
+    runner.start()
+    try:
+        with httpx.Client(base_url=crowded, timeout=10) as c:
+            wait_until(lambda: len(ready) >= CROWD or failures, 60, what=f"{CROWD} SSE clients")
+            assert failures or c.get(f"{API}/streams").json()["subscribers"] >= CROWD
+    finally:
+        go.touch()
+        runner.join(120)
+    assert not runner.is_alive(), "the clients did not finish"
+    assert not failures, failures[:5]
+    assert len(results) == CROWD
+
+    want_lines: list[str] = []
+    for i in range(1, lines + 1):
+        want_lines.append(f"n-{i}")
+        if i % every == 0:
+            want_lines.append(f"::progress {i} at {i}")
+    for n, got in results.items():
+        logs = [d["line"] for ev, d in got if ev == "log"]
+        assert logs == want_lines, n
+        if kinds[n % 2] == "logs/stream":
+            assert [ev for ev, _ in got] == ["log"] * len(want_lines), n
+            continue
+        # The runner may coalesce a burst of progress lines; the last word always goes out.
+        progress = [d["percent"] for ev, d in got if ev == "progress"]
+        assert progress == sorted(set(progress)) and progress[-1] == float(lines), n
+        assert set(progress) <= {float(i) for i in range(every, lines + 1, every)}, n
+        assert got[-1][0] == "complete", n
+        # Each progress event comes after the lines printed before it, not before.
+        for k, (ev, d) in enumerate(got):
+            if ev == "progress":
+                before = {x["line"] for e, x in got[:k] if e == "log"}
+                assert f"n-{int(d['percent'])}" in before, n
+    first_events = next(got for n, got in results.items() if kinds[n % 2] == "events")
+    for n, got in results.items():
+        if kinds[n % 2] == "events":
+            assert got == first_events, n
