@@ -29,6 +29,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.throughput
+	$(PY) -m bench.streams
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
