@@ -24,12 +24,20 @@ export class DetailPanel {
     this.logs = new Map(); // seq -> line record
     this.returnFocus = null;
     this._sseRetry = null;
+    this._endedSeen = false;
     store.addEventListener("jobs", (ev) => {
       const ids = ev.detail.ids;
       if (!this.id || (ids && !ids.includes(this.id))) return;
       // A fresh snapshot may not list an older job: fetch it rather than show stale data.
       if (!store.jobs.has(this.id)) refreshJob(this.id);
-      else this._update();
+      else {
+        if (!this._endedSeen && isTerminal(store.jobs.get(this.id))) {
+          // However the end reached us (queue socket, SSE, a poll), show the whole log tail.
+          this._endedSeen = true;
+          this._loadLogs(this.id);
+        }
+        this._update();
+      }
     });
     setInterval(() => this.id && this._updateTimes(), 1000);
     document.addEventListener("keydown", (ev) => {
@@ -50,6 +58,7 @@ export class DetailPanel {
     this.id = id;
     this.returnFocus = returnFocus || null;
     this.logs = new Map();
+    this._endedSeen = false;
     this._build();
     this.el.querySelector(".detail-log").hidden = false;
     this._renderLogs();
@@ -291,6 +300,7 @@ export class DetailPanel {
         if (data && data.id) store.upsert(data);
         this._stopStream();
         refreshJob(id);
+        this._loadLogs(id); // the whole tail, whatever the stream delivered
       });
     }
     es.onerror = () => {
@@ -301,6 +311,9 @@ export class DetailPanel {
       this._sseRetry = setTimeout(() => {
         if (this.id === id) {
           refreshJob(id);
+          // Lines may have come and the job ended while we were not listening: fetch them,
+          // since a stream is only reopened for a job that is still running.
+          this._loadLogs(id);
           this._startStream();
         }
       }, 3000);

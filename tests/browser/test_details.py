@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import needs_own_stack
+from tests.browser.conftest import NETWORK_NOISE, needs_own_stack
 from tests.browser.helpers import JOB_WAIT_MS, ApiProcess, pick_type, row, submit_form
 from tests.support import Stack
 
@@ -98,3 +98,19 @@ def test_token_is_asked_once_and_kept(target: Stack, token_api: ApiProcess, dash
     expect(dialog).to_be_hidden()
     job = target.submit({"executor": "builtin", "type": "countdown", "params": {"seconds": 1}})
     expect(row(page, job["id"])).to_have_attribute("data-status", "succeeded", timeout=JOB_WAIT_MS)
+
+
+def test_log_tail_arrives_even_when_the_job_stream_fails(target: Stack, dashboard) -> None:
+    # The job's SSE stream is refused: the detail panel must still show the whole log once
+    # the job has ended (it learns the end from the queue socket and fetches the tail).
+    dashboard.allow_console(*NETWORK_NOISE)
+    page = dashboard.open(target.url)
+    page.route("**/events*", lambda route: route.abort())
+    pick_type(page, "Process")
+    page.locator('#job-form input[name="command"]').fill(
+        "python3 -c \"print('tail without a stream')\""
+    )
+    job = submit_form(page)
+    expect(row(page, job["id"])).to_have_attribute("data-status", "succeeded", timeout=JOB_WAIT_MS)
+    detail = page.locator("#detail")
+    expect(detail.locator(".log")).to_contain_text("tail without a stream", timeout=JOB_WAIT_MS)
