@@ -120,10 +120,6 @@ class Events:
         entries = self.r.xrange(job_events_key(job_id), min=start, max="+", count=count)
         return [decode_event(job_id, eid, f) for eid, f in entries]
 
-    def last_event_id(self, job_id: str) -> str | None:
-        last = self.r.xrevrange(job_events_key(job_id), count=1)
-        return last[0][0] if last else None
-
     # ---------------------------------------------------------- logs
 
     def log_path(self, job_id: str) -> Path:
@@ -133,8 +129,8 @@ class Events:
         if job_id not in self._seq:
             last = self.r.xrevrange(job_logs_key(job_id), count=1)
             seq = int(last[0][0].split("-", 1)[0]) if last else 0
-            if not seq:
-                seq = sum(1 for _ in self._iter_file(job_id))
+            if not seq:  # the live buffer is gone: the stored log says how far we got
+                seq = self._stored_lines(job_id)
             self._seq[job_id] = seq
         return self._seq[job_id]
 
@@ -181,27 +177,12 @@ class Events:
         """Drop the cached sequence number once this process is done with a job."""
         self._seq.pop(job_id, None)
 
-    def _iter_file(self, job_id: str):  # type: ignore[no-untyped-def]
-        path = self.log_path(job_id)
-        if not path.exists():
-            return
-        with path.open(encoding="utf-8") as f:
-            for raw in f:
-                if raw.strip():
-                    yield json.loads(raw)
-
-    def read_logs(self, job_id: str, since: int = 0, limit: int | None = None) -> list[LogLine]:
-        """Lines after ``since``: from the live buffer when it still holds them, else the file."""
-        entries = self.r.xrange(job_logs_key(job_id), min=f"({since}-0", max="+", count=limit)
-        if entries and int(entries[0][0].split("-", 1)[0]) == since + 1:
-            return [decode_log(eid, f) for eid, f in entries]
-        out: list[LogLine] = []
-        for rec in self._iter_file(job_id):
-            if rec["seq"] > since:
-                out.append(rec)
-                if limit is not None and len(out) >= limit:
-                    break
-        return out
+    def _stored_lines(self, job_id: str) -> int:
+        try:
+            with self.log_path(job_id).open(encoding="utf-8") as f:
+                return sum(1 for raw in f if raw.strip())
+        except FileNotFoundError:
+            return 0
 
     def purge(self, job_id: str) -> None:
         """Remove a job's streams, flags and stored log."""

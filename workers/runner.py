@@ -21,6 +21,7 @@ from orchestrator.errors import RunnerLaunchError
 from orchestrator.job import Job, JobStatus, StepResult
 from workers.directives import apply_directive
 from workers.launchers import LaunchContext, LauncherSet, Outcome
+from workers.verdict import decide, result_of
 
 log = logging.getLogger(__name__)
 
@@ -284,29 +285,24 @@ class AttemptRunner:
                 launch_error = launch_error or f"artifact collection failed: {exc}"
         if reporter.steps:
             fields["steps"] = [s.model_dump(mode="json") for s in reporter.steps]
-        result = outcome.result if outcome and outcome.result is not None else None
-        if reporter.has_result:
-            result = reporter.result_value
+        result = result_of(outcome, reporter.has_result, reporter.result_value)
         if result is not None:
             fields["result"] = result
         if outcome and outcome.resource_usage:
             fields["resource_usage"] = outcome.resource_usage
 
-        if state["lost"]:
-            status, code, error = None, None, None
-        elif state["timed_out"]:
-            status, code = JobStatus.timed_out, outcome.exit_code if outcome else None
-            error = f"timed out after {job.spec.timeout_s:g} s"
-        elif ctx.cancel.is_set():
-            status, code, error = JobStatus.cancelled, None, "cancelled"
-        elif launch_error:
-            status, code, error = JobStatus.failed, None, launch_error
-        elif outcome is not None and outcome.ok:
-            status, code, error = JobStatus.succeeded, 0, None
-        else:
-            code = outcome.exit_code if outcome else None
-            error = (outcome.error if outcome else None) or f"exited with code {code}"
-            status = JobStatus.failed
+        status: JobStatus | None = None
+        code: int | None = None
+        error: str | None = None
+        if not state["lost"]:  # someone else owns the job now: leave it to them
+            v = decide(
+                outcome,
+                launch_error,
+                timed_out=state["timed_out"],
+                timeout_s=job.spec.timeout_s,
+                cancelled=ctx.cancel.is_set(),
+            )
+            status, code, error = v.status, v.exit_code, v.error
 
         final = "lost"
         if status is not None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.job import JobStatus
 from workers.launchers import Outcome
+from workers.verdict import decide, result_of
 
 if TYPE_CHECKING:
     from workers.agent.reporter import Reporter
@@ -25,40 +27,24 @@ def final_report(
     body: dict[str, Any] = {}
     if reporter.steps:
         body["steps"] = [s.model_dump(mode="json") for s in reporter.steps]
-    result = outcome.result if outcome is not None else None
-    if reporter.has_result:
-        result = reporter.result_value
+    result = result_of(outcome, reporter.has_result, reporter.result_value)
     if result is not None:
         body["result"] = result
-    code = outcome.exit_code if outcome is not None else None
-    if timed_out:
-        what, body = (
-            "failed",
-            {
-                **body,
-                "timed_out": True,
-                "exit_code": code,
-                "error": f"timed out after {timeout_s:g} s",
-            },
-        )
-    elif cancelled:
-        what, body = "failed", {**body, "error": "cancelled"}
-    elif abort_reason:
-        what, body = "failed", {**body, "error": abort_reason}
-    elif launch_error:
-        what, body = "failed", {**body, "error": launch_error}
-    elif outcome is not None and outcome.ok:
-        what = "completed"
-        body = {**body, "exit_code": 0}
-        if outcome.resource_usage:
+    v = decide(
+        outcome,
+        launch_error,
+        timed_out=timed_out,
+        timeout_s=timeout_s,
+        cancelled=cancelled,
+        aborted=abort_reason,
+    )
+    if v.status == JobStatus.succeeded:
+        body["exit_code"] = 0
+        if outcome is not None and outcome.resource_usage:
             body["resource_usage"] = outcome.resource_usage
-    else:
-        what, body = (
-            "failed",
-            {
-                **body,
-                "exit_code": code,
-                "error": ((outcome.error if outcome else None) or f"exited with code {code}"),
-            },
-        )
-    return what, body
+        return "completed", body
+    if v.status == JobStatus.timed_out:
+        body["timed_out"] = True
+    body["exit_code"] = v.exit_code
+    body["error"] = v.error
+    return "failed", body
