@@ -6,6 +6,8 @@ compares the two.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,12 +66,37 @@ jobs = sa.Table(
 )
 
 
+_SQLITE_BUSY_S = 15.0
+
+
 def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_S * 1000)}")
+    if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        _switch_to_wal(cur)
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=15000")
     cur.close()
+
+
+def _switch_to_wal(cur: Any) -> None:
+    """Turn a new database file to WAL; several processes may race to do it.
+
+    The switch needs the file to itself, and SQLite answers "database is locked" at
+    once, without waiting on busy_timeout, when another connection is switching or
+    reading at that moment. WAL is a property of the file, so the first one to succeed
+    settles it for everyone: retry until then.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_S
+    delay = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def make_engine(url: str) -> Engine:
