@@ -146,6 +146,7 @@ class Dispatcher:
             job.attempt,
             reason=reason,
             match_timeout_s=job.spec.match_timeout_s or self.settings.default_match_timeout_s,
+            delay_s=countdown,
         )
         if again is None:
             return None

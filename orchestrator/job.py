@@ -212,6 +212,9 @@ class Job(BaseModel):
     finished_at: datetime | None = None
     lease_expires_at: datetime | None = None
     match_deadline: datetime | None = None
+    not_before: datetime | None = Field(
+        default=None, description="A retry waiting out its backoff: no runner takes it before."
+    )
     exit_code: int | None = None
     error: str | None = None
     progress: Progress = Field(default_factory=Progress)

@@ -51,6 +51,7 @@ jobs = sa.Table(
     sa.Column("finished_at", UTCDateTime),
     sa.Column("lease_expires_at", UTCDateTime),
     sa.Column("match_deadline", UTCDateTime),
+    sa.Column("not_before", UTCDateTime),
     sa.Column("exit_code", sa.Integer),
     sa.Column("error", sa.Text),
     sa.Column("progress_percent", sa.Float, nullable=False, default=0),

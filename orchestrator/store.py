@@ -47,6 +47,7 @@ def _row_to_job(row: sa.Row[Any]) -> Job:
         finished_at=m["finished_at"],
         lease_expires_at=m["lease_expires_at"],
         match_deadline=m["match_deadline"],
+        not_before=m["not_before"],
         exit_code=m["exit_code"],
         error=m["error"],
         progress=Progress(percent=m["progress_percent"], message=m["progress_message"]),
@@ -294,6 +295,7 @@ class JobStore:
             jobs.c.status == JobStatus.queued.value,
             jobs.c.executor.in_(list(executors)),
             sa.or_(jobs.c.match_deadline.is_(None), jobs.c.match_deadline >= now),
+            sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
         ]
         after: tuple[datetime, str] | None = None
         scanned = 0
@@ -348,9 +350,20 @@ class JobStore:
         )
 
     def requeue(
-        self, job_id: str, attempt: int, *, reason: str, match_timeout_s: float | None = None
+        self,
+        job_id: str,
+        attempt: int,
+        *,
+        reason: str,
+        match_timeout_s: float | None = None,
+        delay_s: float | None = None,
     ) -> Job | None:
-        """Active → queued with the next attempt (lease lost or a retry)."""
+        """Active → queued with the next attempt (lease lost or a retry).
+
+        ``delay_s`` is a retry's backoff: the job is ``not_before`` now + delay, which the
+        pull path (:meth:`claim_next`) honours; the Celery message carries the same delay as
+        its countdown.
+        """
         now = utcnow()
         return self._cas(
             job_id,
@@ -370,8 +383,11 @@ class JobStore:
                 "progress_percent": 0.0,
                 "progress_message": "",
                 "match_deadline": (
-                    now + timedelta(seconds=match_timeout_s) if match_timeout_s else None
+                    now + timedelta(seconds=(match_timeout_s + (delay_s or 0)))
+                    if match_timeout_s
+                    else None
                 ),
+                "not_before": now + timedelta(seconds=delay_s) if delay_s else None,
             },
         )
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
 from orchestrator.events import Events, connect
-from orchestrator.job import BuiltinSpec, Demands
+from orchestrator.job import BuiltinSpec, Demands, utcnow
+from orchestrator.schema import jobs
 from orchestrator.store import JobStore
 from tests.support import Stack, wait_until
 
@@ -196,6 +197,35 @@ def test_failed_with_attempts_left_is_requeued_then_reclaimed(
     assert post(api, job["id"], "started", lid, attempt=1).status_code == 409
     r = post(api, job["id"], "failed", lid, attempt=2, error="disk still full", exit_code=1)
     assert r.json()["status"] == "failed" and r.json()["error"] == "disk still full"
+
+
+def test_a_retry_waits_out_its_backoff_before_an_agent_takes_it(
+    api: httpx.Client, stack: Stack, tag: str
+) -> None:
+    lid = register(api, [tag])
+    job = stack.submit(spec(tag, max_attempts=2, retry_backoff_s=600))
+    claim(api, lid)
+    r = post(api, job["id"], "failed", lid, error="flaky", exit_code=1)
+    again = r.json()
+    assert again["status"] == "queued" and again["attempt"] == 2
+    wait_s = (datetime.fromisoformat(again["not_before"]) - datetime.now(UTC)).total_seconds()
+    assert 590 < wait_s <= 600
+    assert poll(api, lid, wait=0).status_code == 204  # still backing off
+    assert stack.job(job["id"])["status"] == "queued"
+
+    # The backoff is over (moved into the past rather than waited for).
+    store = JobStore(stack.settings.effective_database_url)
+    try:
+        with store.engine.begin() as c:
+            c.execute(
+                jobs.update()
+                .where(jobs.c.id == job["id"])
+                .values(not_before=utcnow() - timedelta(seconds=1))
+            )
+    finally:
+        store.dispose()
+    taken = claim(api, lid)
+    assert taken["id"] == job["id"] and taken["attempt"] == 2
 
 
 def test_timed_out_report(api: httpx.Client, stack: Stack, tag: str) -> None:

@@ -24,7 +24,13 @@ from orchestrator.job import (
     JobStatus,
     utcnow,
 )
-from orchestrator.migrations import current_revision, head_revision, upgrade_to_head
+from orchestrator.migrations import (
+    INITIAL_REVISION,
+    alembic_config,
+    current_revision,
+    head_revision,
+    upgrade_to_head,
+)
 from orchestrator.schema import jobs, make_engine, metadata
 from orchestrator.store import JobStore
 
@@ -256,6 +262,27 @@ def test_claim_next_pages_past_jobs_that_do_not_fit(store: JobStore) -> None:
     got = store.claim_next("agent", ["builtin"], [], LEASE, page=2)
     assert got is not None and got.id == plain.id
     assert store.claim_next("agent", ["builtin"], [], LEASE, page=2) is None
+
+
+def test_claim_next_waits_out_a_retrys_backoff(store: JobStore) -> None:
+    job = job_in(store, S.running)
+    again = store.requeue(job.id, 1, reason="attempt 1 failed", match_timeout_s=60, delay_s=30)
+    assert again is not None and again.not_before is not None
+    assert timedelta(seconds=29) < again.not_before - utcnow() <= timedelta(seconds=30)
+    # the match window starts when the backoff ends
+    assert again.match_deadline is not None
+    assert again.match_deadline - again.not_before == timedelta(seconds=60)
+    assert store.claim_next("runner-b", ["builtin"], [], LEASE) is None
+    with store.engine.begin() as c:
+        c.execute(
+            jobs.update()
+            .where(jobs.c.id == job.id)
+            .values(not_before=utcnow() - timedelta(seconds=1))
+        )
+    taken = store.claim_next("runner-b", ["builtin"], [], LEASE)
+    assert taken is not None and taken.id == job.id and taken.attempt == 2
+    # a requeue without a delay (a lost lease) leaves nothing to wait for
+    assert store.requeue(job.id, 2, reason="lease lost").not_before is None
 
 
 def test_claim_next_skips_jobs_past_their_match_deadline(store: JobStore) -> None:
@@ -556,15 +583,43 @@ def test_new_database_is_at_head_and_matches_the_table(store: JobStore) -> None:
     assert diff == [], f"migrations and orchestrator.schema.jobs differ: {diff}"
 
 
+def _first_release_database(engine: sa.Engine) -> None:
+    """The schema as the first release's create_all made it: revision 0001's table and no
+    ``alembic_version``."""
+    from alembic import command
+
+    with engine.begin() as c:
+        command.upgrade(alembic_config(c), INITIAL_REVISION)
+        c.execute(sa.text("DROP TABLE alembic_version"))
+
+
+def _old_row(job_id: str, status: JobStatus, labels: dict[str, str]) -> dict[str, Any]:
+    """A row as the first release wrote it: only the columns revision 0001 has."""
+    return {
+        "id": job_id,
+        "spec": spec(labels=labels),
+        "executor": "builtin",
+        "labels": labels,
+        "status": status.value,
+        "attempt": 1,
+        "created_at": datetime(2025, 1, 1, 12, 0, int(job_id[-1])),
+        "progress_percent": 0.0,
+        "progress_message": "",
+        "steps": [],
+        "artifacts": [],
+        "cancel_requested": False,
+    }
+
+
 def test_upgrade_keeps_the_data_of_a_database_made_before_migrations(backend_url: str) -> None:
     engine = make_engine(backend_url)
-    metadata.create_all(engine)  # how the first release made its schema
-    old = JobStore(backend_url, create=False)
-    kept = [old.create(spec(labels={"i": str(i)})) for i in range(3)]
-    old.claim(kept[0].id, "r", LEASE)
-    with engine.connect() as c:
+    _first_release_database(engine)
+    rows = [_old_row(f"old{i}", S.claimed if i == 0 else S.queued, {"i": str(i)}) for i in range(3)]
+    old_jobs = sa.Table("jobs", sa.MetaData(), autoload_with=engine)
+    assert "not_before" not in old_jobs.c  # the upgrade has something to do
+    with engine.begin() as c:
+        c.execute(old_jobs.insert(), rows)
         assert current_revision(c) is None
-    old.dispose()
 
     upgrade_to_head(engine)
     upgrade_to_head(engine)  # running it again changes nothing
@@ -574,9 +629,13 @@ def test_upgrade_keeps_the_data_of_a_database_made_before_migrations(backend_url
 
     store = JobStore(backend_url)
     try:
-        assert [store.get(j.id).spec.labels for j in kept] == [{"i": "0"}, {"i": "1"}, {"i": "2"}]
-        assert store.get(kept[0].id).status == S.claimed
+        labels = [store.get(r["id"]).spec.labels for r in rows]
+        assert labels == [{"i": "0"}, {"i": "1"}, {"i": "2"}]
+        assert store.get("old0").status == S.claimed
+        assert store.get("old1").not_before is None
         assert store.list()[1] == 3
+        # and the upgraded rows take part in the new columns' rules
+        assert store.claim_next("runner-a", ["builtin"], [], LEASE).id == "old1"
     finally:
         store.dispose()
 

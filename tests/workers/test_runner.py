@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
+from orchestrator.events import Events, connect
 from tests.support import Stack
 
 
@@ -51,3 +54,27 @@ def test_retry_that_succeeds_ends_succeeded(stack: Stack) -> None:
     )
     done = stack.wait_status(job["id"], timeout=30)
     assert done["status"] == "succeeded" and done["attempt"] == 2
+
+
+def test_a_retry_waits_out_its_backoff(stack: Stack) -> None:
+    job = stack.submit(
+        {
+            "executor": "process",
+            "max_attempts": 2,
+            "retry_backoff_s": 1.5,
+            "command": ["sh", "-c", "exit 4"],
+        }
+    )
+    done = stack.wait_status(job["id"], timeout=30)
+    assert done["status"] == "failed" and done["attempt"] == 2
+    events = Events(connect(stack.settings.effective_redis_url), logs_dir=stack.settings.logs_dir)
+    try:
+        history = events.read_events(job["id"])
+    finally:
+        events.r.close()
+    requeued = next(e for e in history if e["type"] == "requeued")
+    claimed_again = next(e for e in history if e["type"] == "claimed" and e["data"]["attempt"] == 2)
+    not_before = datetime.fromisoformat(requeued["data"]["not_before"])
+    assert not_before - datetime.fromisoformat(requeued["ts"]) >= timedelta(seconds=1.4)
+    # Never early (it may be late on a busy machine, so this is a lower bound only).
+    assert datetime.fromisoformat(claimed_again["data"]["claimed_at"]) >= not_before
