@@ -32,6 +32,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -336,6 +337,26 @@ class Hub:
         first = await self.redis.xrange(job_logs_key(job_id), count=1)
         return int(first[0][0].split("-", 1)[0]) if first else None
 
+    async def seq_at(self, job_id: str, when: datetime, page: int = 5000) -> int:
+        """The number of the last log line written at or before ``when`` (0: none).
+
+        Lines are numbered in the order they were written, so their times never go back:
+        the scan stops at the first line after ``when``. It starts in the live buffer when
+        the buffer already begins at or before ``when``, else at line 1 (the whole-log file).
+        """
+        first = await self.redis.xrange(job_logs_key(job_id), count=1)
+        since = 0
+        if first and _line_time(first[0][1]["ts"]) <= when:
+            since = int(first[0][0].split("-", 1)[0])
+        while True:
+            lines = await self.read_logs(job_id, since, page)
+            for line in lines:
+                if _line_time(line["ts"]) > when:
+                    return line["seq"] - 1
+            if len(lines) < page:
+                return lines[-1]["seq"] if lines else since
+            since = lines[-1]["seq"]
+
     async def read_logs(self, job_id: str, since: int = 0, limit: int = 1000) -> list[LogLine]:
         """Log lines after ``since``: from the live buffer, else from the whole-log file.
 
@@ -351,6 +372,11 @@ class Hub:
             return []
         path = self.logs_dir / f"{job_id}.jsonl"
         return await anyio.to_thread.run_sync(_read_log_file, path, since, limit)
+
+
+def _line_time(ts: str) -> datetime:
+    when = datetime.fromisoformat(ts)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _read_log_file(path: Path, since: int, limit: int) -> list[LogLine]:

@@ -270,12 +270,21 @@ class LaunchbayClient:
 
     # ------------------------------------------------------------ logs
 
-    def logs(self, job_id: str, since: int = 0, limit: int = 1000) -> LogPage:
-        """Log lines with ``seq > since``; ``next_since`` resumes exactly."""
+    def logs(self, job_id: str, since: int | str = 0, limit: int = 1000) -> LogPage:
+        """Log lines with ``seq > since`` (or written after the ISO time ``since``);
+        ``next_since`` resumes exactly."""
         data = self.request_json(
             "GET", f"/jobs/{_seg(job_id)}/logs", params={"since": since, "limit": limit}
         )
         return self._parse(LogPage, data, "log page")
+
+    def log_seq_at(self, job_id: str, since: int | str) -> int:
+        """The line number ``since`` stands for: itself, or for an ISO time the last line
+        written at or before it (the server decides, with the lines' own times)."""
+        if isinstance(since, int):
+            return since
+        got = self.logs(job_id, since=since, limit=1)
+        return got.items[0].seq - 1 if got.items else got.next_since
 
     def iter_logs(self, job_id: str, since: int = 0, page: int = 1000) -> Iterator[LogLine]:
         """Every line stored so far after ``since``, page by page."""

@@ -30,11 +30,23 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Message, Receive, Scope, Send
 
 from api.fanout import Dropped, Hub, Subscriber
-from api.follower import Cursor, Item, JobFollower, parse_seq
+from api.follower import (
+    Cursor,
+    Item,
+    JobFollower,
+    parse_log_since,
+    parse_seq,
+    resolve_log_since,
+)
 from api.state import AppState
 from orchestrator.job import Job
 
 router = APIRouter(tags=["streams"])
+
+_SINCE_DOC = (
+    "Lines after this: a line number, or an ISO 8601 time (lines written after it; "
+    "UTC unless a zone is given)."
+)
 
 # Internal event type -> SSE event name; every other transition is a ``status`` event.
 SSE_NAMES = {
@@ -233,7 +245,7 @@ async def _anything_after(hub: Hub, job_id: str, cursor: Cursor) -> bool:
 async def job_logs(
     job_id: str,
     request: Request,
-    since: Annotated[int, Query(ge=0, description="Return lines after this line number.")] = 0,
+    since: Annotated[str, Query(description=_SINCE_DOC)] = "0",
     limit: Annotated[
         int | None,
         Query(ge=1, le=_LOG_PAGE_MAX, description="Lines per page (JSON: default 1000)."),
@@ -242,15 +254,17 @@ async def job_logs(
 ) -> Any:
     state = _state(request)
     hub = hub_of(state)
+    after = parse_log_since(since)
     job = await run_in_threadpool(state.store.get, job_id)
+    seq = await resolve_log_since(hub, job_id, after)
     if format == "text":
         return StreamingResponse(
-            _text_lines(hub, job_id, since, limit), media_type="text/plain; charset=utf-8"
+            _text_lines(hub, job_id, seq, limit), media_type="text/plain; charset=utf-8"
         )
-    items = await hub.read_logs(job_id, since, limit or 1000)
+    items = await hub.read_logs(job_id, seq, limit or 1000)
     return {
         "items": items,
-        "next_since": items[-1]["seq"] if items else since,
+        "next_since": items[-1]["seq"] if items else seq,
         "job_status": job.status.value,
     }
 
@@ -277,19 +291,20 @@ async def _text_lines(hub: Hub, job_id: str, since: int, limit: int | None) -> A
 async def job_log_stream(
     job_id: str,
     request: Request,
-    since: Annotated[str | None, Query(description="Start after this line number.")] = None,
+    since: Annotated[str | None, Query(description=_SINCE_DOC)] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
     state = _state(request)
-    seq = (
+    after = (
         parse_seq(last_event_id, "Last-Event-ID")
         if last_event_id
-        else parse_seq(since, "since")
+        else parse_log_since(since)
         if since
         else 0
     )
     hub, sub, last, job = await open_job(state, job_id, _label(request, "sse logs"))
     try:
+        seq = await resolve_log_since(hub, job_id, after)
         if job.ended and not await hub.read_logs(job_id, seq, limit=1):
             hub.unsubscribe(sub)
             return Response(status_code=204)  # everything was sent: stop reconnecting

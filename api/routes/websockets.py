@@ -1,7 +1,8 @@
 """WebSocket routes: one job's live log, and the queue feed with its commands.
 
 * ``/jobs/{id}/logs/stream``  each message one JSON log line (as the SSE stream's data);
-  ``?since=N`` resumes after line N; closed with 1000 once the job ended and all was sent.
+  ``?since=`` a line number or an ISO time, as on the HTTP routes; closed with 1000 once
+  the job ended and all was sent.
 * ``/ws/queue``               ``queue_state`` on connect, then job_* and ``stats_update``
   messages for every job; commands create_job, cancel_job, clear_completed, get_state, ping.
 
@@ -26,7 +27,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from api.deps import ws_token_ok
 from api.fanout import RESYNC, Dropped, Hub, Subscriber
-from api.follower import Cursor, JobFollower, parse_seq
+from api.follower import Cursor, JobFollower, parse_log_since, resolve_log_since
 from api.routes.meta import stats_of
 from api.routes.streams import DROP_GRACE_S, hub_of, open_job
 from api.state import AppState
@@ -92,7 +93,8 @@ async def job_log_socket(websocket: WebSocket, job_id: str) -> None:
         return
     state: AppState = websocket.app.state.lb
     try:
-        since = parse_seq(websocket.query_params.get("since") or "0")
+        after = parse_log_since(websocket.query_params.get("since") or "0")
+        since = await resolve_log_since(hub_of(state), job_id, after)
         hub, sub, last, job = await open_job(state, job_id, _label(websocket, "ws logs"))
     except ParamError as exc:
         await _close(websocket, CLOSE_POLICY, f"{exc.field}: {exc}")

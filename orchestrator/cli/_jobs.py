@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 
@@ -97,6 +98,20 @@ def job_status(
         console.print(part)
 
 
+def _log_since(value: str) -> int | str:
+    """``--since``: a line number, or an ISO 8601 time passed on for the server to resolve."""
+    value = value.strip()
+    if value.isdigit():
+        return int(value)
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither a line number nor an ISO 8601 time (like 2026-01-31T12:00:00Z)"
+        ) from None
+    return value
+
+
 @jobs_app.command("logs")
 @handled
 def job_logs(
@@ -106,11 +121,14 @@ def job_logs(
         bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")
     ] = False,
     since: Annotated[
-        int,
+        str,
         typer.Option(
-            "--since", min=0, metavar="SEQ", help="Only lines after this sequence number."
+            "--since",
+            metavar="SEQ|TIME",
+            help="Only lines after this line number, or written after this ISO 8601 time "
+            "(UTC unless it names a zone), e.g. 2026-01-31T12:00:00Z.",
         ),
-    ] = 0,
+    ] = "0",
     json_out: Annotated[
         bool, typer.Option("--json", help="JSON: an array, or one object per line with -f.")
     ] = False,
@@ -118,8 +136,13 @@ def job_logs(
     token: Token = None,
 ) -> None:
     """A job's log (stdout and stderr lines, in order)."""
+    try:
+        since_at = _log_since(since)
+    except ValueError as exc:
+        fail(f"bad --since: {exc}", EXIT_USAGE)
     with client_for(ctx, url, token) as client:
         job = client.job(job_id)  # an unknown id is "job X not found", not an empty log
+        after = client.log_seq_at(job_id, since_at)
         if follow:
             on_line = _json_line if json_out else None
             result = Watcher(
@@ -128,18 +151,18 @@ def job_logs(
                 bar=False,
                 cancel_on_interrupt=False,
                 on_line=on_line,
-                since=since,
+                since=after,
                 status_lines=False,
             ).run()
             if result.interrupted:
                 raise typer.Exit(EXIT_CANCELLED)
             return
         if json_out:
-            print_json(list(client.iter_logs(job_id, since=since)))
+            print_json(list(client.iter_logs(job_id, since=after)))
             return
         # Page by page, so a long log starts printing at once and is never held whole.
         show_step = has_several_steps(job)
-        for line in client.iter_logs(job_id, since=since):
+        for line in client.iter_logs(job_id, since=after):
             write_log_line(line, sys.stdout, sys.stderr, show_step=show_step)
         sys.stdout.flush()
 

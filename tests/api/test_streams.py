@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,61 @@ def test_5000_lines_reach_a_log_stream_client_in_order_and_stay_readable(
     tail = sse.get(f"{API}/jobs/{job['id']}/logs", params={"since": 4990}).json()
     assert [ln["line"] for ln in tail["items"]] == [f"line-{i}" for i in range(4991, 5001)]
     assert tail["next_since"] == 5000
+
+
+# 1100 lines, a pause longer than the runner's 50 ms flush, then 400 more: the pause puts
+# a batch boundary (and so a later time) right after line 1100.
+LINES_1500 = {
+    "executor": "process",
+    "command": [
+        "sh",
+        "-c",
+        "i=1; while [ $i -le 1500 ]; do echo line-$i; "
+        "[ $i -eq 1100 ] && sleep 0.3; i=$((i+1)); done",
+    ],
+}
+
+
+def _when(ts: str) -> datetime:
+    return datetime.fromisoformat(ts)
+
+
+def test_logs_since_a_time_start_after_the_lines_written_by_then(
+    stack: Stack, sse: httpx.Client
+) -> None:
+    job = stack.submit(LINES_1500)
+    stack.wait_status(job["id"], timeout=60)
+    logs = f"{API}/jobs/{job['id']}/logs"
+    lines = sse.get(logs, params={"limit": 5000}).json()["items"]
+    assert [ln["line"] for ln in lines] == [f"line-{i}" for i in range(1, 1501)]
+    # Line 200 has left the live buffer (1000 lines) and is read from the whole-log file;
+    # line 1100 is still in the buffer.
+    for n in (200, 1100):
+        when = lines[n - 1]["ts"]
+        expected = [ln["line"] for ln in lines if _when(ln["ts"]) > _when(when)]
+        if n == 1100:
+            assert expected == [f"line-{i}" for i in range(1101, 1501)]
+        assert expected and expected[-1] == "line-1500"
+        text = sse.get(logs, params={"since": when, "format": "text"}).text.splitlines()
+        assert text == expected, n
+        page = sse.get(logs, params={"since": when, "limit": 10}).json()
+        assert [ln["line"] for ln in page["items"]] == expected[:10]
+        assert page["next_since"] == page["items"][-1]["seq"]  # and resumes by number
+        streamed = collect(sse, f"{logs}/stream", params={"since": when})
+        assert [json.loads(e.data)["line"] for e in streamed] == expected
+
+    first, last = _when(lines[0]["ts"]), _when(lines[-1]["ts"])
+    before = (first - timedelta(seconds=1)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert len(sse.get(logs, params={"since": before, "limit": 5000}).json()["items"]) == 1500
+    naive = (first - timedelta(seconds=1)).astimezone(UTC).replace(tzinfo=None).isoformat()
+    assert len(sse.get(logs, params={"since": naive, "limit": 5000}).json()["items"]) == 1500
+    after = sse.get(logs, params={"since": (last + timedelta(seconds=1)).isoformat()}).json()
+    assert after["items"] == [] and after["next_since"] == 1500
+
+    for bad in ("yesterday", "-1", "2026-13-01T00:00:00"):
+        r = sse.get(logs, params={"since": bad})
+        assert r.status_code == 422 and r.json()["field"] == "since", bad
+        assert "ISO 8601" in r.json()["error"]
 
 
 def test_log_stream_resumes_after_a_disconnect_losing_nothing(

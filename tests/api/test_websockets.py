@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -231,6 +233,19 @@ def test_log_socket_sends_every_line_in_order_then_closes(stack: Stack) -> None:
             while True:
                 tail.append(json.loads(ws.recv(timeout=WAIT_S)))
     assert tail == lines[2998:]
+
+    # ... or after an ISO time: the lines written after it.
+    when = lines[1499]["ts"]
+    cut = datetime.fromisoformat(when)
+    expected = [ln for ln in lines if datetime.fromisoformat(ln["ts"]) > cut]
+    assert expected and expected[-1] == lines[-1]
+    query = urlencode({"since": when})
+    with connect(ws_url(stack, f"/jobs/{job['id']}/logs/stream?{query}"), open_timeout=10) as ws:
+        later = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                later.append(json.loads(ws.recv(timeout=WAIT_S)))
+    assert later == expected
 
 
 def test_log_socket_for_an_unknown_job_closes_with_4404(stack: Stack) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,21 @@ def test_jobs_logs_json(cli: Cli, hello_job: dict[str, Any]) -> None:
     ]
     r = cli("jobs", "logs", hello_job["id"], "--since", str(lines[0]["seq"]))
     assert r.code == 0 and r.out == "" and "oops" in r.err, r
+
+
+def test_jobs_logs_since_a_time(cli: Cli, hello_job: dict[str, Any]) -> None:
+    lines = json.loads(cli("jobs", "logs", hello_job["id"], "--json").out)
+    first = datetime.fromisoformat(lines[0]["ts"])
+    before = (first - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    r = cli("jobs", "logs", hello_job["id"], "--since", before, "--json")
+    assert r.code == 0, r
+    assert json.loads(r.out) == lines
+    later = (datetime.fromisoformat(lines[-1]["ts"]) + timedelta(seconds=1)).isoformat()
+    r = cli("jobs", "logs", hello_job["id"], "--since", later, "--json")
+    assert r.code == 0 and json.loads(r.out) == [], r
+    r = cli("jobs", "logs", hello_job["id"], "--since", "last tuesday")
+    r.assert_one_error_line()
+    assert r.code == 2 and "ISO 8601" in r.err, r
 
 
 def test_jobs_logs_follow_prints_every_line_until_the_job_ends(cli: Cli, stack: Stack) -> None:
