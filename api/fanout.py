@@ -337,25 +337,29 @@ class Hub:
         first = await self.redis.xrange(job_logs_key(job_id), count=1)
         return int(first[0][0].split("-", 1)[0]) if first else None
 
-    async def seq_at(self, job_id: str, when: datetime, page: int = 5000) -> int:
+    async def seq_at(self, job_id: str, when: datetime) -> int:
         """The number of the last log line written at or before ``when`` (0: none).
 
-        Lines are numbered in the order they were written, so their times never go back:
-        the scan stops at the first line after ``when``. It starts in the live buffer when
-        the buffer already begins at or before ``when``, else at line 1 (the whole-log file).
+        Lines are numbered in the order they were written, so their times never go back and
+        the search stops at the first line after ``when``: in the live buffer when it begins
+        at or before ``when``, else in one pass over the whole-log file.
         """
-        first = await self.redis.xrange(job_logs_key(job_id), count=1)
-        since = 0
-        if first and _line_time(first[0][1]["ts"]) <= when:
-            since = int(first[0][0].split("-", 1)[0])
-        while True:
-            lines = await self.read_logs(job_id, since, page)
-            for line in lines:
-                if _line_time(line["ts"]) > when:
-                    return line["seq"] - 1
-            if len(lines) < page:
-                return lines[-1]["seq"] if lines else since
-            since = lines[-1]["seq"]
+        key = job_logs_key(job_id)
+        first = await self.redis.xrange(key, count=1)
+        first_seq = int(first[0][0].split("-", 1)[0]) if first else 0
+        if first_seq and (first_seq == 1 or _line_time(first[0][1]["ts"]) <= when):
+            since = first_seq - 1
+            while entries := await self.redis.xrange(key, min=f"({since}-0", max="+", count=1000):
+                for eid, fields in entries:
+                    if _line_time(fields["ts"]) > when:
+                        return int(eid.split("-", 1)[0]) - 1
+                since = int(entries[-1][0].split("-", 1)[0])
+            return since
+        path = self.logs_dir / f"{job_id}.jsonl"
+        found = await anyio.to_thread.run_sync(_seq_at_in_file, path, when)
+        if found is None:  # no file: the buffer is all there is, and it is all later
+            return max(first_seq - 1, 0)
+        return found
 
     async def read_logs(self, job_id: str, since: int = 0, limit: int = 1000) -> list[LogLine]:
         """Log lines after ``since``: from the live buffer, else from the whole-log file.
@@ -377,6 +381,24 @@ class Hub:
 def _line_time(ts: str) -> datetime:
     when = datetime.fromisoformat(ts)
     return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _seq_at_in_file(path: Path, when: datetime) -> int | None:
+    """:meth:`Hub.seq_at` over the whole-log file; ``None`` when there is no file."""
+    last = 0
+    try:
+        f = path.open(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    with f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            rec = json.loads(raw)
+            if _line_time(rec["ts"]) > when:
+                return last
+            last = rec["seq"]
+    return last
 
 
 def _read_log_file(path: Path, since: int, limit: int) -> list[LogLine]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -11,9 +12,9 @@ import pytest
 import redis
 
 from api.fanout import RESYNC, Dropped, Hub, Subscriber
-from api.follower import Cursor, JobFollower, parse_seq
+from api.follower import Cursor, JobFollower, parse_log_since, parse_seq
 from orchestrator.errors import ParamError
-from orchestrator.events import Events, LogLine, connect
+from orchestrator.events import Events, LogLine, connect, job_logs_key
 from orchestrator.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -159,6 +160,34 @@ async def test_read_logs_falls_back_to_the_file_once_the_buffer_rolled(
     assert await hub.read_logs(job_id(), since=0) == []  # no such log anywhere
 
 
+async def test_seq_at_finds_the_last_line_written_by_a_time(
+    hub: Hub, small_events: Events, settings: Settings
+) -> None:
+    jid = job_id()
+    for b in range(5):  # five batches of ten; each batch shares one time
+        await append(small_events, jid, [f"l{b * 10 + i}" for i in range(1, 11)])
+    lines = await hub.read_logs(jid, since=0, limit=100)
+    assert [x["seq"] for x in lines] == list(range(1, 51))
+    at = {n: datetime.fromisoformat(lines[n - 1]["ts"]) for n in (10, 30, 50)}
+    assert at[10] < at[30] < at[50]
+    first = datetime.fromisoformat(lines[0]["ts"])
+
+    # Line 10 left the buffer (10 lines: 41..50): found in the whole-log file.
+    assert await hub.seq_at(jid, at[10]) == 10
+    assert await hub.seq_at(jid, at[50]) == 50  # in the buffer
+    assert await hub.seq_at(jid, first - timedelta(microseconds=1)) == 0
+    assert await hub.seq_at(jid, at[50] + timedelta(days=1)) == 50
+
+    small_events.r.delete(job_logs_key(jid))  # the live buffer is gone: the file answers
+    assert await hub.seq_at(jid, at[30]) == 30
+    assert await hub.seq_at(job_id(), at[30]) == 0  # no log anywhere
+
+    other = job_id()
+    await append(small_events, other, [f"m{i}" for i in range(1, 21)])
+    (settings.logs_dir / f"{other}.jsonl").unlink()  # no file: the buffer is all there is
+    assert await hub.seq_at(other, first - timedelta(days=1)) == 10
+
+
 async def collect(follower: JobFollower) -> list[tuple[str, dict[str, Any], Cursor]]:
     out = []
     with anyio.fail_after(WAIT_S):
@@ -230,6 +259,15 @@ def test_cursors_and_line_numbers_name_the_bad_field() -> None:
     with pytest.raises(ParamError) as err:
         parse_seq("-1")
     assert err.value.field == "since"
+    assert parse_log_since("12") == 12
+    noon = datetime(2026, 1, 31, 12, tzinfo=UTC)
+    assert parse_log_since("2026-01-31T12:00:00Z") == noon
+    assert parse_log_since("2026-01-31T12:00:00") == noon  # no zone: UTC
+    assert parse_log_since("2026-01-31T13:00:00+01:00") == noon
+    for bad in ("-1", "soon", "2026-02-30T00:00:00"):
+        with pytest.raises(ParamError) as err:
+            parse_log_since(bad)
+        assert err.value.field == "since" and "ISO 8601" in str(err.value)
 
 
 class CountingHub(Hub):
