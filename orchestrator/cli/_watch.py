@@ -168,24 +168,25 @@ class Watcher:
                     return WatchResult(job, interrupted=True, gave_up=True)
                 self._sleep()
             except KeyboardInterrupt:
-                if interrupted or not self.cancel_on_interrupt or job is None:
+                if interrupted or not self.cancel_on_interrupt:
                     if job is None:
                         job = self.client.job(self.job_id)
                     return WatchResult(job, interrupted=True, gave_up=not is_ended(job))
+                # Also before the first poll answered: the id is enough to cancel.
                 interrupted = True
-                job = self._request_cancel(job)
+                job = self._request_cancel()
                 grace = float(getattr(job.spec, "grace_s", 10) or 0)
                 cancel_deadline = time.monotonic() + grace + CANCEL_MARGIN_S
 
     def _sleep(self) -> None:
         time.sleep(POLL_S)
 
-    def _request_cancel(self, job: Job) -> Job:
+    def _request_cancel(self) -> Job:
         say(f"cancelling job {self.job_id}... (Ctrl-C again to stop waiting)")
         try:
             return self.client.cancel(self.job_id)
         except Conflict:
-            return job  # it ended meanwhile; the next poll reports how
+            return self.client.job(self.job_id)  # it ended meanwhile
 
     # ------------------------------------------------------------ logs and status
 

@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator.cli._watch import Watcher
+from orchestrator.client import Job, LaunchbayClient
+from orchestrator.job import JobStatus
 from tests.cli.conftest import EXAMPLES, Cli
 from tests.support import Stack, wait_until
 
@@ -74,6 +77,30 @@ def test_ctrl_c_while_waiting_cancels_the_job_and_exits_130(popen_cli: Any, stac
     assert "cancelling job" in err
     assert stack.job(job["id"])["status"] == "cancelled"
     assert "Traceback" not in err
+
+
+class _CtrlCOnFirstPoll(LaunchbayClient):
+    """The real client, except that Ctrl-C lands while its first status request is out."""
+
+    interrupted = False
+
+    def job(self, job_id: str) -> Job:
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return super().job(job_id)
+
+
+def test_ctrl_c_before_the_first_poll_answered_still_cancels(stack: Stack) -> None:
+    # A slow CLI start can take the Ctrl-C before it has seen the job once (a CI run did).
+    submitted = stack.submit(
+        {"executor": "builtin", "type": "countdown", "params": {"seconds": 60}}
+    )
+    with _CtrlCOnFirstPoll(stack.url) as client:
+        result = Watcher(client, submitted["id"], bar=False).run()
+    assert result.interrupted and not result.gave_up
+    assert result.job.status == JobStatus.cancelled
+    assert stack.job(submitted["id"])["status"] == "cancelled"
 
 
 def test_failed_job_without_exit_code_exits_1(cli: Cli) -> None:
