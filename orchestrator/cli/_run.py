@@ -17,7 +17,7 @@ from orchestrator.cli._output import (
     say,
 )
 from orchestrator.cli._specs import RunOptions, SpecInputError, build_spec, fit_to_schema
-from orchestrator.cli._watch import Watcher, exit_code_for, outcome_line
+from orchestrator.cli._watch import Watcher, exit_code_for, interrupt_held, outcome_line
 from orchestrator.client import ApiError, LaunchbayClient
 
 # ---------------------------------------------------------------- run
@@ -138,8 +138,8 @@ def run(
             schema = _param_schema(client, builtin)
             if schema:
                 body["params"] = fit_to_schema(body["params"], schema)
-        job = client.submit(body)
         if not wait:
+            job = client.submit(body)
             if json_out:
                 print_json(job)
             else:
@@ -149,10 +149,17 @@ def run(
                     f"launchbay jobs logs {job.id} -f"
                 )
             return
-        say(f"submitted job {job.id}")
-        result = Watcher(
-            client, job.id, logs=not no_logs, log_out=sys.stderr if json_out else None
-        ).run()
+        with interrupt_held() as pressed:
+            job = client.submit(body)
+            say(f"submitted job {job.id}")
+            watcher = Watcher(
+                client,
+                job.id,
+                logs=not no_logs,
+                log_out=sys.stderr if json_out else None,
+            )
+        watcher.cancel_first = bool(pressed)
+        result = watcher.run()
     if json_out:
         print_json(result.job)
     if result.gave_up:

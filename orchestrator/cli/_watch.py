@@ -7,10 +7,13 @@ it works through any proxy, and a server without the logs route still gets a sta
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import FrameType
 from typing import TextIO
 
 from rich.console import Console
@@ -86,6 +89,29 @@ def write_log_line(line: LogLine, out: TextIO, err: TextIO, *, show_step: bool) 
     (err if line.stream == "stderr" else out).write(text + "\n")
 
 
+@contextlib.contextmanager
+def interrupt_held() -> Iterator[list[int]]:
+    """Hold a Ctrl-C that lands while a job is being submitted.
+
+    The job may exist by the time the answer comes, so it must be cancelled then rather
+    than left running unseen: the caller starts its :class:`Watcher` with ``cancel_first``
+    when the list it gets is not empty. A second Ctrl-C gives up at once.
+    """
+    pressed: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(signum)
+        say("Ctrl-C: the job will be cancelled once it is submitted (Ctrl-C again to abort)")
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class Watcher:
     """Follow one job until it ends, printing logs and (on a terminal) a progress bar."""
 
@@ -101,11 +127,13 @@ class Watcher:
         log_out: TextIO | None = None,
         since: int = 0,
         status_lines: bool = True,
+        cancel_first: bool = False,
     ) -> None:
         self.client = client
         self.job_id = job_id
         self.logs = logs
         self.cancel_on_interrupt = cancel_on_interrupt
+        self.cancel_first = cancel_first  # a Ctrl-C came while the job was being submitted
         self.on_line = on_line
         self.log_out = log_out
         self.since = since
@@ -148,6 +176,8 @@ class Watcher:
         job: Job | None = None
         while True:
             try:
+                if self.cancel_first and not interrupted:
+                    raise KeyboardInterrupt
                 try:
                     job = self.client.job(self.job_id)
                     self._show_step = has_several_steps(job)

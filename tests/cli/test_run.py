@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from orchestrator.cli._watch import Watcher
 from orchestrator.client import Job, LaunchbayClient
 from orchestrator.job import JobStatus
-from tests.cli.conftest import EXAMPLES, Cli
+from tests.cli.conftest import EXAMPLES, Cli, clean_env
 from tests.support import Stack, wait_until
 
 
@@ -101,6 +105,80 @@ def test_ctrl_c_before_the_first_poll_answered_still_cancels(stack: Stack) -> No
     assert result.interrupted and not result.gave_up
     assert result.job.status == JobStatus.cancelled
     assert stack.job(submitted["id"])["status"] == "cancelled"
+
+
+class _HoldingProxy:
+    """Forwards to the real API, but holds the answer to a job submission until released,
+    so a Ctrl-C can land while the job already exists and the CLI does not know it yet."""
+
+    def __init__(self, target: str) -> None:
+        self.submitted = threading.Event()
+        self.release = threading.Event()
+        self.job_id = ""
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answer = httpx.request(
+                    self.command,
+                    target + self.path,
+                    content=body,
+                    headers={"Content-Type": self.headers.get("Content-Type") or ""},
+                    timeout=30,
+                )
+                if self.command == "POST" and self.path.rstrip("/") == "/api/v1/jobs":
+                    proxy.job_id = answer.json()["id"]
+                    proxy.submitted.set()
+                    proxy.release.wait(timeout=30)
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", answer.headers.get("content-type", ""))
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_ctrl_c_while_the_submission_is_answered_cancels_the_job(
+    cli_script: Path, stack: Stack
+) -> None:
+    proxy = _HoldingProxy(stack.url)
+    proc = subprocess.Popen(
+        [str(cli_script), "run", "--builtin", "countdown", "seconds=60", "--wait"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(LAUNCHBAY_URL=proxy.url),
+    )
+    try:
+        assert proxy.submitted.wait(timeout=60), "the CLI never submitted"
+        proc.send_signal(signal.SIGINT)  # the job exists; its id has not reached the CLI
+        assert proc.stderr is not None
+        held = proc.stderr.readline()  # bounded: the proxy answers within 30 s regardless
+        assert "cancelled once it is submitted" in held, held
+        proxy.release.set()
+        out, err = proc.communicate(timeout=90)
+    finally:
+        proxy.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 130, (out, err)
+    assert f"cancelling job {proxy.job_id}" in err and "Traceback" not in err, err
+    assert stack.job(proxy.job_id)["status"] == "cancelled"
 
 
 def test_failed_job_without_exit_code_exits_1(cli: Cli) -> None:
