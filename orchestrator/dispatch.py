@@ -71,6 +71,9 @@ class Dispatcher:
 
     def send(self, job: Job, *, countdown: float | None = None) -> None:
         task_id = task_id_for(job.id, job.attempt)
+        if countdown is None and job.not_before is not None:
+            # A re-send of a retry still in its backoff keeps waiting it out.
+            countdown = max((job.not_before - utcnow()).total_seconds(), 0) or None
         expires = None
         if job.match_deadline is not None:
             expires = max(job.match_deadline, utcnow() + timedelta(seconds=1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -199,6 +199,26 @@ def test_reconcile_resends_a_queued_job_whose_message_was_lost(
     # Young jobs are left alone (their message may be on its way).
     events.r.delete(queue)
     assert dispatcher.resend_lost(older_than_s=3600) == 0
+
+
+def test_a_resent_retry_still_waits_out_its_backoff(
+    dispatcher: Dispatcher, store: JobStore, events: Events
+) -> None:
+    spec = SPEC.model_copy(update={"demands": Demands(tags=["resend-backoff"])})
+    job = dispatcher.submit(spec)
+    store.claim(job.id, "runner-x", 30)
+    running = store.start(job.id, 1, 30)
+    assert running is not None
+    again = dispatcher.requeue(running, "attempt 1 failed", countdown=600)
+    assert again is not None and again.not_before is not None
+    queue = "lb.builtin.resend-backoff"
+    events.r.delete(queue)  # both messages lost
+    assert dispatcher.resend_lost(older_than_s=0) == 1
+    [message] = events.r.lrange(queue, 0, -1)
+    headers = json.loads(message)["headers"]
+    assert headers["id"] == f"{job.id}-a2"
+    eta = datetime.fromisoformat(headers["eta"])
+    assert abs((eta - again.not_before).total_seconds()) < 5
 
 
 def test_cancel_that_races_a_retry_requeue_still_cancels(
