@@ -11,7 +11,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 from urllib.parse import quote
 
 import httpx
@@ -345,6 +345,36 @@ class LaunchbayClient:
             Path(tmp).unlink(missing_ok=True)
             raise
         return result
+
+    def run_record(self, job_id: str) -> dict[str, Any]:
+        """The full run record (``GET /runs/{id}``): the job plus attempts, log size, links."""
+        return self.request_json("GET", f"/runs/{_seg(job_id)}")  # type: ignore[no-any-return]
+
+    def export_runs(self, out: TextIO, **filters: Any) -> int:
+        """Stream ``GET /runs?format=jsonl`` into ``out``, one record per line, never
+        holding the whole history; returns how many records were written.
+
+        ``filters`` are the route's: ``status`` and ``label`` (lists), ``executor``,
+        ``since``, ``until``, ``limit``.
+        """
+        params = httpx.QueryParams({"format": "jsonl"})
+        for key, value in filters.items():
+            for v in value if isinstance(value, list | tuple) else [value]:
+                if v is not None:
+                    params = params.add(key, str(v))
+        written = 0
+        try:
+            with self._http.stream("GET", "/runs", params=params) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _error_of(resp)
+                for line in resp.iter_lines():
+                    if line.strip():
+                        out.write(line + "\n")
+                        written += 1
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self.url, exc) from None
+        return written
 
     def cleanup(self, older_than: str) -> CleanupResult:
         data = self.request_json("POST", "/runs/cleanup", json={"older_than": older_than})

@@ -8,12 +8,14 @@ comes from ``--token`` or ``LAUNCHBAY_TOKEN``. Errors are one line on stderr; ex
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from orchestrator.cli._jobs import jobs_app
-from orchestrator.cli._options import Json, Token, Url, client_for
+from orchestrator.cli._options import JobId, Json, Token, Url, client_for
 from orchestrator.cli._output import (
     EXIT_USAGE,
     err_console,
@@ -29,8 +31,69 @@ from orchestrator.retention import parse_duration
 # ---------------------------------------------------------------- runs
 
 runs_app = typer.Typer(
-    help="Run records: clean up old ones.", no_args_is_help=True, add_completion=False
+    help="Run records: export the history, show one, clean up old ones.",
+    no_args_is_help=True,
+    add_completion=False,
 )
+
+
+@runs_app.command("export")
+@handled
+def runs_export(
+    ctx: typer.Context,
+    status: Annotated[
+        list[str] | None, typer.Option("--status", help="Only this status; repeat for more.")
+    ] = None,
+    executor: Annotated[
+        str | None, typer.Option("--executor", help="builtin, process, docker or kubernetes.")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", metavar="KEY=VALUE", help="Repeat to AND.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", metavar="TIME", help="Created at or after (ISO 8601).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", metavar="TIME", help="Created before (ISO 8601).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most this many.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write to this file instead of stdout."),
+    ] = None,
+    url: Url = None,
+    token: Token = None,
+) -> None:
+    """Every run record (newest first) as JSON Lines, for analysis elsewhere."""
+    filters = {
+        "status": status or [],
+        "executor": executor,
+        "label": label or [],
+        "since": since,
+        "until": until,
+        "limit": limit,
+    }
+    with client_for(ctx, url, token) as client:
+        if output is None:
+            client.export_runs(sys.stdout, **filters)
+            sys.stdout.flush()
+            return
+        part = output.with_name(f".{output.name}.part")
+        try:
+            with part.open("w", encoding="utf-8") as fh:
+                written = client.export_runs(fh, **filters)
+            part.replace(output)
+        finally:
+            part.unlink(missing_ok=True)
+    say(f"wrote {written} run(s) to {output}")
+
+
+@runs_app.command("show")
+@handled
+def runs_show(ctx: typer.Context, job_id: JobId, url: Url = None, token: Token = None) -> None:
+    """One full run record as JSON: spec, times, attempts, steps, result, artifacts."""
+    with client_for(ctx, url, token) as client:
+        print_json(client.run_record(job_id))
 
 
 @runs_app.command("cleanup")

@@ -309,6 +309,48 @@ def test_runs_cleanup_removes_old_runs(private_api: PrivateApi) -> None:
     assert gone.code == 1 and f"job {old} not found" in gone.err, gone
 
 
+def test_runs_export_streams_json_lines_with_filters(
+    cli: Cli, hello_job: dict[str, Any], tmp_path: Path
+) -> None:
+    r = cli("runs", "export")
+    assert r.code == 0, r
+    records = [json.loads(line) for line in r.out.splitlines()]
+    assert hello_job["id"] in [rec["id"] for rec in records]
+    created = [rec["created_at"] for rec in records]
+    assert created == sorted(created, reverse=True)  # newest first
+
+    failed = cli("runs", "export", "--status", "failed", "--executor", "process")
+    records = [json.loads(line) for line in failed.out.splitlines()]
+    assert hello_job["id"] in [rec["id"] for rec in records]
+    assert {(rec["status"], rec["executor"]) for rec in records} == {("failed", "process")}
+    assert len(cli("runs", "export", "--limit", "1").out.splitlines()) == 1
+    later = cli("runs", "export", "--since", hello_job["created_at"], "--status", "failed")
+    assert hello_job["id"] in later.out
+    assert (
+        cli("runs", "export", "--until", hello_job["created_at"]).out.count(hello_job["id"]) == 0
+    )  # until is exclusive
+
+    dest = tmp_path / "runs.jsonl"
+    r = cli("runs", "export", "--status", "failed", "-o", str(dest))
+    assert r.code == 0 and "wrote" in r.err, r
+    assert dest.read_text().splitlines() == failed.out.splitlines()
+
+    bad = cli("runs", "export", "--since", "yesterday-ish")
+    bad.assert_one_error_line()
+    assert bad.code == 2 and "since" in bad.err, bad
+
+
+def test_runs_show_prints_the_whole_record(cli: Cli, hello_job: dict[str, Any]) -> None:
+    r = cli("runs", "show", hello_job["id"])
+    assert r.code == 0, r
+    record = json.loads(r.out)
+    assert record["id"] == hello_job["id"] and record["exit_code"] == 7
+    assert record["log_lines"] == 2 and record["attempts"]
+    missing = cli("runs", "show", "no-such-run")
+    missing.assert_one_error_line()
+    assert missing.code == 1 and "not found" in missing.err, missing
+
+
 def test_runs_cleanup_refuses_a_bad_duration(cli: Cli) -> None:
     r = cli("runs", "cleanup", "--older-than", "a week")
     r.assert_one_error_line()
