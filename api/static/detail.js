@@ -126,7 +126,9 @@ export class DetailPanel {
     q(".detail-pct").textContent = `${Math.round(pct)}%`;
     let message = job.progress?.message || "";
     if (isActive(job) && job.cancel_requested) message = "Cancelling…";
-    else if (job.status === "queued" && !message) message = "Waiting for a worker…";
+    else if (job.status === "queued" && job.not_before) {
+      message = `Retrying after ${clockTime(job.not_before)} (attempt ${job.attempt})`;
+    } else if (job.status === "queued" && !message) message = "Waiting for a worker…";
     q(".detail-message").textContent = message;
 
     const err = q(".detail-error");

@@ -6,8 +6,8 @@
 import { HttpError, post } from "./api.js";
 import { store, isActive, isTerminal } from "./state.js";
 import {
-  badge, duration, h, jobDuration, jobSummary, jobTitle, parseTime, progressBar, relTime,
-  setBadge, setProgress, shortId, toast,
+  badge, clockTime, duration, h, jobDuration, jobSummary, jobTitle, parseTime, progressBar,
+  relTime, setBadge, setProgress, shortId, toast,
 } from "./ui.js";
 
 const GROUP = { running: 0, claimed: 1, queued: 2 };
@@ -198,6 +198,9 @@ function rowMessage(job) {
   }
   if (job.status === "cancelled") return job.progress?.message ? `stopped: ${job.progress.message}` : "";
   if (isActive(job) && job.cancel_requested) return "cancelling…";
+  if (job.status === "queued" && job.not_before) {
+    return `attempt ${job.attempt} after ${clockTime(job.not_before)}`;
+  }
   if (job.status === "queued") return job.progress?.message || "waiting for a worker";
   if (job.status === "claimed") return "starting…";
   return job.progress?.message || "";

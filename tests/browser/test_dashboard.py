@@ -112,6 +112,28 @@ def test_cancel_a_queued_job(target: Stack, dashboard) -> None:
     expect(r).to_have_attribute("data-status", "cancelled", timeout=JOB_WAIT_MS)
 
 
+def test_a_retry_waiting_out_its_backoff_says_when(target: Stack, dashboard) -> None:
+    page = dashboard.open(target.url)
+    job = target.submit(
+        {
+            "executor": "process",
+            "name": "flaky",
+            "max_attempts": 2,
+            "retry_backoff_s": 600,
+            "command": ["sh", "-c", "exit 3"],
+        }
+    )
+    r = row(page, job["id"])
+    expect(r.locator(".row-msg")).to_contain_text("attempt 2 after", timeout=JOB_WAIT_MS)
+    expect(r).to_have_attribute("data-status", "queued")
+    r.locator(".row-main").click()
+    detail = page.locator("#detail")
+    expect(detail.locator(".detail-message")).to_contain_text("Retrying after")
+    expect(detail.locator(".detail-error")).to_contain_text("attempt 1 failed")
+    r.get_by_role("button", name="Cancel", exact=True).click()
+    expect(r).to_have_attribute("data-status", "cancelled", timeout=JOB_WAIT_MS)
+
+
 def test_client_and_server_validation(target: Stack, dashboard) -> None:
     dashboard.allow_console("status of 422")  # the browser logs the refused POST itself
     page = dashboard.open(target.url)
