@@ -24,6 +24,10 @@ EVENTS_CHANNEL = "lb:events"
 EVENTS_MAXLEN = 5000
 
 
+JOB_KEYS_PREFIX = "lb:job:"
+JOB_KEYS_PATTERN = JOB_KEYS_PREFIX + "*"
+
+
 def job_events_key(job_id: str) -> str:
     return f"lb:job:{job_id}:events"
 
@@ -183,6 +187,16 @@ class Events:
                 return sum(1 for raw in f if raw.strip())
         except FileNotFoundError:
             return 0
+
+    def job_ids_with_data(self) -> set[str]:
+        """Every job id that has a stream or flag in Redis or a stored log file here."""
+        ids = set()
+        for key in self.r.scan_iter(match=JOB_KEYS_PATTERN, count=1000):
+            job_id = key[len(JOB_KEYS_PREFIX) :].rpartition(":")[0]
+            if job_id:
+                ids.add(job_id)
+        ids.update(p.stem for p in self.logs_dir.glob("*.jsonl"))
+        return ids
 
     def purge(self, job_id: str) -> None:
         """Remove a job's streams, flags and stored log."""

@@ -61,6 +61,23 @@ def remove_run(
     return {"id": job.id, "status": job.status.value, "artifact_files": files}
 
 
+def sweep_strays(store: JobStore, events: Events) -> list[str]:
+    """Remove streams, flags and stored logs whose job has no record; return those ids.
+
+    A run deleted between a worker's last status write and its last event or log line gets
+    that stream (or log file) back with no job to own it. A record is always written before
+    anything in Redis, so "no record" means a stray, never a job being created. Beat's daily
+    retention task runs this after the age-based cleanup.
+    """
+    ids = events.job_ids_with_data()
+    strays = sorted(ids - store.existing_ids(ids))
+    for job_id in strays:
+        events.purge(job_id)
+    if strays:
+        log.info("retention removed the streams and logs of %d deleted job(s)", len(strays))
+    return strays
+
+
 def cleanup_older_than(
     store: JobStore,
     events: Events,

@@ -96,6 +96,16 @@ class JobStore:
         except JobNotFound:
             return None
 
+    def existing_ids(self, ids: Iterable[str], *, batch: int = 500) -> set[str]:
+        """Which of ``ids`` have a record."""
+        wanted = list(ids)
+        found: set[str] = set()
+        with self.engine.connect() as c:
+            for i in range(0, len(wanted), batch):
+                chunk = wanted[i : i + batch]
+                found.update(c.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(chunk))).scalars())
+        return found
+
     def list(
         self,
         *,

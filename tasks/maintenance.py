@@ -20,16 +20,18 @@ def reconcile() -> dict[str, int]:
 
 @app.task(name=RETENTION, ignore_result=True)
 def retention() -> dict[str, Any]:
-    from orchestrator.retention import cleanup_older_than
+    from orchestrator.retention import cleanup_older_than, sweep_strays
 
     ctx = worker_context()
-    return cleanup_older_than(
+    result = cleanup_older_than(
         ctx.store,
         ctx.events,
         ctx.artifacts,
         ctx.settings.retention_days * 86400,
         workspaces_dir=ctx.settings.workspaces_dir,
     )
+    result["strays"] = len(sweep_strays(ctx.store, ctx.events))
+    return result
 
 
 @app.task(name=REMOVE_ORPHANS, ignore_result=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from orchestrator.artifacts import ArtifactStore
 from orchestrator.errors import JobNotEnded, JobNotFound
 from orchestrator.events import Events, connect, job_events_key, job_logs_key
 from orchestrator.job import Job, JobStatus, utcnow
-from orchestrator.retention import cleanup_older_than, parse_duration, remove_run
+from orchestrator.retention import cleanup_older_than, parse_duration, remove_run, sweep_strays
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
 
@@ -204,6 +205,31 @@ def test_beat_schedules_retention_daily_on_the_maintenance_queue(settings: Setti
     assert entry["options"]["queue"] == "lb.maintenance"
 
 
+def test_sweep_strays_removes_what_a_deleted_run_left_behind(
+    store: JobStore,
+    events: Events,
+    artifact_store: ArtifactStore,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    gone = _run(store, events, artifact_store, tmp_path)
+    remove_run(store, events, artifact_store, gone.id)
+    # The worker's last event and log line land after the run was deleted.
+    events.publish(gone.id, "succeeded", gone.public())
+    events.append_logs(gone.id, [("stdout", None, "late line")])
+    left = _traces(settings, events, gone.id)
+    assert left["event_stream"] and left["log_stream"] and left["log_file"]
+    live = _run(store, events, artifact_store, tmp_path, end=None)
+    ended = _run(store, events, artifact_store, tmp_path)
+
+    strays = sweep_strays(store, events)
+    assert gone.id in strays and live.id not in strays and ended.id not in strays
+    assert not any(_traces(settings, events, gone.id).values())
+    for kept in (live.id, ended.id):
+        assert all(_traces(settings, events, kept).values()), kept
+    assert gone.id not in sweep_strays(store, events)  # nothing left to do
+
+
 @pytest.mark.slow
 def test_retention_task_removes_runs_past_retention_days(stack: Any, tmp_path: Path) -> None:
     """The task beat sends, run by the real worker with the default 30 days."""
@@ -218,8 +244,15 @@ def test_retention_task_removes_runs_past_retention_days(stack: Any, tmp_path: P
     try:
         old = _run(st, ev, arts, tmp_path, ended_ago=timedelta(days=s.retention_days + 1))
         young = _run(st, ev, arts, tmp_path, ended_ago=timedelta(days=s.retention_days - 1))
+        stray = f"stray-{uuid.uuid4().hex}"  # what a deleted run's last event leaves
+        ev.publish(stray, "succeeded", {"id": stray})
+        ev.append_logs(stray, [("stdout", None, "late line")])
         celery.send_task(RETENTION, queue="lb.maintenance")
         wait_until(lambda: st.find(old.id) is None, timeout=30, what="the old run to go")
+        wait_until(
+            lambda: not ev.r.exists(job_events_key(stray)), timeout=30, what="the stray to go"
+        )
+        assert not ev.r.exists(job_logs_key(stray)) and not ev.log_path(stray).exists()
         assert arts.files(old.id) == [] and not ev.log_path(old.id).exists()
         assert st.get(young.id).status == JobStatus.succeeded
         assert arts.files(young.id) == ["out/0.txt", "out/1.txt"]
