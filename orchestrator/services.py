@@ -45,6 +45,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "LAUNCHBAY_WORKER_TAGS": ",".join(settings.worker_tags),
         "LAUNCHBAY_WORKER_CONCURRENCY": str(settings.worker_concurrency),
         "LAUNCHBAY_CANCEL_FALLBACK_S": str(settings.cancel_fallback_s),
+        "LAUNCHBAY_PROCESS_SWEEP_S": str(settings.process_sweep_s),
     }
     if settings.token:
         env["LAUNCHBAY_TOKEN"] = settings.token

@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     worker_tags: Annotated[list[str], NoDecode] = Field(default_factory=list)
     runner_id: str | None = None
     runner_heartbeat_s: float = 5
+    process_sweep_s: float = Field(default=60, gt=0)
 
     kube_namespace: str = "default"
 

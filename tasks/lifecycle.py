@@ -1,4 +1,5 @@
-"""Worker lifecycle: register in the runner registry and heartbeat while alive."""
+"""Worker lifecycle: register in the runner registry and heartbeat while alive; sweep this
+host's leftover job processes at start and every ``process_sweep_s``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
@@ -18,6 +20,37 @@ from orchestrator.settings import Settings
 log = logging.getLogger(__name__)
 _stop = threading.Event()
 _info: RunnerInfo | None = None
+
+
+def sweep_host_processes(settings: Settings) -> int:
+    """Kill this host's processes of process jobs whose attempt is over; return how many.
+
+    A worker that is SIGKILLed takes its steps' leaders with it (parent-death signal), but
+    a process that left their group (``setsid``, a daemonising fork) lives on. Beat's orphan
+    task cannot find it, as it runs on any one host, so every worker sweeps its own. A job
+    this store does not know belongs to another installation on the host: left alone.
+    """
+    from orchestrator.store import JobStore
+    from workers.launchers.process import ProcessLauncher
+
+    if "process" not in settings.worker_executors:
+        return 0
+    store = JobStore(settings.effective_database_url, create=False)
+    try:
+
+        def is_live(job_id: str, attempt: int) -> bool:
+            job = store.find(job_id)
+            return job is None or (not job.ended and job.attempt == attempt)
+
+        launcher = ProcessLauncher(settings)
+        handles = launcher.orphans(is_live)
+        for handle in handles:
+            launcher.remove(handle)
+    finally:
+        store.dispose()  # no connection kept across the pool's later forks
+    if handles:
+        log.warning("killed %d leftover process(es) of ended job attempts", len(handles))
+    return len(handles)
 
 
 @worker_ready.connect
@@ -41,11 +74,18 @@ def _register(sender: Any = None, **_: Any) -> None:
     )
 
     def beat() -> None:
+        next_sweep = 0.0
         while True:
             try:
                 registry.heartbeat(_info)  # type: ignore[arg-type]
             except Exception:
                 log.warning("runner heartbeat failed", exc_info=True)
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + settings.process_sweep_s
+                try:
+                    sweep_host_processes(settings)
+                except Exception:
+                    log.warning("process sweep failed", exc_info=True)
             if _stop.wait(settings.runner_heartbeat_s):
                 break
         with contextlib.suppress(Exception):  # the TTL removes it anyway

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from orchestrator.services import Supervisor
+from orchestrator.services import Supervisor, wait_http
 from orchestrator.settings import Settings
 
 T = TypeVar("T")
@@ -85,3 +85,26 @@ class Stack:
             return stats if stats["workers"]["count"] >= n else None
 
         return wait_until(check, timeout, interval=0.2, what=f"{n} live worker(s)")
+
+
+def start_stack(settings: Settings, **parts: bool) -> Stack:
+    """A stack of a test's own (``parts``: which of api, worker, beat to leave out);
+    returns once the API answers."""
+    sup = Supervisor(settings, log_dir=settings.home / "service-logs", say=lambda _l: None)
+    sup.add_stack(flower=False, **parts)
+    sup.start()
+    try:
+        wait_http(
+            f"http://127.0.0.1:{settings.api_port}/api/v1/healthz",
+            timeout=60,
+            alive=lambda: sup.poll_dead() is None,
+        )
+    except BaseException:
+        sup.stop()
+        raise
+    return Stack(settings, sup)
+
+
+def stop_stack(stack: Stack) -> None:
+    stack.http.close()
+    stack.supervisor.stop()

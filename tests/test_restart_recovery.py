@@ -19,11 +19,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.services import Supervisor, wait_http
-from orchestrator.settings import Settings
 from tests.api.test_artifacts import TRAVERSAL, raw_get
 from tests.conftest import stack_settings
-from tests.support import TERMINAL, Stack, wait_until
+from tests.support import TERMINAL, Stack, start_stack, stop_stack, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -40,27 +38,6 @@ _OWN_DB = 7
 LONG = {"executor": "builtin", "type": "countdown", "params": {"seconds": 30}}
 
 
-def _start(settings: Settings, **parts: bool) -> Stack:
-    sup = Supervisor(settings, log_dir=settings.home / "service-logs", say=lambda _l: None)
-    sup.add_stack(flower=False, **parts)
-    sup.start()
-    try:
-        wait_http(
-            f"http://127.0.0.1:{settings.api_port}/api/v1/healthz",
-            timeout=60,
-            alive=lambda: sup.poll_dead() is None,
-        )
-    except BaseException:
-        sup.stop()
-        raise
-    return Stack(settings, sup)
-
-
-def _stop(stack: Stack) -> None:
-    stack.http.close()
-    stack.supervisor.stop()
-
-
 @pytest.fixture(scope="module")
 def restarted(
     tmp_path_factory: pytest.TempPathFactory, valkey_url: str
@@ -73,7 +50,7 @@ def restarted(
     settings.ensure_dirs()
     seen: dict[str, Any] = {"settings": settings}
 
-    first = _start(settings)
+    first = start_stack(settings)
     try:
         first.wait_for_workers(1)
         done = first.submit(TWO_FILES)
@@ -83,9 +60,9 @@ def restarted(
         seen["retry"] = first.wait_status(retry["id"], "running", timeout=60)
         seen["once"] = first.wait_status(once["id"], "running", timeout=60)
     finally:
-        _stop(first)
+        stop_stack(first)
 
-    api_only = _start(settings, worker=False, beat=False)
+    api_only = start_stack(settings, worker=False, beat=False)
     try:
         seen["queued"] = api_only.submit(
             {"executor": "builtin", "type": "fibonacci", "params": {"count": 10}}
@@ -94,16 +71,16 @@ def restarted(
         # Still running in the store: nobody is left to say otherwise until beat returns.
         assert api_only.job(seen["retry"]["id"])["status"] == "running"
     finally:
-        _stop(api_only)
+        stop_stack(api_only)
 
-    second = _start(settings)
+    second = start_stack(settings)
     seen["stack"] = second
     try:
         yield seen
     finally:
         for key in ("retry", "once"):
             second.http.post(f"/api/v1/jobs/{seen[key]['id']}/cancel")
-        _stop(second)
+        stop_stack(second)
 
 
 def test_ended_job_lists_and_serves_its_artifacts_after_restart(restarted: dict[str, Any]) -> None:
