@@ -143,6 +143,43 @@ class Dispatcher:
 
     # ---------------------------------------------------------- retries and reconcile
 
+    def end_attempt(
+        self,
+        job: Job,
+        status: JobStatus,
+        *,
+        exit_code: int | None = None,
+        error: str | None = None,
+        fields: dict[str, Any] | None = None,
+        may_retry: bool = True,
+    ) -> Job | None:
+        """The one terminal step of an attempt, for Celery runners and remote agents alike.
+
+        A failure with attempts left is re-queued as the next attempt after
+        ``retry_backoff_s · 2^(attempt-1)``; anything else ends with one compare-and-set,
+        and success never wins over an accepted cancel. Returns the job as it now stands
+        (queued again, or ended), or ``None`` when another party ended this attempt first.
+        """
+        fields = fields or {}
+        if status == JobStatus.failed and may_retry and job.attempt < job.spec.max_attempts:
+            if fields:
+                self.store.update_fields(job.id, job.attempt, **fields)
+            backoff = job.spec.retry_backoff_s * 2 ** (job.attempt - 1)
+            again = self.requeue(job, f"attempt {job.attempt} failed: {error}", countdown=backoff)
+            if again is not None:
+                return again
+        done = self.store.finish(
+            job.id, job.attempt, status, exit_code=exit_code, error=error, **fields
+        )
+        if done is None:
+            # Lost the race to an accepted cancel: success never wins over it.
+            done = self.store.finish(
+                job.id, job.attempt, JobStatus.cancelled, error="cancelled", **fields
+            )
+        if done is not None:
+            self.announce(done)
+        return done
+
     def requeue(self, job: Job, reason: str, *, countdown: float | None = None) -> Job | None:
         again = self.store.requeue(
             job.id,

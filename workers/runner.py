@@ -308,33 +308,20 @@ class AttemptRunner:
         if status is not None:
             # A launch error was already retried by _launch; only a job's own failure
             # earns another attempt.
-            if (
-                status == JobStatus.failed
-                and job.attempt < job.spec.max_attempts
-                and launch_error is None
-            ):
-                store.update_fields(job.id, job.attempt, **fields)
-                backoff = job.spec.retry_backoff_s * 2 ** (job.attempt - 1)
-                again = self.dispatcher.requeue(
-                    store.get(job.id), f"attempt {job.attempt} failed: {error}", countdown=backoff
-                )
-                if again is not None:
-                    final = "requeued"
-                    status = None
-            if status is not None:
-                done = store.finish(
-                    job.id, job.attempt, status, exit_code=code, error=error, **fields
-                )
-                if done is None:
-                    # Lost the race: a cancel was accepted (never let success win over it).
-                    done = store.finish(
-                        job.id, job.attempt, JobStatus.cancelled, error="cancelled", **fields
-                    )
-                if done is not None:
-                    self.dispatcher.announce(done)
-                    final = done.status.value
-                else:
-                    final = store.get(job.id).status.value
+            now = self.dispatcher.end_attempt(
+                job,
+                status,
+                exit_code=code,
+                error=error,
+                fields=fields,
+                may_retry=launch_error is None,
+            )
+            if now is None:
+                final = store.get(job.id).status.value
+            elif now.status == JobStatus.queued:
+                final = "requeued"
+            else:
+                final = now.status.value
         self._cleanup(launcher, ctx, handle, final)
         return final
 

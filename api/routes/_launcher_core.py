@@ -113,24 +113,14 @@ def end_attempt(
     error: str | None,
     fields: dict[str, Any],
 ) -> Job:
-    """The terminal step of an agent's attempt, with the Celery path's retry rules."""
-    store, dispatcher = state.store, state.dispatcher
-    if target == JobStatus.failed and job.attempt < job.spec.max_attempts:
-        if fields:
-            store.update_fields(job.id, job.attempt, **fields)
-        backoff = job.spec.retry_backoff_s * 2 ** (job.attempt - 1)
-        again = dispatcher.requeue(job, f"attempt {job.attempt} failed: {error}", countdown=backoff)
-        if again is not None:
-            state.events.forget(job.id)
-            return again
-    done = store.finish(job.id, job.attempt, target, exit_code=exit_code, error=error, **fields)
+    """The terminal step of an agent's attempt (``Dispatcher.end_attempt``, as on the
+    Celery path); a conflict when another party ended it first."""
+    done = state.dispatcher.end_attempt(
+        job, target, exit_code=exit_code, error=error, fields=fields
+    )
     if done is None:
-        # Lost the race to an accepted cancel: success never wins over it.
-        done = store.finish(job.id, job.attempt, JobStatus.cancelled, error="cancelled", **fields)
-    if done is None:
-        current = store.get(job.id)
+        current = state.store.get(job.id)
         raise InvalidTransition(job.id, current.status, target, "another party ended it")
-    dispatcher.announce(done)
     state.events.forget(job.id)
     return done
 
