@@ -32,7 +32,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from orchestrator.events import (
     job_events_key,
     job_logs_key,
 )
+from orchestrator.job import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -379,8 +380,7 @@ class Hub:
 
 
 def _line_time(ts: str) -> datetime:
-    when = datetime.fromisoformat(ts)
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    return as_utc(datetime.fromisoformat(ts))
 
 
 def _seq_at_in_file(path: Path, when: datetime) -> int | None:

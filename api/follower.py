@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from api.fanout import Hub, Subscriber
@@ -60,22 +60,6 @@ def parse_seq(text: str, field: str = "since") -> int:
     if not text.strip().isdigit():
         raise ParamError(field, f"{field} must be a log line number (0 or more), got {text!r}")
     return int(text)
-
-
-def parse_log_since(text: str, field: str = "since") -> int | datetime:
-    """A log ``since``: a line number, or an ISO 8601 time (UTC unless it names a zone)."""
-    text = text.strip()
-    if text.isdigit():
-        return int(text)
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ParamError(
-            field,
-            f"{field} must be a log line number (0 or more) or an ISO 8601 time "
-            f"(like 2026-01-31T12:00:00Z), got {text!r}",
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 async def resolve_log_since(hub: Hub, job_id: str, since: int | datetime) -> int:

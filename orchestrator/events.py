@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
 import redis
 
-from orchestrator.job import utcnow
+from orchestrator.errors import ParamError
+from orchestrator.job import as_utc, utcnow
 
 EVENTS_CHANNEL = "lb:events"
 EVENTS_MAXLEN = 5000
@@ -26,6 +28,25 @@ EVENTS_MAXLEN = 5000
 
 JOB_KEYS_PREFIX = "lb:job:"
 JOB_KEYS_PATTERN = JOB_KEYS_PREFIX + "*"
+
+
+def parse_log_since(text: str, field: str = "since") -> int | datetime:
+    """A log ``since``: a line number, or an ISO 8601 time (UTC unless it names a zone).
+
+    Raises :class:`ParamError` (a ``ValueError``) naming ``field``; the API answers it with
+    a 422, the CLI with one line and exit 2.
+    """
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        return as_utc(datetime.fromisoformat(text))
+    except ValueError:
+        raise ParamError(
+            field,
+            f"{field} must be a log line number (0 or more) or an ISO 8601 time "
+            f"(like 2026-01-31T12:00:00Z), got {text!r}",
+        ) from None
 
 
 def job_events_key(job_id: str) -> str:

@@ -74,6 +74,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(when: datetime) -> datetime:
+    """``when`` in UTC; a time without a zone is taken to be UTC."""
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
 # ---------------------------------------------------------------- specs
 
 _STRICT = ConfigDict(extra="forbid")

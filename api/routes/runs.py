@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from api.deps import State
 from orchestrator.errors import ParamError
 from orchestrator.events import Events, job_logs_key
-from orchestrator.job import EXECUTORS, TERMINAL_STATUSES, Job, JobStatus
+from orchestrator.job import EXECUTORS, TERMINAL_STATUSES, Job, JobStatus, as_utc
 from orchestrator.retention import cleanup_older_than, parse_duration, remove_run
 from orchestrator.store import JobStore
 
@@ -131,7 +131,7 @@ def _labels(pairs: list[str]) -> dict[str, str]:
 def _utc(when: datetime | None) -> datetime | None:
     if when is None:
         return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return as_utc(when)
 
 
 def _jsonl(

@@ -30,15 +30,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Message, Receive, Scope, Send
 
 from api.fanout import Dropped, Hub, Subscriber
-from api.follower import (
-    Cursor,
-    Item,
-    JobFollower,
-    parse_log_since,
-    parse_seq,
-    resolve_log_since,
-)
+from api.follower import Cursor, Item, JobFollower, parse_seq, resolve_log_since
 from api.state import AppState
+from orchestrator.events import parse_log_since
 from orchestrator.job import Job
 
 router = APIRouter(tags=["streams"])

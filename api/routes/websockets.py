@@ -27,11 +27,12 @@ from starlette.websockets import WebSocketDisconnect
 
 from api.deps import ws_token_ok
 from api.fanout import RESYNC, Dropped, Hub, Subscriber
-from api.follower import Cursor, JobFollower, parse_log_since, resolve_log_since
+from api.follower import Cursor, JobFollower, resolve_log_since
 from api.routes.meta import stats_of
 from api.routes.streams import DROP_GRACE_S, hub_of, open_job
 from api.state import AppState
 from orchestrator.errors import JobNotFound, LaunchbayError, ParamError
+from orchestrator.events import parse_log_since
 from orchestrator.job import JobSpec, JobStatus
 
 router = APIRouter(tags=["websockets"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 
@@ -24,6 +23,8 @@ from orchestrator.cli._output import (
 )
 from orchestrator.cli._watch import Watcher, has_several_steps, write_log_line
 from orchestrator.client import LogLine
+from orchestrator.errors import ParamError
+from orchestrator.events import parse_log_since
 from orchestrator.job import JobStatus
 
 # ---------------------------------------------------------------- jobs
@@ -98,20 +99,6 @@ def job_status(
         console.print(part)
 
 
-def _log_since(value: str) -> int | str:
-    """``--since``: a line number, or an ISO 8601 time passed on for the server to resolve."""
-    value = value.strip()
-    if value.isdigit():
-        return int(value)
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(
-            f"{value!r} is neither a line number nor an ISO 8601 time (like 2026-01-31T12:00:00Z)"
-        ) from None
-    return value
-
-
 @jobs_app.command("logs")
 @handled
 def job_logs(
@@ -137,9 +124,10 @@ def job_logs(
 ) -> None:
     """A job's log (stdout and stderr lines, in order)."""
     try:
-        since_at = _log_since(since)
-    except ValueError as exc:
-        fail(f"bad --since: {exc}", EXIT_USAGE)
+        parsed = parse_log_since(since, "--since")
+    except ParamError as exc:
+        fail(str(exc), EXIT_USAGE)
+    since_at = parsed if isinstance(parsed, int) else parsed.isoformat()
     with client_for(ctx, url, token) as client:
         job = client.job(job_id)  # an unknown id is "job X not found", not an empty log
         after = client.log_seq_at(job_id, since_at)

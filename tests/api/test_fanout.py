@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from api.fanout import RESYNC, Dropped, Hub, Subscriber
-from api.follower import Cursor, JobFollower, parse_log_since, parse_seq
+from api.follower import Cursor, JobFollower, parse_seq
 from orchestrator.errors import ParamError
-from orchestrator.events import Events, LogLine, connect, job_logs_key
+from orchestrator.events import Events, LogLine, connect, job_logs_key, parse_log_since
 from orchestrator.settings import Settings
 
 pytestmark = pytest.mark.anyio
