@@ -9,13 +9,16 @@ keeps its name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mimetypes
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import unquote
 
 from orchestrator.errors import ArtifactNotFound, UnsafePath
@@ -80,20 +83,13 @@ class ArtifactStore:
         """
         rel = safe_name(name)
         dest = self.job_dir(job_id) / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         size = 0
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".partial-")
-        try:
-            with source.open("rb") as src, os.fdopen(fd, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with source.open("rb") as src, atomic_file(dest, "wb") as out:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
         return Artifact(
             name=rel.as_posix(),
             size=size,
@@ -116,3 +112,18 @@ class ArtifactStore:
         n = sum(1 for p in d.rglob("*") if p.is_file())
         shutil.rmtree(d)
         return n
+
+
+@contextlib.contextmanager
+def atomic_file(dest: Path, mode: str = "w") -> Iterator[Any]:
+    """Write ``dest`` through a temporary file beside it, renamed into place only when the
+    block ends without an error: a partial file never takes its place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
+            yield fh
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -6,9 +6,9 @@ line: callers print ``str(exc)`` and never show a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -17,6 +17,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from orchestrator.artifacts import atomic_file
 from orchestrator.job import TERMINAL_STATUSES, Artifact, Job, JobStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -230,6 +231,19 @@ class LaunchbayClient:
             raise _error_of(resp)
         return resp
 
+    @contextlib.contextmanager
+    def _stream(self, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """GET ``path`` as a stream: an error answer raises its ApiError before any body is
+        read, and a transport failure, also mid-body, is ServerUnreachable."""
+        try:
+            with self._http.stream("GET", path, **kwargs) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _error_of(resp)
+                yield resp
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self.url, exc) from None
+
     def request_json(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self.request(method, path, **kwargs)
         try:
@@ -316,18 +330,12 @@ class LaunchbayClient:
         path = f"/jobs/{_seg(job_id)}/artifacts/{quote(name, safe='/')}"
         digest = hashlib.sha256()
         size = 0
-        try:
-            with self._http.stream("GET", path) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    raise _error_of(resp)
-                etag = resp.headers.get("etag", "").strip('"').removeprefix("W/").strip('"')
-                for chunk in resp.iter_bytes():
-                    digest.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
-        except httpx.TransportError as exc:
-            raise ServerUnreachable(self.url, exc) from None
+        with self._stream(path) as resp:
+            etag = resp.headers.get("etag", "").strip('"').removeprefix("W/").strip('"')
+            for chunk in resp.iter_bytes():
+                digest.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
         got = digest.hexdigest()
         if len(etag) == 64 and etag != got:
             raise BadResponse(f"artifact {name!r}: sha256 {got} does not match the server's {etag}")
@@ -335,16 +343,8 @@ class LaunchbayClient:
 
     def download_to(self, job_id: str, name: str, dest: Path) -> tuple[int, str | None]:
         """Download into ``dest`` atomically: a partial file never takes its place."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                result = self.download(job_id, name, fh)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return result
+        with atomic_file(dest, "wb") as fh:
+            return self.download(job_id, name, fh)
 
     def run_record(self, job_id: str) -> dict[str, Any]:
         """The full run record (``GET /runs/{id}``): the job plus attempts, log size, links."""
@@ -363,17 +363,11 @@ class LaunchbayClient:
                 if v is not None:
                     params = params.add(key, str(v))
         written = 0
-        try:
-            with self._http.stream("GET", "/runs", params=params) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    raise _error_of(resp)
-                for line in resp.iter_lines():
-                    if line.strip():
-                        out.write(line + "\n")
-                        written += 1
-        except httpx.TransportError as exc:
-            raise ServerUnreachable(self.url, exc) from None
+        with self._stream("/runs", params=params) as resp:
+            for line in resp.iter_lines():
+                if line.strip():
+                    out.write(line + "\n")
+                    written += 1
         return written
 
     def cleanup(self, older_than: str) -> CleanupResult:

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from orchestrator.artifacts import atomic_file
 from orchestrator.cli._jobs import jobs_app
 from orchestrator.cli._options import JobId, Json, Token, Url, client_for
 from orchestrator.cli._output import (
@@ -78,13 +79,8 @@ def runs_export(
             client.export_runs(sys.stdout, **filters)
             sys.stdout.flush()
             return
-        part = output.with_name(f".{output.name}.part")
-        try:
-            with part.open("w", encoding="utf-8") as fh:
-                written = client.export_runs(fh, **filters)
-            part.replace(output)
-        finally:
-            part.unlink(missing_ok=True)
+        with atomic_file(output) as fh:
+            written = client.export_runs(fh, **filters)
     say(f"wrote {written} run(s) to {output}")
 
 
