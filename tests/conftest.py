@@ -17,10 +17,10 @@ import pytest
 
 from orchestrator.artifacts import ArtifactStore
 from orchestrator.events import Events, connect
-from orchestrator.services import Supervisor, free_port, wait_http
+from orchestrator.services import free_port
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
-from tests.support import Stack, docker_available, wait_until
+from tests.support import Stack, docker_available, events_of, start_stack, stop_stack, wait_until
 
 __all__ = ["wait_until"]
 
@@ -93,6 +93,14 @@ def artifact_store(settings: Settings) -> ArtifactStore:
     return ArtifactStore(settings.artifacts_dir)
 
 
+@pytest.fixture
+def stack_events(stack: Stack) -> Iterator[Events]:
+    """Events on the session stack's Redis database."""
+    ev = events_of(stack)
+    yield ev
+    ev.r.close()
+
+
 def stack_settings(home: Path, redis_url: str, **overrides: Any) -> Settings:
     executors = ["builtin", "process"] + (["docker"] if docker_available() else [])
     base: dict[str, Any] = {
@@ -117,20 +125,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, valkey_url: str) -> Iterator
     home = tmp_path_factory.mktemp("stack-home")
     settings = stack_settings(home, valkey_url)
     settings.ensure_dirs()
-    sup = Supervisor(settings, log_dir=home / "service-logs", say=lambda _l: None)
-    sup.add_stack(flower=False)
-    sup.start()
+    st: Stack | None = None
     try:
-        wait_http(
-            f"http://127.0.0.1:{settings.api_port}/api/v1/healthz",
-            timeout=60,
-            alive=lambda: sup.poll_dead() is None,
-        )
-        st = Stack(settings, sup)
+        st = start_stack(settings)
         st.wait_for_workers(1)
         yield st
     finally:
-        sup.stop()
+        if st is not None:
+            stop_stack(st)
         st_logs = home / "service-logs"
         if os.environ.get("LAUNCHBAY_SHOW_SERVICE_LOGS"):
             for f in sorted(st_logs.glob("*.log")):

@@ -7,10 +7,12 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
+from orchestrator.events import Events, connect
 from orchestrator.services import Supervisor, wait_http
 from orchestrator.settings import Settings
 
@@ -108,3 +110,17 @@ def start_stack(settings: Settings, **parts: bool) -> Stack:
 def stop_stack(stack: Stack) -> None:
     stack.http.close()
     stack.supervisor.stop()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie (dead, not yet reaped) counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the state follows "(command)"
+
+
+def events_of(stack: Stack) -> Events:
+    """A Redis events handle on ``stack``'s database (close its ``.r`` when done)."""
+    return Events(connect(stack.settings.effective_redis_url), logs_dir=stack.settings.logs_dir)

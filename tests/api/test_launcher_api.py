@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from orchestrator.events import Events, connect
+from orchestrator.events import Events
 from orchestrator.job import BuiltinSpec, Demands, utcnow
 from orchestrator.schema import jobs
 from orchestrator.store import JobStore
@@ -27,13 +26,6 @@ L = "/api/v1/launcher"
 @pytest.fixture
 def tag() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def stack_events(stack: Stack) -> Iterator[Events]:
-    ev = Events(connect(stack.settings.effective_redis_url), logs_dir=stack.settings.logs_dir)
-    yield ev
-    ev.r.close()
 
 
 def register(

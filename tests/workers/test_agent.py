@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.events import Events, connect
+from orchestrator.events import Events
 from tests.support import Stack, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,13 +108,6 @@ def start_agent(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., AgentPro
 @pytest.fixture
 def tag() -> str:
     return f"remote-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def stack_events(stack: Stack) -> Iterator[Events]:
-    ev = Events(connect(stack.settings.effective_redis_url), logs_dir=stack.settings.logs_dir)
-    yield ev
-    ev.r.close()
 
 
 def countdown(tag: str, seconds: int, **extra: Any) -> dict[str, Any]:

@@ -17,17 +17,9 @@ import pytest
 
 from tasks.lifecycle import sweep_host_processes
 from tests.conftest import stack_settings
-from tests.support import Stack, start_stack, stop_stack, wait_until
+from tests.support import Stack, process_alive, start_stack, stop_stack, wait_until
 
 _OWN_DB = 8
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def _marked(job_id: str) -> subprocess.Popen[bytes]:
@@ -101,7 +93,7 @@ def test_a_killed_workers_escaped_process_is_swept_by_the_next_worker(
         assert worker.proc is not None
         os.killpg(worker.proc.pid, signal.SIGKILL)  # the worker and its pool, at once
         worker.proc.wait(timeout=10)
-        assert _alive(escaped), "the escaped process should have outlived its worker"
+        assert process_alive(escaped), "the escaped process should have outlived its worker"
         assert first.job(job["id"])["status"] == "running"  # nobody has noticed yet
 
         # A new worker on this host: it runs beat's reconcile, which ends the job (its
@@ -109,10 +101,10 @@ def test_a_killed_workers_escaped_process_is_swept_by_the_next_worker(
         second = start_stack(settings, api=False, beat=False)
         lost = first.wait_status(job["id"], timeout=60)
         assert lost["status"] == "failed" and "lost" in (lost["error"] or ""), lost
-        wait_until(lambda: not _alive(escaped), timeout=30, what="the sweep to kill it")
+        wait_until(lambda: not process_alive(escaped), timeout=30, what="the sweep to kill it")
     finally:
         if second is not None:
             stop_stack(second)
         stop_stack(first)
-        if escaped and _alive(escaped):
+        if escaped and process_alive(escaped):
             os.kill(escaped, signal.SIGKILL)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import RunnerLaunchError
-from tests.support import wait_until
+from tests.support import process_alive, wait_until
 from tests.workers.conftest import MakeCtx
 from workers.launchers import launcher_class
 from workers.launchers.process import ProcessLauncher, _job_processes
@@ -202,10 +202,7 @@ def test_escaped_processes_die_with_the_job(
     assert out.exit_code == 0 and rep.text("stdout") == ["started"]
     pid = int(pidfile.read_text())
     wait_until(
-        lambda: (
-            not Path(f"/proc/{pid}").exists()
-            or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
-        ),
+        lambda: not process_alive(pid),
         timeout=10,
         what="the escaped process to die",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from orchestrator.events import Events, connect
+from orchestrator.events import Events
 from tests.support import Stack
 
 
@@ -56,7 +56,7 @@ def test_retry_that_succeeds_ends_succeeded(stack: Stack) -> None:
     assert done["status"] == "succeeded" and done["attempt"] == 2
 
 
-def test_a_retry_waits_out_its_backoff(stack: Stack) -> None:
+def test_a_retry_waits_out_its_backoff(stack: Stack, stack_events: Events) -> None:
     job = stack.submit(
         {
             "executor": "process",
@@ -67,11 +67,7 @@ def test_a_retry_waits_out_its_backoff(stack: Stack) -> None:
     )
     done = stack.wait_status(job["id"], timeout=30)
     assert done["status"] == "failed" and done["attempt"] == 2
-    events = Events(connect(stack.settings.effective_redis_url), logs_dir=stack.settings.logs_dir)
-    try:
-        history = events.read_events(job["id"])
-    finally:
-        events.r.close()
+    history = stack_events.read_events(job["id"])
     requeued = next(e for e in history if e["type"] == "requeued")
     claimed_again = next(e for e in history if e["type"] == "claimed" and e["data"]["attempt"] == 2)
     not_before = datetime.fromisoformat(requeued["data"]["not_before"])
