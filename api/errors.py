@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,17 +11,21 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.errors import LaunchbayError, ParamError
+from orchestrator.problems import problems_of, summary
 
-_SKIP = {"body", "query", "path", "builtin", "process", "docker", "kubernetes"}
 
-
-def _field_of(err: dict[str, Any]) -> str:
-    loc = [str(p) for p in err.get("loc", ()) if str(p) not in _SKIP]
-    cause = (err.get("ctx") or {}).get("error")
-    if isinstance(cause, ParamError):
-        # The schema check names the parameter itself (params.seconds).
-        return cause.field
-    return ".".join(loc) or "body"
+def invalid(
+    errors: Iterable[Mapping[str, Any]],
+    *,
+    under: str = "",
+    whole: str = "body",
+    aliases: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """How bad input is refused, over HTTP (422) and the WebSocket alike: ``error``, a
+    summary line, and ``fields``, one ``{"field", "message"}`` per problem (the keywords
+    are :func:`~orchestrator.problems.problems_of`'s)."""
+    fields = problems_of(errors, under=under, whole=whole, aliases=aliases)
+    return {"error": summary(fields), "fields": fields}
 
 
 def problem(code: int, message: str, **extra: Any) -> JSONResponse:
@@ -35,12 +40,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = []
-        for err in exc.errors():
-            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-            fields.append({"field": _field_of(err), "message": msg})
-        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
-        return problem(422, f"invalid request: {summary}", fields=fields)
+        body = invalid(exc.errors())
+        return problem(422, body["error"], fields=body["fields"])
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -47,11 +47,11 @@ from orchestrator.events import (
     job_events_key,
     job_logs_key,
 )
-from orchestrator.job import as_utc
+from orchestrator.job import EventType, as_utc
 
 log = logging.getLogger(__name__)
 
-RESYNC: dict[str, Any] = {"type": "resync"}  # "you may have missed something: re-read"
+RESYNC: dict[str, Any] = {"type": EventType.resync}  # "you may have missed something: re-read"
 _DROP: dict[str, Any] = {"type": "drop"}
 _RETRY_MAX_S = 5.0
 _CHAIN_JOBS = 10000  # jobs whose last event id the hub remembers (least recently seen go)
@@ -270,7 +270,7 @@ class Hub:
             log.warning("ignoring a malformed message on %s", EVENTS_CHANNEL)
             return
         self.received += 1
-        is_log = msg.get("type") == "log"
+        is_log = msg.get("type") == EventType.log
         if not is_log:
             self._chain(job_id, msg)
         self._call_listeners(msg, is_log)

@@ -21,9 +21,9 @@ from typing import Any
 from api.fanout import Hub, Subscriber
 from orchestrator.errors import ParamError
 from orchestrator.events import LogLine
-from orchestrator.job import Job
+from orchestrator.job import STATUS_EVENTS, TERMINAL_STATUSES, EventType, Job
 
-TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+TERMINAL_EVENTS = frozenset(STATUS_EVENTS[s] for s in TERMINAL_STATUSES)
 _EVENT_ID = re.compile(r"^\d+-\d+$")
 
 
@@ -142,10 +142,10 @@ class JobFollower:
         published: list[dict[str, Any]] = []
         head = self.cursor.event_id  # the last event we have, or will have from ``published``
         for msg in msgs:
-            if msg is None or msg.get("type") == "resync":
+            if msg is None or msg.get("type") == EventType.resync:
                 # A quiet poll or a reconnect: re-read both streams to be sure.
                 read_events = read_logs = True
-            elif msg.get("type") == "log":
+            elif msg.get("type") == EventType.log:
                 hint.extend(msg.get("data", {}).get("lines", []))
             elif not read_events:  # (else a read is due anyway, and covers this event)
                 after = _is_after(msg.get("id"), head)

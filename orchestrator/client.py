@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from orchestrator.artifacts import atomic_file
 from orchestrator.job import TERMINAL_STATUSES, Artifact, Job, JobStatus
+from orchestrator.problems import problems_of
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PREFIX = "/api/v1"
@@ -258,10 +259,9 @@ class LaunchbayClient:
                 return model.validate_python(data)
             return model.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": str(exc)}
-            where = ".".join(str(p) for p in first.get("loc", ()))
+            first = problems_of(exc.errors(), whole=what)[0]
             raise BadResponse(
-                f"unexpected {what} from the server: {where} {first['msg']}"
+                f"unexpected {what} from the server: {first['field']}: {first['message']}"
             ) from None
 
     # ------------------------------------------------------------ jobs

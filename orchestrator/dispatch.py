@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +13,9 @@ from orchestrator.broker import held_task_ids
 from orchestrator.celery_app import RUN_JOB
 from orchestrator.errors import BrokerUnavailable, InvalidTransition
 from orchestrator.events import Events
-from orchestrator.job import Job, JobStatus, task_id_for, utcnow
+from orchestrator.job import EventType, Job, JobStatus, task_id_for, utcnow
+from orchestrator.lifecycle import Lifecycle
+from orchestrator.listeners import EventPublisher, Listener, Listeners
 from orchestrator.routing import route
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
@@ -22,33 +24,29 @@ log = logging.getLogger(__name__)
 _CANCEL_TRIES = 5
 
 
-def event_type_for(status: JobStatus) -> str:
-    return {
-        JobStatus.queued: "queued",
-        JobStatus.claimed: "claimed",
-        JobStatus.running: "started",
-        JobStatus.succeeded: "succeeded",
-        JobStatus.failed: "failed",
-        JobStatus.cancelled: "cancelled",
-        JobStatus.timed_out: "timed_out",
-    }[status]
-
-
 @dataclass
 class Dispatcher:
+    """The core as one object: submit, cancel and reconcile here, the attempt operations
+    in ``lifecycle``; every won transition goes to ``listeners``."""
+
     settings: Settings
     store: JobStore
     events: Events
     celery: Celery
+    extra_listeners: list[Listener] = field(default_factory=list)
 
-    # ---------------------------------------------------------- publishing
+    def __post_init__(self) -> None:
+        self.listeners = Listeners([EventPublisher(self.events), *self.extra_listeners])
+        self.lifecycle = Lifecycle(
+            self.settings,
+            self.store,
+            self.listeners,
+            send=lambda job, countdown: self.send(job, countdown=countdown),
+        )
 
-    def announce(self, job: Job, type_: str | None = None) -> None:
-        """Publish a job's state change; a Redis hiccup must not undo a committed write."""
-        try:
-            self.events.publish(job.id, type_ or event_type_for(job.status), job.public())
-        except Exception:  # pragma: no cover - logged, the store stays the truth
-            log.exception("could not publish event for job %s", job.id)
+    def announce(self, job: Job, event: EventType | None = None) -> None:
+        """Hand a committed change to the listeners (events, metrics, webhooks)."""
+        self.listeners.transition(job, event)
 
     # ---------------------------------------------------------- submit
 
@@ -66,7 +64,7 @@ class Dispatcher:
             if failed:
                 self.announce(failed)
             raise BrokerUnavailable(f"the broker cannot take jobs right now: {exc}") from exc
-        self.announce(job, "created")
+        self.announce(job, EventType.created)
         return job
 
     def send(self, job: Job, *, countdown: float | None = None) -> None:
@@ -119,7 +117,7 @@ class Dispatcher:
                 if marked:
                     self.events.flag_cancel(job_id)
                     self._revoke(marked)
-                    self.announce(marked, "cancel_requested")
+                    self.announce(marked, EventType.cancel_requested)
                     return marked
             elif job.status == JobStatus.cancelled:
                 return job
@@ -143,57 +141,6 @@ class Dispatcher:
 
     # ---------------------------------------------------------- retries and reconcile
 
-    def end_attempt(
-        self,
-        job: Job,
-        status: JobStatus,
-        *,
-        exit_code: int | None = None,
-        error: str | None = None,
-        fields: dict[str, Any] | None = None,
-        may_retry: bool = True,
-    ) -> Job | None:
-        """The one terminal step of an attempt, for Celery runners and remote agents alike.
-
-        A failure with attempts left is re-queued as the next attempt after
-        ``retry_backoff_s · 2^(attempt-1)``; anything else ends with one compare-and-set,
-        and success never wins over an accepted cancel. Returns the job as it now stands
-        (queued again, or ended), or ``None`` when another party ended this attempt first.
-        """
-        fields = fields or {}
-        if status == JobStatus.failed and may_retry and job.attempt < job.spec.max_attempts:
-            if fields:
-                self.store.update_fields(job.id, job.attempt, **fields)
-            backoff = job.spec.retry_backoff_s * 2 ** (job.attempt - 1)
-            again = self.requeue(job, f"attempt {job.attempt} failed: {error}", countdown=backoff)
-            if again is not None:
-                return again
-        done = self.store.finish(
-            job.id, job.attempt, status, exit_code=exit_code, error=error, **fields
-        )
-        if done is None:
-            # Lost the race to an accepted cancel: success never wins over it.
-            done = self.store.finish(
-                job.id, job.attempt, JobStatus.cancelled, error="cancelled", **fields
-            )
-        if done is not None:
-            self.announce(done)
-        return done
-
-    def requeue(self, job: Job, reason: str, *, countdown: float | None = None) -> Job | None:
-        again = self.store.requeue(
-            job.id,
-            job.attempt,
-            reason=reason,
-            match_timeout_s=job.spec.match_timeout_s or self.settings.default_match_timeout_s,
-            delay_s=countdown,
-        )
-        if again is None:
-            return None
-        self.announce(again, "requeued")
-        self.send(again, countdown=countdown)
-        return self.store.get(job.id)
-
     def resend_lost(self, older_than_s: float = 120) -> int:
         """Re-send queued jobs older than ``older_than_s`` whose message the broker lost.
 
@@ -216,27 +163,13 @@ class Dispatcher:
         messages."""
         counts = {"requeued": 0, "failed": 0, "unmatched": 0, "force_cancelled": 0}
         for job in self.store.expired_leases():
-            if job.cancel_requested:
-                done = self.store.finish(
-                    job.id, job.attempt, JobStatus.cancelled, error="cancelled (runner lost)"
-                )
-                if done:
-                    self.announce(done)
-                    counts["force_cancelled"] += 1
-            elif job.attempt < job.spec.max_attempts:
-                if self.requeue(job, f"runner {job.runner_id} lost (lease expired)"):
-                    counts["requeued"] += 1
-            else:
-                done = self.store.finish(
-                    job.id,
-                    job.attempt,
-                    JobStatus.failed,
-                    error=f"runner {job.runner_id} lost (lease expired) on attempt {job.attempt}"
-                    f" of {job.spec.max_attempts}",
-                )
-                if done:
-                    self.announce(done)
-                    counts["failed"] += 1
+            done = self.lifecycle.lose(job)
+            if done is not None:
+                key = {
+                    JobStatus.queued: "requeued",
+                    JobStatus.cancelled: "force_cancelled",
+                }.get(done.status, "failed")
+                counts[key] += 1
         for job in self.store.overdue_queued():
             timeout = job.spec.match_timeout_s or self.settings.default_match_timeout_s
             done = self.store.transition(

@@ -20,7 +20,7 @@ from typing import Any, TypedDict
 import redis
 
 from orchestrator.errors import ParamError
-from orchestrator.job import as_utc, utcnow
+from orchestrator.job import EventType, as_utc, utcnow
 
 EVENTS_CHANNEL = "lb:events"
 EVENTS_MAXLEN = 5000
@@ -185,7 +185,7 @@ class Events:
                     {
                         "id": None,
                         "job_id": job_id,
-                        "type": "log",
+                        "type": EventType.log,
                         "ts": ts,
                         "data": {"seq": seq, "lines": records},
                     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -52,6 +52,36 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
         }
     ),
     **{s: frozenset() for s in TERMINAL_STATUSES},
+}
+
+
+class EventType(enum.StrEnum):
+    """Every type of event on ``lb:events`` and a job's event stream; the dashboard reads
+    this list from ``GET /api/v1/meta`` instead of repeating it."""
+
+    created = "created"
+    claimed = "claimed"
+    started = "started"
+    progress = "progress"
+    log = "log"
+    requeued = "requeued"
+    cancel_requested = "cancel_requested"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    timed_out = "timed_out"
+    resync = "resync"  # from an API process to its own clients: re-read, you may have missed some
+
+
+# The event a job's arrival in each status publishes (``queued`` again is a re-queue).
+STATUS_EVENTS: dict[JobStatus, EventType] = {
+    JobStatus.queued: EventType.requeued,
+    JobStatus.claimed: EventType.claimed,
+    JobStatus.running: EventType.started,
+    JobStatus.succeeded: EventType.succeeded,
+    JobStatus.failed: EventType.failed,
+    JobStatus.cancelled: EventType.cancelled,
+    JobStatus.timed_out: EventType.timed_out,
 }
 
 
@@ -111,7 +141,17 @@ class _SpecBase(BaseModel):
     match_timeout_s: float | None = Field(
         default=None, gt=0, description="How long the job may wait for a matching runner."
     )
-    max_attempts: int = Field(default=1, ge=1, le=20, description="Attempts before failing.")
+    max_attempts: int = Field(
+        default=1, ge=1, le=20, description="Attempts the job's own failures may spend."
+    )
+    max_lost: int | None = Field(
+        default=None,
+        ge=0,
+        le=20,
+        description="Times a lost runner (crash, OOM, scale-down) re-queues the job without "
+        "spending max_attempts; 0 for a job that must never run twice. Default: the "
+        "operator's LAUNCHBAY_MAX_LOST (3).",
+    )
     retry_backoff_s: float = Field(default=2, ge=0, le=3600, description="First retry delay.")
     cleanup: Literal["always", "on_success", "never"] = Field(
         default="always", description="Remove containers/workspaces when the job ends."
@@ -177,7 +217,20 @@ class KubernetesSpec(_SpecBase):
 JobSpec = Annotated[
     BuiltinSpec | ProcessSpec | DockerSpec | KubernetesSpec, Field(discriminator="executor")
 ]
-EXECUTORS = ("builtin", "process", "docker", "kubernetes")
+
+# Read off the union, so a new spec model above is all it takes to add an executor name
+# everywhere (settings, queues, routes, the dashboard, the launcher registry's test).
+SPEC_MODELS: dict[str, type[_SpecBase]] = {
+    get_args(model.model_fields["executor"].annotation)[0]: model
+    for model in get_args(get_args(JobSpec)[0])
+}
+EXECUTORS: tuple[str, ...] = tuple(SPEC_MODELS)
+
+if TYPE_CHECKING:
+    Executor = str
+else:
+    # One of EXECUTORS: pydantic and FastAPI validate it and list the names in OpenAPI.
+    Executor = Literal[EXECUTORS]
 
 
 # ---------------------------------------------------------------- job
@@ -200,6 +253,31 @@ class Artifact(BaseModel):
     size: int
     sha256: str
     content_type: str
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt ended. A job's last attempt ends with the job's own status."""
+
+    succeeded = "succeeded"
+    failed = "failed"
+    timed_out = "timed_out"
+    cancelled = "cancelled"
+    retried = "retried"  # failed; another attempt follows after its backoff
+    lost = "lost"  # the runner went away (lease expired): the platform's failure
+    handed_back = "handed_back"  # the runner gave it back (draining, releasing)
+
+
+class AttemptRecord(BaseModel):
+    """One attempt of a job, as the store keeps it."""
+
+    attempt: int = Field(description="The attempt's number, from 1.")
+    runner_id: str | None = None
+    claimed_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    outcome: AttemptOutcome | None = Field(default=None, description="Null while it runs.")
+    exit_code: int | None = None
+    error: str | None = None
 
 
 class Job(BaseModel):
@@ -229,6 +307,8 @@ class Job(BaseModel):
     resource_usage: dict[str, Any] | None = None
     cancel_requested: bool = False
     cancel_requested_at: datetime | None = None
+    losses: int = Field(default=0, description="Attempts lost with their runner.")
+    handbacks: int = Field(default=0, description="Attempts a runner gave back unstarted.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -257,6 +337,11 @@ class Job(BaseModel):
     @property
     def ended(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def own_attempts(self) -> int:
+        """Attempts that count against ``max_attempts`` (this one included)."""
+        return self.attempt - self.losses - self.handbacks
 
     def public(self) -> dict[str, Any]:
         """The JSON shape the API answers with."""

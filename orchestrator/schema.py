@@ -62,8 +62,28 @@ jobs = sa.Table(
     sa.Column("resource_usage", sa.JSON),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("cancel_requested_at", UTCDateTime),
+    # Attempts that ended through no fault of the job (a lost runner, a hand-back): they
+    # spend the loss budget, not max_attempts.
+    sa.Column("losses", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("handbacks", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Index("ix_jobs_status_created", "status", "created_at"),
     sa.Index("ix_jobs_created", "created_at"),
+)
+
+# One row per attempt, written in the transaction of the transition that claims, starts
+# or ends it, so run history outlives the Redis streams.
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("runner_id", sa.String(64)),
+    sa.Column("claimed_at", UTCDateTime),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("ended_at", UTCDateTime),
+    sa.Column("outcome", sa.String(20)),
+    sa.Column("exit_code", sa.BigInteger),
+    sa.Column("error", sa.Text),
 )
 
 
@@ -102,10 +122,16 @@ def _switch_to_wal(cur: Any) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        path = url.split("///", 1)[-1] if "///" in url else ""
+        memory = path in ("", ":memory:")
+        if not memory:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 15, "check_same_thread": False})
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": 15, "check_same_thread": False},
+            # An in-memory database lives in its connection: every thread must share one.
+            **({"poolclass": sa.pool.StaticPool} if memory else {}),
+        )
         sa.event.listen(engine, "connect", _on_sqlite_connect)
         return engine
     return sa.create_engine(url, pool_pre_ping=True)

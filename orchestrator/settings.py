@@ -9,6 +9,8 @@ import platformdirs
 from pydantic import Field, computed_field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from orchestrator.job import EXECUTORS
+
 
 def _default_home() -> Path:
     return Path(platformdirs.user_data_dir("launchbay"))
@@ -63,6 +65,13 @@ class Settings(BaseSettings):
     resend_after_s: float = Field(
         default=120, gt=0, description="Age after which a queued job's lost message is re-sent."
     )
+    max_lost: int = Field(
+        default=3,
+        ge=0,
+        le=20,
+        description="Times a job whose runner was lost is re-queued without spending its "
+        "max_attempts (a spec's max_lost overrides it; 0: never run a job twice).",
+    )
     launch_retries: int = Field(default=3, ge=1)
     launch_backoff_s: float = Field(default=0.5, ge=0)
 
@@ -87,11 +96,9 @@ class Settings(BaseSettings):
     @field_validator("worker_executors")
     @classmethod
     def _known_executors(cls, v: list[str]) -> list[str]:
-        unknown = sorted(set(v) - {"builtin", "process", "docker", "kubernetes"})
+        unknown = sorted(set(v) - set(EXECUTORS))
         if unknown:
-            raise ValueError(
-                f"unknown executor(s) {unknown}; use builtin,process,docker,kubernetes"
-            )
+            raise ValueError(f"unknown executor(s) {unknown}; use {','.join(EXECUTORS)}")
         if not v:
             raise ValueError("a worker needs at least one executor")
         return v

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,6 +19,8 @@ from orchestrator.errors import JobNotEnded, JobNotFound
 from orchestrator.job import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
+    AttemptOutcome,
+    AttemptRecord,
     Job,
     JobSpec,
     JobStatus,
@@ -27,7 +29,7 @@ from orchestrator.job import (
     task_id_for,
     utcnow,
 )
-from orchestrator.schema import jobs, make_engine
+from orchestrator.schema import attempts, jobs, make_engine
 
 _SPEC = TypeAdapter(JobSpec)
 
@@ -57,7 +59,13 @@ def _row_to_job(row: sa.Row[Any]) -> Job:
         resource_usage=m["resource_usage"],
         cancel_requested=bool(m["cancel_requested"]),
         cancel_requested_at=m["cancel_requested_at"],
+        losses=m["losses"] or 0,
+        handbacks=m["handbacks"] or 0,
     )
+
+
+# Run inside a transition's transaction with the row it won: writes the attempt's row.
+_AttemptWrite = Callable[[sa.Connection, sa.Row[Any]], None]
 
 
 def new_job_id() -> str:
@@ -67,8 +75,11 @@ def new_job_id() -> str:
 class JobStore:
     """SQLAlchemy-backed job store (SQLite by default, PostgreSQL for many machines)."""
 
-    def __init__(self, url: str, *, create: bool = True) -> None:
+    def __init__(
+        self, url: str, *, create: bool = True, clock: Callable[[], datetime] = utcnow
+    ) -> None:
         self.url = url
+        self.now = clock
         self.engine = make_engine(url)
         if create:
             self.create_schema()
@@ -139,6 +150,13 @@ class JobStore:
             rows = c.execute(q.limit(limit).offset(offset)).all()
         return [_row_to_job(r) for r in rows], int(total)
 
+    def attempts(self, job_id: str) -> builtins.list[AttemptRecord]:
+        """Every attempt of ``job_id`` that a runner claimed, in order."""
+        q = sa.select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.number)
+        with self.engine.connect() as c:
+            rows = c.execute(q).all()
+        return [AttemptRecord.model_validate({**r._mapping, "attempt": r.number}) for r in rows]
+
     def counts_by_status(self) -> dict[str, int]:
         q = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
         with self.engine.connect() as c:
@@ -160,7 +178,7 @@ class JobStore:
         return [_row_to_job(r) for r in rows]
 
     def expired_leases(self, now: datetime | None = None) -> builtins.list[Job]:
-        now = now or utcnow()
+        now = now or self.now()
         return self._select_ids(
             jobs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
             jobs.c.lease_expires_at < now,
@@ -168,7 +186,7 @@ class JobStore:
 
     def overdue_queued(self, now: datetime | None = None) -> builtins.list[Job]:
         """Queued jobs whose match deadline has passed."""
-        now = now or utcnow()
+        now = now or self.now()
         return self._select_ids(
             jobs.c.status == JobStatus.queued.value, jobs.c.match_deadline < now
         )
@@ -196,7 +214,7 @@ class JobStore:
         self, spec: Any, *, job_id: str | None = None, match_timeout_s: float | None = None
     ) -> Job:
         spec = _SPEC.validate_python(spec) if isinstance(spec, dict) else spec
-        now = utcnow()
+        now = self.now()
         timeout = spec.match_timeout_s or match_timeout_s
         job_id = job_id or new_job_id()
         values = {
@@ -253,6 +271,8 @@ class JobStore:
         expect: Iterable[JobStatus] | None,
         require_no_cancel: bool,
         values: dict[str, Any],
+        runner_id: str | None = None,
+        record: _AttemptWrite | None = None,
     ) -> Job | None:
         sources = sources_of(target)
         if expect is not None:
@@ -260,26 +280,66 @@ class JobStore:
         conds = [jobs.c.id == job_id, jobs.c.status.in_([s.value for s in sources])]
         if attempt is not None:
             conds.append(jobs.c.attempt == attempt)
+        if runner_id is not None:
+            conds.append(jobs.c.runner_id == runner_id)
         if require_no_cancel:
             conds.append(jobs.c.cancel_requested.is_(False))
         if target in TERMINAL_STATUSES:
-            values.setdefault("finished_at", utcnow())
+            values.setdefault("finished_at", self.now())
             values.setdefault("lease_expires_at", None)
         with self.engine.begin() as c:
             # RETURNING: the winner reads its new row in the same statement.
             row = c.execute(
                 jobs.update().where(*conds).values(status=target.value, **values).returning(jobs)
             ).first()
+            if row is not None and record is not None:
+                record(c, row)
         return _row_to_job(row) if row is not None else None
 
-    def claim(self, job_id: str, runner_id: str, lease_s: float) -> Job | None:
-        now = utcnow()
-        return self.transition(
+    def _end_attempt_row(
+        self,
+        number: int,
+        outcome: AttemptOutcome,
+        *,
+        exit_code: int | None = None,
+        error: str | None = None,
+    ) -> _AttemptWrite:
+        def write(c: sa.Connection, row: sa.Row[Any]) -> None:
+            c.execute(
+                attempts.update()
+                .where(attempts.c.job_id == row.id, attempts.c.number == number)
+                .values(
+                    ended_at=self.now(), outcome=outcome.value, exit_code=exit_code, error=error
+                )
+            )
+
+        return write
+
+    def claim(
+        self, job_id: str, runner_id: str, lease_s: float, *, attempt: int | None = None
+    ) -> Job | None:
+        """queued → claimed by ``runner_id``, and the attempt's row, in one transaction."""
+        now = self.now()
+
+        def record(c: sa.Connection, row: sa.Row[Any]) -> None:
+            c.execute(
+                attempts.insert().values(
+                    job_id=row.id, number=row.attempt, runner_id=runner_id, claimed_at=now
+                )
+            )
+
+        return self._cas(
             job_id,
             JobStatus.claimed,
-            runner_id=runner_id,
-            claimed_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_s),
+            attempt=attempt,
+            expect=None,
+            require_no_cancel=False,
+            values={
+                "runner_id": runner_id,
+                "claimed_at": now,
+                "lease_expires_at": now + timedelta(seconds=lease_s),
+            },
+            record=record,
         )
 
     def claim_next(
@@ -300,7 +360,7 @@ class JobStore:
         Celery worker or another agent racing for the same job loses cleanly.
         """
         have = set(tags)
-        now = utcnow()
+        now = self.now()
         conds = [
             jobs.c.status == JobStatus.queued.value,
             jobs.c.executor.in_(list(executors)),
@@ -327,14 +387,28 @@ class JobStore:
             after = (rows[-1][2], rows[-1][0])
         return None
 
-    def start(self, job_id: str, attempt: int, lease_s: float) -> Job | None:
-        now = utcnow()
-        return self.transition(
+    def start(
+        self, job_id: str, attempt: int, lease_s: float, *, runner_id: str | None = None
+    ) -> Job | None:
+        """claimed → running; the attempt's row gets its start time."""
+        now = self.now()
+
+        def record(c: sa.Connection, row: sa.Row[Any]) -> None:
+            c.execute(
+                attempts.update()
+                .where(attempts.c.job_id == row.id, attempts.c.number == attempt)
+                .values(started_at=now)
+            )
+
+        return self._cas(
             job_id,
             JobStatus.running,
             attempt=attempt,
-            started_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_s),
+            expect=None,
+            require_no_cancel=False,
+            runner_id=runner_id,
+            values={"started_at": now, "lease_expires_at": now + timedelta(seconds=lease_s)},
+            record=record,
         )
 
     def finish(
@@ -345,18 +419,21 @@ class JobStore:
         *,
         exit_code: int | None = None,
         error: str | None = None,
+        runner_id: str | None = None,
         **values: Any,
     ) -> Job | None:
         """Terminal CAS from claimed/running. Success never wins over an accepted cancel."""
-        return self.transition(
+        return self._cas(
             job_id,
             status,
             attempt=attempt,
             expect=ACTIVE_STATUSES,
             require_no_cancel=status == JobStatus.succeeded,
-            exit_code=exit_code,
-            error=error,
-            **values,
+            runner_id=runner_id,
+            values={"exit_code": exit_code, "error": error, **values},
+            record=self._end_attempt_row(
+                attempt, AttemptOutcome(status.value), exit_code=exit_code, error=error
+            ),
         )
 
     def requeue(
@@ -365,23 +442,37 @@ class JobStore:
         attempt: int,
         *,
         reason: str,
+        outcome: AttemptOutcome = AttemptOutcome.retried,
+        exit_code: int | None = None,
         match_timeout_s: float | None = None,
         delay_s: float | None = None,
+        runner_id: str | None = None,
+        **values: Any,
     ) -> Job | None:
-        """Active → queued with the next attempt (lease lost or a retry).
+        """Active → queued with the next attempt; the ended attempt's row says why.
 
+        ``outcome`` is ``retried`` (the job's own failure: spends ``max_attempts``),
+        ``lost`` (spends the loss budget) or ``handed_back`` (spends nothing).
         ``delay_s`` is a retry's backoff: the job is ``not_before`` now + delay, which the
         pull path (:meth:`claim_next`) honours; the Celery message carries the same delay as
         its countdown.
         """
-        now = utcnow()
+        now = self.now()
+        counters: dict[str, Any] = {}
+        if outcome == AttemptOutcome.lost:
+            counters["losses"] = jobs.c.losses + 1
+        elif outcome == AttemptOutcome.handed_back:
+            counters["handbacks"] = jobs.c.handbacks + 1
         return self._cas(
             job_id,
             JobStatus.queued,
             attempt=attempt,
             expect=ACTIVE_STATUSES,
             require_no_cancel=True,
+            runner_id=runner_id,
             values={
+                **values,
+                **counters,
                 "attempt": attempt + 1,
                 "task_id": task_id_for(job_id, attempt + 1),
                 "runner_id": None,
@@ -399,6 +490,7 @@ class JobStore:
                 ),
                 "not_before": now + timedelta(seconds=delay_s) if delay_s else None,
             },
+            record=self._end_attempt_row(attempt, outcome, exit_code=exit_code, error=reason),
         )
 
     def request_cancel(self, job_id: str) -> Job | None:
@@ -411,39 +503,64 @@ class JobStore:
                     jobs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
                     jobs.c.cancel_requested.is_(False),
                 )
-                .values(cancel_requested=True, cancel_requested_at=utcnow())
+                .values(cancel_requested=True, cancel_requested_at=self.now())
             )
         return self.get(job_id) if res.rowcount == 1 else None
 
-    def _update_active(self, job_id: str, attempt: int, **values: Any) -> bool:
+    def _update_active(
+        self, job_id: str, attempt: int, runner_id: str | None = None, **values: Any
+    ) -> bool:
+        conds = [
+            jobs.c.id == job_id,
+            jobs.c.attempt == attempt,
+            jobs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
+        ]
+        if runner_id is not None:
+            conds.append(jobs.c.runner_id == runner_id)
         with self.engine.begin() as c:
-            res = c.execute(
-                jobs.update()
-                .where(
-                    jobs.c.id == job_id,
-                    jobs.c.attempt == attempt,
-                    jobs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
-                )
-                .values(**values)
-            )
+            res = c.execute(jobs.update().where(*conds).values(**values))
         return res.rowcount == 1
 
-    def renew_lease(self, job_id: str, attempt: int, lease_s: float) -> bool:
+    def renew_lease(
+        self, job_id: str, attempt: int, lease_s: float, *, runner_id: str | None = None
+    ) -> bool:
         return self._update_active(
-            job_id, attempt, lease_expires_at=utcnow() + timedelta(seconds=lease_s)
+            job_id,
+            attempt,
+            runner_id,
+            lease_expires_at=self.now() + timedelta(seconds=lease_s),
         )
 
-    def set_progress(self, job_id: str, attempt: int, percent: float, message: str) -> bool:
+    def set_progress(
+        self,
+        job_id: str,
+        attempt: int,
+        percent: float,
+        message: str,
+        *,
+        runner_id: str | None = None,
+    ) -> bool:
         return self._update_active(
-            job_id, attempt, progress_percent=float(percent), progress_message=message
+            job_id,
+            attempt,
+            runner_id,
+            progress_percent=float(percent),
+            progress_message=message,
         )
 
-    def update_fields(self, job_id: str, attempt: int, **values: Any) -> bool:
+    def update_fields(
+        self, job_id: str, attempt: int, *, runner_id: str | None = None, **values: Any
+    ) -> bool:
         """Set non-status fields (result, steps, artifacts…) of the live attempt."""
         if not values:  # an UPDATE with an empty SET is a syntax error
             job = self.find(job_id)
-            return job is not None and job.attempt == attempt and job.status in ACTIVE_STATUSES
-        return self._update_active(job_id, attempt, **values)
+            return (
+                job is not None
+                and job.attempt == attempt
+                and job.status in ACTIVE_STATUSES
+                and (runner_id is None or job.runner_id == runner_id)
+            )
+        return self._update_active(job_id, attempt, runner_id, **values)
 
     def set_task_id(self, job_id: str, task_id: str) -> None:
         with self.engine.begin() as c:
@@ -455,12 +572,14 @@ class JobStore:
         if not job.ended:
             raise JobNotEnded(job_id, job.status)
         with self.engine.begin() as c:
-            c.execute(
+            gone = c.execute(
                 jobs.delete().where(
                     jobs.c.id == job_id,
                     jobs.c.status.in_([s.value for s in TERMINAL_STATUSES]),
                 )
             )
+            if gone.rowcount:
+                c.execute(attempts.delete().where(attempts.c.job_id == job_id))
         return job
 
 

@@ -11,8 +11,8 @@ from orchestrator.dispatch import Dispatcher
 from orchestrator.events import Events, connect
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
+from workers.channels.direct import DirectChannel
 from workers.launchers import LauncherSet
-from workers.runner import AttemptRunner
 
 
 @dataclass
@@ -46,9 +46,13 @@ class WorkerContext:
         return ArtifactStore(self.settings.artifacts_dir)
 
     @cached_property
-    def runner(self) -> AttemptRunner:
+    def channel(self) -> DirectChannel:
         runner_id = self.settings.runner_id or os.environ["LAUNCHBAY_RUNNER_ID"]
-        return AttemptRunner(self.dispatcher, self.launchers, runner_id, self.artifacts)
+        return DirectChannel(self.dispatcher, runner_id, self.artifacts)
+
+    def run(self, job_id: str, attempt: int | None) -> str:
+        """Claim the attempt a message names and run it; the outcome, or why not."""
+        return self.channel.run(job_id, attempt, self.launchers)
 
 
 _ctx: tuple[int, WorkerContext] | None = None

@@ -10,4 +10,4 @@ from tasks.context import worker_context
 @app.task(name=RUN_JOB, bind=True, acks_late=True)
 def run_job(self, job_id: str, attempt: int | None = None) -> str:  # type: ignore[no-untyped-def]
     """Claim and run one attempt of ``job_id``; the store decides whether it is ours."""
-    return worker_context().runner.run(job_id, attempt)
+    return worker_context().run(job_id, attempt)

@@ -1,45 +1,58 @@
-"""How an attempt ended, decided once for the Celery runner and the remote agent (no I/O)."""
+"""How an attempt ended, decided once for every channel (no I/O)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
 from typing import Any
 
-from orchestrator.job import JobStatus
+from orchestrator.errors import RunnerLaunchError
+from orchestrator.job import StepResult
+from orchestrator.protocol import Verdict
 from workers.launchers import Outcome
 
 
-@dataclass(frozen=True)
-class Verdict:
-    status: JobStatus
-    exit_code: int | None
-    error: str | None
+class Stop(enum.StrEnum):
+    """Why the runner stopped what it launched. The first reason wins: a cancel asked
+    while a run-time limit's grace runs out is still a timeout, and the reverse."""
+
+    cancel = "cancel"
+    timeout = "timeout"
+    lost = "lost"  # the runner no longer holds the attempt: nothing to report
+    abort = "abort"  # the runner itself is going away
 
 
 def decide(
     outcome: Outcome | None,
-    launch_error: str | None,
     *,
-    timed_out: bool,
-    timeout_s: float | None,
-    cancelled: bool,
-    aborted: str | None = None,
+    stop: Stop | None,
+    launch_error: RunnerLaunchError | None,
+    abort_reason: str | None = None,
+    result: Any = None,
+    steps: list[StepResult] | None = None,
 ) -> Verdict:
-    """The first reason that applies wins: timeout, cancel, abort, launch error, then the
-    job's own outcome."""
+    """The verdict: why it was stopped, else a launch error, else the job's own outcome."""
     code = outcome.exit_code if outcome is not None else None
-    if timed_out:
-        return Verdict(JobStatus.timed_out, code, f"timed out after {timeout_s:g} s")
-    if cancelled:
-        return Verdict(JobStatus.cancelled, None, "cancelled")
-    if aborted:
-        return Verdict(JobStatus.failed, None, aborted)
-    if launch_error:
-        return Verdict(JobStatus.failed, None, launch_error)
+    extra: dict[str, Any] = {"result": result, "steps": steps or []}
+    if outcome is not None and outcome.resource_usage:
+        extra["resource_usage"] = outcome.resource_usage
+    if stop == Stop.timeout:
+        # The core words it from the spec ("timed out after N s").
+        return Verdict(status="timed_out", exit_code=code, error="timed out", **extra)
+    if stop == Stop.cancel:
+        return Verdict(status="cancelled", exit_code=None, error="cancelled", **extra)
+    if stop == Stop.abort:
+        return Verdict(status="failed", error=abort_reason or "the runner stopped", **extra)
+    if launch_error is not None:
+        # Transient errors were retried within the attempt; one that outlasted those
+        # retries may earn another attempt, a permanent one (no such image or executable)
+        # would fail the same way again.
+        return Verdict(
+            status="failed", error=str(launch_error), may_retry=launch_error.transient, **extra
+        )
     if outcome is not None and outcome.ok:
-        return Verdict(JobStatus.succeeded, 0, None)
+        return Verdict(status="succeeded", exit_code=0, **extra)
     error = (outcome.error if outcome is not None else None) or f"exited with code {code}"
-    return Verdict(JobStatus.failed, code, error)
+    return Verdict(status="failed", exit_code=code, error=error, **extra)
 
 
 def result_of(outcome: Outcome | None, has_result: bool, reported: Any) -> Any:

@@ -1,14 +1,10 @@
 """The launcher (agent) API: remote agents that cannot reach Redis pull work over HTTP.
 
 An agent registers its executors and tags, long-polls for work, and reports what happens.
-The store stays the only arbiter: a poll claims with the same compare-and-set a Celery
-worker uses (``JobStore.claim``), so an agent, a worker and a second agent racing for one
-job cannot both win, and the job's Celery message, if a worker later receives it, finds
-the job claimed and does nothing. Every change is announced like the Celery path does, so
-SSE, WebSocket and the dashboard see agent jobs exactly like the others.
-
-Ownership of a job is ``(runner_id, attempt)``: a re-queue always bumps the attempt, so an
-agent that lost its job (lease expired) gets 409 on every later report.
+These routes parse, call the core (``orchestrator/lifecycle.py``: claim-next, start,
+progress, renew, release, end — each a compare-and-set, each announced to the listeners)
+and answer. An agent, a Celery worker and a second agent racing for one job cannot both
+win; a report about an attempt the agent does not hold is a 409.
 """
 
 from __future__ import annotations
@@ -26,21 +22,16 @@ from fastapi import APIRouter, FastAPI, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import State
-from api.routes._launcher_core import (
-    LauncherConflict,
-    Waker,
-    claim_next_for,
-    end_attempt,
-    heartbeat_interval,
-    owned_job,
-    record_artifact,
-    registered_launcher,
-    renew_leases,
-)
-from api.routes._launcher_models import (
+from api.routes.streams import hub_of
+from api.waker import Waker
+from orchestrator.artifacts import safe_name
+from orchestrator.errors import LaunchbayError, ParamError
+from orchestrator.job import Artifact, EventType, Job
+from orchestrator.protocol import (
     RUNNER_ID,
     Claim,
     CompletedIn,
+    EndIn,
     FailedIn,
     HeartbeatIn,
     HeartbeatOut,
@@ -50,12 +41,8 @@ from api.routes._launcher_models import (
     RegisterIn,
     RegisterOut,
     ReportOut,
-    job_fields,
+    Verdict,
 )
-from api.routes.streams import hub_of
-from orchestrator.artifacts import safe_name
-from orchestrator.errors import ParamError
-from orchestrator.job import Artifact, Job, JobStatus
 from orchestrator.runners import RunnerInfo, new_runner_id
 
 log = logging.getLogger(__name__)
@@ -67,7 +54,7 @@ POLL_TIMEOUT_S = 30
 # subscriber that is reconnecting.
 _FALLBACK_CHECK_S = 2.0
 MAX_ARTIFACT_BYTES = 1 << 30
-_WAKE_TYPES = frozenset({"created", "requeued", "resync"})
+_WAKE_TYPES = frozenset({EventType.created, EventType.requeued, EventType.resync})
 
 
 def setup(app: FastAPI) -> None:
@@ -91,6 +78,40 @@ def setup(app: FastAPI) -> None:
 
     app.state.startup_hooks.append(start)
     app.state.shutdown_hooks.append(stop)
+
+
+# ---------------------------------------------------------------- rules of the registry
+
+
+class LauncherNotRegistered(LaunchbayError):
+    """The launcher id is unknown or its registration expired: register again."""
+
+    status_code = 404
+
+    def __init__(self, launcher_id: str) -> None:
+        super().__init__(
+            f"launcher {launcher_id} is not registered (or its registration expired); "
+            f"register again"
+        )
+
+
+class LauncherConflict(LaunchbayError):
+    """An id that is not this agent's to take."""
+
+    status_code = 409
+
+
+def _heartbeat_interval(state: State) -> float:
+    """How often an agent heartbeats: at least three times per lease."""
+    s = state.settings
+    return round(min(s.runner_heartbeat_s, s.lease_s / 3), 3)
+
+
+def _registered(state: State, launcher_id: str) -> RunnerInfo:
+    info = state.runners.get(launcher_id)
+    if info is None or info.kind != "agent":
+        raise LauncherNotRegistered(launcher_id)
+    return info
 
 
 # ---------------------------------------------------------------- routes
@@ -120,7 +141,7 @@ def register(body: RegisterIn, state: State) -> Any:
     return RegisterOut(
         launcher_id=info.id,
         poll_timeout_s=POLL_TIMEOUT_S,
-        heartbeat_interval_s=heartbeat_interval(state),
+        heartbeat_interval_s=_heartbeat_interval(state),
         lease_s=state.settings.lease_s,
     )
 
@@ -149,14 +170,14 @@ async def poll(
     launcher_id: Annotated[str, Query(pattern=RUNNER_ID)],
     wait: Annotated[float, Query(ge=0, le=POLL_TIMEOUT_S)] = POLL_TIMEOUT_S,
 ) -> Any:
-    info = await run_in_threadpool(registered_launcher, state, launcher_id)
+    info = await run_in_threadpool(_registered, state, launcher_id)
     waker: Waker | None = getattr(request.app.state, "launcher_waker", None)
     deadline = time.monotonic() + wait
     while True:
         wake = waker.current() if waker is not None else None
         if await request.is_disconnected():
             return Response(status_code=status.HTTP_204_NO_CONTENT)
-        job = await run_in_threadpool(claim_next_for, state, info)
+        job = await run_in_threadpool(state.dispatcher.lifecycle.claim_next, info)
         if job is not None:
             return {"job": job.public()}
         left = deadline - time.monotonic()
@@ -180,13 +201,7 @@ async def poll(
     summary="The agent launched the job: claimed → running",
 )
 def started(job_id: str, body: Claim, state: State) -> Any:
-    job = owned_job(state, job_id, body)
-    running = state.store.start(job.id, job.attempt, state.settings.lease_s)
-    if running is None:
-        current = state.store.get(job_id)
-        raise LauncherConflict(f"job {job_id} is {current.status}; cannot start it")
-    state.dispatcher.announce(running)
-    return running.public()
+    return state.dispatcher.lifecycle.start(job_id, body.launcher_id, body.attempt).public()
 
 
 @router.post(
@@ -196,14 +211,9 @@ def started(job_id: str, body: Claim, state: State) -> Any:
     summary="Report progress",
 )
 def progress(job_id: str, body: ProgressIn, state: State) -> Any:
-    job = owned_job(state, job_id, body)
-    if not state.store.set_progress(job.id, job.attempt, body.percent, body.message):
-        raise LauncherConflict(f"job {job_id} attempt {body.attempt} is no longer active")
-    state.events.publish(
-        job.id,
-        "progress",
-        {"percent": body.percent, "message": body.message, "attempt": job.attempt},
-    )
+    lifecycle = state.dispatcher.lifecycle
+    lifecycle.progress(job_id, body.launcher_id, body.attempt, body.percent, body.message)
+    job = lifecycle.held(job_id, body.launcher_id, body.attempt)
     return ReportOut(cancel=job.cancel_requested)
 
 
@@ -214,7 +224,7 @@ def progress(job_id: str, body: ProgressIn, state: State) -> Any:
     summary="Append log lines",
 )
 def logs(job_id: str, body: LogsIn, state: State) -> Any:
-    job = owned_job(state, job_id, body)
+    job = state.dispatcher.lifecycle.held(job_id, body.launcher_id, body.attempt)
     # Another API process may have appended the previous batch: take the sequence from
     # Redis, not from this process's cache.
     state.events.forget(job.id)
@@ -222,50 +232,41 @@ def logs(job_id: str, body: LogsIn, state: State) -> Any:
     return ReportOut(cancel=job.cancel_requested, seq=seq)
 
 
+def _end(state: State, job_id: str, claim: Claim, verdict: Verdict) -> Any:
+    done = state.dispatcher.lifecycle.end(job_id, claim.launcher_id, claim.attempt, verdict)
+    state.events.forget(job_id)
+    return done.public()
+
+
+@router.post(
+    "/jobs/{job_id}/end",
+    response_model=Job,
+    operation_id="launcher-end",
+    summary="End the attempt with its verdict (the core decides: retry, cancel, or the end)",
+    responses={409: {"description": "The agent does not hold this attempt"}},
+)
+def end(job_id: str, body: EndIn, state: State) -> Any:
+    return _end(state, job_id, body, Verdict(**body.model_dump(exclude={"launcher_id", "attempt"})))
+
+
 @router.post(
     "/jobs/{job_id}/completed",
     response_model=Job,
     operation_id="launcher-completed",
-    summary="The job exited; exit code 0 succeeds it",
+    summary="The job exited; exit code 0 succeeds it (a form of /end)",
 )
 def completed(job_id: str, body: CompletedIn, state: State) -> Any:
-    job = owned_job(state, job_id, body)
-    fields = job_fields(body.steps, body.result, body.resource_usage)
-    if body.exit_code == 0:
-        return end_attempt(
-            state, job, JobStatus.succeeded, exit_code=0, error=None, fields=fields
-        ).public()
-    target = JobStatus.cancelled if job.cancel_requested else JobStatus.failed
-    return end_attempt(
-        state,
-        job,
-        target,
-        exit_code=body.exit_code,
-        error="cancelled" if job.cancel_requested else f"exited with code {body.exit_code}",
-        fields=fields,
-    ).public()
+    return _end(state, job_id, body, body.verdict())
 
 
 @router.post(
     "/jobs/{job_id}/failed",
     response_model=Job,
     operation_id="launcher-failed",
-    summary="The job failed, timed out, or stopped after a cancel",
+    summary="The job failed or timed out (a form of /end)",
 )
 def failed(job_id: str, body: FailedIn, state: State) -> Any:
-    job = owned_job(state, job_id, body)
-    fields = job_fields(body.steps, body.result)
-    if job.cancel_requested:
-        target, error = JobStatus.cancelled, "cancelled"
-    elif body.timed_out:
-        target = JobStatus.timed_out
-        limit = job.spec.timeout_s
-        error = f"timed out after {limit:g} s" if limit else body.error
-    else:
-        target, error = JobStatus.failed, body.error
-    return end_attempt(
-        state, job, target, exit_code=body.exit_code, error=error, fields=fields
-    ).public()
+    return _end(state, job_id, body, body.verdict())
 
 
 @router.post(
@@ -275,15 +276,8 @@ def failed(job_id: str, body: FailedIn, state: State) -> Any:
     summary="Give back a claimed job the agent will not start",
 )
 def release(job_id: str, body: Claim, state: State) -> Any:
-    job = owned_job(state, job_id, body)
-    if job.status != JobStatus.claimed:
-        raise LauncherConflict(f"job {job_id} is {job.status}; only a claimed job can be released")
-    again = state.dispatcher.requeue(job, f"released by {body.launcher_id} before it started")
-    if again is None:  # a cancel was asked meanwhile: honour it
-        return end_attempt(
-            state, job, JobStatus.cancelled, exit_code=None, error="cancelled", fields={}
-        ).public()
-    state.events.forget(job.id)
+    again = state.dispatcher.lifecycle.release(job_id, body.launcher_id, body.attempt)
+    state.events.forget(job_id)
     return again.public()
 
 
@@ -301,8 +295,8 @@ async def upload_artifact(
     attempt: Annotated[int, Query(ge=1)],
     name: Annotated[str, Query(min_length=1, max_length=1000)],
 ) -> Any:
-    claim = Claim(launcher_id=launcher_id, attempt=attempt)
-    await run_in_threadpool(owned_job, state, job_id, claim)
+    lifecycle = state.dispatcher.lifecycle
+    await run_in_threadpool(lifecycle.held, job_id, launcher_id, attempt)
     safe_name(name)  # refuse a bad name before reading the body
     fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=state.settings.home)
     try:
@@ -313,7 +307,9 @@ async def upload_artifact(
                 if size > MAX_ARTIFACT_BYTES:
                     raise ParamError("body", f"artifact larger than {MAX_ARTIFACT_BYTES} bytes")
                 await run_in_threadpool(out.write, chunk)
-        return await run_in_threadpool(record_artifact, state, job_id, claim, name, Path(tmp))
+        saved = await run_in_threadpool(state.artifacts.save, job_id, name, Path(tmp))
+        await run_in_threadpool(lifecycle.add_artifact, job_id, launcher_id, attempt, saved)
+        return saved
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -325,7 +321,7 @@ async def upload_artifact(
     summary="Keep the agent and the leases of its jobs alive",
 )
 def heartbeat(body: HeartbeatIn, state: State) -> Any:
-    info = registered_launcher(state, body.launcher_id)
+    info = _registered(state, body.launcher_id)
     state.runners.heartbeat(info)
-    cancel, lost = renew_leases(state, info, body.jobs)
+    cancel, lost = state.dispatcher.lifecycle.renew_all(info.id, body.jobs)
     return HeartbeatOut(cancel=cancel, lost=lost)

@@ -1,15 +1,54 @@
-"""Job types, stats, health."""
+"""Job types, the API's vocabulary, stats, health."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 
 from api.deps import State
+from api.routes.streams import SSE_NAMES
+from orchestrator.job import (
+    EXECUTORS,
+    STATUS_EVENTS,
+    TERMINAL_STATUSES,
+    EventType,
+    Executor,
+    JobStatus,
+)
 from orchestrator.jobtypes import JOB_TYPES
 
 router = APIRouter(tags=["meta"])
+
+
+class Vocabulary(BaseModel):
+    """The names the API speaks, so that clients (the dashboard) need not repeat them."""
+
+    executors: list[Executor] = Field(description="Every executor a JobSpec may name.")
+    statuses: list[JobStatus] = Field(description="Every job status, in lifecycle order.")
+    terminal_statuses: list[JobStatus] = Field(description="The statuses a job ends in.")
+    event_types: list[EventType] = Field(description="Every type of job event.")
+    stream_end_events: list[str] = Field(
+        description="The SSE events of GET /jobs/{id}/events after which the stream closes."
+    )
+
+
+@router.get(
+    "/meta",
+    response_model=Vocabulary,
+    operation_id="meta-vocabulary",
+    summary="Executors, statuses and event types",
+)
+def vocabulary() -> Vocabulary:
+    ended = [s for s in JobStatus if s in TERMINAL_STATUSES]
+    return Vocabulary(
+        executors=list(EXECUTORS),
+        statuses=list(JobStatus),
+        terminal_statuses=ended,
+        event_types=list(EventType),
+        stream_end_events=[SSE_NAMES[STATUS_EVENTS[s]] for s in ended],
+    )
 
 
 def stats_of(state: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from api.deps import State
 from orchestrator.errors import ParamError
 from orchestrator.events import Events, job_logs_key
-from orchestrator.job import EXECUTORS, TERMINAL_STATUSES, Job, JobStatus, as_utc
+from orchestrator.job import AttemptRecord, Executor, Job, JobStatus, as_utc
 from orchestrator.retention import cleanup_older_than, parse_duration, remove_run
 from orchestrator.store import JobStore
 
@@ -22,8 +22,6 @@ router = APIRouter(prefix="/runs", tags=["runs"])
 
 API = "/api/v1"
 _JSONL_PAGE = 500
-_ENDED_EVENTS = frozenset(s.value for s in TERMINAL_STATUSES)
-Executor = Literal[EXECUTORS]  # type: ignore[valid-type]
 
 
 class RunPage(BaseModel):
@@ -55,22 +53,12 @@ class CleanupResult(BaseModel):
     errors: int = Field(description="Runs that could not be removed (see the API log).")
 
 
-class Attempt(BaseModel):
-    attempt: int
-    runner_id: str | None = None
-    claimed_at: str | None = None
-    started_at: str | None = None
-    ended_at: str | None = None
-    outcome: str | None = Field(
-        default=None, description="requeued, or the job's status for the last attempt"
-    )
-    error: str | None = None
-
-
 class RunRecord(Job):
     """A job's full record plus its attempts, log size and links."""
 
-    attempts: list[Attempt]
+    attempts: list[AttemptRecord] = Field(
+        description="Every attempt a runner claimed, from the store (kept as long as the run)."
+    )
     log_lines: int = Field(description="Lines the job has logged (all attempts).")
     links: dict[str, str]
 
@@ -204,7 +192,7 @@ def get_run(job_id: str, state: State) -> Any:
     job = state.store.get(job_id)
     return {
         **job.public(),
-        "attempts": _attempts(state.events, job),
+        "attempts": state.store.attempts(job_id),
         "log_lines": _log_lines(state.events, job_id),
         "links": {
             "self": f"{API}/runs/{job_id}",
@@ -242,66 +230,3 @@ def _log_lines(events: Events, job_id: str) -> int:
         return 0
     with path.open("rb") as f:
         return sum(1 for raw in f if raw.strip())
-
-
-def _attempts(events: Events, job: Job) -> list[dict[str, Any]]:
-    """One entry per attempt, rebuilt from the job's event stream.
-
-    Transition events carry the whole job, so ``claimed``/``started`` give an attempt's
-    runner and start, ``requeued`` (which already shows the next attempt) ends the one
-    before it, and a terminal event ends the last. The stream is capped, so an attempt
-    whose events were trimmed away still appears, with only its number and outcome.
-    """
-    found: dict[int, dict[str, Any]] = {}
-
-    def entry(n: int) -> dict[str, Any]:
-        return found.setdefault(
-            n,
-            {
-                "attempt": n,
-                "runner_id": None,
-                "claimed_at": None,
-                "started_at": None,
-                "ended_at": None,
-                "outcome": None,
-                "error": None,
-            },
-        )
-
-    after: str | None = None
-    while True:
-        batch = events.read_events(job.id, after=after)
-        for ev in batch:
-            data, kind = ev["data"], ev["type"]
-            if not isinstance(data, dict) or "attempt" not in data:
-                continue
-            n = int(data["attempt"])
-            if kind in ("claimed", "started"):
-                e = entry(n)
-                e["runner_id"] = data.get("runner_id") or e["runner_id"]
-                e["claimed_at"] = data.get("claimed_at") or e["claimed_at"]
-                e["started_at"] = data.get("started_at") or e["started_at"]
-            elif kind == "requeued" and n > 1:
-                e = entry(n - 1)
-                e.update(outcome="requeued", ended_at=ev["ts"], error=data.get("error"))
-            elif kind in _ENDED_EVENTS:
-                e = entry(n)
-                e.update(
-                    outcome=data.get("status"),
-                    ended_at=data.get("finished_at"),
-                    error=data.get("error"),
-                )
-        if len(batch) < 1000:
-            break
-        after = batch[-1]["id"]
-    for n in range(1, job.attempt + 1):
-        e = entry(n)
-        if n < job.attempt and e["outcome"] is None:
-            e["outcome"] = "requeued"
-    last = entry(job.attempt)
-    last.update(outcome=job.status.value, runner_id=job.runner_id or last["runner_id"])
-    if job.ended:
-        last.update(
-            ended_at=job.finished_at.isoformat() if job.finished_at else None, error=job.error
-        )
-    return [found[n] for n in sorted(found) if n <= job.attempt]

@@ -33,7 +33,7 @@ from api.fanout import Dropped, Hub, Subscriber
 from api.follower import Cursor, Item, JobFollower, parse_seq, resolve_log_since
 from api.state import AppState
 from orchestrator.events import parse_log_since
-from orchestrator.job import Job
+from orchestrator.job import EventType, Job
 
 router = APIRouter(tags=["streams"])
 
@@ -42,14 +42,15 @@ _SINCE_DOC = (
     "UTC unless a zone is given)."
 )
 
-# Internal event type -> SSE event name; every other transition is a ``status`` event.
-SSE_NAMES = {
-    "progress": "progress",
-    "log": "log",
-    "succeeded": "complete",
-    "failed": "failed",
-    "cancelled": "cancelled",
-    "timed_out": "timed_out",
+# Event type -> SSE event name; every other event is a ``status`` event. The names that end
+# a stream are served by GET /meta (``stream_end_events``).
+SSE_NAMES: dict[str, str] = {
+    EventType.progress: "progress",
+    EventType.log: "log",
+    EventType.succeeded: "complete",
+    EventType.failed: "failed",
+    EventType.cancelled: "cancelled",
+    EventType.timed_out: "timed_out",
 }
 DROP_GRACE_S = 30.0  # how long a dropped client gets to take its final "error" event
 _LOG_PAGE_MAX = 10000

@@ -5,6 +5,7 @@
   the job ended and all was sent.
 * ``/ws/queue``               ``queue_state`` on connect, then job_* and ``stats_update``
   messages for every job; commands create_job, cancel_job, clear_completed, get_state, ping.
+  A refused spec answers ``error`` with the ``fields`` problems a POST /jobs 422 lists.
 
 Mounted at /api/v1 without the HTTP bearer dependency: the token is checked here
 (``Authorization`` header or ``?token=``). Close codes: 1008 wrong token or bad parameter,
@@ -26,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
 from api.deps import ws_token_ok
+from api.errors import invalid
 from api.fanout import RESYNC, Dropped, Hub, Subscriber
 from api.follower import Cursor, JobFollower, resolve_log_since
 from api.routes.meta import stats_of
@@ -33,7 +35,7 @@ from api.routes.streams import DROP_GRACE_S, hub_of, open_job
 from api.state import AppState
 from orchestrator.errors import JobNotFound, LaunchbayError, ParamError
 from orchestrator.events import parse_log_since
-from orchestrator.job import JobSpec, JobStatus
+from orchestrator.job import TERMINAL_STATUSES, BuiltinSpec, EventType, JobSpec
 
 router = APIRouter(tags=["websockets"])
 
@@ -43,7 +45,8 @@ CLOSE_NOT_FOUND = 4404
 QUEUE_STATE_JOBS = 100
 _CLOSE_WAIT_S = 5.0
 _SPEC = TypeAdapter(JobSpec)
-_SKIP = {"builtin", "process", "docker", "kubernetes"}
+# Events that change a job without starting or ending it: the feed sends the whole job.
+_UPDATES = frozenset({EventType.requeued, EventType.claimed, EventType.cancel_requested})
 _COMMANDS = ("create_job", "cancel_job", "clear_completed", "get_state", "ping")
 _GONE = (WebSocketDisconnect, OSError, RuntimeError)  # the peer left or the socket closed
 
@@ -137,30 +140,30 @@ def _label(websocket: WebSocket, kind: str) -> str:
 def queue_message(event: dict[str, Any]) -> dict[str, Any] | None:
     """The feed message for one hub event (None: not for the queue feed)."""
     type_, data, job_id = event.get("type"), event.get("data") or {}, event.get("job_id")
-    if type_ == "created":
+    if type_ == EventType.created:
         return {"type": "job_created", "job": data}
-    if type_ == "started":
+    if type_ == EventType.started:
         return {
             "type": "job_started",
             "job_id": job_id,
             "started_at": data.get("started_at"),
             "job": data,
         }
-    if type_ == "progress":
+    if type_ == EventType.progress:
         return {
             "type": "job_progress",
             "job_id": job_id,
             "percent": data.get("percent"),
             "message": data.get("message", ""),
         }
-    if type_ == "succeeded":
+    if type_ == EventType.succeeded:
         return {
             "type": "job_completed",
             "job_id": job_id,
             "result": data.get("result"),
             "job": data,
         }
-    if type_ in ("failed", "timed_out"):
+    if type_ in (EventType.failed, EventType.timed_out):
         return {
             "type": "job_failed",
             "job_id": job_id,
@@ -168,9 +171,9 @@ def queue_message(event: dict[str, Any]) -> dict[str, Any] | None:
             "status": type_,
             "job": data,
         }
-    if type_ == "cancelled":
+    if type_ == EventType.cancelled:
         return {"type": "job_cancelled", "job_id": job_id, "job": data}
-    if type_ in ("queued", "requeued", "claimed", "cancel_requested"):
+    if type_ in _UPDATES:
         return {"type": "job_updated", "job_id": job_id, "event": type_, "job": data}
     return None
 
@@ -241,7 +244,7 @@ class QueueFeed:
                 if out is None:
                     continue
                 await self.send(out)
-                changed = changed or event.get("type") != "progress"
+                changed = changed or event.get("type") != EventType.progress
             if changed:
                 # One stats_update per burst of transitions, not one per event.
                 stats = await self.stats.get(self.state, self.hub, self.hub.received)
@@ -290,28 +293,22 @@ class QueueFeed:
         return await self.queue_state()
 
     async def _create_job(self, msg: dict[str, Any]) -> dict[str, Any]:
+        # Bad input gets the problems a POST /jobs answers, named as this message has them.
         if isinstance(msg.get("spec"), dict):
-            raw, prefix = msg["spec"], "spec."
+            try:
+                spec = _SPEC.validate_python(msg["spec"])
+            except ValidationError as exc:
+                return _refused(invalid(exc.errors(), under="spec", whole="spec"))
         elif isinstance(msg.get("job_type"), str):
-            raw = {
-                "executor": "builtin",
-                "type": msg["job_type"],
-                "params": msg.get("params") or {},
-            }
+            raw = {"type": msg["job_type"], "params": msg.get("params") or {}}
             if msg.get("name"):
                 raw["name"] = msg["name"]
-            prefix = ""
+            try:
+                spec = BuiltinSpec.model_validate(raw)
+            except ValidationError as exc:
+                return _refused(invalid(exc.errors(), whole="params", aliases={"type": "job_type"}))
         else:
             raise ParamError("job_type", "create_job needs job_type (+ params) or spec")
-        try:
-            spec = _SPEC.validate_python(raw)
-        except ValidationError as exc:
-            field, message = _first_problem(exc)
-            if not prefix and field == "type":
-                field = "job_type"
-            raise ParamError(
-                f"{prefix}{field}" if field else prefix.rstrip(".") or "params", message
-            ) from None
         job = await run_in_threadpool(self.state.dispatcher.submit, spec)
         return {"type": "ack", "action": "create_job", "job_id": job.id, "job": job.public()}
 
@@ -325,11 +322,7 @@ class QueueFeed:
     async def _clear_completed(self, msg: dict[str, Any]) -> dict[str, Any]:
         # Ended jobs are run history (kept, with logs and artifacts, until retention):
         # clearing hides them from THIS connection's queue only.
-        ended = [
-            s.value
-            for s in JobStatus
-            if s not in (JobStatus.queued, JobStatus.claimed, JobStatus.running)
-        ]
+        ended = [s.value for s in TERMINAL_STATUSES]
         jobs, _ = await run_in_threadpool(
             self.state.store.list, statuses=ended, limit=QUEUE_STATE_JOBS * 10
         )
@@ -338,13 +331,9 @@ class QueueFeed:
         return {"type": "cleared", "job_ids": cleared}
 
 
-def _first_problem(exc: ValidationError) -> tuple[str, str]:
-    err = exc.errors()[0]
-    cause = (err.get("ctx") or {}).get("error")
-    if isinstance(cause, ParamError):
-        return cause.field, str(cause)
-    field = ".".join(str(p) for p in err.get("loc", ()) if str(p) not in _SKIP)
-    return field, str(err.get("msg", "invalid")).removeprefix("Value error, ")
+def _refused(body: dict[str, Any]) -> dict[str, Any]:
+    """The error reply for refused input; ``field`` names the first problem."""
+    return {"type": "error", **body, "field": body["fields"][0]["field"]}
 
 
 @router.websocket("/ws/queue")

@@ -6,7 +6,7 @@ import { DetailPanel } from "./detail.js";
 import { JobForms } from "./forms.js";
 import { QueueLink } from "./live.js";
 import { QueueView } from "./queue.js";
-import { store, TERMINAL } from "./state.js";
+import { loadVocabulary, store, TERMINAL } from "./state.js";
 import { toast } from "./ui.js";
 
 const $ = (sel) => document.querySelector(sel);
@@ -170,6 +170,10 @@ $("#token-form").addEventListener("submit", () => {
   if (!value) return;
   setToken(value);
   asked = false;
+  if (!started) {
+    retryNow(); // the start was waiting for the vocabulary: ask for it again at once
+    return;
+  }
   link.restart();
   link._poll();
   forms.load().then(() => Object.assign(typeTitles, forms.typeTitles));
@@ -179,12 +183,34 @@ $("#token-cancel").addEventListener("click", () => dialog.close());
 
 // ---------------------------------------------------------------- start
 
-forms.load().then(() => {
-  Object.assign(typeTitles, forms.typeTitles);
+const VOCABULARY_RETRY_MS = 2000;
+let started = false;
+let retryNow = () => {};
+
+// Nothing reads a job before the API's vocabulary (GET /meta) is in: it is retried until the
+// API answers (it may be restarting, or waiting for the token dialog).
+async function start() {
+  for (;;) {
+    try {
+      await loadVocabulary();
+      break;
+    } catch {
+      await new Promise((resolve) => {
+        retryNow = resolve;
+        setTimeout(resolve, VOCABULARY_RETRY_MS);
+      });
+    }
+  }
+  started = true;
+  forms.load().then(() => {
+    Object.assign(typeTitles, forms.typeTitles);
+    queue.render();
+  });
+  link.start();
   queue.render();
-});
-link.start();
-queue.render();
+}
+
+start();
 
 // For tests and for people poking at the page from the console.
 window.launchbay = { store, link, detail, queue, forms };

@@ -4,7 +4,7 @@
 import { API, apiUrl, get, withToken } from "./api.js";
 import { refreshJob } from "./live.js";
 import { cancelJob } from "./queue.js";
-import { isActive, isTerminal, store } from "./state.js";
+import { isActive, isTerminal, store, vocabulary } from "./state.js";
 import {
   badge, bytes, clockTime, duration, h, jobDuration, jobTitle, progressBar, setBadge,
   setProgress,
@@ -12,7 +12,6 @@ import {
 
 const LOG_LINES = 400;
 const RESULT_CHARS = 20000;
-const SSE_END = ["complete", "failed", "cancelled", "timed_out"];
 
 export class DetailPanel {
   constructor({ el, typeTitles, onClose }) {
@@ -296,7 +295,7 @@ export class DetailPanel {
       if (!data) return;
       this._addLogs(Array.isArray(data.lines) ? data.lines : [data]);
     });
-    for (const name of SSE_END) {
+    for (const name of vocabulary.streamEndEvents) {
       es.addEventListener(name, (ev) => {
         const data = parse(ev);
         if (data && data.id) store.upsert(data);

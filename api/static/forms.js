@@ -9,6 +9,7 @@ import {
   artifactsField, checkCustom, field, paramField, readParam, showFieldError, splitArgs,
   updateArgvPreview,
 } from "./fields.js";
+import { vocabulary } from "./state.js";
 import { h, toast } from "./ui.js";
 
 const CUSTOM_KINDS = [
@@ -78,7 +79,9 @@ export class JobForms {
       h("div", { class: "type-grid", role: "group", "aria-labelledby": "picker-builtin" }, builtins),
       h("p", { class: "picker-label", id: "picker-custom" }, "Your own"),
       h("div", { class: "type-grid", role: "group", "aria-labelledby": "picker-custom" },
-        CUSTOM_KINDS.map((k) => button(k, "custom"))),
+        // Only the forms of executors this API knows.
+        CUSTOM_KINDS.filter((k) => vocabulary.executors.includes(k.name))
+          .map((k) => button(k, "custom"))),
     );
   }
 

@@ -5,7 +5,7 @@
 // queue_state snapshot replaces what we had, which is how the page learns what it missed.
 
 import { get, wsUrl } from "./api.js";
-import { store } from "./state.js";
+import { ACTIVE, store } from "./state.js";
 
 const POLL_MS = 2000;
 const PING_MS = 20000;
@@ -191,9 +191,10 @@ export class QueueLink extends EventTarget {
 
   async _poll() {
     try {
+      const statuses = [...ACTIVE].map((s) => `status=${encodeURIComponent(s)}&`).join("");
       const [recent, active, stats] = await Promise.all([
         get("/jobs?limit=100"),
-        get("/jobs?status=queued&status=claimed&status=running&limit=200"),
+        get(`/jobs?${statuses}limit=200`),
         get("/stats"),
       ]);
       store.mergeMany([...(recent?.items || []), ...(active?.items || [])]);

@@ -1,13 +1,32 @@
-// The page's model of the queue: jobs by id and the latest stats.
+// The page's model of the queue: jobs by id and the latest stats, and the API's vocabulary.
 //
 // Every source (queue WebSocket, job SSE stream, polling, our own POSTs) writes here; views
 // listen for "jobs" and "stats" events and redraw what changed.
 
-export const TERMINAL = new Set(["succeeded", "failed", "cancelled", "timed_out"]);
-export const ACTIVE = new Set(["queued", "claimed", "running"]);
+import { get } from "./api.js";
 
-const RANK = { queued: 0, claimed: 1, running: 2 };
-const rank = (s) => (TERMINAL.has(s) ? 3 : RANK[s] ?? 0);
+// The API's names for things, from GET /meta (filled by loadVocabulary before the page
+// starts): statuses in lifecycle order, the ones a job ends in, and the rest (active).
+export const STATUSES = [];
+export const TERMINAL = new Set();
+export const ACTIVE = new Set();
+export const vocabulary = { executors: [], eventTypes: [], streamEndEvents: [] };
+
+/** Read the vocabulary from the API; rejects (with HttpError or TypeError) if it cannot. */
+export async function loadVocabulary() {
+  const meta = await get("/meta");
+  STATUSES.splice(0, STATUSES.length, ...meta.statuses);
+  TERMINAL.clear();
+  for (const s of meta.terminal_statuses) TERMINAL.add(s);
+  ACTIVE.clear();
+  for (const s of STATUSES) if (!TERMINAL.has(s)) ACTIVE.add(s);
+  vocabulary.executors = meta.executors;
+  vocabulary.eventTypes = meta.event_types;
+  vocabulary.streamEndEvents = meta.stream_end_events;
+}
+
+// A job only moves forward through the statuses; every end ranks the same.
+const rank = (s) => (TERMINAL.has(s) ? STATUSES.length : Math.max(0, STATUSES.indexOf(s)));
 
 export const isTerminal = (job) => TERMINAL.has(job.status);
 export const isActive = (job) => ACTIVE.has(job.status);

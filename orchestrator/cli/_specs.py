@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.job import SPEC_MODELS
 from orchestrator.retention import parse_duration
 
 
@@ -237,8 +238,9 @@ def _apply(spec: dict[str, Any], opts: RunOptions) -> None:
     if opts.timeout is not None:
         spec["timeout_s"] = parse_timeout(opts.timeout)
     if opts.cpu is not None or opts.memory is not None:
-        if spec.get("executor") not in ("docker", "kubernetes"):
-            raise SpecInputError("--cpu and --memory apply to docker and kubernetes jobs only")
+        limited = [e for e, model in SPEC_MODELS.items() if "resources" in model.model_fields]
+        if spec.get("executor") not in limited:
+            raise SpecInputError(f"--cpu and --memory apply to {' and '.join(limited)} jobs only")
         resources = _mapping(spec.get("resources"), "resources")
         if opts.cpu is not None:
             if opts.cpu <= 0:

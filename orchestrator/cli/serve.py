@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from orchestrator.problems import problems_of
 from orchestrator.runners import new_runner_id
 from orchestrator.services import (
     Service,
@@ -40,10 +41,9 @@ def _settings(**overrides: object) -> Settings:
         base = Settings.from_env().model_dump(exclude_computed_fields=True)
         return Settings.model_validate({**base, **clean})
     except ValidationError as exc:
-        for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"])
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            typer.echo(f"error: LAUNCHBAY_{field.upper()}: {msg}", err=True)
+        for problem in problems_of(exc.errors(), whole=""):
+            where = f"LAUNCHBAY_{problem['field'].upper()}: " if problem["field"] else ""
+            typer.echo(f"error: {where}{problem['message']}", err=True)
         raise typer.Exit(2) from None
 
 

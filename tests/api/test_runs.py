@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from orchestrator.artifacts import ArtifactStore
-from orchestrator.events import connect, job_events_key, job_logs_key
+from orchestrator.events import Events, connect, job_events_key, job_logs_key
 from tests.support import Stack
 
 
@@ -185,7 +185,9 @@ def test_run_record_is_complete(stack: Stack, api: httpx.Client) -> None:
     assert a["runner_id"] and a["started_at"] and a["ended_at"]
 
 
-def test_attempts_history_shows_each_try(stack: Stack, api: httpx.Client) -> None:
+def test_attempts_history_shows_each_try_after_the_streams_are_gone(
+    stack: Stack, api: httpx.Client, stack_events: Events
+) -> None:
     job = stack.submit(
         {
             "executor": "process",
@@ -196,13 +198,17 @@ def test_attempts_history_shows_each_try(stack: Stack, api: httpx.Client) -> Non
     )
     done = stack.wait_status(job["id"], timeout=60)
     assert (done["status"], done["attempt"]) == ("failed", 2)
+    # Attempt history lives in the store: trimming or deleting the streams loses none of it.
+    assert stack_events.r.delete(job_events_key(job["id"]), job_logs_key(job["id"])) >= 1
     rec = api.get(f"/api/v1/runs/{job['id']}").json()
-    assert [(a["attempt"], a["outcome"]) for a in rec["attempts"]] == [
-        (1, "requeued"),
-        (2, "failed"),
+    assert [(a["attempt"], a["outcome"], a["exit_code"]) for a in rec["attempts"]] == [
+        (1, "retried", 4),
+        (2, "failed", 4),
     ]
     assert "exited with code 4" in rec["attempts"][0]["error"]
     assert rec["attempts"][1]["error"] == "exited with code 4"
+    for a in rec["attempts"]:
+        assert a["runner_id"] and a["claimed_at"] <= a["started_at"] <= a["ended_at"]
 
 
 def test_unknown_run_is_404(api: httpx.Client) -> None:

@@ -17,8 +17,10 @@ from orchestrator.schema import jobs
 from orchestrator.services import free_port
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
+from orchestrator.artifacts import ArtifactStore
+from orchestrator.protocol import Verdict
+from workers.channels.direct import DirectChannel
 from workers.launchers import LauncherSet
-from workers.runner import AttemptRunner
 
 SPEC = BuiltinSpec(type="fibonacci", params={"count": 5})
 
@@ -103,54 +105,72 @@ def test_cancel_racing_finish_never_ends_succeeded(dispatcher: Dispatcher, store
             assert isinstance(results["cancel"], InvalidTransition)
 
 
-def test_two_runners_one_job_exactly_one_runs(settings: Settings, dispatcher: Dispatcher) -> None:
+def test_two_runners_one_job_exactly_one_runs(
+    settings: Settings, dispatcher: Dispatcher, artifact_store: ArtifactStore
+) -> None:
     job = dispatcher.store.create(SPEC)
     launchers = LauncherSet(settings)
-    runners = [AttemptRunner(dispatcher, launchers, f"runner-{i:012x}") for i in range(2)]
+    runners = [DirectChannel(dispatcher, f"runner-{i:012x}", artifact_store) for i in range(2)]
     out: list[str] = []
     barrier = threading.Barrier(2)
 
-    def go(r: AttemptRunner) -> None:
+    def go(r: DirectChannel) -> None:
         barrier.wait()
-        out.append(r.run(job.id, 1))
+        out.append(r.run(job.id, 1, launchers))
 
     threads = [threading.Thread(target=go, args=(r,)) for r in runners]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(out)[0] == "skipped (claimed elsewhere)" or out.count("succeeded") == 1
     assert out.count("succeeded") == 1
+    assert [o for o in out if o != "succeeded"][0].startswith("skipped")
     assert dispatcher.store.get(job.id).status == JobStatus.succeeded
 
 
 def test_redelivered_message_for_a_running_job_is_a_no_op(
-    settings: Settings, dispatcher: Dispatcher
+    settings: Settings, dispatcher: Dispatcher, artifact_store: ArtifactStore
 ) -> None:
     job = dispatcher.store.create(SPEC)
     dispatcher.store.claim(job.id, "runner-aaaaaaaaaaaa", 30)
-    runner = AttemptRunner(dispatcher, LauncherSet(settings), "runner-bbbbbbbbbbbb")
-    assert runner.run(job.id, 1).startswith("skipped")
+    runner = DirectChannel(dispatcher, "runner-bbbbbbbbbbbb", artifact_store)
+    assert runner.run(job.id, 1, LauncherSet(settings)).startswith("skipped")
     assert dispatcher.store.get(job.id).runner_id == "runner-aaaaaaaaaaaa"
 
 
-def test_reconcile_requeues_lost_runner_with_next_attempt(
+def test_a_lost_runner_requeues_on_the_loss_budget_not_max_attempts(
     dispatcher: Dispatcher, store: JobStore
 ) -> None:
-    job = store.create(SPEC.model_copy(update={"max_attempts": 2}))
+    job = store.create(SPEC.model_copy(update={"max_lost": 1}))  # max_attempts 1
     store.claim(job.id, "runner-lost", 30)
     store.start(job.id, 1, 30)
     _expire_lease(store, job.id)
     assert dispatcher.reconcile()["requeued"] == 1
     again = store.get(job.id)
-    assert again.status == JobStatus.queued and again.attempt == 2
+    assert again.status == JobStatus.queued and again.attempt == 2 and again.losses == 1
+    assert again.own_attempts == 1  # the loss spent no attempt of the job's own
     assert again.task_id == f"{job.id}-a2" and "lost" in (again.error or "")
-    # Attempts spent: the next loss fails it.
+    # The loss budget is spent: the next loss fails it.
     store.claim(job.id, "runner-lost2", 30)
     _expire_lease(store, job.id)
     assert dispatcher.reconcile()["failed"] == 1
     final = store.get(job.id)
-    assert final.status == JobStatus.failed and "attempt 2 of 2" in (final.error or "")
+    assert final.status == JobStatus.failed
+    assert "loss budget (1) is spent" in (final.error or "")
+    assert [(a.attempt, a.runner_id, a.outcome) for a in store.attempts(job.id)] == [
+        (1, "runner-lost", "lost"),
+        (2, "runner-lost2", "failed"),
+    ]
+
+
+def test_a_job_that_must_never_run_twice_fails_on_its_first_loss(
+    dispatcher: Dispatcher, store: JobStore
+) -> None:
+    job = store.create(SPEC.model_copy(update={"max_lost": 0, "max_attempts": 3}))
+    store.claim(job.id, "runner-lost", 30)
+    _expire_lease(store, job.id)
+    assert dispatcher.reconcile()["failed"] == 1
+    assert store.get(job.id).attempt == 1
 
 
 def test_reconcile_fails_unmatched_and_finishes_unanswered_cancels(
@@ -204,13 +224,18 @@ def test_reconcile_resends_a_queued_job_whose_message_was_lost(
 def test_a_resent_retry_still_waits_out_its_backoff(
     dispatcher: Dispatcher, store: JobStore, events: Events
 ) -> None:
-    spec = SPEC.model_copy(update={"demands": Demands(tags=["resend-backoff"])})
+    spec = SPEC.model_copy(
+        update={
+            "demands": Demands(tags=["resend-backoff"]),
+            "max_attempts": 2,
+            "retry_backoff_s": 600,
+        }
+    )
     job = dispatcher.submit(spec)
     store.claim(job.id, "runner-x", 30)
-    running = store.start(job.id, 1, 30)
-    assert running is not None
-    again = dispatcher.requeue(running, "attempt 1 failed", countdown=600)
-    assert again is not None and again.not_before is not None
+    assert store.start(job.id, 1, 30) is not None
+    again = dispatcher.lifecycle.end(job.id, "runner-x", 1, Verdict(status="failed", error="x"))
+    assert again.status == JobStatus.queued and again.not_before is not None
     queue = "lb.builtin.resend-backoff"
     events.r.delete(queue)  # both messages lost
     assert dispatcher.resend_lost(older_than_s=0) == 1

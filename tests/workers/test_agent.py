@@ -258,15 +258,17 @@ def test_a_killed_agent_loses_its_jobs_to_the_reconciler(
     stack: Stack, start_agent: Callable[..., AgentProc], tag: str
 ) -> None:
     first = start_agent([tag], capacity=2)
-    retried = stack.submit(countdown(tag, 8, max_attempts=2, retry_backoff_s=0))
-    once = stack.submit(countdown(tag, 8, max_attempts=1))
+    # A lost runner is the platform's failure: re-queued without spending max_attempts
+    # (1 here), unless the job must never run twice.
+    retried = stack.submit(countdown(tag, 8))
+    once = stack.submit(countdown(tag, 8, max_lost=0))
     for job in (retried, once):
         assert stack.wait_status(job["id"], "running", timeout=30)["runner_id"] == first.id
     first.proc.send_signal(signal.SIGKILL)  # no heartbeat, no goodbye
     first.proc.wait(10)
 
     back = stack.wait_status(retried["id"], "queued", timeout=40)
-    assert back["attempt"] == 2 and "lease expired" in back["error"]
+    assert back["attempt"] == 2 and back["losses"] == 1 and "lease expired" in back["error"]
     failed = stack.wait_status(once["id"], timeout=40)
     assert failed["status"] == "failed" and "lease expired" in failed["error"]
     wait_until(

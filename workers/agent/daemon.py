@@ -11,7 +11,8 @@ from typing import Any
 from orchestrator.client import ApiError, ClientError, LaunchbayClient, NotFound, ServerUnreachable
 from orchestrator.job import Job
 from orchestrator.settings import Settings
-from workers.agent.attempt import Attempt
+from workers.attempt import Attempt
+from workers.channels.http import HttpChannel
 from workers.launchers import LauncherSet
 
 log = logging.getLogger("launchbay.agent")
@@ -44,6 +45,7 @@ class Agent:
         self._attempts: dict[str, Attempt] = {}
         self._cond = threading.Condition()
         self._closing = threading.Event()  # unregistering: never register again
+        self.channel: HttpChannel | None = None
 
     # -------------------------------------------------- registration
 
@@ -63,6 +65,7 @@ class Agent:
         self.id = got["launcher_id"]
         self.poll_timeout_s = float(got["poll_timeout_s"])
         self.heartbeat_s = float(got["heartbeat_interval_s"])
+        self.channel = HttpChannel(self.client, self.id, self.heartbeat_s)
         if first:
             log.info(
                 "registered as %s at %s (executors %s, tags %s, capacity %d)",
@@ -174,7 +177,8 @@ class Agent:
         return Job.model_validate(resp.json()["job"])
 
     def _start(self, job: Job) -> None:
-        attempt = Attempt(self, job)
+        assert self.channel is not None  # registered before polling
+        attempt = Attempt(self.channel, self.launchers, self.settings, job)
         with self._cond:
             self._attempts[job.id] = attempt
 
@@ -227,10 +231,6 @@ class Agent:
             except ClientError as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue
-            for job_id in got.get("cancel", []):
-                if job_id in attempts and not attempts[job_id].cancel_asked.is_set():
-                    log.info("job %s: cancel asked; stopping it", job_id)
-                    attempts[job_id].request_cancel()
-            for job_id in got.get("lost", []):
-                if job_id in attempts:
-                    attempts[job_id].lose()
+            if self.channel is not None:
+                # Each attempt's watcher reads these within a tick and stops its job.
+                self.channel.heard(got.get("cancel", []), got.get("lost", []))

@@ -1,26 +1,37 @@
-"""Launchers keyed by executor name. ``docker`` and ``kubernetes`` import lazily."""
+"""Launchers keyed by executor name.
+
+The launcher of executor ``x`` lives in ``workers/launchers/x.py`` and registers itself by
+setting ``name = "x"``. Modules are imported on first use, so a host without the ``docker``
+or ``kubernetes`` packages never imports their launchers.
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
+from orchestrator.job import EXECUTORS
 from orchestrator.settings import Settings
-from workers.launchers.base import LaunchContext, Launcher, Outcome, Reporter
-
-_REGISTRY: dict[str, str] = {
-    "builtin": "workers.launchers.builtin:BuiltinLauncher",
-    "process": "workers.launchers.process:ProcessLauncher",
-    "docker": "workers.launchers.docker:DockerLauncher",
-    "kubernetes": "workers.launchers.kubernetes:KubernetesLauncher",
-}
+from workers.launchers.base import LaunchContext, Launcher, Outcome, Reporter, registered
 
 
 def launcher_class(executor: str) -> type[Launcher]:
+    """The launcher of ``executor``, importing its module if need be."""
+    if executor not in EXECUTORS:
+        raise KeyError(f"no launcher for executor {executor!r}; one of {list(EXECUTORS)}")
+    importlib.import_module(f"{__name__}.{executor}")
     try:
-        module, cls = _REGISTRY[executor].split(":")
+        return registered()[executor]
     except KeyError:
-        raise KeyError(f"no launcher for executor {executor!r}") from None
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+        raise KeyError(f"{__name__}.{executor} defines no launcher named {executor!r}") from None
+
+
+def launcher_classes() -> dict[str, type[Launcher]]:
+    """Every launcher of this package by executor name (imports all their modules)."""
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_") and module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")
+    return registered()
 
 
 class LauncherSet:
@@ -36,4 +47,12 @@ class LauncherSet:
         return self._made[executor]
 
 
-__all__ = ["LaunchContext", "Launcher", "LauncherSet", "Outcome", "Reporter", "launcher_class"]
+__all__ = [
+    "LaunchContext",
+    "Launcher",
+    "LauncherSet",
+    "Outcome",
+    "Reporter",
+    "launcher_class",
+    "launcher_classes",
+]

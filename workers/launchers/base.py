@@ -1,6 +1,6 @@
 """The launcher contract: start a job, follow it to its end, stop it, collect, clean up.
 
-The attempt runner (``workers/runner.py``) owns the lifecycle — claim, lease, cancel,
+The attempt (``workers/attempt.py``) owns the lifecycle — claim, lease, cancel,
 timeout, retries of transient launch errors, the final compare-and-set. A launcher only
 knows how to drive one kind of execution. Handles are opaque strings that the launcher can
 parse back (a pid, a container id, ``namespace/job-name``), so another process can stop or
@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -23,7 +23,7 @@ from orchestrator.errors import RunnerLaunchError
 from orchestrator.job import StepResult
 from orchestrator.settings import Settings
 
-__all__ = ["LaunchContext", "Launcher", "Outcome", "Reporter", "RunnerLaunchError"]
+__all__ = ["LaunchContext", "Launcher", "Outcome", "Reporter", "RunnerLaunchError", "registered"]
 
 
 class Reporter(Protocol):
@@ -86,11 +86,34 @@ class Outcome:
         return self.exit_code == 0 and self.error is None
 
 
+# Launcher classes by executor name; each fills in its own entry when its module is imported.
+_REGISTRY: dict[str, type[Launcher]] = {}
+
+
+def registered() -> dict[str, type[Launcher]]:
+    """The launchers imported so far, by executor name."""
+    return dict(_REGISTRY)
+
+
 class Launcher(ABC):
-    """Base of every launcher. Subclasses set ``name`` and ``config_model``."""
+    """Base of every launcher. Subclasses set ``name`` (the executor they run, which
+    registers them) and ``config_model``; a test double passes ``register=False``."""
 
     name: ClassVar[str]
     config_model: ClassVar[type[BaseModel]]
+    # Who removes what a lost worker left: "beat" sweeps once for the whole installation
+    # (containers, Jobs), "host" means every worker sweeps its own host (processes).
+    orphan_sweep: ClassVar[Literal["beat", "host"] | None] = None
+
+    def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if not register or name is None:
+            return
+        known = _REGISTRY.get(name)
+        if known is not None and _where(known) != _where(cls):
+            raise TypeError(f"executor {name!r} has two launchers: {_where(known)}, {_where(cls)}")
+        _REGISTRY[name] = cls
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -121,6 +144,10 @@ class Launcher(ABC):
 
     def remove(self, handle: str) -> None:  # noqa: B027
         """Remove one leftover found by :meth:`orphans`."""
+
+
+def _where(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def glob_workspace(workspace: Path, patterns: list[str]) -> list[tuple[str, Path]]:

@@ -94,6 +94,7 @@ class DockerLauncher(Launcher):
 
     name = "docker"
     config_model = DockerConfig
+    orphan_sweep = "beat"
 
     def __init__(self, settings: Any, config: DockerConfig | None = None) -> None:
         super().__init__(settings)

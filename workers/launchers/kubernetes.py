@@ -92,6 +92,7 @@ class KubernetesLauncher(Launcher):
 
     name = "kubernetes"
     config_model = KubernetesConfig
+    orphan_sweep = "beat"
 
     def __init__(self, settings: Any, config: KubernetesConfig | None = None) -> None:
         super().__init__(settings)

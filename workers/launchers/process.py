@@ -73,6 +73,7 @@ class ProcessLauncher(Launcher):
 
     name = "process"
     config_model = ProcessConfig
+    orphan_sweep = "host"
 
     def __init__(self, settings: Any, config: ProcessConfig | None = None) -> None:
         super().__init__(settings)

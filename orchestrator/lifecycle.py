@@ -1,0 +1,297 @@
+"""Every transition of an attempt, owned by the core.
+
+Claim, claim-next, start, renew, release, end and lose are operations here, each one
+compare-and-set in the store (``orchestrator/store.py``), which writes the attempt's row in
+the same transaction. A Celery worker (through ``workers/channels/direct.py``) and a remote
+agent (through the ``/launcher`` routes) call the same operations, so a rule about
+attempts — who holds one, when a failure earns another attempt, what wins a race between
+a cancel, a run-time limit and a success, what a lost runner costs — is written once, here.
+Every won transition is handed to the listeners after commit.
+
+Ownership of an attempt is ``(runner_id, attempt)``: a re-queue always bumps the attempt,
+so a runner that lost its job finds every later report refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import LaunchbayError
+from orchestrator.job import (
+    ACTIVE_STATUSES,
+    Artifact,
+    AttemptOutcome,
+    EventType,
+    Job,
+    JobStatus,
+)
+from orchestrator.listeners import Listeners
+from orchestrator.protocol import Verdict
+from orchestrator.runners import RunnerInfo
+from orchestrator.settings import Settings
+from orchestrator.store import JobStore
+
+log = logging.getLogger(__name__)
+
+# Re-sends a re-queued job's message: ``(job, countdown_s)``.
+Sender = Callable[[Job, float | None], None]
+
+
+class NotHeld(LaunchbayError):
+    """A report about an attempt the runner does not (or no longer) hold."""
+
+    status_code = 409
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """What a lease renewal learnt: whether the runner still holds the attempt, and
+    whether its cancel was asked."""
+
+    held: bool
+    cancel: bool = False
+
+
+class Lifecycle:
+    """The attempt operations. Thread-safe: all state is in the store."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        listeners: Listeners,
+        send: Sender,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.listeners = listeners
+        self._send = send
+
+    # ------------------------------------------------------------ ownership
+
+    def held(self, job_id: str, runner_id: str, attempt: int) -> Job:
+        """The job, if ``runner_id`` holds this attempt of it and it is active; else
+        :class:`NotHeld` (``JobNotFound`` for an unknown id)."""
+        job = self.store.get(job_id)
+        if job.runner_id != runner_id or job.attempt != attempt:
+            raise NotHeld(
+                f"job {job_id} attempt {attempt} is not held by runner {runner_id} (it is "
+                f"attempt {job.attempt}, runner {job.runner_id or 'none'}, {job.status})"
+            )
+        if job.status not in ACTIVE_STATUSES:
+            raise NotHeld(f"job {job_id} is {job.status}; it takes no more reports")
+        return job
+
+    # ------------------------------------------------------------ claim and start
+
+    def claim(self, job_id: str, runner_id: str, attempt: int | None = None) -> Job | None:
+        """queued → claimed for ``runner_id``; ``None`` when someone else won, the job moved
+        on, or ``attempt`` is not the current one (a stale message)."""
+        job = self.store.claim(job_id, runner_id, self.settings.lease_s, attempt=attempt)
+        if job is not None:
+            self.listeners.transition(job)
+        return job
+
+    def claim_next(self, runner: RunnerInfo) -> Job | None:
+        """Claim the oldest queued job ``runner`` can run, if it has a free slot."""
+        if self.store.active_by_runner().get(runner.id, 0) >= runner.capacity:
+            return None
+        job = self.store.claim_next(runner.id, runner.executors, runner.tags, self.settings.lease_s)
+        if job is not None:
+            self.listeners.transition(job)
+        return job
+
+    def start(self, job_id: str, runner_id: str, attempt: int) -> Job:
+        """claimed → running, by the runner that holds the attempt."""
+        running = self.store.start(job_id, attempt, self.settings.lease_s, runner_id=runner_id)
+        if running is None:
+            self.held(job_id, runner_id, attempt)  # raises with the reason
+            raise NotHeld(f"job {job_id} attempt {attempt} has already started")
+        self.listeners.transition(running)
+        return running
+
+    # ------------------------------------------------------------ while it runs
+
+    def renew(self, job_id: str, runner_id: str, attempt: int) -> Renewal:
+        """Extend the attempt's lease; says whether it is still held and cancel asked."""
+        if not self.store.renew_lease(job_id, attempt, self.settings.lease_s, runner_id=runner_id):
+            return Renewal(held=False)
+        job = self.store.find(job_id)
+        return Renewal(held=True, cancel=bool(job and job.cancel_requested))
+
+    def renew_all(self, runner_id: str, job_ids: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Renew the leases of the jobs a runner says it runs: ``(cancel, lost)``."""
+        cancel: list[str] = []
+        lost: list[str] = []
+        for job_id in dict.fromkeys(job_ids):
+            job = self.store.find(job_id)
+            held = job is not None and job.runner_id == runner_id
+            if not (held and job and self.renew(job_id, runner_id, job.attempt).held):
+                lost.append(job_id)
+            elif job and job.cancel_requested:
+                cancel.append(job_id)
+        return cancel, lost
+
+    def progress(
+        self, job_id: str, runner_id: str, attempt: int, percent: float, message: str
+    ) -> None:
+        """Store the attempt's progress and hand it to the listeners."""
+        if not self.store.set_progress(job_id, attempt, percent, message, runner_id=runner_id):
+            self.held(job_id, runner_id, attempt)
+        self.listeners.progress(job_id, attempt, percent, message)
+
+    def add_artifact(self, job_id: str, runner_id: str, attempt: int, saved: Artifact) -> None:
+        """List a stored artifact on the attempt's job (one of that name replaced)."""
+        job = self.held(job_id, runner_id, attempt)
+        kept = [a for a in job.artifacts if a.name != saved.name] + [saved]
+        if not self.store.update_fields(
+            job_id,
+            attempt,
+            runner_id=runner_id,
+            artifacts=[a.model_dump(mode="json") for a in kept],
+        ):
+            self.held(job_id, runner_id, attempt)
+
+    # ------------------------------------------------------------ the end
+
+    def end(self, job_id: str, runner_id: str, attempt: int, verdict: Verdict) -> Job:
+        """End the attempt with the runner's verdict; the job as it now stands.
+
+        The rules, for every channel:
+        - a cancel accepted before the end wins over success and failure (a run-time
+          limit that fired first still ends ``timed_out``);
+        - a failure that ``may_retry`` is re-queued while the job's own attempts
+          (lost and handed-back ones do not count) are fewer than ``max_attempts``,
+          after ``retry_backoff_s · 2^(n-1)``;
+        - anything else ends the job, with one compare-and-set.
+        """
+        job = self.held(job_id, runner_id, attempt)
+        status, error = verdict.job_status, verdict.error
+        if job.cancel_requested and status != JobStatus.timed_out:
+            status, error = JobStatus.cancelled, "cancelled"
+        elif status == JobStatus.timed_out and job.spec.timeout_s:
+            error = f"timed out after {job.spec.timeout_s:g} s"
+        fields = verdict.fields()
+        if (
+            status == JobStatus.failed
+            and verdict.may_retry
+            and job.own_attempts < job.spec.max_attempts
+        ):
+            backoff = job.spec.retry_backoff_s * 2 ** (job.own_attempts - 1)
+            again = self._requeue(
+                job,
+                f"attempt {job.attempt} failed: {error}",
+                AttemptOutcome.retried,
+                exit_code=verdict.exit_code,
+                delay_s=backoff,
+                runner_id=runner_id,
+                **fields,
+            )
+            if again is not None:
+                return again
+            job = self.held(job_id, runner_id, attempt)  # a cancel landed meanwhile
+            status, error = JobStatus.cancelled, "cancelled"
+        done = self.store.finish(
+            job_id,
+            attempt,
+            status,
+            exit_code=verdict.exit_code,
+            error=error,
+            runner_id=runner_id,
+            **fields,
+        )
+        if done is None and status == JobStatus.succeeded:
+            # A cancel accepted between our read and our write: success never wins over it.
+            done = self.store.finish(
+                job_id, attempt, JobStatus.cancelled, error="cancelled", runner_id=runner_id
+            )
+        if done is None:
+            self.held(job_id, runner_id, attempt)
+            raise NotHeld(f"job {job_id} attempt {attempt} was ended by someone else")
+        self.listeners.transition(done)
+        return done
+
+    def release(self, job_id: str, runner_id: str, attempt: int) -> Job:
+        """Give back an attempt the runner will not run (it is draining): queued again at
+        once, spending neither ``max_attempts`` nor the loss budget. A cancel asked
+        meanwhile is honoured instead."""
+        job = self.held(job_id, runner_id, attempt)
+        if job.status != JobStatus.claimed:
+            raise NotHeld(f"job {job_id} is {job.status}; only a claimed job can be given back")
+        again = self._requeue(
+            job,
+            f"handed back by {runner_id} before it started",
+            AttemptOutcome.handed_back,
+            runner_id=runner_id,
+        )
+        if again is not None:
+            return again
+        return self.end(job_id, runner_id, attempt, Verdict(status="cancelled", error="cancelled"))
+
+    def lose(self, job: Job) -> Job | None:
+        """The reconciler found ``job``'s lease expired: its runner is gone.
+
+        A lost runner is the platform's failure: the job is re-queued without spending
+        ``max_attempts``, up to its loss budget (``max_lost``; 0 for jobs that must never
+        run twice), then failed. An asked cancel is honoured instead.
+        """
+        who = f"runner {job.runner_id} lost (lease expired) on attempt {job.attempt}"
+        if job.cancel_requested:
+            done = self.store.finish(
+                job.id, job.attempt, JobStatus.cancelled, error="cancelled (runner lost)"
+            )
+        else:
+            budget = job.spec.max_lost if job.spec.max_lost is not None else self.settings.max_lost
+            if job.losses < budget:
+                return self._requeue(
+                    job,
+                    f"{who}; re-queued (loss {job.losses + 1} of {budget})",
+                    AttemptOutcome.lost,
+                )
+            done = self.store.finish(
+                job.id,
+                job.attempt,
+                JobStatus.failed,
+                error=f"{who}; its loss budget ({budget}) is spent",
+            )
+            if done is not None:
+                log.warning("job %s failed: %s", job.id, done.error)
+        if done is not None:
+            self.listeners.transition(done)
+        return done
+
+    # ------------------------------------------------------------ helpers
+
+    def _requeue(
+        self,
+        job: Job,
+        reason: str,
+        outcome: AttemptOutcome,
+        *,
+        exit_code: int | None = None,
+        delay_s: float | None = None,
+        runner_id: str | None = None,
+        **fields: Any,
+    ) -> Job | None:
+        again = self.store.requeue(
+            job.id,
+            job.attempt,
+            reason=reason,
+            outcome=outcome,
+            exit_code=exit_code,
+            match_timeout_s=job.spec.match_timeout_s or self.settings.default_match_timeout_s,
+            delay_s=delay_s,
+            runner_id=runner_id,
+            **fields,
+        )
+        if again is None:
+            return None
+        self.listeners.transition(again, EventType.requeued)
+        try:
+            self._send(again, delay_s)
+        except Exception:  # the reconciler re-sends queued jobs no broker holds
+            log.exception("could not send job %s attempt %d", again.id, again.attempt)
+        return again

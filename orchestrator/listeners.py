@@ -1,0 +1,74 @@
+"""The listener seam: what happens after the core wins a transition.
+
+The core (``orchestrator/lifecycle.py``, ``orchestrator/dispatch.py``) commits a transition
+and then hands it to every registered listener, in order. Publishing events is one
+listener; metrics and webhooks are meant to be one file each beside it. A listener that
+raises is logged and skipped: the store already holds the truth, and one listener's
+failure must never undo a committed transition or starve the next listener.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from orchestrator.events import Events
+from orchestrator.job import STATUS_EVENTS, EventType, Job
+
+log = logging.getLogger(__name__)
+
+
+class Listener:
+    """Base of every listener; override what you need. Called after commit, in the thread
+    that made the change: keep it quick, or hand the work to your own thread."""
+
+    def transition(self, job: Job, event: EventType) -> None:
+        """``job`` (as committed) arrived in its status; ``event`` names how."""
+
+    def progress(self, job_id: str, attempt: int, percent: float, message: str) -> None:
+        """A running attempt reported progress (stored, not a status change)."""
+
+
+class Listeners:
+    """The registered listeners, called in order; never raises."""
+
+    def __init__(self, listeners: Iterable[Listener] = ()) -> None:
+        self._all = list(listeners)
+
+    def add(self, listener: Listener) -> None:
+        self._all.append(listener)
+
+    def transition(self, job: Job, event: EventType | None = None) -> None:
+        event = event or STATUS_EVENTS[job.status]
+        for listener in self._all:
+            self._call(listener.transition, job, event)
+
+    def progress(self, job_id: str, attempt: int, percent: float, message: str) -> None:
+        for listener in self._all:
+            self._call(listener.progress, job_id, attempt, percent, message)
+
+    @staticmethod
+    def _call(fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # logged; the store stays the truth
+            log.exception("listener %s failed", getattr(fn, "__qualname__", fn))
+
+
+class EventPublisher(Listener):
+    """Publishes every transition and progress report on Redis (``lb:events`` and the job's
+    event stream), for SSE, WebSocket, the dashboard and the CLI."""
+
+    def __init__(self, events: Events) -> None:
+        self.events = events
+
+    def transition(self, job: Job, event: EventType) -> None:
+        self.events.publish(job.id, event.value, job.public())
+
+    def progress(self, job_id: str, attempt: int, percent: float, message: str) -> None:
+        self.events.publish(
+            job_id,
+            EventType.progress.value,
+            {"percent": percent, "message": message, "attempt": attempt},
+        )

@@ -1,0 +1,163 @@
+"""The agent wire protocol: request and response bodies of the ``/launcher`` API.
+
+The API validates them and the agent's HTTP channel sends them, so both import them from
+here. ``Verdict`` is also how a Celery worker's attempt ends (``Lifecycle.end``): one shape
+for both channels.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.job import EXECUTORS, Job, JobStatus, StepResult
+
+RUNNER_ID = r"^runner-[0-9a-f]{12}$"
+_TAG = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+ExitCode = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+Executor = Literal[EXECUTORS]  # type: ignore[valid-type]
+Tag = Annotated[str, Field(pattern=_TAG)]
+LauncherId = Annotated[str, Field(pattern=RUNNER_ID, description="From /launcher/register.")]
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class Verdict(BaseModel):
+    """How an attempt ended, as its runner saw it. The core decides what follows: a retry,
+    a cancel that wins, or the end."""
+
+    model_config = _STRICT
+    status: Literal["succeeded", "failed", "timed_out", "cancelled"]
+    exit_code: ExitCode | None = None
+    error: str | None = Field(default=None, max_length=10000)
+    result: Any = None
+    steps: list[StepResult] = Field(default_factory=list, max_length=1000)
+    resource_usage: dict[str, Any] | None = None
+    may_retry: bool = Field(
+        default=True,
+        description="False when another attempt would fail the same way (a permanent "
+        "launch error): a failure then ends the job at once.",
+    )
+
+    @property
+    def job_status(self) -> JobStatus:
+        return JobStatus(self.status)
+
+    def fields(self) -> dict[str, Any]:
+        """The job fields this verdict sets besides status, exit code and error."""
+        out: dict[str, Any] = {}
+        if self.steps:
+            out["steps"] = [s.model_dump(mode="json") for s in self.steps]
+        if self.result is not None:
+            out["result"] = self.result
+        if self.resource_usage:
+            out["resource_usage"] = self.resource_usage
+        return out
+
+
+class RegisterIn(BaseModel):
+    model_config = _STRICT
+    executors: list[Executor] = Field(min_length=1, description="Executors this agent runs.")
+    tags: list[Tag] = Field(default_factory=list, max_length=32, description="Runner tags.")
+    capacity: int = Field(default=1, ge=1, le=256, description="Jobs it runs at once.")
+    hostname: str = Field(default="", max_length=255)
+    pid: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    launcher_id: LauncherId | None = Field(
+        default=None, description="Re-register under an id this agent already had."
+    )
+
+
+class RegisterOut(BaseModel):
+    launcher_id: str
+    poll_timeout_s: int
+    heartbeat_interval_s: float
+    lease_s: float
+
+
+class Claim(BaseModel):
+    """Who reports, about which attempt: every report names both."""
+
+    model_config = _STRICT
+    launcher_id: LauncherId
+    attempt: int = Field(ge=1, le=10_000, description="The attempt the agent was given.")
+
+
+class ProgressIn(Claim):
+    percent: float = Field(ge=0, le=100)
+    message: str = Field(default="", max_length=2000)
+
+
+class LogLineIn(BaseModel):
+    model_config = _STRICT
+    stream: str = Field(default="stdout", pattern=r"^(stdout|stderr|system)$")
+    step: str | None = Field(default=None, max_length=100)
+    line: str = Field(max_length=65536)
+
+
+class LogsIn(Claim):
+    lines: list[LogLineIn] = Field(min_length=1, max_length=5000)
+
+
+class EndIn(Claim, Verdict):
+    """The one way to end an attempt over HTTP: who, which attempt, and the verdict."""
+
+
+class CompletedIn(Claim):
+    """Seed 000's ``completed``: exit code 0 succeeds, anything else fails."""
+
+    exit_code: ExitCode = Field(default=0, description="Non-zero is recorded as a failure.")
+    result: Any = None
+    steps: list[StepResult] = Field(default_factory=list, max_length=1000)
+    resource_usage: dict[str, Any] | None = None
+
+    def verdict(self) -> Verdict:
+        ok = self.exit_code == 0
+        return Verdict(
+            status="succeeded" if ok else "failed",
+            exit_code=self.exit_code,
+            error=None if ok else f"exited with code {self.exit_code}",
+            result=self.result,
+            steps=self.steps,
+            resource_usage=self.resource_usage,
+        )
+
+
+class FailedIn(Claim):
+    """Seed 000's ``failed``: the job failed, or timed out when ``timed_out`` is set."""
+
+    error: str = Field(min_length=1, max_length=10000)
+    exit_code: ExitCode | None = None
+    timed_out: bool = Field(default=False, description="The agent stopped it at timeout_s.")
+    steps: list[StepResult] = Field(default_factory=list, max_length=1000)
+    result: Any = None
+
+    def verdict(self) -> Verdict:
+        return Verdict(
+            status="timed_out" if self.timed_out else "failed",
+            exit_code=self.exit_code,
+            error=self.error,
+            result=self.result,
+            steps=self.steps,
+        )
+
+
+class HeartbeatIn(BaseModel):
+    model_config = _STRICT
+    launcher_id: LauncherId
+    jobs: list[str] = Field(default_factory=list, max_length=1024)
+
+
+class HeartbeatOut(BaseModel):
+    cancel: list[str] = Field(description="Jobs whose cancel was asked: stop them.")
+    lost: list[str] = Field(description="Jobs no longer held by this launcher: drop them.")
+
+
+class ReportOut(BaseModel):
+    cancel: bool = Field(description="The job's cancel was asked: stop it.")
+    seq: int | None = None
+
+
+class PollOut(BaseModel):
+    job: Job

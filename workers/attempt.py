@@ -1,0 +1,376 @@
+"""One attempt of one job, whoever pulled it: launch (with launch retries) → follow → watch
+(lease, cancel, run-time limit) → artifacts → verdict → end.
+
+A Celery worker runs it over the direct channel, a remote agent over the HTTP channel
+(``workers/channels/``); the launcher (``workers/launchers/``) drives the execution. What
+follows an attempt's end — a retry, a cancel that wins, the end of the job — is the core's
+decision (``orchestrator/lifecycle.py``), not this module's.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from typing import Any
+
+from orchestrator.errors import RunnerLaunchError
+from orchestrator.job import Job, JobStatus, StepResult
+from orchestrator.protocol import Verdict
+from orchestrator.settings import Settings
+from workers.channels import Channel, LogBatch, Lost, Unreachable
+from workers.directives import apply_directive
+from workers.launchers import LaunchContext, Launcher, LauncherSet, Outcome
+from workers.verdict import Stop, decide, result_of
+
+log = logging.getLogger(__name__)
+
+_LOG_BATCH = 2000
+_MAX_BUFFERED = 50_000  # lines kept while the channel is unreachable; the oldest go first
+_TIMEOUT_GRACE_S = 5.0
+
+
+class _Reporter:
+    """What the launcher reports (any thread); the attempt's watcher sends it on.
+
+    Progress is coalesced (the latest report wins) but keeps its place in the log: it
+    goes out after the lines printed before it and before the lines printed after it.
+    """
+
+    def __init__(self, attempt: Attempt) -> None:
+        self.attempt = attempt
+        self.lines: LogBatch = []
+        self.dropped = 0
+        self.steps: list[StepResult] = []
+        self.result_value: Any = None
+        self.has_result = False
+        # (percent, message, how many buffered lines come before it)
+        self._progress: tuple[float, str, int] | None = None
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+
+    # the launcher's side (workers/launchers/base.py: Reporter)
+
+    def log(self, stream: str, line: str, step: str | None = None) -> None:
+        line = line.rstrip("\r\n")
+        apply_directive(line, self)
+        with self._lock:
+            self.lines.append((stream if stream in ("stdout", "stderr") else "stdout", step, line))
+            excess = len(self.lines) - _MAX_BUFFERED
+            if excess > 0:
+                self._take(excess)
+                self.dropped += excess
+
+    def progress(self, percent: float, message: str = "") -> None:
+        with self._lock:
+            self._progress = (max(0.0, min(100.0, float(percent))), message[:2000], len(self.lines))
+
+    def result(self, value: Any) -> None:
+        self.result_value, self.has_result = value, True
+
+    def step(self, result: StepResult) -> None:
+        with self._lock:
+            self.steps = [s for s in self.steps if s.name != result.name] + [result]
+
+    # the watcher's side
+
+    def _take(self, n: int) -> LogBatch:
+        """Remove the first ``n`` buffered lines (lock held), keeping progress in place."""
+        batch = self.lines[:n]
+        del self.lines[:n]
+        if self._progress is not None:
+            p, m, at = self._progress
+            self._progress = (p, m, max(0, at - len(batch)))
+        return batch
+
+    def flush(self) -> None:
+        """Send buffered lines and the latest progress in order. What cannot be delivered
+        now is kept for the next flush."""
+        channel, job = self.attempt.channel, self.attempt.job
+        with self._flushing:
+            while True:
+                with self._lock:
+                    upto = self._progress[2] if self._progress else len(self.lines)
+                    batch = self._take(min(upto, _LOG_BATCH))
+                    if self.dropped and batch:
+                        note = f"[{self.dropped} log lines dropped: the server was unreachable]"
+                        batch.insert(0, ("system", None, note))
+                        self.dropped = 0
+                    due = self._progress if self._progress and self._progress[2] == 0 else None
+                    if due is not None:
+                        self._progress = None
+                if batch:
+                    try:
+                        channel.logs(job, batch)
+                    except Unreachable as exc:
+                        log.warning("job %s: logs not sent (%s); will retry", job.id, exc)
+                        self._put_back(batch, due)
+                        return
+                if due is not None:
+                    try:
+                        channel.progress(job, due[0], due[1])
+                    except Unreachable:
+                        self._put_back([], due)
+                        return
+                elif not batch:
+                    return
+
+    def _put_back(self, batch: LogBatch, progress: tuple[float, str, int] | None) -> None:
+        kept = [b for b in batch if b[0] != "system"]
+        with self._lock:
+            self.lines[:0] = kept
+            if self._progress is not None:
+                p, m, at = self._progress
+                self._progress = (p, m, at + len(kept))
+            elif progress is not None:
+                self._progress = (progress[0], progress[1], len(kept))
+
+
+class Attempt:
+    """One attempt of ``job``, already claimed by ``channel.runner_id``."""
+
+    def __init__(
+        self, channel: Channel, launchers: LauncherSet, settings: Settings, job: Job
+    ) -> None:
+        self.channel = channel
+        self.launchers = launchers
+        self.settings = settings
+        self.job = job
+        self.ctx = LaunchContext(
+            job_id=job.id,
+            attempt=job.attempt,
+            runner_id=channel.runner_id,
+            spec=job.spec,
+            workspace=settings.workspaces_dir / job.id / f"a{job.attempt}",
+            settings=settings,
+        )
+        self.stop_reason: Stop | None = None
+        self.abort_reason: str | None = None
+        self._reason_lock = threading.Lock()
+        self._stopping = threading.Lock()
+        self._handle: str | None = None
+        self._launcher: Launcher | None = None
+        self._started_at: float | None = None
+
+    # -------------------------------------------------- signals (any thread)
+
+    def cancel(self) -> None:
+        """The attempt's cancel was asked: stop what it launched."""
+        self._stop(Stop.cancel)
+
+    def lose(self) -> None:
+        """The attempt is no longer ours: stop it and report nothing."""
+        if self._stop(Stop.lost):
+            log.warning("job %s attempt %d is no longer held; stopping it", *self._key())
+
+    def abort(self, reason: str) -> None:
+        """The runner itself is going away."""
+        self.abort_reason = reason
+        self._stop(Stop.abort)
+
+    @property
+    def lost(self) -> bool:
+        return self.stop_reason == Stop.lost
+
+    def _stop(self, reason: Stop) -> bool:
+        with self._reason_lock:
+            if self.stop_reason is not None:
+                return False
+            self.stop_reason = reason
+        self.ctx.cancel.set()
+        return True
+
+    def _key(self) -> tuple[str, int]:
+        return self.job.id, self.job.attempt
+
+    # -------------------------------------------------- the run
+
+    def run(self) -> str:
+        """Run the attempt to its end; returns the job's status after it (or ``requeued``,
+        ``lost``, ``unreported``). Never raises: the runner outlives any one job."""
+        try:
+            return self._run()
+        except Exception as exc:
+            log.exception("job %s attempt %d failed inside the runner", *self._key())
+            if self.lost:
+                return "lost"
+            error = f"runner error: {type(exc).__name__}: {exc}"
+            return self._end(Verdict(status="failed", error=error, may_retry=False))
+
+    def _run(self) -> str:
+        spec = self.job.spec
+        log.info("job %s attempt %d: %s", self.job.id, self.job.attempt, spec.executor)
+        self.ctx.workspace.mkdir(parents=True, exist_ok=True)
+        try:
+            launcher = self.launchers.get(spec.executor)
+        except Exception as exc:
+            error = f"this runner cannot run {spec.executor} jobs: {exc}"
+            return self._end(Verdict(status="failed", error=error, may_retry=False))
+        self._launcher = launcher
+        reporter = _Reporter(self)
+        outcome: Outcome | None = None
+        launch_error: RunnerLaunchError | None = None
+        done = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch, args=(reporter, done), name=f"watch-{self.job.id}", daemon=True
+        )
+        watcher.start()
+        try:
+            try:
+                self._handle = self._launch(launcher)
+            except RunnerLaunchError as exc:
+                launch_error = exc
+            if self._handle is not None:
+                self._started_at = time.monotonic()
+                try:
+                    self.job = self.channel.started(self.job)
+                except Lost:
+                    self.lose()
+                except Unreachable as exc:  # it runs anyway; the end still counts
+                    log.error("job %s: could not report started: %s", self.job.id, exc)
+                if self.stop_reason is not None:
+                    self._stop_once(spec.grace_s)
+                try:
+                    outcome = launcher.follow(self.ctx, self._handle, reporter)
+                except Exception as exc:
+                    log.exception("launcher %s failed following job %s", launcher.name, self.job.id)
+                    outcome = Outcome(exit_code=None, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            done.set()
+            watcher.join(timeout=10)
+            if not self.lost:
+                try:
+                    reporter.flush()
+                except Lost:
+                    self.lose()
+        if self.lost:
+            self._cleanup(launcher, "lost")
+            return "lost"
+        artifact_error = self._artifacts(launcher) if self._handle is not None else None
+        verdict = decide(
+            outcome,
+            stop=self.stop_reason,
+            launch_error=launch_error,
+            abort_reason=self.abort_reason,
+            result=result_of(outcome, reporter.has_result, reporter.result_value),
+            steps=reporter.steps,
+        )
+        if artifact_error and verdict.status == "succeeded":
+            # The job ran, but what it was asked to keep is not kept: running it again
+            # would repeat its effects for a storage fault.
+            verdict = verdict.model_copy(
+                update={"status": "failed", "error": artifact_error, "may_retry": False}
+            )
+        final = self._end(verdict)
+        self._cleanup(launcher, final)
+        return final
+
+    def _end(self, verdict: Verdict) -> str:
+        now = self.channel.finish(self.job, verdict)
+        final = "unreported" if now is None else now.status.value
+        if now is not None and now.status == JobStatus.queued:
+            final = "requeued"
+        log.info("job %s attempt %d ended: %s", self.job.id, self.job.attempt, final)
+        return final
+
+    # -------------------------------------------------- launch, watch, stop
+
+    def _launch(self, launcher: Launcher) -> str | None:
+        tries = self.settings.launch_retries
+        for n in range(1, tries + 1):
+            if self.stop_reason is not None:
+                return None
+            if self.channel.cancel_requested(self.job):
+                self.cancel()
+                return None
+            try:
+                return launcher.start(self.ctx)
+            except RunnerLaunchError as exc:
+                if not exc.transient or n == tries:
+                    raise RunnerLaunchError(
+                        launcher.name, n, exc.cause, transient=exc.transient
+                    ) from exc
+                log.warning(
+                    "transient launch error for %s (try %d/%d): %s", self.job.id, n, tries, exc
+                )
+            except Exception as exc:
+                raise RunnerLaunchError(launcher.name, n, exc) from exc
+            if self.ctx.cancel.wait(self.settings.launch_backoff_s * 2 ** (n - 1)):
+                return None
+        return None
+
+    def _watch(self, reporter: _Reporter, done: threading.Event) -> None:
+        spec, ch = self.job.spec, self.channel
+        next_renew = time.monotonic() + ch.renew_s
+        next_cancel = 0.0
+        while not done.wait(ch.flush_s):
+            try:
+                if not self.lost:
+                    reporter.flush()
+                now = time.monotonic()
+                if now >= next_cancel:
+                    next_cancel = now + ch.cancel_poll_s
+                    if ch.cancel_requested(self.job):
+                        self.cancel()
+                if now >= next_renew:
+                    next_renew = now + ch.renew_s
+                    renewal = ch.renew(self.job)
+                    if not renewal.held:
+                        self.lose()
+                    elif renewal.cancel:
+                        self.cancel()
+                started = self._started_at
+                if spec.timeout_s and started and now - started > spec.timeout_s:
+                    self._stop(Stop.timeout)
+                if self.stop_reason is not None:
+                    grace = spec.grace_s
+                    if self.stop_reason == Stop.timeout:
+                        grace = min(grace, _TIMEOUT_GRACE_S)
+                    self._stop_once(grace)
+            except Lost:
+                self.lose()
+            except Exception:  # keep watching; a Redis or HTTP blip must not orphan the job
+                log.exception("watcher error for job %s", self.job.id)
+
+    def _stop_once(self, grace: float) -> None:
+        if self._handle is None or self._launcher is None:
+            return
+        if not self._stopping.acquire(blocking=False):
+            return
+        threading.Thread(
+            target=self._launcher.stop,
+            args=(self._handle, grace),
+            name=f"stop-{self.job.id}",
+            daemon=True,
+        ).start()
+
+    # -------------------------------------------------- after the run
+
+    def _artifacts(self, launcher: Launcher) -> str | None:
+        """Keep the files matching the spec's globs; the error text if one failed."""
+        try:
+            found = launcher.collect_artifacts(self.ctx, self._handle)  # type: ignore[arg-type]
+        except Exception as exc:
+            log.exception("artifact collection failed for %s", self.job.id)
+            return f"artifact collection failed: {exc}"
+        for name, path in found:
+            try:
+                self.channel.upload_artifact(self.job, name, path)
+            except Lost:
+                self.lose()
+                return None
+            except Exception as exc:
+                log.exception("artifact %r of %s not kept", name, self.job.id)
+                return f"artifact {name!r} not kept: {exc}"
+        return None
+
+    def _cleanup(self, launcher: Launcher, final: str) -> None:
+        policy = self.job.spec.cleanup
+        if policy == "never" or (policy == "on_success" and final != JobStatus.succeeded):
+            return
+        try:
+            launcher.cleanup(self.ctx, self._handle)
+        except Exception:
+            log.exception("cleanup failed for job %s", self.job.id)
+        shutil.rmtree(self.ctx.workspace, ignore_errors=True)

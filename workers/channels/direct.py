@@ -1,0 +1,66 @@
+"""The direct channel: a Celery worker's attempt talks to the store and Redis itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.artifacts import ArtifactStore
+from orchestrator.dispatch import Dispatcher
+from orchestrator.job import Job
+from orchestrator.lifecycle import NotHeld, Renewal
+from orchestrator.protocol import Verdict
+from workers.attempt import Attempt
+from workers.channels import LogBatch, Lost
+from workers.launchers import LauncherSet
+
+
+class DirectChannel:
+    flush_s = 0.05
+    cancel_poll_s = 0.2
+
+    def __init__(self, dispatcher: Dispatcher, runner_id: str, artifacts: ArtifactStore) -> None:
+        self.lifecycle = dispatcher.lifecycle
+        self.events = dispatcher.events
+        self.runner_id = runner_id
+        self.artifacts = artifacts
+        self.renew_s = dispatcher.settings.lease_s / 3
+
+    def run(self, job_id: str, attempt: int | None, launchers: LauncherSet) -> str:
+        """Claim the attempt a Celery message names and run it; the outcome, or why not."""
+        job = self.lifecycle.claim(job_id, self.runner_id, attempt)
+        if job is None:
+            return "skipped (not queued at this attempt, or claimed elsewhere)"
+        return Attempt(self, launchers, self.lifecycle.settings, job).run()
+
+    def started(self, job: Job) -> Job:
+        try:
+            return self.lifecycle.start(job.id, self.runner_id, job.attempt)
+        except NotHeld as exc:
+            raise Lost(str(exc)) from exc
+
+    def logs(self, job: Job, lines: LogBatch) -> None:
+        self.events.append_logs(job.id, lines)
+
+    def progress(self, job: Job, percent: float, message: str) -> None:
+        try:
+            self.lifecycle.progress(job.id, self.runner_id, job.attempt, percent, message)
+        except NotHeld as exc:
+            raise Lost(str(exc)) from exc
+
+    def renew(self, job: Job) -> Renewal:
+        return self.lifecycle.renew(job.id, self.runner_id, job.attempt)
+
+    def cancel_requested(self, job: Job) -> bool:
+        return self.events.cancel_flagged(job.id)
+
+    def upload_artifact(self, job: Job, name: str, path: Path) -> None:
+        saved = self.artifacts.save(job.id, name, path)
+        self.lifecycle.add_artifact(job.id, self.runner_id, job.attempt, saved)
+
+    def finish(self, job: Job, verdict: Verdict) -> Job | None:
+        try:
+            return self.lifecycle.end(job.id, self.runner_id, job.attempt, verdict)
+        except NotHeld:
+            return None
+        finally:
+            self.events.forget(job.id)

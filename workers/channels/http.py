@@ -1,0 +1,147 @@
+"""The HTTP channel: a remote agent's attempt reports through the ``/launcher`` API.
+
+Bodies are the wire models of ``orchestrator/protocol.py``, the same ones the API
+validates. Leases are renewed in bulk by the agent's heartbeat (one request for all its
+jobs); what the heartbeat and each report's answer say about a job — cancel asked, no
+longer held — is kept here, so ``renew`` and ``cancel_requested`` cost no request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from orchestrator.client import ApiError, Conflict, LaunchbayClient, NotFound, ServerUnreachable
+from orchestrator.job import Job
+from orchestrator.lifecycle import Renewal
+from orchestrator.protocol import Claim, EndIn, LogLineIn, LogsIn, ProgressIn, Verdict
+from workers.channels import LogBatch, Lost, Unreachable
+
+log = logging.getLogger("launchbay.agent")
+
+# How long a report that must arrive (started, the end) keeps being retried while the
+# server is unreachable; past that the lease expires and the reconciler takes over.
+_FINAL_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)
+_CHUNK = 1 << 16
+
+
+class HttpChannel:
+    flush_s = 0.25
+    cancel_poll_s = 0.05  # a set lookup: the heartbeat and report answers fill it
+
+    def __init__(self, client: LaunchbayClient, runner_id: str, heartbeat_s: float) -> None:
+        self.client = client
+        self.runner_id = runner_id
+        self.renew_s = heartbeat_s
+        self._lock = threading.Lock()
+        self._cancel: set[str] = set()
+        self._lost: set[str] = set()
+
+    # -------------------------------------------------- what the heartbeat learnt
+
+    def heard(self, cancel: Iterable[str], lost: Iterable[str]) -> None:
+        """Record the heartbeat's answer for the jobs this agent runs."""
+        with self._lock:
+            self._cancel.update(cancel)
+            self._lost.update(lost)
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._cancel.discard(job_id)
+            self._lost.discard(job_id)
+
+    # -------------------------------------------------- the channel
+
+    def started(self, job: Job) -> Job:
+        answer = self._post(job, "started", self._claim(job), final=True)
+        return Job.model_validate(answer) if answer else job
+
+    def logs(self, job: Job, lines: LogBatch) -> None:
+        body = LogsIn(
+            **self._claim(job).model_dump(),
+            lines=[LogLineIn(stream=s, step=st, line=ln) for s, st, ln in lines],
+        )
+        self._note_cancel(job, self._post(job, "logs", body))
+
+    def progress(self, job: Job, percent: float, message: str) -> None:
+        body = ProgressIn(**self._claim(job).model_dump(), percent=percent, message=message)
+        self._note_cancel(job, self._post(job, "progress", body))
+
+    def renew(self, job: Job) -> Renewal:
+        with self._lock:
+            return Renewal(held=job.id not in self._lost, cancel=job.id in self._cancel)
+
+    def cancel_requested(self, job: Job) -> bool:
+        with self._lock:
+            return job.id in self._cancel
+
+    def upload_artifact(self, job: Job, name: str, path: Path) -> None:
+        self.client.request(
+            "POST",
+            f"/launcher/jobs/{job.id}/artifacts",
+            params={"launcher_id": self.runner_id, "attempt": job.attempt, "name": name},
+            content=_chunks(path),
+            headers={"content-type": "application/octet-stream"},
+            timeout=300,
+        )
+
+    def finish(self, job: Job, verdict: Verdict) -> Job | None:
+        body = EndIn(**self._claim(job).model_dump(), **verdict.model_dump())
+        try:
+            answer = self._post(job, "end", body, final=True)
+        except Lost:
+            return None
+        except Unreachable as exc:
+            log.error("job %s: could not report its end (%s); its lease will expire", job.id, exc)
+            return None
+        finally:
+            self.forget(job.id)
+        return Job.model_validate(answer) if answer else None
+
+    # -------------------------------------------------- HTTP
+
+    def _claim(self, job: Job) -> Claim:
+        return Claim(launcher_id=self.runner_id, attempt=job.attempt)
+
+    def _note_cancel(self, job: Job, answer: dict[str, Any] | None) -> None:
+        if answer and answer.get("cancel"):
+            with self._lock:
+                self._cancel.add(job.id)
+
+    def _post(
+        self, job: Job, what: str, body: BaseModel, *, final: bool = False
+    ) -> dict[str, Any] | None:
+        """POST ``/launcher/jobs/{id}/{what}``. Raises :class:`Lost` when the job is no
+        longer ours, :class:`Unreachable` when the server cannot take it (after retries,
+        for a ``final`` report)."""
+        delays: Iterator[float] = iter(_FINAL_RETRY_DELAYS if final else ())
+        while True:
+            try:
+                return self.client.request_json(  # type: ignore[no-any-return]
+                    "POST", f"/launcher/jobs/{job.id}/{what}", json=body.model_dump(mode="json")
+                )
+            except (Conflict, NotFound) as exc:
+                log.warning("job %s: %s refused: %s", job.id, what, exc)
+                with self._lock:
+                    self._lost.add(job.id)
+                raise Lost(str(exc)) from exc
+            except (ServerUnreachable, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status < 500:
+                    raise
+                delay = next(delays, None)
+                if delay is None:
+                    raise Unreachable(str(exc)) from exc
+                log.warning("job %s: %s failed (%s); retrying in %g s", job.id, what, exc, delay)
+                time.sleep(delay)
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            yield chunk
