@@ -229,7 +229,9 @@ class Lifecycle:
         )
         if again is not None:
             return again
-        return self.end(job_id, runner_id, attempt, Verdict(status="cancelled", error="cancelled"))
+        return self.end(
+            job_id, runner_id, attempt, Verdict(status=JobStatus.cancelled, error="cancelled")
+        )
 
     def lose(self, job: Job) -> Job | None:
         """The reconciler found ``job``'s lease expired: its runner is gone.

@@ -7,17 +7,21 @@ for both channels.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.job import EXECUTORS, Job, JobStatus, StepResult
+from orchestrator.job import TERMINAL_STATUSES, Executor, Job, JobStatus, StepResult
 
 RUNNER_ID = r"^runner-[0-9a-f]{12}$"
 _TAG = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 ExitCode = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
-Executor = Literal[EXECUTORS]  # type: ignore[valid-type]
+if TYPE_CHECKING:
+    EndStatus = JobStatus
+else:
+    # How an attempt can end, as its runner reports it: a terminal status.
+    EndStatus = Literal[tuple(sorted(s.value for s in TERMINAL_STATUSES))]
 Tag = Annotated[str, Field(pattern=_TAG)]
 LauncherId = Annotated[str, Field(pattern=RUNNER_ID, description="From /launcher/register.")]
 
@@ -29,7 +33,7 @@ class Verdict(BaseModel):
     a cancel that wins, or the end."""
 
     model_config = _STRICT
-    status: Literal["succeeded", "failed", "timed_out", "cancelled"]
+    status: EndStatus
     exit_code: ExitCode | None = None
     error: str | None = Field(default=None, max_length=10000)
     result: Any = None
@@ -115,7 +119,7 @@ class CompletedIn(Claim):
     def verdict(self) -> Verdict:
         ok = self.exit_code == 0
         return Verdict(
-            status="succeeded" if ok else "failed",
+            status=JobStatus.succeeded if ok else JobStatus.failed,
             exit_code=self.exit_code,
             error=None if ok else f"exited with code {self.exit_code}",
             result=self.result,
@@ -135,7 +139,7 @@ class FailedIn(Claim):
 
     def verdict(self) -> Verdict:
         return Verdict(
-            status="timed_out" if self.timed_out else "failed",
+            status=JobStatus.timed_out if self.timed_out else JobStatus.failed,
             exit_code=self.exit_code,
             error=self.error,
             result=self.result,

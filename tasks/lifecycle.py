@@ -31,9 +31,10 @@ def sweep_host_processes(settings: Settings) -> int:
     this store does not know belongs to another installation on the host: left alone.
     """
     from orchestrator.store import JobStore
-    from workers.launchers.process import ProcessLauncher
+    from workers.launchers import launcher_class
 
-    if "process" not in settings.worker_executors:
+    host_swept = [e for e in settings.worker_executors if launcher_class(e).orphan_sweep == "host"]
+    if not host_swept:
         return 0
     store = JobStore(settings.effective_database_url, create=False)
     try:
@@ -42,15 +43,18 @@ def sweep_host_processes(settings: Settings) -> int:
             job = store.find(job_id)
             return job is None or (not job.ended and job.attempt == attempt)
 
-        launcher = ProcessLauncher(settings)
-        handles = launcher.orphans(is_live)
-        for handle in handles:
-            launcher.remove(handle)
+        killed = 0
+        for executor in host_swept:
+            launcher = launcher_class(executor)(settings)
+            handles = launcher.orphans(is_live)
+            for handle in handles:
+                launcher.remove(handle)
+            killed += len(handles)
     finally:
         store.dispose()  # no connection kept across the pool's later forks
-    if handles:
-        log.warning("killed %d leftover process(es) of ended job attempts", len(handles))
-    return len(handles)
+    if killed:
+        log.warning("killed %d leftover process(es) of ended job attempts", killed)
+    return killed
 
 
 @worker_ready.connect

@@ -8,6 +8,7 @@ from typing import Any
 from orchestrator.celery_app import RECONCILE, REMOVE_ORPHANS, RETENTION
 from tasks.app import app
 from tasks.context import worker_context
+from workers.launchers import launcher_class
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,8 @@ def remove_orphans() -> dict[str, int]:
         return job is not None and not job.ended and job.attempt == attempt
 
     for executor in ctx.settings.worker_executors:
-        if executor not in ("docker", "kubernetes"):
-            continue
+        if launcher_class(executor).orphan_sweep != "beat":
+            continue  # leftovers of that executor are swept per host, or there are none
         try:
             launcher = ctx.launchers.get(executor)
             handles = launcher.orphans(is_live)

@@ -196,7 +196,7 @@ class Attempt:
             if self.lost:
                 return "lost"
             error = f"runner error: {type(exc).__name__}: {exc}"
-            return self._end(Verdict(status="failed", error=error, may_retry=False))
+            return self._end(Verdict(status=JobStatus.failed, error=error, may_retry=False))
 
     def _run(self) -> str:
         spec = self.job.spec
@@ -206,7 +206,7 @@ class Attempt:
             launcher = self.launchers.get(spec.executor)
         except Exception as exc:
             error = f"this runner cannot run {spec.executor} jobs: {exc}"
-            return self._end(Verdict(status="failed", error=error, may_retry=False))
+            return self._end(Verdict(status=JobStatus.failed, error=error, may_retry=False))
         self._launcher = launcher
         reporter = _Reporter(self)
         outcome: Outcome | None = None
@@ -256,11 +256,11 @@ class Attempt:
             result=result_of(outcome, reporter.has_result, reporter.result_value),
             steps=reporter.steps,
         )
-        if artifact_error and verdict.status == "succeeded":
+        if artifact_error and verdict.status == JobStatus.succeeded:
             # The job ran, but what it was asked to keep is not kept: running it again
             # would repeat its effects for a storage fault.
             verdict = verdict.model_copy(
-                update={"status": "failed", "error": artifact_error, "may_retry": False}
+                update={"status": JobStatus.failed, "error": artifact_error, "may_retry": False}
             )
         final = self._end(verdict)
         self._cleanup(launcher, final)

@@ -6,7 +6,7 @@ import enum
 from typing import Any
 
 from orchestrator.errors import RunnerLaunchError
-from orchestrator.job import StepResult
+from orchestrator.job import JobStatus, StepResult
 from orchestrator.protocol import Verdict
 from workers.launchers import Outcome
 
@@ -37,22 +37,25 @@ def decide(
         extra["resource_usage"] = outcome.resource_usage
     if stop == Stop.timeout:
         # The core words it from the spec ("timed out after N s").
-        return Verdict(status="timed_out", exit_code=code, error="timed out", **extra)
+        return Verdict(status=JobStatus.timed_out, exit_code=code, error="timed out", **extra)
     if stop == Stop.cancel:
-        return Verdict(status="cancelled", exit_code=None, error="cancelled", **extra)
+        return Verdict(status=JobStatus.cancelled, exit_code=None, error="cancelled", **extra)
     if stop == Stop.abort:
-        return Verdict(status="failed", error=abort_reason or "the runner stopped", **extra)
+        return Verdict(status=JobStatus.failed, error=abort_reason or "the runner stopped", **extra)
     if launch_error is not None:
         # Transient errors were retried within the attempt; one that outlasted those
         # retries may earn another attempt, a permanent one (no such image or executable)
         # would fail the same way again.
         return Verdict(
-            status="failed", error=str(launch_error), may_retry=launch_error.transient, **extra
+            status=JobStatus.failed,
+            error=str(launch_error),
+            may_retry=launch_error.transient,
+            **extra,
         )
     if outcome is not None and outcome.ok:
-        return Verdict(status="succeeded", exit_code=0, **extra)
+        return Verdict(status=JobStatus.succeeded, exit_code=0, **extra)
     error = (outcome.error if outcome is not None else None) or f"exited with code {code}"
-    return Verdict(status="failed", exit_code=code, error=error, **extra)
+    return Verdict(status=JobStatus.failed, exit_code=code, error=error, **extra)
 
 
 def result_of(outcome: Outcome | None, has_result: bool, reported: Any) -> Any:
