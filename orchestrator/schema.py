@@ -7,6 +7,7 @@ compares the two.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,6 +121,35 @@ def _switch_to_wal(cur: Any) -> None:
         delay = min(delay * 2, 0.2)
 
 
+class _LentPool(sa.pool.StaticPool):
+    """One connection, lent to one thread at a time.
+
+    An in-memory database lives in its connection, so every thread must share it; a
+    connection used by two threads at once interleaves their transactions ("cannot start
+    a transaction within a transaction", commits of the other thread's half-done work).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lent = threading.Lock()
+        self._holder: int | None = None
+
+    def _do_get(self) -> Any:
+        if self._holder == threading.get_ident():
+            raise RuntimeError("nested use of the in-memory database's one connection")
+        self._lent.acquire()
+        self._holder = threading.get_ident()
+        try:
+            return super()._do_get()
+        except BaseException:
+            self._do_return_conn(None)
+            raise
+
+    def _do_return_conn(self, record: Any) -> None:
+        self._holder = None
+        self._lent.release()
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1] if "///" in url else ""
@@ -129,8 +159,7 @@ def make_engine(url: str) -> Engine:
         engine = sa.create_engine(
             url,
             connect_args={"timeout": 15, "check_same_thread": False},
-            # An in-memory database lives in its connection: every thread must share one.
-            **({"poolclass": sa.pool.StaticPool} if memory else {}),
+            **({"poolclass": _LentPool} if memory else {}),
         )
         sa.event.listen(engine, "connect", _on_sqlite_connect)
         return engine

@@ -372,7 +372,7 @@ def test_a_host_without_docker_or_kubernetes_runs_the_rest(tmp_path: Path) -> No
         "from orchestrator.settings import Settings\n"
         "from workers.launchers import LaunchContext, LauncherSet\n"
         "from workers.testing import RecordingReporter\n"
-        "import workers.runner\n"
+        "import workers.attempt, workers.channels.direct, workers.channels.http\n"
         f"s = Settings(home=Path({str(tmp_path)!r}))\n"
         f"ws = Path({str(tmp_path)!r})\n"
         "ls = LauncherSet(s)\n"
