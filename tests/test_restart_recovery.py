@@ -55,8 +55,10 @@ def restarted(
         first.wait_for_workers(1)
         done = first.submit(TWO_FILES)
         seen["done"] = first.wait_status(done["id"], timeout=60)
-        retry = first.submit({**LONG, "max_attempts": 2, "retry_backoff_s": 0})
-        once = first.submit({**LONG, "max_attempts": 1})
+        # A lost runner spends the loss budget, not max_attempts (1 for both): the first
+        # is re-queued, the second must never run twice.
+        retry = first.submit(LONG)
+        once = first.submit({**LONG, "max_lost": 0})
         seen["retry"] = first.wait_status(retry["id"], "running", timeout=60)
         seen["once"] = first.wait_status(once["id"], "running", timeout=60)
     finally:
@@ -125,14 +127,14 @@ def test_running_job_is_requeued_with_a_higher_attempt(restarted: dict[str, Any]
     assert not (j["status"] == "running" and j["attempt"] == 1)
     rec = stack.http.get(f"/api/v1/runs/{job_id}").json()
     first = rec["attempts"][0]
-    assert (first["attempt"], first["outcome"]) == (1, "requeued")
+    assert (first["attempt"], first["outcome"]) == (1, "lost")
     assert "lost" in first["error"]
     # The new attempt is delivered to the new worker.
     again = stack.wait_status(job_id, ["running", *TERMINAL], timeout=60)
     assert again["attempt"] == 2
 
 
-def test_running_job_without_attempts_left_is_failed(restarted: dict[str, Any]) -> None:
+def test_running_job_that_must_not_run_twice_is_failed(restarted: dict[str, Any]) -> None:
     stack: Stack = restarted["stack"]
     job = stack.wait_status(restarted["once"]["id"], TERMINAL, timeout=90)
     assert (job["status"], job["attempt"]) == ("failed", 1)

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Message, Receive, Scope, Send
 
 from api.fanout import Dropped, Hub, Subscriber
-from api.follower import Cursor, Item, JobFollower, parse_seq, resolve_log_since
+from api.follower import TERMINAL_EVENTS, Cursor, Item, JobFollower, parse_seq, resolve_log_since
 from api.state import AppState
 from orchestrator.events import parse_log_since
 from orchestrator.job import EventType, Job
@@ -226,7 +226,12 @@ async def job_events(
 
 
 async def _anything_after(hub: Hub, job_id: str, cursor: Cursor) -> bool:
-    if await hub.read_events(job_id, cursor.event_id, count=1):
+    """Whether an ended job's stream has more for ``cursor``. The stream ends at the
+    terminal event: an event published after it (a cancel asked while the job was
+    ending) is never sent, so it does not count."""
+    page = 50
+    evs = await hub.read_events(job_id, cursor.event_id, count=page)
+    if len(evs) == page or any(e["type"] in TERMINAL_EVENTS for e in evs):
         return True
     return bool(await hub.read_logs(job_id, cursor.log_seq, limit=1))
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, connect_sse
 
+from orchestrator.events import Events
 from tests.support import Stack, wait_until
 
 API = "/api/v1"
@@ -91,6 +92,22 @@ def test_resume_after_the_end_answers_204_so_eventsource_stops(
     assert events[-1].event == "complete"
     r = sse.get(f"{API}/jobs/{job['id']}/events", headers={"Last-Event-ID": events[-1].id})
     assert r.status_code == 204
+
+
+def test_an_event_published_after_the_end_does_not_reopen_the_stream(
+    stack: Stack, sse: httpx.Client, stack_events: Events
+) -> None:
+    # A cancel asked while the job was ending publishes cancel_requested after the
+    # terminal event (a race the soak test found); the stream still ends at the end.
+    job = stack.submit({"executor": "builtin", "type": "fibonacci", "params": {"count": 5}})
+    events = collect(sse, f"{API}/jobs/{job['id']}/events")
+    assert events[-1].event == "complete"
+    stack_events.publish(job["id"], "cancel_requested", {"id": job["id"]})
+    r = sse.get(f"{API}/jobs/{job['id']}/events", headers={"Last-Event-ID": events[-1].id})
+    assert r.status_code == 204
+    replay = collect(sse, f"{API}/jobs/{job['id']}/events", headers={"Last-Event-ID": events[1].id})
+    assert replay[-1].event == "complete"
+    assert "cancel_requested" not in [e.event for e in replay]
 
 
 def test_ended_job_streams_its_state_and_outcome_then_closes(
