@@ -165,7 +165,7 @@ class MemoryEvents(Events):
         clock: Clock = utcnow,
     ) -> None:
         # Not Events.__init__: there is no Redis client to register a script with. Every
-        # method of Events is overridden below, so nothing reaches for one.
+        # method of Events that would reach Redis is overridden below.
         self.keys = keys or MemoryRedis(clock)
         self.r = cast(redis.Redis, self.keys)
         self.logs_dir = logs_dir or Path("launchbay-memory-logs")
@@ -301,7 +301,8 @@ class SentTask:
 
     name: str
     args: tuple[Any, ...]
-    options: dict[str, Any]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]  # task_id, queue, countdown, expires…
 
     @property
     def task_id(self) -> str | None:
@@ -351,7 +352,7 @@ class RecordingCelery:
         with self._lock:
             if self.down is not None:
                 raise self.down
-            sent = SentTask(name, tuple(args or ()), {**options, "kwargs": kwargs or {}})
+            sent = SentTask(name, tuple(args or ()), dict(kwargs or {}), options)
             self.sent.append(sent)
             return sent
 

@@ -40,21 +40,37 @@ class HttpChannel:
         self.runner_id = runner_id
         self.renew_s = heartbeat_s
         self._lock = threading.Lock()
-        self._cancel: set[str] = set()
-        self._lost: set[str] = set()
+        # What was heard is about one attempt: a job's next attempt may run on this agent
+        # too, and must not inherit "lost" or "cancel" from the one before.
+        self._running: dict[str, int] = {}  # job id → the attempt this agent runs of it
+        self._cancel: set[tuple[str, int]] = set()
+        self._lost: set[tuple[str, int]] = set()
 
     # -------------------------------------------------- what the heartbeat learnt
 
     def heard(self, cancel: Iterable[str], lost: Iterable[str]) -> None:
-        """Record the heartbeat's answer for the jobs this agent runs."""
+        """Record the heartbeat's answer for the attempts this agent runs; an answer about
+        a job it runs no attempt of any more (it arrived late) is dropped."""
         with self._lock:
-            self._cancel.update(cancel)
-            self._lost.update(lost)
+            self._cancel.update((j, self._running[j]) for j in cancel if j in self._running)
+            self._lost.update((j, self._running[j]) for j in lost if j in self._running)
 
-    def forget(self, job_id: str) -> None:
+    def forget(self, job_id: str, attempt: int | None = None) -> None:
+        """Drop what is known about the job's ``attempt`` (all of its attempts: ``None``)."""
         with self._lock:
-            self._cancel.discard(job_id)
-            self._lost.discard(job_id)
+            if attempt is None or self._running.get(job_id) == attempt:
+                self._running.pop(job_id, None)
+            for known in (self._cancel, self._lost):
+                known.difference_update(
+                    [k for k in known if k[0] == job_id and attempt in (None, k[1])]
+                )
+
+    def _key(self, job: Job) -> tuple[str, int]:
+        """``(job id, attempt)``, noted as running here unless a later attempt is."""
+        with self._lock:
+            if job.attempt >= self._running.get(job.id, 0):
+                self._running[job.id] = job.attempt
+        return job.id, job.attempt
 
     # -------------------------------------------------- the channel
 
@@ -74,12 +90,14 @@ class HttpChannel:
         self._note_cancel(job, self._post(job, "progress", body))
 
     def renew(self, job: Job) -> Renewal:
+        key = self._key(job)
         with self._lock:
-            return Renewal(held=job.id not in self._lost, cancel=job.id in self._cancel)
+            return Renewal(held=key not in self._lost, cancel=key in self._cancel)
 
     def cancel_requested(self, job: Job) -> bool:
+        key = self._key(job)
         with self._lock:
-            return job.id in self._cancel
+            return key in self._cancel
 
     def upload_artifact(self, job: Job, name: str, path: Path) -> None:
         self.client.request(
@@ -101,7 +119,7 @@ class HttpChannel:
             log.error("job %s: could not report its end (%s); its lease will expire", job.id, exc)
             return None
         finally:
-            self.forget(job.id)
+            self.forget(job.id, job.attempt)
         return Job.model_validate(answer) if answer else None
 
     # -------------------------------------------------- HTTP
@@ -111,8 +129,9 @@ class HttpChannel:
 
     def _note_cancel(self, job: Job, answer: dict[str, Any] | None) -> None:
         if answer and answer.get("cancel"):
+            key = self._key(job)
             with self._lock:
-                self._cancel.add(job.id)
+                self._cancel.add(key)
 
     def _post(
         self, job: Job, what: str, body: BaseModel, *, final: bool = False
@@ -128,8 +147,9 @@ class HttpChannel:
                 )
             except (Conflict, NotFound) as exc:
                 log.warning("job %s: %s refused: %s", job.id, what, exc)
+                key = self._key(job)
                 with self._lock:
-                    self._lost.add(job.id)
+                    self._lost.add(key)
                 raise Lost(str(exc)) from exc
             except (ServerUnreachable, ApiError) as exc:
                 if isinstance(exc, ApiError) and exc.status < 500:
