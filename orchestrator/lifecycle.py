@@ -203,8 +203,8 @@ class Lifecycle:
             runner_id=runner_id,
             **fields,
         )
-        if done is None and status == JobStatus.succeeded:
-            # A cancel accepted between our read and our write: success never wins over it.
+        if done is None and status in (JobStatus.succeeded, JobStatus.failed):
+            # A cancel accepted between our read and our write wins over the verdict.
             done = self.store.finish(
                 job_id, attempt, JobStatus.cancelled, error="cancelled", runner_id=runner_id
             )
@@ -258,9 +258,11 @@ class Lifecycle:
                 job.attempt,
                 JobStatus.failed,
                 error=f"{who}; its loss budget ({budget}) is spent",
+            ) or self.store.finish(  # a cancel accepted meanwhile wins
+                job.id, job.attempt, JobStatus.cancelled, error="cancelled (runner lost)"
             )
             if done is not None:
-                log.warning("job %s failed: %s", job.id, done.error)
+                log.warning("job %s ended %s: %s", job.id, done.status, done.error)
         if done is not None:
             self.listeners.transition(done)
         return done

@@ -422,13 +422,15 @@ class JobStore:
         runner_id: str | None = None,
         **values: Any,
     ) -> Job | None:
-        """Terminal CAS from claimed/running. Success never wins over an accepted cancel."""
+        """Terminal CAS from claimed/running. Neither success nor failure wins over an
+        accepted cancel (the caller ends it ``cancelled`` instead); a run-time limit that
+        fired does."""
         return self._cas(
             job_id,
             status,
             attempt=attempt,
             expect=ACTIVE_STATUSES,
-            require_no_cancel=status == JobStatus.succeeded,
+            require_no_cancel=status in (JobStatus.succeeded, JobStatus.failed),
             runner_id=runner_id,
             values={"exit_code": exit_code, "error": error, **values},
             record=self._end_attempt_row(

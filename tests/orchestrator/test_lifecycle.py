@@ -266,15 +266,7 @@ def test_a_cancel_before_the_end_turns_a_failure_into_cancelled_and_stops_retrie
     [
         (SUCCEEDED, 1),
         (FAILED, 3),
-        pytest.param(
-            FAILED,
-            1,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known bug: store.finish guards only success against an accepted "
-                "cancel, so a last failure whose end races a cancel ends failed",
-            ),
-        ),
+        (FAILED, 1),
     ],
     ids=["success", "failure-with-a-retry-left", "last-failure"],
 )

@@ -65,7 +65,10 @@ class Agent:
         self.id = got["launcher_id"]
         self.poll_timeout_s = float(got["poll_timeout_s"])
         self.heartbeat_s = float(got["heartbeat_interval_s"])
-        self.channel = HttpChannel(self.client, self.id, self.heartbeat_s)
+        if self.channel is None:
+            self.channel = HttpChannel(self.client, self.id, self.heartbeat_s)
+        else:  # the same id again: running attempts keep hearing the heartbeat
+            self.channel.renew_s = self.heartbeat_s
         if first:
             log.info(
                 "registered as %s at %s (executors %s, tags %s, capacity %d)",
