@@ -15,14 +15,21 @@ REMOVE_ORPHANS = "launchbay.remove_orphans"
 def make_celery(settings: Settings, *, include: list[str] | None = None) -> Celery:
     app = Celery("launchbay", broker=settings.effective_redis_url, include=include or [])
     app.conf.update(
-        # A job is acked when it ends, and goes back to the queue if its worker dies.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
+        # A message only delivers a job to a runner; the store says who runs it. It is
+        # acked when its task starts (the claim is the task's first step), so a running
+        # job holds no message: a worker that dies mid-run is found by its lease. What a
+        # worker took but had not started (a prefetched message, possibly in a dead
+        # worker) the broker restores after the visibility timeout, within
+        # broker_visibility_s + a few seconds; a live worker that later starts its copy
+        # finds the job claimed and does nothing (compare-and-set).
+        task_acks_late=False,
         worker_prefetch_multiplier=1,
-        # Redis re-delivers unacked messages after the visibility timeout; our store's
-        # lease reconciler handles lost runners, so make re-delivery of live jobs rare.
-        # A redelivered message finds its job claimed and does nothing (compare-and-set).
-        broker_transport_options={"visibility_timeout": 12 * 3600},
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_s,
+            "unacked_restore_interval": max(1, int(settings.broker_visibility_s / 6)),
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": max(10, int(settings.broker_visibility_s)),
+        },
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
         task_serializer="json",

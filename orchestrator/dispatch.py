@@ -13,7 +13,7 @@ from orchestrator.broker import held_task_ids
 from orchestrator.celery_app import RUN_JOB
 from orchestrator.errors import BrokerUnavailable, InvalidTransition
 from orchestrator.events import Events
-from orchestrator.job import EventType, Job, JobStatus, task_id_for, utcnow
+from orchestrator.job import EventType, Job, JobStatus, task_id_for
 from orchestrator.lifecycle import Lifecycle
 from orchestrator.listeners import EventPublisher, Listener, Listeners
 from orchestrator.routing import route
@@ -41,7 +41,7 @@ class Dispatcher:
             self.settings,
             self.store,
             self.listeners,
-            send=lambda job, countdown: self.send(job, countdown=countdown),
+            send=self.send,
         )
 
     def announce(self, job: Job, event: EventType | None = None) -> None:
@@ -67,21 +67,21 @@ class Dispatcher:
         self.announce(job, EventType.created)
         return job
 
-    def send(self, job: Job, *, countdown: float | None = None) -> None:
+    def send(self, job: Job) -> None:
+        """Send the job's current attempt to its queue. A job waiting out a delay
+        (``not_before`` in the future) is not sent: :meth:`send_due` sends it when due."""
+        if job.not_before is not None and job.not_before > self.store.now():
+            return
         task_id = task_id_for(job.id, job.attempt)
-        if countdown is None and job.not_before is not None:
-            # A re-send of a retry still in its backoff keeps waiting it out.
-            countdown = max((job.not_before - utcnow()).total_seconds(), 0) or None
         expires = None
         if job.match_deadline is not None:
-            expires = max(job.match_deadline, utcnow() + timedelta(seconds=1))
+            expires = max(job.match_deadline, self.store.now() + timedelta(seconds=1))
         self.celery.send_task(
             RUN_JOB,
             args=[job.id, job.attempt],
             task_id=task_id,
             queue=route(job.spec),
             expires=expires,
-            countdown=countdown,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
         )
@@ -147,7 +147,7 @@ class Dispatcher:
         A duplicate is harmless (the claim is a compare-and-set), a lost message is not:
         without this the job would wait for its match deadline.
         """
-        stale = self.store.queued_older_than(utcnow() - timedelta(seconds=older_than_s))
+        stale = self.store.queued_older_than(self.store.now() - timedelta(seconds=older_than_s))
         if not stale:
             return 0
         held = held_task_ids(self.events.r, {route(j.spec) for j in stale})
@@ -158,10 +158,21 @@ class Dispatcher:
                 resent += 1
         return resent
 
+    def send_due(self) -> int:
+        """Send the queued jobs whose delay has passed (retry backoffs); how many."""
+        due = self.store.take_due()
+        for job in due:
+            try:
+                self.send(job)
+            except Exception:  # found again by the lost-message sweep
+                log.exception("could not send due job %s", job.id)
+        return len(due)
+
     def reconcile(self) -> dict[str, int]:
         """Beat's periodic sweep: lost runners, unmatched jobs, unanswered cancels, lost
         messages."""
         counts = {"requeued": 0, "failed": 0, "unmatched": 0, "force_cancelled": 0}
+        counts["sent_due"] = self.send_due()
         for job in self.store.expired_leases():
             done = self.lifecycle.lose(job)
             if done is not None:
@@ -184,10 +195,11 @@ class Dispatcher:
                 self.announce(done)
                 counts["unmatched"] += 1
         wait = self.settings.cancel_fallback_s
-        for job in self.store.stuck_cancels(utcnow() - timedelta(seconds=wait)):
+        for job in self.store.stuck_cancels(self.store.now() - timedelta(seconds=wait)):
             if (
                 job.cancel_requested_at
-                and (utcnow() - job.cancel_requested_at).total_seconds() < job.spec.grace_s + wait
+                and (self.store.now() - job.cancel_requested_at).total_seconds()
+                < job.spec.grace_s + wait
             ):
                 continue
             self._revoke(job, terminate=True)

@@ -36,8 +36,8 @@ from orchestrator.store import JobStore
 
 log = logging.getLogger(__name__)
 
-# Re-sends a re-queued job's message: ``(job, countdown_s)``.
-Sender = Callable[[Job, float | None], None]
+# Sends a re-queued job's message (a job still waiting out a delay is sent when due).
+Sender = Callable[[Job], None]
 
 
 class NotHeld(LaunchbayError):
@@ -294,8 +294,11 @@ class Lifecycle:
         if again is None:
             return None
         self.listeners.transition(again, EventType.requeued)
-        try:
-            self._send(again, delay_s)
-        except Exception:  # the reconciler re-sends queued jobs no broker holds
-            log.exception("could not send job %s attempt %d", again.id, again.attempt)
+        if again.not_before is None:
+            # A delayed job waits in the store, not as an ETA message in one worker's
+            # memory: the reconciler sends it when it is due (Dispatcher.send_due).
+            try:
+                self._send(again)
+            except Exception:  # the reconciler re-sends queued jobs no broker holds
+                log.exception("could not send job %s attempt %d", again.id, again.attempt)
         return again

@@ -63,7 +63,21 @@ class Settings(BaseSettings):
     )
     default_match_timeout_s: float = 3600
     resend_after_s: float = Field(
-        default=120, gt=0, description="Age after which a queued job's lost message is re-sent."
+        default=30, gt=0, description="Age after which a queued job's lost message is re-sent."
+    )
+    broker_visibility_s: float = Field(
+        default=30,
+        ge=5,
+        le=86400,
+        description="How long a message a worker took but did not start stays invisible "
+        "before the broker gives it to another (the worker may be dead).",
+    )
+    drain_s: float = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="On SIGTERM, how long a worker or agent lets running jobs finish before "
+        "handing them back (re-queued, no attempt spent).",
     )
     max_lost: int = Field(
         default=3,

@@ -192,7 +192,38 @@ class JobStore:
         )
 
     def queued_older_than(self, when: datetime) -> builtins.list[Job]:
-        return self._select_ids(jobs.c.status == JobStatus.queued.value, jobs.c.created_at < when)
+        """Queued jobs created before ``when`` that are due (not waiting out a delay)."""
+        return self._select_ids(
+            jobs.c.status == JobStatus.queued.value,
+            jobs.c.created_at < when,
+            sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= self.now()),
+        )
+
+    def take_due(self, limit: int = 500) -> builtins.list[Job]:
+        """Queued jobs whose delay (``not_before``) has passed, each handed to exactly one
+        caller: the delay is cleared in the same statement, so two reconcilers racing
+        never both send a job. The caller sends them; one it fails to send is found by
+        the lost-message sweep."""
+        now = self.now()
+        due = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.status == JobStatus.queued.value, jobs.c.not_before <= now)
+            .order_by(jobs.c.not_before)
+            .limit(limit)
+            .scalar_subquery()
+        )
+        with self.engine.begin() as c:
+            rows = c.execute(
+                jobs.update()
+                .where(
+                    jobs.c.id.in_(due),
+                    jobs.c.status == JobStatus.queued.value,
+                    jobs.c.not_before <= now,
+                )
+                .values(not_before=None)
+                .returning(jobs)
+            ).all()
+        return [_row_to_job(r) for r in rows]
 
     def stuck_cancels(self, before: datetime) -> builtins.list[Job]:
         """Active jobs whose cancel was asked before ``before`` and never answered."""

@@ -7,7 +7,7 @@ from tasks.app import app
 from tasks.context import worker_context
 
 
-@app.task(name=RUN_JOB, bind=True, acks_late=True)
+@app.task(name=RUN_JOB, bind=True)
 def run_job(self, job_id: str, attempt: int | None = None) -> str:  # type: ignore[no-untyped-def]
     """Claim and run one attempt of ``job_id``; the store decides whether it is ours."""
     return worker_context().run(job_id, attempt)

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 import httpx
 
 from orchestrator.events import Events, connect
-from orchestrator.services import Supervisor, wait_http
+from orchestrator.runners import new_runner_id
+from orchestrator.services import Supervisor, wait_http, worker_argv
 from orchestrator.settings import Settings
 
 T = TypeVar("T")
@@ -124,3 +125,55 @@ def process_alive(pid: int) -> bool:
 def events_of(stack: Stack) -> Events:
     """A Redis events handle on ``stack``'s database (close its ``.r`` when done)."""
     return Events(connect(stack.settings.effective_redis_url), logs_dir=stack.settings.logs_dir)
+
+
+class TaggedWorker:
+    """A Celery worker of a test's own on ``stack``'s Redis and store, offering ``tag``, so
+    only the jobs that demand the tag reach it (the stack's own worker has no tags)."""
+
+    def __init__(self, stack: Stack, tag: str, concurrency: int = 6, **settings: Any) -> None:
+        self.stack, self.tag, self.concurrency = stack, tag, concurrency
+        self.overrides = settings
+        self.sup: Supervisor | None = None
+        self.runner_id = ""
+
+    def start(self) -> str:
+        """Start it (again); its runner id once it is listed as live."""
+        s = self.stack.settings.model_copy(
+            update={
+                "worker_tags": [self.tag],
+                "worker_executors": ["builtin", "process"],
+                "worker_concurrency": self.concurrency,
+                **self.overrides,
+            }
+        )
+        self.runner_id = new_runner_id()
+        log_dir = s.home / "service-logs" / f"worker-{self.tag}"
+        self.sup = Supervisor(s, log_dir=log_dir, say=lambda _l: None)
+        self.sup.add(
+            "worker", worker_argv(s, self.runner_id), env={"LAUNCHBAY_RUNNER_ID": self.runner_id}
+        )
+        self.sup.start()
+        rid = self.runner_id
+        wait_until(
+            lambda: any(w["id"] == rid for w in self.stack.http.get("/api/v1/workers").json()),
+            timeout=60,
+            interval=0.2,
+            what=f"worker {rid} to register",
+        )
+        return rid
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group (the worker and its pool, at once)."""
+        import os
+        import signal
+
+        assert self.sup is not None
+        for svc in self.sup.services:
+            if svc.proc is not None and svc.proc.poll() is None:
+                os.killpg(svc.proc.pid, signal.SIGKILL)
+                svc.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.sup is not None:
+            self.sup.stop()

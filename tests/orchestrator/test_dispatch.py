@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
+from orchestrator.artifacts import ArtifactStore
 from orchestrator.celery_app import make_celery
 from orchestrator.dispatch import Dispatcher
 from orchestrator.errors import BrokerUnavailable, InvalidTransition
 from orchestrator.events import Events
 from orchestrator.job import BuiltinSpec, Demands, JobStatus, utcnow
+from orchestrator.protocol import Verdict
 from orchestrator.schema import jobs
 from orchestrator.services import free_port
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
-from orchestrator.artifacts import ArtifactStore
-from orchestrator.protocol import Verdict
 from workers.channels.direct import DirectChannel
 from workers.launchers import LauncherSet
 
@@ -221,7 +221,7 @@ def test_reconcile_resends_a_queued_job_whose_message_was_lost(
     assert dispatcher.resend_lost(older_than_s=3600) == 0
 
 
-def test_a_resent_retry_still_waits_out_its_backoff(
+def test_a_retry_is_sent_when_due_and_not_before(
     dispatcher: Dispatcher, store: JobStore, events: Events
 ) -> None:
     spec = SPEC.model_copy(
@@ -237,13 +237,23 @@ def test_a_resent_retry_still_waits_out_its_backoff(
     again = dispatcher.lifecycle.end(job.id, "runner-x", 1, Verdict(status="failed", error="x"))
     assert again.status == JobStatus.queued and again.not_before is not None
     queue = "lb.builtin.resend-backoff"
-    events.r.delete(queue)  # both messages lost
-    assert dispatcher.resend_lost(older_than_s=0) == 1
+    events.r.delete(queue)  # the first attempt's message is gone; the retry's was never sent
+    # While it waits out its backoff, nothing is sent: not by the lost-message sweep,
+    # not by the due sweep.
+    assert dispatcher.resend_lost(older_than_s=0) == 0
+    assert dispatcher.send_due() == 0 and events.r.llen(queue) == 0
+    with store.engine.begin() as c:  # the backoff has passed
+        c.execute(
+            jobs.update()
+            .where(jobs.c.id == job.id)
+            .values(not_before=utcnow() - timedelta(seconds=1))
+        )
+    assert dispatcher.send_due() == 1
     [message] = events.r.lrange(queue, 0, -1)
     headers = json.loads(message)["headers"]
-    assert headers["id"] == f"{job.id}-a2"
-    eta = datetime.fromisoformat(headers["eta"])
-    assert abs((eta - again.not_before).total_seconds()) < 5
+    assert headers["id"] == f"{job.id}-a2" and headers["eta"] is None
+    assert store.get(job.id).not_before is None  # taken: a second sweep sends nothing
+    assert dispatcher.send_due() == 0
 
 
 def test_cancel_that_races_a_retry_requeue_still_cancels(

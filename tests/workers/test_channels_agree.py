@@ -21,9 +21,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.runners import new_runner_id
-from orchestrator.services import Supervisor, worker_argv
-from tests.support import Stack, wait_until
+from tests.support import Stack, TaggedWorker, wait_until
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -81,41 +79,6 @@ def _rows() -> dict[str, dict[str, Any]]:
             "want": ("cancelled", 1, "cancelled"),
         },
     }
-
-
-class _Celery:
-    """A Celery worker of the test's own, on the stack's Redis and store."""
-
-    def __init__(self, stack: Stack, tag: str) -> None:
-        self.stack, self.tag = stack, tag
-        self.sup: Supervisor | None = None
-
-    def start(self) -> str:
-        s = self.stack.settings.model_copy(
-            update={
-                "worker_tags": [self.tag],
-                "worker_executors": ["builtin", "process"],
-                "worker_concurrency": 6,
-            }
-        )
-        runner_id = new_runner_id()
-        log_dir = s.home / "service-logs" / f"celery-{self.tag}"
-        self.sup = Supervisor(s, log_dir=log_dir, say=lambda _l: None)
-        self.sup.add("worker", worker_argv(s, runner_id), env={"LAUNCHBAY_RUNNER_ID": runner_id})
-        self.sup.start()
-        _wait_listed(self.stack, runner_id)
-        return runner_id
-
-    def kill(self) -> None:
-        assert self.sup is not None
-        [svc] = self.sup.services
-        assert svc.proc is not None
-        os.killpg(svc.proc.pid, signal.SIGKILL)
-        svc.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.sup is not None:
-            self.sup.stop()
 
 
 class _Agent:
@@ -179,10 +142,10 @@ def _wait_listed(stack: Stack, runner_id: str) -> None:
 
 
 @pytest.fixture
-def runners(stack: Stack, tmp_path: Path) -> Iterator[dict[str, _Celery | _Agent]]:
+def runners(stack: Stack, tmp_path: Path) -> Iterator[dict[str, TaggedWorker | _Agent]]:
     """A Celery worker and an agent, each reached through a tag of its own."""
-    made: dict[str, _Celery | _Agent] = {
-        "celery": _Celery(stack, f"agree-{uuid.uuid4().hex[:10]}"),
+    made: dict[str, TaggedWorker | _Agent] = {
+        "celery": TaggedWorker(stack, f"agree-{uuid.uuid4().hex[:10]}"),
         "agent": _Agent(stack, f"agree-{uuid.uuid4().hex[:10]}", tmp_path),
     }
     try:
@@ -197,7 +160,7 @@ def _outcome(job: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def test_the_behaviour_table_is_the_same_on_both_channels(
-    runners: dict[str, _Celery | _Agent], stack: Stack
+    runners: dict[str, TaggedWorker | _Agent], stack: Stack
 ) -> None:
     rows = _rows()
     first = {ch: r.start() for ch, r in runners.items()}

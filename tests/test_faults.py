@@ -1,0 +1,130 @@
+"""Dead workers strand nothing: a message one took but never started, and a retry waiting
+out its backoff, both reach a live worker.
+
+Real stack (the session's API, beat and Valkey) and workers of the test's own, reached
+through a tag unique to the test and SIGKILLed as a crash or an OOM kill would.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import Stack, TaggedWorker, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def tag() -> str:
+    return f"fault-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def workers(stack: Stack, tag: str) -> Iterator[list[TaggedWorker]]:
+    made: list[TaggedWorker] = []
+    yield made
+    for w in made:
+        w.stop()
+
+
+def test_a_message_a_dead_worker_took_but_never_started_is_restored(
+    stack: Stack, tag: str, workers: list[TaggedWorker]
+) -> None:
+    # One slot: the first job runs, the second waits prefetched in the worker's memory
+    # (taken from the queue, not acked). Then the worker dies.
+    first = TaggedWorker(stack, tag, concurrency=1, broker_visibility_s=5)
+    workers.append(first)
+    first.start()
+    spec: dict[str, Any] = {"executor": "process", "demands": {"tags": [tag]}}
+    slow_first = 'if [ "$LAUNCHBAY_ATTEMPT" = 1 ]; then sleep 120; fi'
+    running = stack.submit({**spec, "command": ["sh", "-c", slow_first]})
+    waiting = stack.submit({**spec, "command": ["true"]})
+    stack.wait_status(running["id"], "running", timeout=30)
+    wait_until(
+        lambda: _unacked_holds(stack, waiting["id"]),
+        timeout=30,
+        what="the second job's message to be prefetched by the worker",
+    )
+    first.kill()
+    t0 = time.monotonic()
+
+    second = TaggedWorker(stack, tag, concurrency=2, broker_visibility_s=5)
+    workers.append(second)
+    second.start()
+    # The prefetched message comes back after the visibility timeout (not 12 hours).
+    done = stack.wait_status(waiting["id"], timeout=60)
+    assert (done["status"], done["attempt"], done["runner_id"]) == (
+        "succeeded",
+        1,
+        second.runner_id,
+    )
+    assert time.monotonic() - t0 < 45
+    # The running one was lost with its worker: re-queued on the loss budget.
+    lost = stack.wait_status(running["id"], timeout=60)
+    assert (lost["status"], lost["attempt"], lost["losses"]) == ("succeeded", 2, 1)
+
+
+def _unacked_holds(stack: Stack, job_id: str) -> bool:
+    """Whether ``job_id``'s message was taken by a worker and not acked (prefetched)."""
+    from orchestrator.broker import UNACKED_KEY, held_task_ids
+    from tests.support import events_of
+
+    ev = events_of(stack)
+    try:
+        return job_id in held_task_ids(ev.r, queues=[]) and ev.r.hlen(UNACKED_KEY) > 0
+    finally:
+        ev.r.close()
+
+
+def test_retries_waiting_out_their_backoff_survive_the_death_of_every_worker(
+    stack: Stack, tag: str, workers: list[TaggedWorker], tmp_path: Path
+) -> None:
+    # Each job fails its first attempt and succeeds its second, 15 s later. While all
+    # three wait out that backoff, every worker is killed; the retries are due times in
+    # the store, not ETA messages in a dead worker's memory.
+    w = TaggedWorker(stack, tag, concurrency=3)
+    workers.append(w)
+    w.start()
+    jobs = []
+    for n in range(3):
+        flag = tmp_path / f"tried-{n}"
+        script = f'[ -e "{flag}" ] && exit 0; touch "{flag}"; exit 1'
+        jobs.append(
+            stack.submit(
+                {
+                    "executor": "process",
+                    "command": ["sh", "-c", script],
+                    "demands": {"tags": [tag]},
+                    "max_attempts": 2,
+                    "retry_backoff_s": 15,
+                }
+            )
+        )
+    for job in jobs:
+        back = stack.wait_status(job["id"], "queued", timeout=30)
+        if back["attempt"] == 1:  # caught before the claim: wait for the retry
+            back = wait_until(
+                lambda j=job: (x := stack.job(j["id"]))["attempt"] == 2 and x,
+                timeout=30,
+                what="the retry",
+            )
+        assert back["not_before"] is not None
+    w.kill()
+    t0 = time.monotonic()
+    again = TaggedWorker(stack, tag, concurrency=3)
+    workers.append(again)
+    again.start()
+    for job in jobs:
+        done = stack.wait_status(job["id"], timeout=120)
+        assert (done["status"], done["attempt"], done["runner_id"]) == (
+            "succeeded",
+            2,
+            again.runner_id,
+        )
+    assert time.monotonic() - t0 < 120
