@@ -65,6 +65,11 @@ def runner_key(runner_id: str) -> str:
     return f"lb:runners:{runner_id}"
 
 
+def drain_key(runner_id: str) -> str:
+    """Set while a worker drains: the Unix time its running jobs must be handed back."""
+    return f"lb:drain:{runner_id}"
+
+
 RUNNERS_PATTERN = "lb:runners:*"
 
 # KEYS[1] the job's event stream; ARGV: maxlen, type, ts, data (JSON), channel, and the

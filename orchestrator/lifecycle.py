@@ -215,15 +215,14 @@ class Lifecycle:
         return done
 
     def release(self, job_id: str, runner_id: str, attempt: int) -> Job:
-        """Give back an attempt the runner will not run (it is draining): queued again at
-        once, spending neither ``max_attempts`` nor the loss budget. A cancel asked
-        meanwhile is honoured instead."""
+        """Hand back an attempt the runner will not finish (it is draining, or will not
+        start it): queued again at once, spending neither ``max_attempts`` nor the loss
+        budget. A cancel asked meanwhile is honoured instead."""
         job = self.held(job_id, runner_id, attempt)
-        if job.status != JobStatus.claimed:
-            raise NotHeld(f"job {job_id} is {job.status}; only a claimed job can be given back")
         again = self._requeue(
             job,
-            f"handed back by {runner_id} before it started",
+            f"handed back by {runner_id} "
+            + ("before it started" if job.status == JobStatus.claimed else "while it ran"),
             AttemptOutcome.handed_back,
             runner_id=runner_id,
         )

@@ -28,6 +28,7 @@ class RunnerInfo(BaseModel):
     tags: list[str] = Field(default_factory=list)
     capacity: int = 1
     queues: list[str] = Field(default_factory=list)
+    draining: bool = Field(default=False, description="Takes no new jobs; hands running back.")
     started_at: str = Field(default_factory=lambda: utcnow().isoformat())
     last_seen: str = Field(default_factory=lambda: utcnow().isoformat())
 

@@ -10,9 +10,9 @@ import threading
 import time
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from orchestrator.events import connect
+from orchestrator.events import connect, drain_key
 from orchestrator.routing import worker_queues
 from orchestrator.runners import RunnerInfo, RunnerRegistry
 from orchestrator.settings import Settings
@@ -96,6 +96,29 @@ def _register(sender: Any = None, **_: Any) -> None:
             registry.remove(_info.id)  # type: ignore[union-attr]
 
     threading.Thread(target=beat, name="runner-heartbeat", daemon=True).start()
+
+
+@worker_shutting_down.connect
+def _drain(**_: Any) -> None:
+    """SIGTERM (warm shutdown): Celery stops taking messages and gives back the ones it
+    had prefetched; the running attempts get ``drain_s`` to finish, then hand their jobs
+    back (``workers/attempt.py`` reads the deadline through its channel)."""
+    settings = Settings.from_env()
+    runner_id = os.environ.get("LAUNCHBAY_RUNNER_ID")
+    if not runner_id:
+        return
+    try:
+        r = connect(settings.effective_redis_url)
+        deadline = time.time() + settings.drain_s
+        r.set(drain_key(runner_id), f"{deadline:.3f}", ex=int(settings.drain_s + 3600))
+        if _info is not None:
+            _info.draining = True
+        log.warning(
+            "draining: running jobs get %g s to finish, then go back to the queue",
+            settings.drain_s,
+        )
+    except Exception:  # without Redis the leases hand the jobs back, later
+        log.warning("could not announce the drain", exc_info=True)
 
 
 @worker_shutdown.connect

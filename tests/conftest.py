@@ -21,6 +21,7 @@ from orchestrator.services import free_port
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
 from tests.support import Stack, docker_available, events_of, start_stack, stop_stack, wait_until
+from tests.tiers import SERVICE_MARKERS, fast_tier_guard, is_fast
 
 __all__ = ["wait_until"]
 
@@ -28,9 +29,12 @@ REQUIRE_DOCKER = os.environ.get("LAUNCHBAY_REQUIRE_DOCKER") == "1"
 REQUIRE_BROWSER = os.environ.get("LAUNCHBAY_REQUIRE_BROWSER") == "1"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip docker/browser tests where the part is missing — unless CI requires it."""
-    has_docker = docker_available()
+    """Skip docker/browser tests where the part is missing — unless CI requires it; mark the
+    fast tier (tests/tiers.py); under xdist, put the slowest modules first."""
+    docker_tests = any("docker" in item.keywords for item in items)
+    has_docker = docker_tests and docker_available()
     has_browser = shutil.which("chromium") is not None or Path("/usr/bin/chromium").exists()
     for item in items:
         if "docker" in item.keywords and not has_docker and not REQUIRE_DOCKER:
@@ -41,6 +45,54 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(
                 pytest.mark.skip(reason="no Chromium (set LAUNCHBAY_REQUIRE_BROWSER=1 to fail)")
             )
+        if is_fast(item):
+            item.add_marker(pytest.mark.fast)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items[:] = slowest_modules_first(items)
+
+
+def slowest_modules_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """Modules with more slow tests first, then more tests on real parts; each module's own
+    order is kept. Every xdist worker collects the same order, and the scheduler hands out
+    modules in it, so the long ones start at once instead of trailing at the end."""
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+
+    def weight(group: list[pytest.Item]) -> tuple[int, int]:
+        slow = sum(1 for i in group if any(i.get_closest_marker(m) for m in SERVICE_MARKERS))
+        return (-slow, -sum(1 for i in group if not i.get_closest_marker("fast")))
+
+    return [i for group in sorted(modules.values(), key=weight) for i in group]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``-n N``: whole modules per worker, so a module's fixtures (a stack of its own, a
+    private API) start once; the browser modules share one worker and one Chromium."""
+    if config.getoption("dist") not in ("load", "loadfile", "loadscope"):
+        return None  # an explicit --dist each / worksteal / loadgroup is kept
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/browser/" if path.startswith("tests/browser/") else path
+
+    config.option.loadscopereorder = False  # keep the order slowest_modules_first chose
+    return ByModule(config, log)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A fast-tier test that reaches a real service fails (tests/tiers.py)."""
+    if request.node.get_closest_marker("fast") is None:
+        yield
+        return
+    with fast_tier_guard(request.node.nodeid) as breaches:
+        yield
+    if breaches:
+        pytest.fail("\n".join(dict.fromkeys(breaches)), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -146,15 +198,33 @@ def api(stack: Stack) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _no_leftover_containers() -> Iterator[None]:
-    """After the whole suite, no container labelled by Launchbay may remain."""
+def _no_leftover_containers(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """After the whole suite, no container labelled by Launchbay may remain.
+
+    Only this session's containers count: those whose workspace is mounted from under this
+    session's temp folder (each xdist worker has its own; another suite running on the same
+    engine at the same time has its own too)."""
     yield
+    if not any("docker" in item.keywords for item in request.session.items):
+        return
     if not docker_available():
         return
-    out = subprocess.run(
+    ids = subprocess.run(
         ["docker", "ps", "-aq", "--filter", "label=launchbay.job_id"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout.split()
-    assert out == [], f"containers left behind by the suite: {out}"
+    if not ids:
+        return
+    mounts = subprocess.run(
+        ["docker", "inspect", "--format", "{{.Id}}{{range .Mounts}} {{.Source}}{{end}}", *ids],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.splitlines()
+    ours = str(tmp_path_factory.getbasetemp())
+    left = [m.split()[0][:12] for m in mounts if any(p.startswith(ours) for p in m.split()[1:])]
+    assert left == [], f"containers left behind by the suite: {left}"

@@ -128,3 +128,47 @@ def test_retries_waiting_out_their_backoff_survive_the_death_of_every_worker(
             again.runner_id,
         )
     assert time.monotonic() - t0 < 120
+
+
+def test_sigterm_drains_a_worker_finishing_what_fits_and_handing_back_the_rest(
+    stack: Stack, tag: str, workers: list[TaggedWorker]
+) -> None:
+    import os
+    import signal
+
+    w = TaggedWorker(stack, tag, concurrency=2, drain_s=3)
+    workers.append(w)
+    w.start()
+    spec: dict[str, Any] = {"executor": "process", "demands": {"tags": [tag]}}
+    # max_lost 0: a lost runner would fail it, so only a hand-back can bring it back.
+    long = stack.submit({**spec, "command": ["sh", "-c", _SLOW_FIRST], "max_lost": 0, "grace_s": 1})
+    short = stack.submit({**spec, "command": ["sleep", "1.5"]})
+    for job in (long, short):
+        stack.wait_status(job["id"], "running", timeout=30)
+    assert w.sup is not None
+    [svc] = w.sup.services
+    assert svc.proc is not None
+    os.kill(svc.proc.pid, signal.SIGTERM)  # what compose, Kubernetes and KEDA send
+    t0 = time.monotonic()
+
+    done = stack.wait_status(short["id"], timeout=30)
+    assert (done["status"], done["runner_id"]) == ("succeeded", w.runner_id)
+    back = stack.wait_status(long["id"], "queued", timeout=30)
+    assert time.monotonic() - t0 >= 2.5  # it had its drain period first
+    assert (back["attempt"], back["handbacks"], back["losses"]) == (2, 1, 0)
+    svc.proc.wait(30)  # then the worker exits by itself
+
+    other = TaggedWorker(stack, tag, concurrency=1)
+    workers.append(other)
+    other.start()
+    finished = stack.wait_status(long["id"], timeout=60)
+    assert (finished["status"], finished["attempt"], finished["runner_id"]) == (
+        "succeeded",
+        2,
+        other.runner_id,
+    )
+    record = stack.http.get(f"/api/v1/runs/{long['id']}").json()
+    assert [a["outcome"] for a in record["attempts"]] == ["handed_back", "succeeded"]
+
+
+_SLOW_FIRST = 'if [ "$LAUNCHBAY_ATTEMPT" = 1 ]; then sleep 120; fi'

@@ -146,7 +146,6 @@ class Attempt:
             settings=settings,
         )
         self.stop_reason: Stop | None = None
-        self.abort_reason: str | None = None
         self._reason_lock = threading.Lock()
         self._stopping = threading.Lock()
         self._handle: str | None = None
@@ -164,10 +163,9 @@ class Attempt:
         if self._stop(Stop.lost):
             log.warning("job %s attempt %d is no longer held; stopping it", *self._key())
 
-    def abort(self, reason: str) -> None:
-        """The runner itself is going away."""
-        self.abort_reason = reason
-        self._stop(Stop.abort)
+    def hand_back(self) -> None:
+        """The runner is going away: stop the job and give it back to the queue."""
+        self._stop(Stop.handback)
 
     @property
     def lost(self) -> bool:
@@ -247,12 +245,19 @@ class Attempt:
         if self.lost:
             self._cleanup(launcher, "lost")
             return "lost"
+        if self.stop_reason == Stop.handback:
+            # Whatever the job left is dropped with its workspace: the next attempt
+            # starts afresh, like one after a lost runner.
+            back = self.channel.hand_back(self.job)
+            final = "handed_back" if back is not None else "lost"
+            log.info("job %s attempt %d: %s", self.job.id, self.job.attempt, final)
+            self._cleanup(launcher, final)
+            return final
         artifact_error = self._artifacts(launcher) if self._handle is not None else None
         verdict = decide(
             outcome,
             stop=self.stop_reason,
             launch_error=launch_error,
-            abort_reason=self.abort_reason,
             result=result_of(outcome, reporter.has_result, reporter.result_value),
             steps=reporter.steps,
         )
@@ -284,6 +289,9 @@ class Attempt:
             if self.channel.cancel_requested(self.job):
                 self.cancel()
                 return None
+            if self.channel.hand_back_due(self.job):
+                self.hand_back()
+                return None
             try:
                 return launcher.start(self.ctx)
             except RunnerLaunchError as exc:
@@ -313,6 +321,8 @@ class Attempt:
                     next_cancel = now + ch.cancel_poll_s
                     if ch.cancel_requested(self.job):
                         self.cancel()
+                    elif ch.hand_back_due(self.job):
+                        self.hand_back()
                 if now >= next_renew:
                     next_renew = now + ch.renew_s
                     renewal = ch.renew(self.job)

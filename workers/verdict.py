@@ -18,7 +18,7 @@ class Stop(enum.StrEnum):
     cancel = "cancel"
     timeout = "timeout"
     lost = "lost"  # the runner no longer holds the attempt: nothing to report
-    abort = "abort"  # the runner itself is going away
+    handback = "handback"  # the runner is going away: the job goes back to the queue
 
 
 def decide(
@@ -26,7 +26,6 @@ def decide(
     *,
     stop: Stop | None,
     launch_error: RunnerLaunchError | None,
-    abort_reason: str | None = None,
     result: Any = None,
     steps: list[StepResult] | None = None,
 ) -> Verdict:
@@ -40,8 +39,6 @@ def decide(
         return Verdict(status=JobStatus.timed_out, exit_code=code, error="timed out", **extra)
     if stop == Stop.cancel:
         return Verdict(status=JobStatus.cancelled, exit_code=None, error="cancelled", **extra)
-    if stop == Stop.abort:
-        return Verdict(status=JobStatus.failed, error=abort_reason or "the runner stopped", **extra)
     if launch_error is not None:
         # Transient errors were retried within the attempt; one that outlasted those
         # retries may earn another attempt, a permanent one (no such image or executable)

@@ -391,11 +391,15 @@ def test_release_queues_the_job_again_spending_nothing(core: MemoryCore) -> None
     assert _outcomes(core, job.id) == [(1, A, "handed_back")]
 
 
-def test_only_a_claimed_job_can_be_released(core: MemoryCore) -> None:
-    job = _running(core, _submit(core).id)
-    with pytest.raises(NotHeld, match="only a claimed job"):
+def test_a_draining_runner_hands_a_running_job_back_spending_nothing(core: MemoryCore) -> None:
+    job = _running(core, _submit(core, max_attempts=1, max_lost=0).id)
+    again = core.lifecycle.release(job.id, A, 1)
+    assert (again.status, again.attempt, again.handbacks) == (JobStatus.queued, 2, 1)
+    assert again.own_attempts == 1 and again.losses == 0  # neither budget was spent
+    assert core.celery.sent_for(job.id)[-1].args == (job.id, 2)  # sent at once
+    assert _outcomes(core, job.id) == [(1, A, "handed_back")]
+    with pytest.raises(NotHeld):  # only once
         core.lifecycle.release(job.id, A, 1)
-    assert core.store.get(job.id).status == JobStatus.running
 
 
 def test_releasing_a_job_whose_cancel_was_asked_ends_it_cancelled(core: MemoryCore) -> None:

@@ -5,6 +5,7 @@ their races and a lost lease, in milliseconds."""
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import pytest
 
 from orchestrator.artifacts import ArtifactStore
 from orchestrator.errors import RunnerLaunchError
+from orchestrator.events import drain_key
 from orchestrator.job import Job, JobStatus, StepResult
 from orchestrator.settings import Settings
 from orchestrator.testing import MemoryCore, memory_core
@@ -223,6 +225,33 @@ def test_a_cancel_stops_the_run_with_the_specs_grace(rig: Rig) -> None:
     done = rig.job(job)
     assert (done.status, done.attempt, done.error) == (JobStatus.cancelled, 1, "cancelled")
     assert launcher.stops == [(launcher.handles[0], 7.0)]
+
+
+def test_a_draining_runner_hands_the_job_back_when_its_drain_period_is_over(rig: Rig) -> None:
+    launcher = ScriptedLauncher(Run(until_stopped=True))
+    job = rig.submit(grace_s=4, max_attempts=1, max_lost=0)
+    running = rig.start(job, launcher)
+    assert launcher.wait_following(timeout=WAIT_S)
+    # The worker got SIGTERM and its drain period ran out (tasks/lifecycle.py sets this).
+    rig.core.events.r.set(drain_key(RUNNER), f"{time.time() - 1:.3f}")
+    assert running.result(timeout=WAIT_S) == "handed_back"
+    back = rig.job(job)
+    assert (back.status, back.attempt, back.handbacks, back.own_attempts) == (
+        JobStatus.queued,
+        2,
+        1,
+        1,
+    )
+    assert launcher.stops == [(launcher.handles[0], 4.0)]
+    assert rig.core.celery.sent_for(job.id)[-1].args == (job.id, 2)  # straight back
+
+
+def test_a_draining_runner_launches_nothing(rig: Rig) -> None:
+    rig.core.events.r.set(drain_key(RUNNER), f"{time.time() - 1:.3f}")
+    launcher = ScriptedLauncher(Run(exit_code=0))
+    job = rig.submit()
+    assert rig.run(job, launcher) == "handed_back"
+    assert launcher.starts == [] and rig.job(job).status == JobStatus.queued
 
 
 def test_a_cancel_asked_during_the_timeouts_grace_leaves_it_timed_out(rig: Rig) -> None:

@@ -10,8 +10,9 @@ renews their leases and brings cancels back. The core decides every transition; 
 means the job is no longer this agent's (its lease expired and it was re-queued) and the
 agent stops it without reporting.
 
-Signals: the first SIGTERM/SIGINT drains (no new jobs, running ones finish); a second one
-stops the running jobs, reports them failed (re-queued when attempts remain) and exits.
+Signals: the first SIGTERM/SIGINT drains (no new jobs; running ones get
+``LAUNCHBAY_DRAIN_S`` to finish, then are stopped and handed back: re-queued, no attempt
+spent); a second one hands them back at once.
 
 Modules: ``cli`` (arguments, signals, ``main``), ``daemon`` (``Agent``: registration, poll
 loop, heartbeat, drain).

@@ -108,13 +108,13 @@ class Agent:
         poller = threading.Thread(target=self._poll_loop, name="poller", daemon=True)
         poller.start()
         self.draining.wait()
-        log.info("draining: no new jobs; waiting for %d running", len(self._attempts))
+        log.info(
+            "draining: no new jobs; %d running get %g s to finish, then go back to the queue",
+            len(self._attempts),
+            0 if self.forced.is_set() else self.settings.drain_s,
+        )
         with self._cond:
             while self._attempts:
-                if self.forced.is_set():
-                    for a in list(self._attempts.values()):
-                        if a.abort_reason is None:
-                            a.abort(f"agent {self.id} stopped while running the job")
                 self._cond.wait(0.5)
         heart_stop.set()
         self._closing.set()
@@ -129,12 +129,17 @@ class Agent:
         return 0
 
     def drain(self) -> None:
-        """Take no new jobs; let the running ones finish."""
+        """Take no new jobs; running ones get ``drain_s`` to finish, then are handed back
+        (re-queued, nothing spent)."""
+        if self.channel is not None:
+            self.channel.drain(self.settings.drain_s)
         self.draining.set()
 
     def force(self) -> None:
-        """Stop the running jobs too (a second signal)."""
+        """Hand the running jobs back now (a second signal)."""
         self.forced.set()
+        if self.channel is not None:
+            self.channel.drain(0)
         self.draining.set()
         with self._cond:
             self._cond.notify_all()

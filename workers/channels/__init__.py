@@ -47,6 +47,13 @@ class Channel(Protocol):
     def cancel_requested(self, job: Job) -> bool:
         """Whether the attempt's cancel was asked (cheap: called several times a second)."""
 
+    def hand_back_due(self, job: Job) -> bool:
+        """Whether the runner is draining and its drain period is over: time to hand the
+        attempt back (cheap: called several times a second)."""
+
+    def hand_back(self, job: Job) -> Job | None:
+        """Give the attempt back: queued again, nothing spent. ``None`` if not held."""
+
     def upload_artifact(self, job: Job, name: str, path: Path) -> None:
         """Keep ``path`` as the job's artifact ``name``. Raises on failure."""
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from orchestrator.artifacts import ArtifactStore
 from orchestrator.dispatch import Dispatcher
+from orchestrator.events import drain_key
 from orchestrator.job import Job
 from orchestrator.lifecycle import NotHeld, Renewal
 from orchestrator.protocol import Verdict
@@ -24,6 +26,8 @@ class DirectChannel:
         self.runner_id = runner_id
         self.artifacts = artifacts
         self.renew_s = dispatcher.settings.lease_s / 3
+        self._drain_checked_at = -1e9
+        self._drain_deadline: float | None = None
 
     def run(self, job_id: str, attempt: int | None, launchers: LauncherSet) -> str:
         """Claim the attempt a Celery message names and run it; the outcome, or why not."""
@@ -52,6 +56,22 @@ class DirectChannel:
 
     def cancel_requested(self, job: Job) -> bool:
         return self.events.cancel_flagged(job.id)
+
+    def hand_back_due(self, job: Job) -> bool:
+        now = time.monotonic()
+        if now >= self._drain_checked_at + self.cancel_poll_s:
+            self._drain_checked_at = now
+            raw = self.events.r.get(drain_key(self.runner_id))
+            self._drain_deadline = float(raw) if raw else None
+        return self._drain_deadline is not None and time.time() >= self._drain_deadline
+
+    def hand_back(self, job: Job) -> Job | None:
+        try:
+            return self.lifecycle.release(job.id, self.runner_id, job.attempt)
+        except NotHeld:
+            return None
+        finally:
+            self.events.forget(job.id)
 
     def upload_artifact(self, job: Job, name: str, path: Path) -> None:
         saved = self.artifacts.save(job.id, name, path)

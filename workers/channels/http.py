@@ -40,6 +40,7 @@ class HttpChannel:
         self.runner_id = runner_id
         self.renew_s = heartbeat_s
         self._lock = threading.Lock()
+        self._drain_deadline: float | None = None
         # What was heard is about one attempt: a job's next attempt may run on this agent
         # too, and must not inherit "lost" or "cancel" from the one before.
         self._running: dict[str, int] = {}  # job id → the attempt this agent runs of it
@@ -98,6 +99,27 @@ class HttpChannel:
         key = self._key(job)
         with self._lock:
             return key in self._cancel
+
+    def drain(self, within_s: float) -> None:
+        """The agent is draining: running attempts are handed back after ``within_s``."""
+        deadline = time.monotonic() + within_s
+        with self._lock:
+            if self._drain_deadline is None or deadline < self._drain_deadline:
+                self._drain_deadline = deadline
+
+    def hand_back_due(self, job: Job) -> bool:
+        with self._lock:
+            return self._drain_deadline is not None and time.monotonic() >= self._drain_deadline
+
+    def hand_back(self, job: Job) -> Job | None:
+        try:
+            answer = self._post(job, "release", self._claim(job), final=True)
+        except (Lost, Unreachable) as exc:
+            log.warning("job %s: could not hand it back (%s); its lease will expire", job.id, exc)
+            return None
+        finally:
+            self.forget(job.id, job.attempt)
+        return Job.model_validate(answer) if answer else None
 
     def upload_artifact(self, job: Job, name: str, path: Path) -> None:
         self.client.request(
