@@ -31,5 +31,14 @@ bench: $(STAMP)
 	$(PY) -m bench.throughput
 	$(PY) -m bench.streams
 
+# A longer chaos run (tests/test_chaos.py): more jobs, more minutes of kills. Replay a run
+# with LAUNCHBAY_CHAOS_SEED=<seed> (printed at its start).
+CHAOS_JOBS ?= 1000
+CHAOS_S    ?= 300
+.PHONY: chaos
+chaos: $(STAMP)
+	LAUNCHBAY_CHAOS_JOBS=$(CHAOS_JOBS) LAUNCHBAY_CHAOS_S=$(CHAOS_S) \
+		$(VENV)/bin/pytest -q -s -p no:cacheprovider tests/test_chaos.py $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

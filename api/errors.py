@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.errors import LaunchbayError, ParamError
 from orchestrator.problems import problems_of, summary
+from orchestrator.store import STORE_DOWN
 
 
 def invalid(
@@ -37,6 +38,16 @@ def install(app: FastAPI) -> None:
     async def _lb(_: Request, exc: LaunchbayError) -> JSONResponse:
         extra = {"field": exc.field} if isinstance(exc, ParamError) else {}
         return problem(exc.status_code, str(exc), **extra)
+
+    async def _store_down(_: Request, exc: Exception) -> JSONResponse:
+        # Nothing was kept: the client may send the same request again.
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        resp = problem(503, f"the job store is unavailable; try again shortly ({first})")
+        resp.headers["Retry-After"] = "5"
+        return resp
+
+    for kind in STORE_DOWN:
+        app.add_exception_handler(kind, _store_down)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -68,6 +68,11 @@ def _row_to_job(row: sa.Row[Any]) -> Job:
 _AttemptWrite = Callable[[sa.Connection, sa.Row[Any]], None]
 
 
+# What a store that cannot be reached (a database restarting, a network partition, a
+# SQLite file locked past its busy timeout) raises; callers retry or answer 503.
+STORE_DOWN: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 

@@ -70,7 +70,8 @@ SERVICE_PROGRAMS = frozenset(
         "psql",
     }
 )
-SERVICE_MODULES = frozenset({"celery", "uvicorn", "flower", "workers.agent", "orchestrator.cli"})
+# (Not workers.agent: the agent is a client of an API, which a test must start first.)
+SERVICE_MODULES = frozenset({"celery", "uvicorn", "flower", "orchestrator.cli"})
 SERVICE_SOCKETS = ("docker.sock", "containerd", ".s.PGSQL", "redis", "valkey")
 
 
@@ -166,11 +167,9 @@ def fast_tier_guard(nodeid: str) -> Iterator[list[str]]:
 
     def breach(what: str) -> FastTierViolation:
         msg = (
-            f"{nodeid} is in the fast tier but reached {what}. A fast-tier test talks only "
-            "to what it started in its own process (the fakes in orchestrator/testing.py and "
-            "workers/testing/); take the fixture that starts the real part (valkey_url, "
-            "stack, postgres_cluster, busybox_image, cli_script, ...) or mark the test slow "
-            "(tests/tiers.py)."
+            f"{nodeid} is in the fast tier but reached {what}: use the in-package fakes, or "
+            "take the fixture that starts the real part (valkey_url, stack, cli_script, ...) "
+            "or mark the test slow (tests/tiers.py)"
         )
         breaches.append(msg)
         return FastTierViolation(msg)

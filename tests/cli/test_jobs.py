@@ -15,7 +15,7 @@ from orchestrator.events import Events, connect
 from orchestrator.job import JobStatus, utcnow
 from orchestrator.services import free_port
 from orchestrator.store import JobStore
-from tests.cli.conftest import LAUNCHBAY, Cli, PrivateApi, clean_env, make_cli
+from tests.cli.conftest import Cli, PrivateApi, clean_env, make_cli
 from tests.support import Stack
 
 
@@ -102,7 +102,7 @@ def test_unknown_id_is_one_line_and_non_zero(cli: Cli, argv: list[str]) -> None:
         ["run", "--process", "--", "true"],
     ],
 )
-def test_unreachable_server_is_one_line_and_exit_3(argv: list[str]) -> None:
+def test_unreachable_server_is_one_line_and_exit_3(argv: list[str], cli_script: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     r = make_cli(url)(*argv, timeout=60)
     r.assert_one_error_line()
@@ -110,9 +110,9 @@ def test_unreachable_server_is_one_line_and_exit_3(argv: list[str]) -> None:
     assert f"cannot reach Launchbay at {url}" in r.err, r
 
 
-def test_default_url_is_local_port_8000() -> None:
+def test_default_url_is_local_port_8000(cli_script: Path) -> None:
     proc = subprocess.run(
-        [str(LAUNCHBAY), "jobs"],
+        [str(cli_script), "jobs"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-LAUNCHBAY = str(Path(sys.executable).parent / "launchbay")
 
 
 @pytest.mark.parametrize(
@@ -22,11 +19,11 @@ LAUNCHBAY = str(Path(sys.executable).parent / "launchbay")
     ],
 )
 def test_bad_settings_are_one_line_and_exit_2(
-    args: list[str], env: dict[str, str], needle: str, tmp_path: Path
+    args: list[str], env: dict[str, str], needle: str, tmp_path: Path, cli_script: Path
 ) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCHBAY_")}
     r = subprocess.run(
-        [LAUNCHBAY, *args],
+        [str(cli_script), *args],
         env={**clean, "LAUNCHBAY_HOME": str(tmp_path), **env},
         capture_output=True,
         text=True,

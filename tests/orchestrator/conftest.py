@@ -88,6 +88,10 @@ class PostgresCluster:
             "--encoding=UTF8",
             "--no-sync",
         )
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server on its existing data (after :meth:`halt`)."""
         # Durability is not under test here; speed is welcome.
         opts = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
@@ -107,6 +111,10 @@ class PostgresCluster:
             "60",
             "start",
         )
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data: the store is down until :meth:`resume`."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         try:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from orchestrator.artifacts import ArtifactStore
 from orchestrator.dispatch import Dispatcher
@@ -11,9 +15,39 @@ from orchestrator.events import drain_key
 from orchestrator.job import Job
 from orchestrator.lifecycle import NotHeld, Renewal
 from orchestrator.protocol import Verdict
+from orchestrator.store import STORE_DOWN
 from workers.attempt import Attempt
-from workers.channels import LogBatch, Lost
+from workers.channels import LogBatch, Lost, Unreachable
 from workers.launchers import LauncherSet
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_STORE_RETRY_S = (0.5, 1, 2, 5)
+_STORE_RETRY_FOR_S = 3600.0
+
+
+def _until_stored(what: str, job: Job, fn: Callable[[], T]) -> T:
+    """Call ``fn`` until the store takes it: an attempt's end (or hand-back, or artifact)
+    must not be lost to a store that is down for a while. Gives up after an hour (the
+    lease has long expired by then: the reconciler owns the job)."""
+    deadline = time.monotonic() + _STORE_RETRY_FOR_S
+    for n in itertools.count():
+        try:
+            return fn()
+        except STORE_DOWN as exc:
+            if time.monotonic() > deadline:
+                raise
+            delay = _STORE_RETRY_S[min(n, len(_STORE_RETRY_S) - 1)]
+            log.warning(
+                "job %s: store unavailable for %s (%s); retrying in %g s",
+                job.id,
+                what,
+                str(exc).splitlines()[0],
+                delay,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 class DirectChannel:
@@ -41,6 +75,8 @@ class DirectChannel:
             return self.lifecycle.start(job.id, self.runner_id, job.attempt)
         except NotHeld as exc:
             raise Lost(str(exc)) from exc
+        except STORE_DOWN as exc:
+            raise Unreachable(str(exc)) from exc
 
     def logs(self, job: Job, lines: LogBatch) -> None:
         self.events.append_logs(job.id, lines)
@@ -50,6 +86,8 @@ class DirectChannel:
             self.lifecycle.progress(job.id, self.runner_id, job.attempt, percent, message)
         except NotHeld as exc:
             raise Lost(str(exc)) from exc
+        except STORE_DOWN as exc:
+            raise Unreachable(str(exc)) from exc
 
     def renew(self, job: Job) -> Renewal:
         return self.lifecycle.renew(job.id, self.runner_id, job.attempt)
@@ -67,7 +105,11 @@ class DirectChannel:
 
     def hand_back(self, job: Job) -> Job | None:
         try:
-            return self.lifecycle.release(job.id, self.runner_id, job.attempt)
+            return _until_stored(
+                "the hand-back",
+                job,
+                lambda: self.lifecycle.release(job.id, self.runner_id, job.attempt),
+            )
         except NotHeld:
             return None
         finally:
@@ -75,11 +117,19 @@ class DirectChannel:
 
     def upload_artifact(self, job: Job, name: str, path: Path) -> None:
         saved = self.artifacts.save(job.id, name, path)
-        self.lifecycle.add_artifact(job.id, self.runner_id, job.attempt, saved)
+        _until_stored(
+            "an artifact",
+            job,
+            lambda: self.lifecycle.add_artifact(job.id, self.runner_id, job.attempt, saved),
+        )
 
     def finish(self, job: Job, verdict: Verdict) -> Job | None:
         try:
-            return self.lifecycle.end(job.id, self.runner_id, job.attempt, verdict)
+            return _until_stored(
+                "the end",
+                job,
+                lambda: self.lifecycle.end(job.id, self.runner_id, job.attempt, verdict),
+            )
         except NotHeld:
             return None
         finally:
