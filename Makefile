@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint format bench clean
+.PHONY: run test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/launchbay up
 
+# Everything, on real parts, spread over TEST_WORKERS processes (pytest-xdist; whole
+# modules per worker, see tests/conftest.py). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 test: $(STAMP)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+# The fast tier only: tests that need no external process (tests/tiers.py).
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m fast $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check orchestrator workers api tasks tests bench

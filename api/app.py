@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -10,7 +11,9 @@ from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
+from api.bodies import BodyLimit, StrictJSONRoute
 from api.deps import Auth
+from api.headers import AllowedMethods, SecurityHeaders
 from api.routes import artifacts, jobs, launcher, meta, runs, streams, websockets
 from api.state import AppState
 from orchestrator.settings import Settings
@@ -45,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.shutdown_hooks = []
     errors.install(app)
 
-    public = APIRouter(prefix=API_PREFIX)
+    public = APIRouter(prefix=API_PREFIX, route_class=StrictJSONRoute)
     public.add_api_route(
         "/healthz",
         meta.healthz,
@@ -68,4 +71,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     if STATIC_DIR.is_dir() and (STATIC_DIR / "index.html").exists():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="dashboard")
+    errors.document(app)
+    app.add_middleware(AllowedMethods, routes=app.router.routes, api_prefix=API_PREFIX)
+    app.add_middleware(BodyLimit, limit_for=body_limits(settings))
+    app.add_middleware(SecurityHeaders, api_prefix=API_PREFIX)
     return app
+
+
+_UPLOAD = re.compile(rf"^{API_PREFIX}/launcher/jobs/[^/]+/artifacts$")
+
+
+def body_limits(settings: Settings) -> Callable[[str], int]:
+    """How many bytes of body each path takes: an agent's artifact upload streams a file
+    (LAUNCHBAY_MAX_ARTIFACT_BYTES), an agent's reports carry log batches
+    (LAUNCHBAY_MAX_AGENT_BODY_BYTES), everything else LAUNCHBAY_MAX_BODY_BYTES."""
+    agents = f"{API_PREFIX}/launcher/"
+
+    def limit_for(path: str) -> int:
+        if _UPLOAD.match(path):
+            return settings.max_artifact_bytes
+        if path.startswith(agents):
+            return settings.max_agent_body_bytes
+        return settings.max_body_bytes
+
+    return limit_for

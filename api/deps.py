@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, WebSocket, status
+from fastapi import Depends, HTTPException, Query, Request, WebSocket, status
 
 from api.state import AppState
 from orchestrator.dispatch import Dispatcher
@@ -31,6 +31,11 @@ def get_dispatcher(state: State) -> Dispatcher:
 def get_settings(state: State) -> Settings:
     return state.settings
 
+
+# Paging: a page of at most 1000 items, after at most a billion (the store takes any
+# offset up to 2**63 - 1; past that it could not answer, and no listing is that long).
+MAX_OFFSET = 1_000_000_000
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")]
 
 Store = Annotated[JobStore, Depends(get_store)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]

@@ -1,18 +1,101 @@
-"""Every error becomes JSON ``{"error": ..., "code": ...}`` here, and only here."""
+"""Every error becomes JSON ``{"error": ..., "code": ...}`` here, and only here; and the
+OpenAPI document lists, for each route, the problems it can answer with."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute, iter_route_contexts
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.deps import require_token
 from orchestrator.errors import LaunchbayError, ParamError
 from orchestrator.problems import problems_of, summary
 from orchestrator.store import STORE_DOWN
+
+log = logging.getLogger(__name__)
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="The dotted field, query parameter or header at fault.")
+    message: str
+
+
+class Problem(BaseModel):
+    """The body of every error answer."""
+
+    model_config = ConfigDict(extra="allow")
+    error: str = Field(description="What is wrong, for people.")
+    code: int = Field(description="The HTTP status.")
+    field: str | None = Field(default=None, description="The one field at fault, when one is.")
+    fields: list[FieldProblem] | None = Field(
+        default=None, description="Every field at fault (422 of a refused body or query)."
+    )
+
+
+_MEANING: dict[int, str] = {
+    400: "A name that would leave its folder (traversal), or a bad job id.",
+    401: "Missing or wrong bearer token (when LAUNCHBAY_TOKEN is set).",
+    404: "No such job, run, artifact or agent.",
+    409: "The job is not in a state that allows it (or the agent does not hold it).",
+    413: "The request body is larger than this route takes (LAUNCHBAY_MAX_BODY_BYTES).",
+    422: "A field, query parameter or header is refused; `fields` names each one.",
+    503: "The job store or the broker is unavailable; try again (Retry-After).",
+}
+
+
+def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` entries of these problem statuses (one shared schema)."""
+    return {code: {"model": Problem, "description": _MEANING[code]} for code in codes}
+
+
+def document(app: FastAPI) -> None:
+    """List on every route the problems any route of its kind can answer with, once for the
+    app: 422 where it takes parameters or a body, 413 where it takes a body, 401 behind the
+    token, 404 where it names a job, 503 where it reads the store. What only some routes
+    answer (400, 409, another 404) each route names with :func:`answers`."""
+    for route in iter_route_contexts(app.routes):
+        original = route.original_route
+        if not isinstance(original, APIRoute):
+            continue
+        dependant: Dependant = route.dependant  # (with the dependencies of its routers)
+        codes = {503}
+        if _has_params(dependant) or original.body_field is not None:
+            codes.add(422)
+        if original.body_field is not None:
+            codes.add(413)
+        if _uses(dependant, require_token):
+            codes.add(401)
+        if "{job_id}" in (route.path or ""):
+            codes.add(404)
+        # The route as declared and as included (the include merges its routers' maps).
+        for responses in {id(r): r for r in (original.responses, route.responses)}.values():
+            for code, entry in answers(*sorted(codes)).items():
+                responses.setdefault(code, entry)
+
+
+def _has_params(dependant: Dependant) -> bool:
+    own = (
+        dependant.path_params
+        or dependant.query_params
+        or dependant.header_params
+        or dependant.cookie_params
+    )
+    return bool(own) or any(_has_params(d) for d in dependant.dependencies)
+
+
+def _uses(dependant: Dependant, call: Any) -> bool:
+    return dependant.call is call or any(_uses(d, call) for d in dependant.dependencies)
+
+
+# ---------------------------------------------------------------- answers
 
 
 def invalid(
@@ -60,3 +143,9 @@ def install(app: FastAPI) -> None:
         for k, v in (exc.headers or {}).items():
             resp.headers[k] = v
         return resp
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        # A bug of ours: say so in the same shape (the traceback goes to the log).
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return problem(500, f"internal error ({type(exc).__name__}); see the API log")

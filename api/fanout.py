@@ -74,6 +74,7 @@ class Subscriber:
         self.label = label
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=size)
         self.reason: str | None = None
+        self.stuck = False  # dropped because its socket took no data: no farewell fits
         self.dropped = asyncio.Event()
 
     async def next(self, timeout: float | None = None) -> dict[str, Any] | None:
@@ -116,10 +117,12 @@ class Hub:
         client_name: str = "launchbay-fanout",
         max_connections: int = 16,
         pool_wait_s: float = 30.0,
+        send_timeout_s: float = 10.0,
     ) -> None:
         self.redis_url = redis_url
         self.logs_dir = logs_dir
         self.queue_size = queue_size
+        self.send_timeout_s = send_timeout_s
         self.client_name = client_name
         self.max_connections = max_connections
         self.pool_wait_s = pool_wait_s
@@ -309,17 +312,31 @@ class Hub:
         try:
             sub.queue.put_nowait(msg)
         except asyncio.QueueFull:
-            reason = (
+            self.drop(
+                sub,
                 f"too slow: more than {self.queue_size} messages waiting; "
-                "reconnect with your last event id to resume"
+                "reconnect with your last event id to resume",
             )
-            self.unsubscribe(sub)
-            sub._drop(reason)
-            self.dropped += 1
-            self.recent_drops.append(
-                {"client": sub.label, "job_id": sub.job_id, "reason": reason, "at": time.time()}
-            )
-            log.warning("dropped %s (job %s): %s", sub.label, sub.job_id, reason)
+
+    def drop(self, sub: Subscriber, reason: str, *, stuck: bool = False) -> None:
+        """Disconnect ``sub`` with ``reason``, counted in :meth:`stats`; idempotent.
+        ``stuck``: its socket took no data for ``send_timeout_s`` (nothing more is sent)."""
+        if sub.reason is not None:
+            return
+        self.unsubscribe(sub)
+        sub.stuck = stuck
+        sub._drop(reason)
+        self.dropped += 1
+        self.recent_drops.append(
+            {"client": sub.label, "job_id": sub.job_id, "reason": reason, "at": time.time()}
+        )
+        log.warning("dropped %s (job %s): %s", sub.label, sub.job_id, reason)
+
+    def stuck_reason(self) -> str:
+        return (
+            f"too slow: the connection took no data for {self.send_timeout_s:g} s; "
+            "reconnect with your last event id to resume"
+        )
 
     # ------------------------------------------------------------------ stream reads
 

@@ -20,11 +20,11 @@ from typing import Any
 
 from api.fanout import Hub, Subscriber
 from orchestrator.errors import ParamError
-from orchestrator.events import LogLine
+from orchestrator.events import LogLine, parse_log_seq
 from orchestrator.job import STATUS_EVENTS, TERMINAL_STATUSES, EventType, Job
 
 TERMINAL_EVENTS = frozenset(STATUS_EVENTS[s] for s in TERMINAL_STATUSES)
-_EVENT_ID = re.compile(r"^\d+-\d+$")
+_EVENT_ID = re.compile(r"^[0-9]+-[0-9]+$")
 
 
 # ---------------------------------------------------------------------- cursors
@@ -47,19 +47,31 @@ class Cursor:
     @classmethod
     def parse(cls, text: str, field: str = "since") -> Cursor:
         event_id, sep, seq = text.strip().partition("|")
-        if not sep or not _EVENT_ID.match(event_id) or not seq.isdigit():
+        if not sep or not _EVENT_ID.fullmatch(event_id) or not _id_in_range(event_id):
             raise ParamError(
                 field,
                 f"{field} must be an event id from this stream "
-                f"(like '1712345678901-0|42'), got {text!r}",
+                f"(like '1712345678901-0|42'), got {text[:100]!r}",
             )
-        return cls(event_id, int(seq))
+        return cls(event_id, parse_log_seq(seq, field))
+
+    def check_within(self, last_event_id: str | None, field: str) -> None:
+        """ParamError naming ``field`` if the cursor's event is past the job's last one
+        (it was not taken from this job's stream: following it would never end)."""
+        last = last_event_id or "0-0"
+        if _id_key(self.event_id) > _id_key(last):
+            raise ParamError(
+                field, f"{field} is past this job's last event ({last}): it is not from this job"
+            )
+
+
+def _id_in_range(event_id: str) -> bool:
+    """Whether both parts of a stream id fit Redis's 64 bits."""
+    return all(len(part) <= 20 and int(part) < 2**64 for part in event_id.split("-"))
 
 
 def parse_seq(text: str, field: str = "since") -> int:
-    if not text.strip().isdigit():
-        raise ParamError(field, f"{field} must be a log line number (0 or more), got {text!r}")
-    return int(text)
+    return parse_log_seq(text, field)
 
 
 async def resolve_log_since(hub: Hub, job_id: str, since: int | datetime) -> int:
@@ -102,6 +114,7 @@ class JobFollower:
         self.page = page
         self.poll_s = poll_s
         self.final: dict[str, Any] | None = None  # the terminal event, once seen
+        self._full_read = False  # the last read of the log filled a page
 
     async def batches(self) -> AsyncIterator[list[Item]]:
         read_events, read_logs = True, True
@@ -116,6 +129,7 @@ class JobFollower:
             terminal = next((e for e in evs if e["type"] in TERMINAL_EVENTS), None)
             if terminal is not None:
                 evs = evs[: evs.index(terminal)]
+            self._full_read = False
             logs = await self._logs(hint) if read_logs or hint else []
             batch = self._merge(logs, evs)
             if batch:
@@ -124,9 +138,11 @@ class JobFollower:
                 async for rest in self._finish(terminal):
                     yield rest
                 return
-            if len(logs) >= self.page:
+            if self._full_read:
                 read_events, read_logs, hint, published = False, True, [], []
                 continue  # more lines are waiting: no need to wait for a wake-up
+            # (Lines taken from the published messages need no read for the next ones:
+            # those were published too, and are waiting in the queue.)
             read_events, read_logs, hint, published = self._wake(await self._wait())
 
     async def _wait(self) -> list[dict[str, Any] | None]:
@@ -170,7 +186,9 @@ class JobFollower:
             return fresh  # the published lines continue our cursor exactly: no read needed
         if hint and not fresh:
             return []
-        return await self.hub.read_logs(self.job_id, self.cursor.log_seq, self.page)
+        lines = await self.hub.read_logs(self.job_id, self.cursor.log_seq, self.page)
+        self._full_read = len(lines) >= self.page  # a full page: there may be more
+        return lines
 
     def _merge(self, logs: list[LogLine], evs: list[dict[str, Any]]) -> list[Item]:
         out: list[Item] = []

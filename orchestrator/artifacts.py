@@ -21,11 +21,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote
 
-from orchestrator.errors import ArtifactNotFound, UnsafePath
+from orchestrator.errors import ArtifactConflict, ArtifactNotFound, ParamError, UnsafePath
 from orchestrator.job import Artifact
 
 _DECODE_ROUNDS = 3  # refuse doubly and triply encoded traversal too
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_NAME = 1024  # UTF-8 bytes of a whole name
+MAX_NAME_PART = 255  # UTF-8 bytes of one path component: what file systems take
 
 
 def _unsafe(text: str) -> bool:
@@ -36,7 +38,22 @@ def _unsafe(text: str) -> bool:
 
 
 def safe_name(name: str) -> PurePosixPath:
-    """``name`` as a normalised relative path, or UnsafePath if any decoding of it escapes."""
+    """``name`` as a normalised relative path, or UnsafePath if any decoding of it escapes
+    (400), or ParamError (422, field ``name``) if it is longer than a file system takes."""
+    try:
+        whole = len(name.encode())
+    except UnicodeEncodeError:  # a lone surrogate: no file can be named so
+        raise ParamError("name", "an artifact name is UTF-8 text") from None
+    if whole > MAX_NAME:
+        raise ParamError("name", f"an artifact name has at most {MAX_NAME} bytes, got {whole}")
+    for part in name.split("/"):
+        size = len(part.encode())
+        if size > MAX_NAME_PART:
+            raise ParamError(
+                "name",
+                f"each part of an artifact name has at most {MAX_NAME_PART} bytes "
+                f"({part[:20]!r}… has {size})",
+            )
     variant = name
     for _ in range(_DECODE_ROUNDS + 1):
         if _unsafe(variant):
@@ -85,11 +102,18 @@ class ArtifactStore:
         dest = self.job_dir(job_id) / rel
         digest = hashlib.sha256()
         size = 0
-        with source.open("rb") as src, atomic_file(dest, "wb") as out:
-            while chunk := src.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-                out.write(chunk)
+        try:
+            with source.open("rb") as src, atomic_file(dest, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+        except (NotADirectoryError, IsADirectoryError, FileExistsError):
+            # "a" and "a/b" cannot both be files: one of them would have to be a folder.
+            raise ArtifactConflict(
+                f"artifact {rel.as_posix()!r} collides with another artifact of job "
+                f"{job_id}: one name is a folder of the other"
+            ) from None
         return Artifact(
             name=rel.as_posix(),
             size=size,
@@ -119,7 +143,8 @@ def atomic_file(dest: Path, mode: str = "w") -> Iterator[Any]:
     """Write ``dest`` through a temporary file beside it, renamed into place only when the
     block ends without an error: a partial file never takes its place."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    # (A short prefix: a name of 255 bytes plus the temporary suffix would be too long.)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name[:40]}.", suffix=".part")
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
             yield fh

@@ -57,6 +57,12 @@ class UnsafePath(LaunchbayError):
     status_code = 400
 
 
+class ArtifactConflict(LaunchbayError):
+    """An artifact name that a file and a folder of the same job would both need."""
+
+    status_code = 409
+
+
 class RunnerLaunchError(LaunchbayError):
     """A launcher could not start a job; ``transient`` errors are retried."""
 

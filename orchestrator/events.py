@@ -24,6 +24,41 @@ from orchestrator.job import EventType, as_utc, utcnow
 
 EVENTS_CHANNEL = "lb:events"
 EVENTS_MAXLEN = 5000
+# Log line numbers are Redis stream ids ``{seq}-0``: a client's ``since`` above this is
+# no line there can ever be (and past 2**64 - 1 Redis refuses the id).
+MAX_LOG_SEQ = 2**63 - 1
+
+
+# ---------------------------------------------------------------- long lines
+
+
+def cut_marker(total: int) -> str:
+    """What ends a line that was cut: how long it was."""
+    return f" … [line cut: {total} bytes]"
+
+
+_UTF8_LEADS = ((2, 0b110), (3, 0b1110), (4, 0b11110))  # (length, the lead byte's top bits)
+
+
+def whole_chars(raw: bytes) -> bytes:
+    """``raw`` without a UTF-8 sequence cut short at its end."""
+    for back in range(1, min(4, len(raw)) + 1):
+        b = raw[-back]
+        if b & 0xC0 != 0x80:  # ASCII or a lead byte: how long its sequence is
+            need = next((n for n, lead in _UTF8_LEADS if b >> (7 - n) == lead), 1)
+            return raw if need <= back else raw[:-back]
+    return raw
+
+
+def clip_line(line: str, limit: int) -> str:
+    """``line``, or its first ``limit`` UTF-8 bytes and :func:`cut_marker` when longer."""
+    if len(line) * 4 <= limit:
+        return line  # (cheap: no character is longer than 4 bytes)
+    raw = line.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return line
+    kept = whole_chars(raw[:limit]).decode("utf-8", "replace")
+    return kept + cut_marker(len(raw))
 
 
 JOB_KEYS_PREFIX = "lb:job:"
@@ -37,16 +72,32 @@ def parse_log_since(text: str, field: str = "since") -> int | datetime:
     a 422, the CLI with one line and exit 2.
     """
     text = text.strip()
-    if text.isdigit():
-        return int(text)
+    if text.isascii() and text.isdigit():
+        return parse_log_seq(text, field)
     try:
         return as_utc(datetime.fromisoformat(text))
+    except OverflowError:  # (year 1 or 9999 with a zone: not a time UTC can hold)
+        raise ParamError(
+            field, f"{field} is out of range: give a time between years 1 and 9999 in UTC"
+        ) from None
     except ValueError:
         raise ParamError(
             field,
             f"{field} must be a log line number (0 or more) or an ISO 8601 time "
-            f"(like 2026-01-31T12:00:00Z), got {text!r}",
+            f"(like 2026-01-31T12:00:00Z), got {text[:100]!r}",
         ) from None
+
+
+def parse_log_seq(text: str, field: str = "since") -> int:
+    """A log line number, 0 to :data:`MAX_LOG_SEQ`; ParamError naming ``field`` else."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ParamError(
+            field, f"{field} must be a log line number (0 or more), got {text[:100]!r}"
+        )
+    if len(text) > len(str(MAX_LOG_SEQ)) or int(text) > MAX_LOG_SEQ:
+        raise ParamError(field, f"{field} must be a log line number of at most {MAX_LOG_SEQ}")
+    return int(text)
 
 
 def job_events_key(job_id: str) -> str:
@@ -196,10 +247,12 @@ class Events:
                     }
                 ),
             )
+            # Redis first: when it is down the batch is retried whole, and the stored
+            # log must not get its lines twice.
+            pipe.execute()
             self.logs_dir.mkdir(parents=True, exist_ok=True)
             with self.log_path(job_id).open("a", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in records)
-            pipe.execute()
             self._seq[job_id] = seq
             return seq
 

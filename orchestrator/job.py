@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import enum
+import json
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -109,14 +112,98 @@ def as_utc(when: datetime) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
+def _utc_in_range(when: datetime) -> datetime:
+    try:
+        return as_utc(when)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
+        raise ValueError("out of range: give a time between years 1 and 9999 in UTC") from None
+
+
+UtcTime = Annotated[datetime, AfterValidator(_utc_in_range)]
+"""A time given by a client, in UTC; one that UTC cannot represent is refused (422)."""
+
+
 # ---------------------------------------------------------------- specs
 
-_STRICT = ConfigDict(extra="forbid")
+# Bounds on what a spec holds, so that one request (and the rows, stream entries, processes
+# and containers it makes) stays small; the API's body limit bounds the whole request.
+MAX_DURATION_S = 366 * 86400  # timeouts and waits: a year, so every deadline is a date
+MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE = 64, 128, 1024
+MAX_ENV, MAX_ENV_KEY, MAX_ENV_VALUE = 256, 1024, 128 * 1024  # (Linux: 128 KiB per string)
+MAX_TAGS = 32
+MAX_ARGS, MAX_ARG = 4096, 128 * 1024
+MAX_STEPS = 100
+MAX_ARTIFACT_GLOBS, MAX_GLOB = 100, 1024
+MAX_PARAMS_BYTES = 64 * 1024  # a built-in job's params, as JSON
+MAX_TEMPLATE_BYTES = 256 * 1024  # a Kubernetes Job template, as JSON
+TAG_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+EXIT_CODE_MIN, EXIT_CODE_MAX = -(2**31), 2**31 - 1
+
+# Strict: unknown fields are refused, and so are NaN and infinities (JSON has neither;
+# Python's parser takes them, and ``timeout_s: Infinity`` must not mean "no timeout").
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+Tag = Annotated[str, Field(pattern=TAG_PATTERN)]
+Arg = Annotated[str, Field(max_length=MAX_ARG)]
+Argv = Annotated[list[Arg], Field(min_length=1, max_length=MAX_ARGS)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_DURATION_S)]
+ExitCode = Annotated[int, Field(ge=EXIT_CODE_MIN, le=EXIT_CODE_MAX)]
+
+
+def _short(text: str, n: int = 40) -> str:
+    return repr(text if len(text) <= n else text[:n] + "…")
+
+
+def _bounded_map(
+    field: str, value: dict[str, str], *, items: int, key: int, val: int, env: bool = False
+) -> dict[str, str]:
+    """``value`` if it has at most ``items`` entries with keys of 1 to ``key`` characters
+    and values of at most ``val``; else a ParamError naming ``field`` (and the key)."""
+    if len(value) > items:
+        raise ParamError(field, f"at most {items} entries, got {len(value)}")
+    for k, v in value.items():
+        if not 0 < len(k) <= key:
+            raise ParamError(field, f"key {_short(k)} must be 1 to {key} characters long")
+        if env and ("=" in k or "\x00" in k):
+            raise ParamError(field, f"key {_short(k)} may not hold '=' or NUL")
+        if len(v) > val:
+            raise ParamError(f"{field}.{k}", f"at most {val} characters, got {len(v)}")
+    return value
+
+
+def json_size(field: str, value: Any, limit: int) -> None:
+    """ParamError naming ``field`` unless ``value`` is JSON (no NaN or infinity) of at most
+    ``limit`` bytes."""
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), default=str, allow_nan=False).encode())
+    except ValueError:
+        raise ParamError(field, "NaN and infinities are not JSON") from None
+    except RecursionError:
+        raise ParamError(field, "nested too deeply") from None
+    if size > limit:
+        raise ParamError(field, f"at most {limit} bytes as JSON, got {size}")
+
+
+def _check_glob(pattern: str) -> str:
+    """An artifact glob the workspace can be searched with (as ``Path.glob`` takes it)."""
+    parts = PurePosixPath(pattern).parts
+    if not pattern.strip() or not parts:
+        raise ValueError(f"an artifact glob names files, got {pattern!r}")
+    if pattern.startswith("/") or ".." in parts or "\x00" in pattern or "\\" in pattern:
+        raise ValueError(f"an artifact glob is relative to the workspace, got {pattern!r}")
+    if any("**" in p and p != "**" for p in parts):
+        raise ValueError(f"'**' must be a whole path component, got {pattern!r}")
+    return pattern
+
+
+Glob = Annotated[str, Field(min_length=1, max_length=MAX_GLOB), AfterValidator(_check_glob)]
 
 
 class Demands(BaseModel):
     model_config = _STRICT
-    tags: list[str] = Field(default_factory=list, description="Runner tags the job needs.")
+    tags: list[Tag] = Field(
+        default_factory=list, max_length=MAX_TAGS, description="Runner tags the job needs."
+    )
 
 
 class Resources(BaseModel):
@@ -128,18 +215,29 @@ class Resources(BaseModel):
 class Step(BaseModel):
     model_config = _STRICT
     name: str = Field(min_length=1, max_length=100, description="Step name, shown in results.")
-    command: list[str] = Field(min_length=1, description="argv list; no shell unless you ask.")
+    command: Argv = Field(description="argv list; no shell unless you ask.")
 
 
 class _SpecBase(BaseModel):
     model_config = _STRICT
     name: str | None = Field(default=None, max_length=200, description="A human name.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels.")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment.")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"Free-form labels: at most {MAX_LABELS}, keys of 1 to {MAX_LABEL_KEY} "
+        f"characters, values of at most {MAX_LABEL_VALUE}.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"Extra environment: at most {MAX_ENV} variables, names of 1 to "
+        f"{MAX_ENV_KEY} characters without '=', values of at most {MAX_ENV_VALUE}.",
+    )
     demands: Demands = Field(default_factory=Demands)
-    timeout_s: float | None = Field(default=None, gt=0, description="Run time limit, seconds.")
-    match_timeout_s: float | None = Field(
-        default=None, gt=0, description="How long the job may wait for a matching runner."
+    timeout_s: Seconds | None = Field(
+        default=None, description=f"Run time limit, seconds (at most {MAX_DURATION_S})."
+    )
+    match_timeout_s: Seconds | None = Field(
+        default=None,
+        description=f"How long the job may wait for a matching runner (at most {MAX_DURATION_S}).",
     )
     max_attempts: int = Field(
         default=1, ge=1, le=20, description="Attempts the job's own failures may spend."
@@ -157,9 +255,21 @@ class _SpecBase(BaseModel):
         default="always", description="Remove containers/workspaces when the job ends."
     )
     grace_s: float = Field(default=10, ge=0, le=600, description="SIGTERM-to-SIGKILL grace.")
-    artifacts: list[str] = Field(
-        default_factory=list, description="Globs relative to the workspace, kept when it ends."
+    artifacts: list[Glob] = Field(
+        default_factory=list,
+        max_length=MAX_ARTIFACT_GLOBS,
+        description="Globs relative to the workspace, kept when it ends.",
     )
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        return _bounded_map("labels", v, items=MAX_LABELS, key=MAX_LABEL_KEY, val=MAX_LABEL_VALUE)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return _bounded_map("env", v, items=MAX_ENV, key=MAX_ENV_KEY, val=MAX_ENV_VALUE, env=True)
 
 
 class BuiltinSpec(_SpecBase):
@@ -177,6 +287,7 @@ class BuiltinSpec(_SpecBase):
     @field_validator("params")
     @classmethod
     def _check_params(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        json_size("params", v, MAX_PARAMS_BYTES)
         if "type" not in info.data:
             return v  # the type's own error is reported
         return validate_params(info.data["type"], v)
@@ -184,9 +295,11 @@ class BuiltinSpec(_SpecBase):
 
 class ProcessSpec(_SpecBase):
     executor: Literal["process"] = "process"
-    command: list[str] | None = Field(default=None, min_length=1, description="argv list.")
-    steps: list[Step] | None = Field(default=None, min_length=1)
-    workdir: str | None = Field(default=None, description="Defaults to a private workspace.")
+    command: Argv | None = Field(default=None, description="argv list.")
+    steps: list[Step] | None = Field(default=None, min_length=1, max_length=MAX_STEPS)
+    workdir: str | None = Field(
+        default=None, max_length=4096, description="Defaults to a private workspace."
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> ProcessSpec:
@@ -197,21 +310,34 @@ class ProcessSpec(_SpecBase):
 
 class DockerSpec(_SpecBase):
     executor: Literal["docker"] = "docker"
-    image: str = Field(min_length=1, description="Image reference, e.g. busybox:latest.")
-    steps: list[Step] = Field(min_length=1)
+    image: str = Field(
+        min_length=1, max_length=1024, description="Image reference, e.g. busybox:latest."
+    )
+    steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
     resources: Resources = Field(default_factory=Resources)
     network: Literal["bridge", "none"] = Field(default="bridge")
 
 
 class KubernetesSpec(_SpecBase):
     executor: Literal["kubernetes"] = "kubernetes"
-    image: str = Field(min_length=1)
-    command: list[str] = Field(min_length=1)
-    namespace: str | None = Field(default=None, description="Defaults to the worker's namespace.")
+    image: str = Field(min_length=1, max_length=1024)
+    command: Argv
+    namespace: str | None = Field(
+        default=None, max_length=63, description="Defaults to the worker's namespace."
+    )
     resources: Resources = Field(default_factory=Resources)
     template: dict[str, Any] | None = Field(
-        default=None, description="A batch/v1 Job merged under the generated one."
+        default=None,
+        description=f"A batch/v1 Job merged under the generated one (at most "
+        f"{MAX_TEMPLATE_BYTES} bytes as JSON).",
     )
+
+    @field_validator("template")
+    @classmethod
+    def _template_size(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            json_size("template", v, MAX_TEMPLATE_BYTES)
+        return v
 
 
 JobSpec = Annotated[
@@ -242,8 +368,9 @@ class Progress(BaseModel):
 
 
 class StepResult(BaseModel):
-    name: str
-    exit_code: int | None = None
+    model_config = ConfigDict(allow_inf_nan=False)
+    name: str = Field(max_length=1000)
+    exit_code: ExitCode | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
 

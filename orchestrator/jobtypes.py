@@ -6,12 +6,16 @@ The API validates ``builtin`` jobs against these schemas and publishes them at
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from orchestrator.errors import ParamError
 
 ParamType = Literal["integer", "number", "string", "array"]
+
+URL_FETCH_MAX_BYTES = 10 << 20  # url_fetch reads at most this much of each body by default
+URL_FETCH_MAX_BYTES_LIMIT = 100 << 20
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,7 @@ class Param:
     required: bool = False
     max_items: int | None = None
     items: str | None = None  # item type for arrays
+    max_length: int | None = None  # characters of a string, or of each item of an array
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,17 @@ JOB_TYPES: dict[str, JobType] = {
                     required=True,
                     max_items=10,
                     items="string",
+                    max_length=2048,
                 ),
                 Param("timeout", "number", "Per-URL timeout in seconds", 10, 1, 60),
+                Param(
+                    "max_bytes",
+                    "integer",
+                    "Bytes read per URL; a longer body fails that URL",
+                    URL_FETCH_MAX_BYTES,
+                    1,
+                    URL_FETCH_MAX_BYTES_LIMIT,
+                ),
             ),
         ),
         JobType(
@@ -83,7 +97,7 @@ JOB_TYPES: dict[str, JobType] = {
             "Echo with delay",
             "Wait for a delay, then return the message.",
             (
-                Param("message", "string", "Message to echo", "hello"),
+                Param("message", "string", "Message to echo", "hello", max_length=10000),
                 Param("delay", "integer", "Seconds to wait", 3, 1, 30),
             ),
         ),
@@ -107,6 +121,8 @@ def _coerce(p: Param, value: Any) -> Any:
             raise ParamError(where, f"{p.name} must be an integer")
         if not isinstance(value, int | float):
             raise ParamError(where, f"{p.name} must be a number")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ParamError(where, f"{p.name} must be a finite number")
         if p.min is not None and value < p.min:
             raise ParamError(where, f"{p.name} must be >= {p.min:g} (got {value})")
         if p.max is not None and value > p.max:
@@ -115,6 +131,8 @@ def _coerce(p: Param, value: Any) -> Any:
     if p.type == "string":
         if not isinstance(value, str):
             raise ParamError(where, f"{p.name} must be a string")
+        if p.max_length is not None and len(value) > p.max_length:
+            raise ParamError(where, f"{p.name} takes at most {p.max_length} characters")
         return value
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ParamError(where, f"{p.name} must be a list of strings")
@@ -122,6 +140,8 @@ def _coerce(p: Param, value: Any) -> Any:
         raise ParamError(where, f"{p.name} must not be empty")
     if p.max_items is not None and len(value) > p.max_items:
         raise ParamError(where, f"{p.name} takes at most {p.max_items} items")
+    if p.max_length is not None and any(len(v) > p.max_length for v in value):
+        raise ParamError(where, f"each of {p.name} takes at most {p.max_length} characters")
     return value
 
 

@@ -46,6 +46,13 @@ def problems_of(
     ``aliases`` renames fields the sender called otherwise."""
     out = []
     for err in errors:
+        if err.get("type") == "json_invalid":
+            # The text is not JSON: its location is a character offset, not a field.
+            at = [p for p in err.get("loc", ()) if isinstance(p, int)]
+            why = (err.get("ctx") or {}).get("error") or "not JSON"
+            where = f" at character {at[0]}" if at else ""
+            out.append({"field": under or whole, "message": f"not valid JSON: {why}{where}"})
+            continue
         field = field_of(err)
         field = (aliases or {}).get(field, field)
         if under:

@@ -9,30 +9,64 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator.job import TERMINAL_STATUSES, Executor, Job, JobStatus, StepResult
+from orchestrator.job import (
+    TERMINAL_STATUSES,
+    Executor,
+    ExitCode,
+    Job,
+    JobStatus,
+    StepResult,
+    Tag,
+    json_size,
+)
 
 RUNNER_ID = r"^runner-[0-9a-f]{12}$"
-_TAG = r"^[A-Za-z0-9_.:-]{1,64}$"
+MAX_ATTEMPT = 10_000
+# A result and resource usage, as JSON: room for any ``::result`` line (at most
+# LAUNCHBAY_MAX_LOG_LINE_BYTES, itself at most 16 MiB) and any built-in job's result.
+MAX_RESULT_BYTES = 16 << 20
+MAX_USAGE_BYTES = 64 << 10
 
-ExitCode = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 if TYPE_CHECKING:
     EndStatus = JobStatus
 else:
     # How an attempt can end, as its runner reports it: a terminal status.
     EndStatus = Literal[tuple(sorted(s.value for s in TERMINAL_STATUSES))]
-Tag = Annotated[str, Field(pattern=_TAG)]
 LauncherId = Annotated[str, Field(pattern=RUNNER_ID, description="From /launcher/register.")]
+JobId = Annotated[str, Field(min_length=1, max_length=64)]
 
-_STRICT = ConfigDict(extra="forbid")
+# Strict, and no NaN or infinity (JSON has neither).
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class Verdict(BaseModel):
+def _json_at_most(field: str, value: Any, limit: int) -> Any:
+    if value is not None:
+        json_size(field, value, limit)
+    return value
+
+
+class _Reported(BaseModel):
+    """What a runner reports about a job's outcome, bounded in size."""
+
+    model_config = _STRICT
+
+    @field_validator("result", check_fields=False)
+    @classmethod
+    def _result_size(cls, v: Any) -> Any:
+        return _json_at_most("result", v, MAX_RESULT_BYTES)
+
+    @field_validator("resource_usage", check_fields=False)
+    @classmethod
+    def _usage_size(cls, v: Any) -> Any:
+        return _json_at_most("resource_usage", v, MAX_USAGE_BYTES)
+
+
+class Verdict(_Reported):
     """How an attempt ended, as its runner saw it. The core decides what follows: a retry,
     a cancel that wins, or the end."""
 
-    model_config = _STRICT
     status: EndStatus
     exit_code: ExitCode | None = None
     error: str | None = Field(default=None, max_length=10000)
@@ -85,7 +119,7 @@ class Claim(BaseModel):
 
     model_config = _STRICT
     launcher_id: LauncherId
-    attempt: int = Field(ge=1, le=10_000, description="The attempt the agent was given.")
+    attempt: int = Field(ge=1, le=MAX_ATTEMPT, description="The attempt the agent was given.")
 
 
 class ProgressIn(Claim):
@@ -97,7 +131,7 @@ class LogLineIn(BaseModel):
     model_config = _STRICT
     stream: str = Field(default="stdout", pattern=r"^(stdout|stderr|system)$")
     step: str | None = Field(default=None, max_length=100)
-    line: str = Field(max_length=65536)
+    line: str = Field(description="Cut at LAUNCHBAY_MAX_LOG_LINE_BYTES, with a marker.")
 
 
 class LogsIn(Claim):
@@ -108,7 +142,7 @@ class EndIn(Claim, Verdict):
     """The one way to end an attempt over HTTP: who, which attempt, and the verdict."""
 
 
-class CompletedIn(Claim):
+class CompletedIn(Claim, _Reported):
     """Seed 000's ``completed``: exit code 0 succeeds, anything else fails."""
 
     exit_code: ExitCode = Field(default=0, description="Non-zero is recorded as a failure.")
@@ -128,7 +162,7 @@ class CompletedIn(Claim):
         )
 
 
-class FailedIn(Claim):
+class FailedIn(Claim, _Reported):
     """Seed 000's ``failed``: the job failed, or timed out when ``timed_out`` is set."""
 
     error: str = Field(min_length=1, max_length=10000)
@@ -150,7 +184,7 @@ class FailedIn(Claim):
 class HeartbeatIn(BaseModel):
     model_config = _STRICT
     launcher_id: LauncherId
-    jobs: list[str] = Field(default_factory=list, max_length=1024)
+    jobs: list[JobId] = Field(default_factory=list, max_length=1024)
 
 
 class HeartbeatOut(BaseModel):

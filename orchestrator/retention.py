@@ -26,12 +26,20 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 
 
+MAX_DURATION_S = 100 * 365 * 86400  # a cutoff further back is before any run (and past
+# about 2700 years it is no date at all)
+
+
 def parse_duration(text: str) -> float:
-    """``"7d"``, ``"12h"``, ``"30m"``, ``"0s"`` → seconds; ValueError otherwise."""
+    """``"7d"``, ``"12h"``, ``"30m"``, ``"0s"`` → seconds, at most 100 years; ValueError
+    otherwise."""
     m = _DURATION.match(text if isinstance(text, str) else "")
     if not m:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 7d, 12h, 30m, 0s)")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+        raise ValueError(f"not a duration: {text[:40]!r} (use e.g. 7d, 12h, 30m, 0s)")
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"{text.strip()!r} is longer than 100 years")
+    return seconds
 
 
 def remove_run(

@@ -50,6 +50,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "LAUNCHBAY_BROKER_VISIBILITY_S": str(settings.broker_visibility_s),
         "LAUNCHBAY_DRAIN_S": str(settings.drain_s),
         "LAUNCHBAY_MAX_LOST": str(settings.max_lost),
+        "LAUNCHBAY_MAX_LOG_LINE_BYTES": str(settings.max_log_line_bytes),
+        "LAUNCHBAY_MAX_BODY_BYTES": str(settings.max_body_bytes),
+        "LAUNCHBAY_STREAM_SEND_TIMEOUT_S": str(settings.stream_send_timeout_s),
     }
     if settings.token:
         env["LAUNCHBAY_TOKEN"] = settings.token

@@ -54,7 +54,42 @@ class Settings(BaseSettings):
         description="Redis connections one API process uses for its live clients' stream "
         "reads (plus its one subscription); clients queue for them, whatever their number.",
     )
+    stream_send_timeout_s: float = Field(
+        default=10,
+        gt=0,
+        le=600,
+        description="A live client (SSE or WebSocket) whose socket takes no more data for this "
+        "long is dropped as too slow, so it holds nothing of the server's for longer.",
+    )
     sse_ping_s: float = Field(default=15, gt=0, description="Keep-alive comment interval on SSE.")
+
+    # Input bounds: every request, and everything a job may send back, has a size.
+    max_body_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        le=1 << 30,
+        description="Largest request body the API reads (413 past it). The agent routes and "
+        "artifact uploads have bounds of their own.",
+    )
+    max_agent_body_bytes: int = Field(
+        default=16 << 20,
+        ge=1 << 20,
+        le=4 << 30,
+        description="Largest body of an agent's report to /launcher (an agent sends its log "
+        "in batches of about 1 MiB of text; JSON escaping can make that a few times larger).",
+    )
+    max_artifact_bytes: int = Field(
+        default=1 << 30,
+        ge=1,
+        description="Largest artifact an agent may upload (413 past it).",
+    )
+    max_log_line_bytes: int = Field(
+        default=64 << 10,
+        ge=256,
+        le=16 << 20,
+        description="A longer log line is cut here (UTF-8 bytes), with a marker saying how "
+        "long it was.",
+    )
     retention_days: float = Field(default=30, ge=0)
     lease_s: float = Field(default=30, gt=0, description="Runner lease; renewed every lease_s/3.")
     reconcile_interval_s: float = Field(default=5, gt=0)

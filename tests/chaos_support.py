@@ -1,20 +1,26 @@
 """The chaos test's own stack and its evidence: services started one by one so each can be
-SIGKILLed and started again, a persistent Valkey that can be restarted on its port, the
-per-job marks files, and a scan for processes left behind.
+SIGKILLed and started again, a persistent Valkey that can be restarted on its port, a
+submitter that keeps submitting through the API whatever it goes through, the per-job
+marks files, and a scan for processes left behind.
 
 Used by ``tests/test_chaos.py``; nothing here decides what the test asserts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from orchestrator.runners import new_runner_id
 from orchestrator.services import (
@@ -26,6 +32,7 @@ from orchestrator.services import (
     worker_argv,
 )
 from orchestrator.settings import Settings
+from tests.support import wait_until
 
 # ---------------------------------------------------------------------- the stack
 
@@ -61,6 +68,7 @@ class Fault:
     kind: str  # worker | api | beat | valkey | unexpected
     target: str
     detail: str = ""
+    wall: str = field(default_factory=lambda: datetime.now().strftime("%H:%M:%S.%f")[:-3])
 
 
 class ChaosStack:
@@ -162,14 +170,20 @@ class ChaosStack:
         self.down.discard("valkey")
 
     def unexpected_exits(self) -> list[Fault]:
-        """Services that exited although nobody killed them (recorded once each)."""
+        """Services whose leader exited although nobody killed it (recorded once each).
+        What is left of its group is killed, as a container runtime does when PID 1 exits."""
         found = []
         with self._lock:
             for name, svc in self.services.items():
                 if name in self.down or svc.proc is None or svc.proc.poll() is None:
                     continue
                 self.down.add(name)
-                fault = Fault(self.now(), "unexpected", name, f"exit code {svc.proc.returncode}")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(svc.proc.pid, signal.SIGKILL)
+                detail = f"pid {svc.proc.pid}, exit code {svc.proc.returncode}"
+                if name in self.runner_ids:
+                    detail += f", runner {self.runner_ids[name][-1]}"
+                fault = Fault(self.now(), "unexpected", name, detail)
                 self.faults.append(fault)
                 found.append(fault)
         return found
@@ -187,17 +201,173 @@ class ChaosStack:
     # ------------------------------------------------------------ evidence
 
     def log_lines(self, needle: str, limit: int = 40) -> list[str]:
-        """Lines of every service log that mention ``needle``, prefixed by the log's name."""
-        out = []
+        """Lines of every service log that mention ``needle``, prefixed by the log's name;
+        a run of one repeated message is shown once with its count, and a traceback that
+        follows a line is cut down to this project's frames and the exception."""
+        out: list[str] = []
         for f in sorted(self.logs.glob("*.log")):
-            for line in f.read_text(errors="replace").splitlines():
-                if needle in line:
-                    out.append(f"{f.stem}: {line}")
+            lines = f.read_text(errors="replace").splitlines()
+            last_msg, repeats = "", 0
+            for i, line in enumerate(lines):
+                if needle not in line:
+                    continue
+                msg = line.split("]", 1)[-1]
+                if msg == last_msg:
+                    repeats += 1
+                    continue
+                if repeats:
+                    out.append(f"{f.stem}:   (the line above {repeats} more times)")
+                last_msg, repeats = msg, 0
+                out.append(f"{f.stem}: {line}")
+                out += [f"{f.stem}:     {t}" for t in _traceback_after(lines, i)]
+            if repeats:
+                out.append(f"{f.stem}:   (the line above {repeats} more times)")
         return out[-limit:]
 
-    def log_tail(self, name: str, chars: int = 3000) -> str:
+    def exit_evidence(self, name: str, lines: int = 12) -> str:
+        """Why ``name`` exited, from its log: its CRITICAL lines and the last lines."""
         f = self.logs / f"{name}.log"
-        return f.read_text(errors="replace")[-chars:] if f.exists() else ""
+        text = f.read_text(errors="replace").splitlines() if f.exists() else []
+        critical = [line for line in text if "CRITICAL" in line][-3:]
+        return "\n".join([*critical, "  ...", *text[-lines:], f"  (log: {f})"])
+
+
+def _traceback_after(lines: list[str], i: int) -> list[str]:
+    """The traceback logged right after ``lines[i]``, if any: the frames in this
+    project's code (not the venv's) and the final exception line."""
+    if i + 1 >= len(lines) or not lines[i + 1].startswith("Traceback"):
+        return []
+    block = []
+    for line in lines[i + 1 :]:
+        if line.startswith("[20"):  # the next log record
+            break
+        block.append(line)
+    frames = [t.strip() for t in block if t.strip().startswith("File ") and ".venv" not in t]
+    errors = [t for t in block if t and not t.startswith((" ", "Traceback", "During"))]
+    return frames + errors[-1:]
+
+
+# ---------------------------------------------------------------------- driving
+
+
+@dataclass
+class Planned:
+    index: int
+    kind: str  # marks | retry | countdown | fibonacci | echo_delay
+    spec: dict[str, Any]
+
+
+@dataclass
+class Submitted:
+    plan: Planned
+    job_id: str
+    name: str
+    how: str  # "201" or "adopted" (found in the store after an answer that never came)
+
+
+@dataclass
+class Shared:
+    """What the chaos thread and the submitter tell each other."""
+
+    api_up: threading.Event = field(default_factory=threading.Event)
+    schedule_done: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+    problems: list[str] = field(default_factory=list)
+
+
+class Submitter:
+    """Submits the plan through the API on a schedule, whatever the API is going through.
+
+    A refused connection never reached the API: the submit is simply sent again once it
+    answers. A 503 is the API refusing (the job is stored failed): a new job is submitted
+    once Valkey is back. Any other failure may come after the job was stored (the API died
+    mid-request): the store is asked for the job's unique name, and the job is adopted if
+    it is there, submitted again if not. So every job the store holds is accounted for.
+    """
+
+    def __init__(self, stack: ChaosStack, shared: Shared, seed: int, submit_s: float) -> None:
+        self.stack, self.shared, self.seed, self.submit_s = stack, shared, seed, submit_s
+        self.http = httpx.Client(base_url=stack.url, timeout=httpx.Timeout(30, connect=3))
+        self.accepted: list[Submitted] = []
+        self.refused: list[str] = []  # names the API answered 503 for
+        self.counts: Counter[str] = Counter()
+
+    def run(self, plan: list[Planned]) -> list[Submitted]:
+        start = self.stack.now()
+        step = self.submit_s / max(1, len(plan))
+        try:
+            for p in plan:
+                if self.shared.stop.wait(max(0.0, start + p.index * step - self.stack.now())):
+                    break
+                self._submit(p)
+        finally:
+            self.http.close()
+        return self.accepted
+
+    def _submit(self, p: Planned) -> None:
+        for n in range(30):
+            name = f"chaos-{self.seed}-{p.index}-{n}"
+            try:
+                r = self.http.post("/api/v1/jobs", json={**p.spec, "name": name})
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                self.counts["connect errors"] += 1
+                if self.shared.api_up.is_set() and "api" not in self.stack.down:
+                    self.shared.problems.append(
+                        f"submit {name}: {type(exc).__name__} while the API was up: {exc}"
+                    )
+                self.wait_api()
+                continue
+            except httpx.TransportError as exc:
+                self.counts[f"no answer ({type(exc).__name__})"] += 1
+                if self._adopt(p, name):
+                    return
+                continue
+            if r.status_code == 201:
+                self.shared.api_up.set()
+                self.accepted.append(Submitted(p, r.json()["id"], name, "201"))
+                self.counts["201"] += 1
+                return
+            if r.status_code == 503:
+                self.counts["503"] += 1
+                self.refused.append(name)
+                wait_until(self.stack.valkey.is_running, 60, 0.1, "Valkey to be back")
+                continue
+            if r.status_code >= 500:
+                self.counts[f"{r.status_code}"] += 1
+                self.shared.problems.append(f"submit {name} answered {r.status_code}: {r.text}")
+                if self._adopt(p, name):
+                    return
+                continue
+            raise AssertionError(f"submit {name} answered {r.status_code}: {r.text}")
+        raise AssertionError(f"job {p.index} could not be submitted in 30 tries")
+
+    def wait_api(self) -> None:
+        def answers() -> bool:
+            try:
+                return self.http.get("/api/v1/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(answers, 90, 0.1, "the API to answer again")
+        self.shared.api_up.set()
+
+    def _adopt(self, p: Planned, name: str) -> bool:
+        self.wait_api()
+        job = next((j for j in all_jobs(self.http) if j["name"] == name), None)
+        if job is None:
+            return False
+        self.accepted.append(Submitted(p, job["id"], name, "adopted"))
+        self.counts["adopted"] += 1
+        return True
+
+
+def all_jobs(http: httpx.Client) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    while True:
+        page = http.get("/api/v1/jobs", params={"limit": 1000, "offset": len(out)}).json()
+        out += page["items"]
+        if not page["items"] or len(out) >= page["total"]:
+            return out
 
 
 # ---------------------------------------------------------------------- marks
@@ -242,8 +412,9 @@ class Marks:
         seen = sorted(set(self.starts) | set(self.ends))
         if seen and seen[-1] > final_attempt:
             bad.append(f"marks of attempt {seen[-1]}, but the job ended on {final_attempt}")
-        if final_attempt not in self.starts or final_attempt not in self.ends:
-            bad.append(f"the final attempt {final_attempt} has no start and end marks")
+        for book, what in ((self.starts, "start"), (self.ends, "end")):
+            if final_attempt not in book:
+                bad.append(f"the final attempt {final_attempt} has no {what} mark")
         for a in self.starts:
             for b in self.starts:
                 if a >= b:
@@ -251,7 +422,7 @@ class Marks:
                 b_start = min(self.starts[b])
                 if max(self.ends.get(a, [0])) > b_start:
                     bad.append(
-                        f"attempt {a} ended {(max(self.ends[a]) - b_start) / 1e9:.3f} s after "
+                        f"attempt {a} ended {(max(self.ends[a]) - b_start) / 1e6:.3f} ms after "
                         f"attempt {b} started"
                     )
                 if min(self.starts[a]) > b_start:
@@ -270,7 +441,7 @@ class Marks:
 def processes_naming(needles: Iterable[str]) -> list[tuple[int, str]]:
     """Live processes whose command line or environment contains one of ``needles``:
     ``(pid, command line)``. Zombies count as gone."""
-    needles = [n.encode() for n in needles]
+    wanted = [n.encode() for n in needles]
     found = []
     me = os.getpid()
     for entry in Path("/proc").iterdir():
@@ -287,6 +458,6 @@ def processes_naming(needles: Iterable[str]) -> list[tuple[int, str]]:
                 environ = b""
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if any(n in cmdline or n in environ for n in needles):
+        if any(n in cmdline or n in environ for n in wanted):
             found.append((int(entry.name), cmdline.replace(b"\0", b" ").decode(errors="replace")))
     return found

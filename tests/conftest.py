@@ -20,8 +20,16 @@ from orchestrator.events import Events, connect
 from orchestrator.services import free_port
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
-from tests.support import Stack, docker_available, events_of, start_stack, stop_stack, wait_until
-from tests.tiers import SERVICE_MARKERS, FastTierViolation, fast_tier_guard, is_fast
+from tests.support import (
+    Stack,
+    docker_available,
+    events_of,
+    network_lock,
+    start_stack,
+    stop_stack,
+    wait_until,
+)
+from tests.tiers import FastTierViolation, fast_tier_guard, is_fast
 
 __all__ = ["wait_until"]
 
@@ -52,24 +60,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def slowest_modules_first(items: list[pytest.Item]) -> list[pytest.Item]:
-    """Modules with more slow tests first, then more tests on real parts; each module's own
-    order is kept. Every xdist worker collects the same order, and the scheduler hands out
-    modules in it, so the long ones start at once instead of trailing at the end."""
+    """The compose module first (the longest, minutes), then modules with more tests marked
+    slow, then more tests on real parts; each module's own order is kept. Every xdist worker
+    collects the same order, and the scheduler hands out modules in it, so the long ones
+    start at once instead of trailing at the end."""
     modules: dict[str, list[pytest.Item]] = {}
     for item in items:
         modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
 
-    def weight(group: list[pytest.Item]) -> tuple[int, int]:
-        slow = sum(1 for i in group if any(i.get_closest_marker(m) for m in SERVICE_MARKERS))
-        return (-slow, -sum(1 for i in group if not i.get_closest_marker("fast")))
+    def weight(group: list[pytest.Item]) -> tuple[int, int, int]:
+        def count(*markers: str) -> int:
+            return sum(1 for i in group if any(i.get_closest_marker(m) for m in markers))
+
+        return (
+            -count("compose"),
+            -count("slow"),
+            -sum(not i.get_closest_marker("fast") for i in group),
+        )
 
     return [i for group in sorted(modules.values(), key=weight) for i in group]
+
+
+# Modules the scheduler keeps on one worker, in turn: Chromium aborts its requests with
+# ERR_NETWORK_CHANGED whenever an interface comes or goes, and the compose module adds a
+# bridge and kills and stops containers for minutes (other docker tests, which take
+# seconds, are kept apart from the browser by a lock: support.py network_lock).
+ONE_WORKER = ("tests/browser/", "tests/deploy/test_compose.py")
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """``-n N``: whole modules per worker, so a module's fixtures (a stack of its own, a
-    private API) start once; the browser modules share one worker and one Chromium."""
+    private API) start once; the browser modules and compose share one worker (and one
+    Chromium)."""
     if config.getoption("dist") not in ("load", "loadfile", "loadscope"):
         return None  # an explicit --dist each / worksteal / loadgroup is kept
     from xdist.scheduler import LoadScopeScheduling
@@ -77,7 +100,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     class ByModule(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return "tests/browser/" if path.startswith("tests/browser/") else path
+            return "browser+compose" if path.startswith(ONE_WORKER) else path
 
     config.option.loadscopereorder = False  # keep the order slowest_modules_first chose
     return ByModule(config, log)
@@ -94,6 +117,24 @@ def _fast_tier_guard(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
     if breaches and not getattr(request.node, "fast_tier_violation_reported", False):
         pytest.fail("\n".join(dict.fromkeys(breaches)), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_network_change_under_the_browser(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Browser tests never run while another xdist worker starts containers (support.py:
+    network_lock)."""
+    node = request.node
+    if node.get_closest_marker("browser"):
+        exclusive = True
+    elif node.get_closest_marker("docker") or node.get_closest_marker("compose"):
+        exclusive = False
+    else:
+        yield
+        return
+    with network_lock(tmp_path_factory.getbasetemp(), exclusive=exclusive):
+        yield
 
 
 @pytest.hookimpl(wrapper=True)

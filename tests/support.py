@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -177,3 +180,21 @@ class TaggedWorker:
     def stop(self) -> None:
         if self.sup is not None:
             self.sup.stop()
+
+
+@contextlib.contextmanager
+def network_lock(basetemp: Path, *, exclusive: bool) -> Iterator[None]:
+    """Chromium aborts its requests with ERR_NETWORK_CHANGED whenever a network interface
+    comes or goes, and Docker adds one per container (compose a bridge per project). Under
+    xdist the browser tests hold this lock exclusively and the tests that start containers
+    hold it shared, so the two never overlap. One per session (the workers' temp folders
+    share a parent); a session in one process runs its tests in turn and needs no lock."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    with open(basetemp.parent / "network.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -27,6 +27,7 @@ from workers.verdict import Stop, decide, result_of
 log = logging.getLogger(__name__)
 
 _LOG_BATCH = 2000
+_LOG_BATCH_BYTES = 1 << 20  # one report stays well under the API's agent body bound
 _MAX_BUFFERED = 50_000  # lines kept while the channel is unreachable; the oldest go first
 _TIMEOUT_GRACE_S = 5.0
 
@@ -84,6 +85,15 @@ class _Reporter:
             self._progress = (p, m, max(0, at - len(batch)))
         return batch
 
+    def _batch_size(self, most: int) -> int:
+        """How many of the first ``most`` buffered lines fit one report (lock held)."""
+        size = 0
+        for n, (_stream, _step, line) in enumerate(self.lines[:most]):
+            size += len(line) + 64
+            if size > _LOG_BATCH_BYTES:
+                return max(n, 1)
+        return most
+
     def flush(self) -> None:
         """Send buffered lines and the latest progress in order. What cannot be delivered
         now is kept for the next flush."""
@@ -92,7 +102,7 @@ class _Reporter:
             while True:
                 with self._lock:
                     upto = self._progress[2] if self._progress else len(self.lines)
-                    batch = self._take(min(upto, _LOG_BATCH))
+                    batch = self._take(self._batch_size(min(upto, _LOG_BATCH)))
                     if self.dropped and batch:
                         note = f"[{self.dropped} log lines dropped: the server was unreachable]"
                         batch.insert(0, ("system", None, note))

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from orchestrator.job import utcnow
+from orchestrator.jobtypes import URL_FETCH_MAX_BYTES
 
 
 class JobCancelled(Exception):
@@ -89,9 +90,34 @@ def fibonacci(params: dict[str, Any], ctx: BuiltinContext) -> dict[str, Any]:
     return {"numbers": out, "count": count, "duration": round(time.perf_counter() - started, 6)}
 
 
+class BodyTooLarge(Exception):
+    """A fetched body went past the job's ``max_bytes``; ``read`` bytes were read."""
+
+    def __init__(self, message: str, read: int) -> None:
+        super().__init__(message)
+        self.read = read
+
+
+async def _read_at_most(resp: httpx.Response, limit: int) -> int:
+    """Read ``resp``'s body (decoded), keeping none of it; BodyTooLarge past ``limit``
+    bytes, on the declared length first, then on what arrives (a server may not say)."""
+    declared = resp.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body of {declared} bytes is larger than max_bytes ({limit})", 0)
+    size = 0
+    async for chunk in resp.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(
+                f"body larger than max_bytes ({limit}); stopped reading at {size} bytes", size
+            )
+    return size
+
+
 def url_fetch(params: dict[str, Any], ctx: BuiltinContext) -> dict[str, Any]:
     urls: list[str] = params["urls"]
     timeout = float(params.get("timeout") or 10)
+    limit = int(params.get("max_bytes") or URL_FETCH_MAX_BYTES)
     done = 0
     lock = threading.Lock()
 
@@ -99,13 +125,17 @@ def url_fetch(params: dict[str, Any], ctx: BuiltinContext) -> dict[str, Any]:
         nonlocal done
         t0 = time.perf_counter()
         try:
-            resp = await client.get(url)
-            rec: dict[str, Any] = {
-                "url": url,
-                "status": resp.status_code,
-                "size": len(resp.content),
-                "ok": resp.is_success,
-            }
+            async with client.stream("GET", url) as resp:
+                rec: dict[str, Any] = {
+                    "url": url,
+                    "status": resp.status_code,
+                    "size": 0,
+                    "ok": resp.is_success,
+                }
+                try:
+                    rec["size"] = await _read_at_most(resp, limit)
+                except BodyTooLarge as exc:
+                    rec.update(size=exc.read, ok=False, error=str(exc))
         except httpx.HTTPError as exc:
             rec = {
                 "url": url,

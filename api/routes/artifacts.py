@@ -12,12 +12,14 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import Field
 
+from api.bodies import StrictJSONRoute
 from api.deps import State
+from api.errors import answers
 from orchestrator.artifacts import safe_name
 from orchestrator.errors import ArtifactNotFound
 from orchestrator.job import Artifact
 
-router = APIRouter(prefix="/jobs", tags=["artifacts"])
+router = APIRouter(prefix="/jobs", tags=["artifacts"], route_class=StrictJSONRoute)
 
 _CHUNK = 64 * 1024
 # Already compressed: gzip would spend CPU to make them bigger.
@@ -63,8 +65,7 @@ def list_artifacts(job_id: str, state: State) -> Any:
     responses={
         200: {"description": "The file, with its content type and ETag = sha256"},
         304: {"description": "If-None-Match matched"},
-        400: {"description": "The name would leave the job's folder"},
-        404: {"description": "No such job or artifact"},
+        **answers(400),
     },
 )
 def download_artifact(

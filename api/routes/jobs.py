@@ -7,10 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, status
 from pydantic import BaseModel
 
-from api.deps import DispatcherDep, Store
+from api.bodies import StrictJSONRoute
+from api.deps import DispatcherDep, Offset, Store
+from api.errors import answers
 from orchestrator.job import Job, JobSpec, JobStatus
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=StrictJSONRoute)
 
 
 class JobPage(BaseModel):
@@ -36,7 +38,7 @@ def list_jobs(
     store: Store,
     status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Any:
     items, total = store.list(statuses=[s.value for s in status_ or []], limit=limit, offset=offset)
     return {"items": [j.public() for j in items], "total": total, "limit": limit, "offset": offset}
@@ -52,6 +54,7 @@ def get_job(job_id: str, store: Store) -> Any:
     response_model=Job,
     operation_id="jobs-cancel",
     summary="Cancel a queued or running job",
+    responses=answers(409),
 )
 def cancel_job(job_id: str, dispatcher: DispatcherDep) -> Any:
     return dispatcher.cancel(job_id).public()
@@ -62,6 +65,7 @@ def cancel_job(job_id: str, dispatcher: DispatcherDep) -> Any:
     response_model=Job,
     operation_id="jobs-delete",
     summary="Cancel a job (same as POST /cancel)",
+    responses=answers(409),
 )
 def delete_job(job_id: str, dispatcher: DispatcherDep) -> Any:
     return dispatcher.cancel(job_id).public()

@@ -21,13 +21,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from api.bodies import StrictJSONRoute
 from api.deps import State
+from api.errors import answers
 from api.routes.streams import hub_of
 from api.waker import Waker
-from orchestrator.artifacts import safe_name
-from orchestrator.errors import LaunchbayError, ParamError
+from orchestrator.artifacts import MAX_NAME, safe_name
+from orchestrator.errors import LaunchbayError
+from orchestrator.events import clip_line
 from orchestrator.job import Artifact, EventType, Job
 from orchestrator.protocol import (
+    MAX_ATTEMPT,
     RUNNER_ID,
     Claim,
     CompletedIn,
@@ -47,13 +51,12 @@ from orchestrator.runners import RunnerInfo, new_runner_id
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/launcher", tags=["launcher"])
+router = APIRouter(prefix="/launcher", tags=["launcher"], route_class=StrictJSONRoute)
 
 POLL_TIMEOUT_S = 30
 # Wake-ups come from lb:events; this bounded re-check covers a missed message or a
 # subscriber that is reconnecting.
 _FALLBACK_CHECK_S = 2.0
-MAX_ARTIFACT_BYTES = 1 << 30
 _WAKE_TYPES = frozenset({EventType.created, EventType.requeued, EventType.resync})
 
 
@@ -122,6 +125,7 @@ def _registered(state: State, launcher_id: str) -> RunnerInfo:
     response_model=RegisterOut,
     operation_id="launcher-register",
     summary="Register a remote agent",
+    responses=answers(409),
 )
 def register(body: RegisterIn, state: State) -> Any:
     if body.launcher_id:
@@ -162,7 +166,7 @@ def unregister(body: HeartbeatIn, state: State) -> Response:
     response_model=PollOut,
     operation_id="launcher-poll",
     summary="Long-poll for the next job this agent can run",
-    responses={204: {"description": "No job within the wait"}},
+    responses={204: {"description": "No job within the wait"}, **answers(404)},
 )
 async def poll(
     request: Request,
@@ -199,6 +203,7 @@ async def poll(
     response_model=Job,
     operation_id="launcher-started",
     summary="The agent launched the job: claimed → running",
+    responses=answers(409),
 )
 def started(job_id: str, body: Claim, state: State) -> Any:
     return state.dispatcher.lifecycle.start(job_id, body.launcher_id, body.attempt).public()
@@ -209,6 +214,7 @@ def started(job_id: str, body: Claim, state: State) -> Any:
     response_model=ReportOut,
     operation_id="launcher-progress",
     summary="Report progress",
+    responses=answers(409),
 )
 def progress(job_id: str, body: ProgressIn, state: State) -> Any:
     lifecycle = state.dispatcher.lifecycle
@@ -221,14 +227,18 @@ def progress(job_id: str, body: ProgressIn, state: State) -> Any:
     "/jobs/{job_id}/logs",
     response_model=ReportOut,
     operation_id="launcher-logs",
-    summary="Append log lines",
+    summary="Append log lines (each cut at LAUNCHBAY_MAX_LOG_LINE_BYTES, with a marker)",
+    responses=answers(409),
 )
 def logs(job_id: str, body: LogsIn, state: State) -> Any:
     job = state.dispatcher.lifecycle.held(job_id, body.launcher_id, body.attempt)
     # Another API process may have appended the previous batch: take the sequence from
     # Redis, not from this process's cache.
     state.events.forget(job.id)
-    seq = state.events.append_logs(job.id, [(ln.stream, ln.step, ln.line) for ln in body.lines])
+    limit = state.settings.max_log_line_bytes
+    seq = state.events.append_logs(
+        job.id, [(ln.stream, ln.step, clip_line(ln.line, limit)) for ln in body.lines]
+    )
     return ReportOut(cancel=job.cancel_requested, seq=seq)
 
 
@@ -243,7 +253,7 @@ def _end(state: State, job_id: str, claim: Claim, verdict: Verdict) -> Any:
     response_model=Job,
     operation_id="launcher-end",
     summary="End the attempt with its verdict (the core decides: retry, cancel, or the end)",
-    responses={409: {"description": "The agent does not hold this attempt"}},
+    responses=answers(409),
 )
 def end(job_id: str, body: EndIn, state: State) -> Any:
     return _end(state, job_id, body, Verdict(**body.model_dump(exclude={"launcher_id", "attempt"})))
@@ -254,6 +264,7 @@ def end(job_id: str, body: EndIn, state: State) -> Any:
     response_model=Job,
     operation_id="launcher-completed",
     summary="The job exited; exit code 0 succeeds it (a form of /end)",
+    responses=answers(409),
 )
 def completed(job_id: str, body: CompletedIn, state: State) -> Any:
     return _end(state, job_id, body, body.verdict())
@@ -264,6 +275,7 @@ def completed(job_id: str, body: CompletedIn, state: State) -> Any:
     response_model=Job,
     operation_id="launcher-failed",
     summary="The job failed or timed out (a form of /end)",
+    responses=answers(409),
 )
 def failed(job_id: str, body: FailedIn, state: State) -> Any:
     return _end(state, job_id, body, body.verdict())
@@ -274,6 +286,7 @@ def failed(job_id: str, body: FailedIn, state: State) -> Any:
     response_model=Job,
     operation_id="launcher-release",
     summary="Give back a claimed job the agent will not start",
+    responses=answers(409),
 )
 def release(job_id: str, body: Claim, state: State) -> Any:
     again = state.dispatcher.lifecycle.release(job_id, body.launcher_id, body.attempt)
@@ -285,27 +298,31 @@ def release(job_id: str, body: Claim, state: State) -> Any:
     "/jobs/{job_id}/artifacts",
     response_model=Artifact,
     operation_id="launcher-artifact-upload",
-    summary="Upload one artifact (raw body)",
+    summary="Upload one artifact (raw body, at most LAUNCHBAY_MAX_ARTIFACT_BYTES)",
+    responses=answers(400, 409, 413),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        }
+    },
 )
 async def upload_artifact(
     job_id: str,
     request: Request,
     state: State,
     launcher_id: Annotated[str, Query(pattern=RUNNER_ID)],
-    attempt: Annotated[int, Query(ge=1)],
-    name: Annotated[str, Query(min_length=1, max_length=1000)],
+    attempt: Annotated[int, Query(ge=1, le=MAX_ATTEMPT)],
+    name: Annotated[str, Query(min_length=1, max_length=MAX_NAME)],
 ) -> Any:
     lifecycle = state.dispatcher.lifecycle
     await run_in_threadpool(lifecycle.held, job_id, launcher_id, attempt)
     safe_name(name)  # refuse a bad name before reading the body
     fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=state.settings.home)
     try:
-        size = 0
+        # The body's bound (LAUNCHBAY_MAX_ARTIFACT_BYTES, api/app.py) stops it with a 413.
         with os.fdopen(fd, "wb") as out:
             async for chunk in request.stream():
-                size += len(chunk)
-                if size > MAX_ARTIFACT_BYTES:
-                    raise ParamError("body", f"artifact larger than {MAX_ARTIFACT_BYTES} bytes")
                 await run_in_threadpool(out.write, chunk)
         saved = await run_in_threadpool(state.artifacts.save, job_id, name, Path(tmp))
         await run_in_threadpool(lifecycle.add_artifact, job_id, launcher_id, attempt, saved)
@@ -319,6 +336,7 @@ async def upload_artifact(
     response_model=HeartbeatOut,
     operation_id="launcher-heartbeat",
     summary="Keep the agent and the leases of its jobs alive",
+    responses=answers(404),
 )
 def heartbeat(body: HeartbeatIn, state: State) -> Any:
     info = _registered(state, body.launcher_id)

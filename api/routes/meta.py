@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from api.bodies import StrictJSONRoute
 from api.deps import State
 from api.routes.streams import SSE_NAMES
 from orchestrator.job import (
+    ACTIVE_STATUSES,
     EXECUTORS,
     STATUS_EVENTS,
     TERMINAL_STATUSES,
@@ -19,7 +21,7 @@ from orchestrator.job import (
 )
 from orchestrator.jobtypes import JOB_TYPES
 
-router = APIRouter(tags=["meta"])
+router = APIRouter(tags=["meta"], route_class=StrictJSONRoute)
 
 
 class Vocabulary(BaseModel):
@@ -51,10 +53,22 @@ def vocabulary() -> Vocabulary:
     )
 
 
-def stats_of(state: Any) -> dict[str, Any]:
+# Jobs that need a worker slot now or soon: waiting (also for a retry's due time), claimed,
+# or running. The autoscalers scale workers on it (deploy/k8s/keda-scaledobject.yaml).
+DEMAND_STATUSES = (JobStatus.queued.value, *sorted(s.value for s in ACTIVE_STATUSES))
+
+
+def stats_of(state: Any, executors: list[str] | None = None) -> dict[str, Any]:
     counts = state.store.counts_by_status()
     workers = state.runners.summary(state.store.active_by_runner())
-    return {**counts, "total": sum(counts.values()), "workers": workers}
+    if executors:
+        demand = sum(
+            state.store.list(statuses=DEMAND_STATUSES, executor=e, limit=0)[1]
+            for e in dict.fromkeys(executors)
+        )
+    else:
+        demand = sum(counts[s] for s in DEMAND_STATUSES)
+    return {**counts, "total": sum(counts.values()), "demand": demand, "workers": workers}
 
 
 @router.get("/job-types", operation_id="meta-job-types", summary="Built-in job types")
@@ -62,9 +76,24 @@ def job_types() -> list[dict[str, Any]]:
     return [t.to_dict() for t in JOB_TYPES.values()]
 
 
-@router.get("/stats", operation_id="meta-stats", summary="Counts per status and live workers")
-def stats(state: State) -> dict[str, Any]:
-    return stats_of(state)
+@router.get(
+    "/stats",
+    operation_id="meta-stats",
+    summary="Counts per status and live workers",
+    description="One count per job status (`queued`, `claimed`, `running`, `succeeded`, ...), "
+    "`total` (every job in the store), `demand` (jobs queued, claimed or running: the slots "
+    "workers need now, busy ones included; only the given `executor`s' jobs when the "
+    "parameter is given — the Kubernetes autoscaler's metric) and `workers` (`count` live "
+    "workers and agents, their `capacity` in slots, `active` slots in use).",
+)
+def stats(
+    state: State,
+    executor: Annotated[
+        list[Executor] | None,
+        Query(description="Count only these executors' jobs in `demand` (repeatable)."),
+    ] = None,
+) -> dict[str, Any]:
+    return stats_of(state, list(executor or []))
 
 
 @router.get("/workers", operation_id="meta-workers", summary="Live workers and agents")

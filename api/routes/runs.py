@@ -11,14 +11,25 @@ from fastapi import APIRouter, Body, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.deps import State
+from api.bodies import StrictJSONRoute
+from api.deps import Offset, State
+from api.errors import answers
 from orchestrator.errors import ParamError
 from orchestrator.events import Events, job_logs_key
-from orchestrator.job import AttemptRecord, Executor, Job, JobStatus, as_utc
+from orchestrator.job import (
+    MAX_LABEL_KEY,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    AttemptRecord,
+    Executor,
+    Job,
+    JobStatus,
+    UtcTime,
+)
 from orchestrator.retention import cleanup_older_than, parse_duration, remove_run
 from orchestrator.store import JobStore
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(prefix="/runs", tags=["runs"], route_class=StrictJSONRoute)
 
 API = "/api/v1"
 _JSONL_PAGE = 500
@@ -34,7 +45,9 @@ class RunPage(BaseModel):
 class CleanupRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     older_than: str = Field(
-        description="Remove ended runs that finished longer ago than this: 7d, 12h, 30m, 0s.",
+        max_length=32,
+        description="Remove ended runs that finished longer ago than this: 7d, 12h, 30m, 0s "
+        "(at most 100 years).",
         examples=["7d"],
     )
 
@@ -83,21 +96,24 @@ def list_runs(
     state: State,
     status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
     executor: Executor | None = None,
-    label: Annotated[list[str] | None, Query(description="key=value; repeat to AND")] = None,
-    since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="Created before (ISO 8601)")] = None,
+    label: Annotated[
+        list[str] | None,
+        Query(max_length=MAX_LABELS, description="key=value; repeat to AND"),
+    ] = None,
+    since: Annotated[UtcTime | None, Query(description="Created at or after (ISO 8601)")] = None,
+    until: Annotated[UtcTime | None, Query(description="Created before (ISO 8601)")] = None,
     limit: Annotated[
         int | None, Query(ge=1, le=1000, description="Page size; 50, or all for jsonl")
     ] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     format_: Annotated[Literal["json", "jsonl"], Query(alias="format")] = "json",
 ) -> Any:
     filters: dict[str, Any] = {
         "statuses": [s.value for s in status_ or []],
         "executor": executor,
         "labels": _labels(label or []),
-        "since": _utc(since),
-        "until": _utc(until),
+        "since": since,
+        "until": until,
     }
     if format_ == "jsonl":
         return _jsonl(state.store, filters, limit, offset)
@@ -111,15 +127,15 @@ def _labels(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ParamError("label", f"label filter {pair!r} is not key=value")
+            raise ParamError("label", f"label filter {pair[:100]!r} is not key=value")
+        if len(key) > MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE:
+            raise ParamError(
+                "label",
+                f"a label filter's key has at most {MAX_LABEL_KEY} characters and its value "
+                f"at most {MAX_LABEL_VALUE}",
+            )
         out[key] = value
     return out
-
-
-def _utc(when: datetime | None) -> datetime | None:
-    if when is None:
-        return None
-    return as_utc(when)
 
 
 def _jsonl(
@@ -209,6 +225,7 @@ def get_run(job_id: str, state: State) -> Any:
     response_model=RemovedRun,
     operation_id="runs-delete",
     summary="Remove an ended run with its logs and artifacts (409 until it ends)",
+    responses=answers(409),
 )
 def delete_run(job_id: str, state: State) -> Any:
     return remove_run(

@@ -18,6 +18,7 @@ The hub (``api.fanout.Hub``) is started and stopped here, by ``setup(app)``'s ho
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -25,17 +26,18 @@ import anyio
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette.event import ServerSentEvent
-from sse_starlette.sse import EventSourceResponse
+from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message, Receive, Scope, Send
 
+from api.bodies import StrictJSONRoute
 from api.fanout import Dropped, Hub, Subscriber
 from api.follower import TERMINAL_EVENTS, Cursor, Item, JobFollower, parse_seq, resolve_log_since
 from api.state import AppState
 from orchestrator.events import parse_log_since
 from orchestrator.job import EventType, Job
 
-router = APIRouter(tags=["streams"])
+router = APIRouter(tags=["streams"], route_class=StrictJSONRoute)
 
 _SINCE_DOC = (
     "Lines after this: a line number, or an ISO 8601 time (lines written after it; "
@@ -66,6 +68,7 @@ def setup(app: FastAPI) -> None:
             logs_dir=state.settings.logs_dir,
             queue_size=state.settings.stream_queue_size,
             max_connections=state.settings.stream_redis_connections,
+            send_timeout_s=state.settings.stream_send_timeout_s,
         )
         state.extras["hub"] = hub
         await hub.start()
@@ -100,13 +103,15 @@ class HubEventSource(EventSourceResponse):
 
     When the hub drops the subscriber (too slow) the stream stops at once — even while it is
     blocked writing to a client that does not read — and the client gets a last ``error``
-    event with the reason, if it takes it within ``DROP_GRACE_S``.
+    event with the reason, if it takes it within ``DROP_GRACE_S``. A client whose socket
+    takes no data for the hub's ``send_timeout_s`` (LAUNCHBAY_STREAM_SEND_TIMEOUT_S) is
+    dropped then, with nothing more sent: it holds no task, queue or Redis read after that.
     """
 
     def __init__(
         self, content: AsyncIterator[bytes], *, hub: Hub, sub: Subscriber, ping: float
     ) -> None:
-        super().__init__(content, ping=ping)
+        super().__init__(content, ping=ping, send_timeout=hub.send_timeout_s)
         self.hub, self.sub = hub, sub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -131,7 +136,9 @@ class HubEventSource(EventSourceResponse):
                     tg.cancel_scope.cancel()
             except* Dropped:
                 pass  # the generator saw the drop first; the farewell below says why
-            if self.sub.reason is not None and not finished:
+            except* SendTimeoutError:
+                self.hub.drop(self.sub, self.hub.stuck_reason(), stuck=True)
+            if self.sub.reason is not None and not finished and not self.sub.stuck:
                 farewell = ServerSentEvent(
                     json.dumps({"error": self.sub.reason}), event="error"
                 ).encode()
@@ -142,20 +149,56 @@ class HubEventSource(EventSourceResponse):
             self.hub.unsubscribe(self.sub)
 
 
-def _encode(items: list[Item]) -> bytes:
+def _frame(event: str, data: str, event_id: str) -> str:
+    """One SSE event. ``data`` is JSON, which holds no line break (``json.dumps`` escapes
+    them), so it is one ``data:`` line; ids are cursors or numbers, without line breaks."""
+    return f"id: {event_id}\r\nevent: {event}\r\ndata: {data}\r\n\r\n"
+
+
+class _LineCache:
+    """Log lines as JSON, shared by every client of the process that follows the job: a
+    line is encoded once, not once per client (60 clients of one busy job would otherwise
+    spend the API's CPU encoding the same text). Bounded by bytes, least recent out."""
+
+    def __init__(self, budget: int = 16 << 20) -> None:
+        self.budget, self.size = budget, 0
+        self._lines: OrderedDict[tuple[str, int], str] = OrderedDict()
+
+    def json(self, job_id: str, line: dict[str, Any]) -> str:
+        key = (job_id, line["seq"])
+        text = self._lines.get(key)
+        if text is None:
+            text = self._lines[key] = json.dumps(line)
+            self.size += len(text)
+            while self.size > self.budget and self._lines:
+                self.size -= len(self._lines.popitem(last=False)[1])
+        return text
+
+
+_LINES = _LineCache()
+_SLICE = 256
+
+
+async def _slices(batch: list[Item]) -> AsyncIterator[list[Item]]:
+    """``batch`` in slices, letting the event loop run between them: a burst of thousands
+    of lines for many clients must not hold the loop while other requests wait (a write
+    that does not block yields nothing by itself)."""
+    for start in range(0, len(batch), _SLICE):
+        if start:
+            await anyio.sleep(0)
+        yield batch[start : start + _SLICE]
+
+
+def _encode(job_id: str, items: list[Item]) -> bytes:
     """One chunk for a batch of items: fewer, larger writes when lines come fast."""
     out = []
     for kind, payload, cursor in items:
         if kind == "log":
-            out.append(ServerSentEvent(json.dumps(payload), event="log", id=cursor.encode()))
+            out.append(_frame("log", _LINES.json(job_id, payload), cursor.encode()))
         else:
             name = SSE_NAMES.get(payload["type"], "status")
-            out.append(
-                ServerSentEvent(
-                    json.dumps(payload["data"], default=str), event=name, id=cursor.encode()
-                )
-            )
-    return b"".join(e.encode() for e in out)
+            out.append(_frame(name, json.dumps(payload["data"], default=str), cursor.encode()))
+    return "".join(out).encode()
 
 
 async def open_job(state: AppState, job_id: str, label: str) -> tuple[Hub, Subscriber, str, Job]:
@@ -180,10 +223,7 @@ async def open_job(state: AppState, job_id: str, label: str) -> tuple[Hub, Subsc
     operation_id="streams-job-events",
     summary="Live job events (SSE): status, progress, log, then the outcome",
     response_class=EventSourceResponse,
-    responses={
-        204: {"description": "Resumed after the job's last event: nothing left."},
-        404: {"description": "Unknown job."},
-    },
+    responses={204: {"description": "Resumed after the job's last event: nothing left."}},
 )
 async def job_events(
     job_id: str,
@@ -199,6 +239,8 @@ async def job_events(
         resume = Cursor.parse(since, "since")
     hub, sub, last, job = await open_job(state, job_id, _label(request, "sse events"))
     try:
+        if resume is not None:
+            resume.check_within(last, "Last-Event-ID" if last_event_id else "since")
         if resume is None:
             first = await hub.first_buffered_seq(job_id)
             # A late joiner gets the live buffer's lines; /logs has the whole log.
@@ -220,7 +262,8 @@ async def job_events(
         if head:
             yield head
         async for batch in follower.batches():
-            yield _encode(batch)
+            async for part in _slices(batch):
+                yield _encode(job_id, part)
 
     return HubEventSource(body(), hub=hub, sub=sub, ping=state.settings.sse_ping_s)
 
@@ -286,7 +329,7 @@ async def _text_lines(hub: Hub, job_id: str, since: int, limit: int | None) -> A
     operation_id="streams-job-log-stream",
     summary="Live log lines (SSE; data is one JSON line, id its number) until the job ends",
     response_class=EventSourceResponse,
-    responses={404: {"description": "Unknown job."}},
+    responses={204: {"description": "Resumed after the job's last line: nothing left."}},
 )
 async def job_log_stream(
     job_id: str,
@@ -317,10 +360,10 @@ async def job_log_stream(
 
     async def body() -> AsyncIterator[bytes]:
         async for batch in follower.batches():
-            yield b"".join(
-                ServerSentEvent(json.dumps(p), event="log", id=str(c.log_seq)).encode()
-                for _, p, c in batch
-            )
+            async for part in _slices(batch):
+                yield "".join(
+                    _frame("log", _LINES.json(job_id, p), str(c.log_seq)) for _, p, c in part
+                ).encode()
 
     return HubEventSource(body(), hub=hub, sub=sub, ping=state.settings.sse_ping_s)
 

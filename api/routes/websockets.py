@@ -26,6 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
+from api.bodies import strict_loads
 from api.deps import ws_token_ok
 from api.errors import invalid
 from api.fanout import RESYNC, Dropped, Hub, Subscriber
@@ -83,6 +84,21 @@ async def _serve(sub: Subscriber, *tasks: Callable[[], Awaitable[None]]) -> None
             tg.start_soon(run, fn)
 
 
+async def _send(websocket: WebSocket, hub: Hub, sub: Subscriber, text: str) -> None:
+    """Send ``text``; a socket that takes no data for the hub's ``send_timeout_s`` gets
+    its subscriber dropped (and :class:`Dropped` raised): it holds nothing after that."""
+    with anyio.move_on_after(hub.send_timeout_s) as scope:
+        await websocket.send_text(text)
+    if scope.cancelled_caught:
+        hub.drop(sub, hub.stuck_reason(), stuck=True)
+        raise Dropped(sub.reason or "too slow")
+
+
+def _close_wait(sub: Subscriber) -> float:
+    """How long the close of a dropped socket may take: a stuck one takes nothing more."""
+    return 1.0 if sub.stuck else DROP_GRACE_S
+
+
 async def _until_disconnect(websocket: WebSocket) -> None:
     while (await websocket.receive())["type"] != "websocket.disconnect":
         pass
@@ -114,8 +130,10 @@ async def job_log_socket(websocket: WebSocket, job_id: str) -> None:
     async def send_lines() -> None:
         nonlocal done
         async for batch in follower.batches():
-            for _, line, _ in batch:
-                await websocket.send_text(json.dumps(line))
+            for n, (_, line, _) in enumerate(batch, start=1):
+                await _send(websocket, hub, sub, json.dumps(line))
+                if n % 256 == 0:
+                    await anyio.sleep(0)  # (a burst must not hold the event loop)
         done = True
 
     try:
@@ -123,7 +141,7 @@ async def job_log_socket(websocket: WebSocket, job_id: str) -> None:
     finally:
         hub.unsubscribe(sub)
     if sub.reason is not None:
-        await _close(websocket, CLOSE_TRY_LATER, sub.reason, DROP_GRACE_S)
+        await _close(websocket, CLOSE_TRY_LATER, sub.reason, _close_wait(sub))
     elif done:
         status = follower.final["type"] if follower.final else "ended"
         await _close(websocket, 1000, f"job {status}")
@@ -216,10 +234,15 @@ class QueueFeed:
         self.stats = _stats_cache(state)
         self.hidden: set[str] = set()
         self.lock = asyncio.Lock()
+        self.sub: Subscriber | None = None
 
     async def send(self, msg: dict[str, Any]) -> None:
+        text = json.dumps(msg, default=str)
         async with self.lock:
-            await self.ws.send_text(json.dumps(msg, default=str))
+            if self.sub is None:
+                await self.ws.send_text(text)
+            else:
+                await _send(self.ws, self.hub, self.sub, text)
 
     async def queue_state(self) -> dict[str, Any]:
         jobs, _ = await run_in_threadpool(self.state.store.list, limit=QUEUE_STATE_JOBS)
@@ -259,12 +282,18 @@ class QueueFeed:
             if text is None:
                 await self.send({"type": "error", "error": "send JSON text messages"})
                 continue
+            limit = self.state.settings.max_body_bytes
+            if len(text) > limit:  # (characters; at least as many bytes)
+                await self.send(
+                    {"type": "error", "error": f"a message has at most {limit} bytes", "code": 413}
+                )
+                continue
             await self.send(await self.answer(text))
 
     async def answer(self, text: str) -> dict[str, Any]:
         """The reply to one client message; bad input is an error reply, never a close."""
         try:
-            msg = json.loads(text)
+            msg = strict_loads(text)
         except ValueError as exc:
             return {"type": "error", "error": f"message is not JSON: {exc}"}
         if not isinstance(msg, dict):
@@ -342,12 +371,12 @@ async def queue_socket(websocket: WebSocket) -> None:
         return
     state: AppState = websocket.app.state.lb
     feed = QueueFeed(websocket, state)
-    sub = feed.hub.subscribe(None, logs=False, label=_label(websocket, "ws queue"))
+    sub = feed.sub = feed.hub.subscribe(None, logs=False, label=_label(websocket, "ws queue"))
     try:
-        with contextlib.suppress(*_GONE):
+        with contextlib.suppress(Dropped, *_GONE):
             await feed.send(await feed.queue_state())  # after subscribing: nothing falls between
             await _serve(sub, lambda: feed.feed(sub), feed.commands)
     finally:
         feed.hub.unsubscribe(sub)
     if sub.reason is not None:
-        await _close(websocket, CLOSE_TRY_LATER, sub.reason, DROP_GRACE_S)
+        await _close(websocket, CLOSE_TRY_LATER, sub.reason, _close_wait(sub))

@@ -24,7 +24,6 @@ from orchestrator.cli._output import (
 from orchestrator.cli._watch import Watcher, has_several_steps, write_log_line
 from orchestrator.client import LogLine
 from orchestrator.errors import ParamError
-from orchestrator.events import parse_log_since
 from orchestrator.job import JobStatus
 
 # ---------------------------------------------------------------- jobs
@@ -123,6 +122,10 @@ def job_logs(
     token: Token = None,
 ) -> None:
     """A job's log (stdout and stderr lines, in order)."""
+    # Imported here: its module brings redis, which no other client command needs (every
+    # `launchbay` call pays for what the CLI imports; tests/cli/test_startup.py).
+    from orchestrator.events import parse_log_since
+
     try:
         parsed = parse_log_since(since, "--since")
     except ParamError as exc:

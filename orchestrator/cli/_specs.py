@@ -17,7 +17,6 @@ from typing import Any
 import yaml
 
 from orchestrator.job import SPEC_MODELS
-from orchestrator.retention import parse_duration
 
 
 class SpecInputError(ValueError):
@@ -119,6 +118,8 @@ def parse_timeout(text: str) -> float:
     try:
         seconds = float(text)
     except ValueError:
+        from orchestrator.retention import parse_duration  # (brings SQLAlchemy; see _jobs.py)
+
         try:
             seconds = parse_duration(text)
         except ValueError:

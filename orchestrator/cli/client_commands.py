@@ -27,7 +27,6 @@ from orchestrator.cli._output import (
     say,
 )
 from orchestrator.cli._run import RUN_HELP, run
-from orchestrator.retention import parse_duration
 
 # ---------------------------------------------------------------- runs
 
@@ -109,6 +108,8 @@ def runs_cleanup(
     token: Token = None,
 ) -> None:
     """Remove ended runs older than a duration."""
+    from orchestrator.retention import parse_duration  # (brings SQLAlchemy; see _jobs.py)
+
     try:
         parse_duration(older_than)
     except ValueError as exc:

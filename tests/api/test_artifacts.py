@@ -234,13 +234,17 @@ def test_process_job_artifacts_end_to_end(stack: Stack, api: httpx.Client) -> No
 
 
 def test_artifact_globs_cannot_reach_outside_the_workspace(stack: Stack, api: httpx.Client) -> None:
-    job = stack.submit(
-        {
-            "executor": "process",
-            "command": ["sh", "-c", "echo in > in.txt && ln -s /etc/passwd link.txt"],
-            "artifacts": ["*.txt", "../*", "/etc/passwd"],
-        }
-    )
+    spec = {
+        "executor": "process",
+        "command": ["sh", "-c", "echo in > in.txt && ln -s /etc/passwd link.txt"],
+        "artifacts": ["*.txt", "../*", "/etc/passwd"],
+    }
+    # Globs that leave the workspace are refused at submit (tests/api/test_limits.py)...
+    r = api.post("/api/v1/jobs", json=spec)
+    assert r.status_code == 422
+    assert [f["field"] for f in r.json()["fields"]] == ["artifacts.1", "artifacts.2"]
+    # ...and a link inside it that points out is not followed.
+    job = stack.submit({**spec, "artifacts": ["*.txt"]})
     done = stack.wait_status(job["id"], timeout=60)
     assert done["status"] == "succeeded", done
     names = [a["name"] for a in api.get(f"/api/v1/jobs/{job['id']}/artifacts").json()]

@@ -421,7 +421,9 @@ def test_unrenewed_lease_is_requeued_by_the_reconciler(
     api.post(f"/api/v1/jobs/{job['id']}/cancel")
 
 
-def test_release_gives_a_claimed_job_back(api: httpx.Client, stack: Stack, tag: str) -> None:
+def test_release_gives_a_claimed_or_running_job_back(
+    api: httpx.Client, stack: Stack, tag: str
+) -> None:
     lid = register(api, [tag])
     job = stack.submit(spec(tag))
     claim(api, lid)
@@ -432,8 +434,16 @@ def test_release_gives_a_claimed_job_back(api: httpx.Client, stack: Stack, tag: 
     got = claim(api, lid)
     assert got["id"] == job["id"] and got["attempt"] == 2
     post(api, job["id"], "started", lid, attempt=2)
-    assert post(api, job["id"], "release", lid, attempt=2).status_code == 409  # running
-    post(api, job["id"], "completed", lid, attempt=2)
+    # A draining agent hands back a running job too: queued again, nothing spent.
+    back = post(api, job["id"], "release", lid, attempt=2)
+    assert back.status_code == 200, back.text
+    assert (back.json()["status"], back.json()["attempt"], back.json()["handbacks"]) == (
+        "queued",
+        3,
+        2,
+    )
+    assert back.json()["losses"] == 0
+    assert post(api, job["id"], "completed", lid, attempt=2).status_code == 409
 
 
 # ------------------------------------------------------------------ artifacts

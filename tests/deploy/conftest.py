@@ -8,6 +8,7 @@ skip, unless ``LAUNCHBAY_REQUIRE_COMPOSE=1`` (CI), where they fail and say what 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -15,11 +16,38 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.job import BuiltinSpec
 from tests.support import docker_available
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRE_COMPOSE = os.environ.get("LAUNCHBAY_REQUIRE_COMPOSE") == "1"
 IMAGE_VARS = ("LAUNCHBAY_IMAGE", "LAUNCHBAY_REDIS_IMAGE", "LAUNCHBAY_POSTGRES_IMAGE")
+
+# A draining worker's last seconds after LAUNCHBAY_DRAIN_S: stopping the jobs still running
+# (SIGTERM, a job's grace_s, SIGKILL), handing them back, and Celery's own exit (closing its
+# pool and connections): measured on a loaded 2-core machine, 3 s for an idle worker, under
+# 1 s after a process job's hand-back, about 10 s after a built-in job's (once over 13 s).
+# The SIGKILL that compose's stop_grace_period and Kubernetes' terminationGracePeriodSeconds
+# schedule must come later.
+JOB_GRACE_S = float(BuiltinSpec.model_fields["grace_s"].default)
+HANDBACK_MARGIN_S = 15.0
+
+
+def least_stop_grace_s(drain_s: float) -> float:
+    """The shortest SIGTERM-to-SIGKILL time that lets a worker drain and hand back."""
+    return drain_s + JOB_GRACE_S + HANDBACK_MARGIN_S
+
+
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
+
+
+def duration_s(value: str | float) -> float:
+    """A compose duration ("45s", "1m30s", "1.5s") in seconds."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", value)
+    assert parts and "".join(n + u for n, u in parts) == value, f"not a duration: {value!r}"
+    return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

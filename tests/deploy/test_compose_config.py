@@ -15,7 +15,16 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.conftest import REPO, REQUIRE_COMPOSE, read_env_file
+from orchestrator.settings import Settings
+from tests.deploy.conftest import (
+    HANDBACK_MARGIN_S,
+    JOB_GRACE_S,
+    REPO,
+    REQUIRE_COMPOSE,
+    duration_s,
+    least_stop_grace_s,
+    read_env_file,
+)
 
 LAUNCHBAY_SERVICES = ("api", "worker", "beat", "flower")
 
@@ -133,3 +142,34 @@ def test_docker_override_mounts_the_socket_on_workers_only(compose_bin: str) -> 
         assert not any("docker.sock" in v for v in svc[name]["volumes"])
         assert svc[name]["environment"]["LAUNCHBAY_HOME"] == home
         assert f"{home}:{home}:rw" in svc[name]["volumes"]
+
+
+def test_duration_parser() -> None:
+    assert duration_s("45s") == 45
+    assert duration_s("1m30s") == 90
+    assert duration_s("1500ms") == 1.5
+    with pytest.raises(AssertionError):
+        duration_s("45")
+
+
+@pytest.mark.parametrize(
+    "files", [("docker-compose.yml",), ("docker-compose.yml", "deploy/compose.docker.yml")]
+)
+def test_worker_stop_grace_covers_the_drain_and_the_hand_back(
+    compose_bin: str, files: tuple[str, ...]
+) -> None:
+    """`docker-compose stop`/`down` and scaling down send SIGTERM, then SIGKILL after the
+    worker's stop_grace_period. It must cover LAUNCHBAY_DRAIN_S (running jobs finish), then
+    stopping what still runs (a job's grace_s) and handing it back; the drain is set on the
+    worker itself, so a shell variable cannot stretch it past the grace."""
+    worker = resolved(compose_bin, *files)["services"]["worker"]
+    assert "LAUNCHBAY_DRAIN_S" in worker["environment"], "set the drain next to the grace"
+    drain_s = Settings(drain_s=worker["environment"]["LAUNCHBAY_DRAIN_S"]).drain_s
+    stretched = resolved(compose_bin, *files, env={"LAUNCHBAY_DRAIN_S": "600"})["services"]
+    drain_env = worker["environment"]["LAUNCHBAY_DRAIN_S"]
+    assert stretched["worker"]["environment"]["LAUNCHBAY_DRAIN_S"] == drain_env
+    grace = duration_s(worker["stop_grace_period"])
+    assert grace >= least_stop_grace_s(drain_s), (
+        f"worker stop_grace_period {grace} s < drain {drain_s} + job grace {JOB_GRACE_S} "
+        f"+ {HANDBACK_MARGIN_S}"
+    )

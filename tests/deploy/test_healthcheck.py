@@ -98,7 +98,7 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def http_port() -> Iterator[int]:
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Handler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     yield server.server_address[1]
     server.shutdown()

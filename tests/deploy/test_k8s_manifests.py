@@ -2,24 +2,35 @@
 
 Standard kinds are validated strictly (unknown fields are errors) with kubernetes-validate
 against two schema versions it ships: 1.29 (the oldest we claim) and its newest. KEDA's
-ScaledObject is a CRD the package cannot know, so it is checked against a JSON schema
-written here from KEDA v2's CRD (the fields we use and their types), and its embedded
-HPA behaviour is validated as part of a real HorizontalPodAutoscaler.
+ScaledObject and TriggerAuthentication are CRDs the package cannot know, so they are
+checked against JSON schemas written here from KEDA v2's CRDs (the fields we use and their
+types), and the ScaledObject's embedded HPA behaviour is validated as part of a real
+HorizontalPodAutoscaler. The autoscalers' metric is read from the API's real route, on an
+in-memory store, at the very URL the ScaledObject names.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from fastapi import FastAPI
 
-from orchestrator.routing import worker_queues
+from api.routes import meta
+from orchestrator.job import JobStatus
 from orchestrator.settings import Settings
+from orchestrator.testing import MemoryCore, memory_core
+from tests.deploy.conftest import HANDBACK_MARGIN_S, JOB_GRACE_S, least_stop_grace_s
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
@@ -45,6 +56,7 @@ def _load() -> list[tuple[str, dict[str, Any]]]:
 
 DOCS = _load()
 BASE = [d for f, d in DOCS if not f.startswith("alternatives/")]
+KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
 
 
 def _ids(item: tuple[str, dict[str, Any]]) -> str:
@@ -139,9 +151,15 @@ SCALED_OBJECT_SCHEMA: dict[str, Any] = {
                             "authenticationRef": {
                                 "type": "object",
                                 "required": ["name"],
+                                "additionalProperties": False,
                                 "properties": {
                                     "name": {"type": "string"},
-                                    "kind": {"type": "string"},
+                                    "kind": {
+                                        "enum": [
+                                            "TriggerAuthentication",
+                                            "ClusterTriggerAuthentication",
+                                        ]
+                                    },
                                 },
                             },
                             # KEDA reads every trigger setting as a string
@@ -156,20 +174,53 @@ SCALED_OBJECT_SCHEMA: dict[str, Any] = {
         },
     },
 }
-# The keys KEDA's redis scaler (list length) reads.
-REDIS_TRIGGER_KEYS = {
-    "address",
-    "host",
-    "port",
-    "listName",
-    "listLength",
-    "activationListLength",
-    "databaseIndex",
-    "enableTLS",
+# KEDA v2 TriggerAuthentication (keda.sh/v1alpha1): secrets handed to a trigger.
+TRIGGER_AUTHENTICATION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "keda.sh/v1alpha1"},
+        "kind": {"const": "TriggerAuthentication"},
+        "metadata": SCALED_OBJECT_SCHEMA["properties"]["metadata"],
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "properties": {
+                "secretTargetRef": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["parameter", "name", "key"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "parameter": {"type": "string", "minLength": 1},
+                            "name": {"type": "string", "minLength": 1},
+                            "key": {"type": "string", "minLength": 1},
+                        },
+                    },
+                },
+                "env": {"type": "array"},
+                "hashiCorpVault": {"type": "object"},
+                "podIdentity": {"type": "object"},
+            },
+        },
+    },
+}
+# The keys KEDA's metrics-api scaler reads from a trigger's metadata (authentication
+# secrets come from the TriggerAuthentication, never from here).
+METRICS_API_TRIGGER_KEYS = {
+    "url",
+    "format",
+    "valueLocation",
+    "targetValue",
+    "activationTargetValue",
     "unsafeSsl",
-    "username",
-    "usernameFromEnv",
-    "passwordFromEnv",
+    "authMode",
+    "method",
+    "keyParamName",
 }
 
 
@@ -191,6 +242,7 @@ def test_there_are_manifests_for_every_part() -> None:
         ("Role", "launchbay-worker"),
         ("RoleBinding", "launchbay-worker"),
         ("ScaledObject", "launchbay-worker"),
+        ("TriggerAuthentication", "launchbay-api-token"),
     ]:
         assert needed in kinds, needed
     assert ("HorizontalPodAutoscaler", "launchbay-worker") in {
@@ -199,7 +251,7 @@ def test_there_are_manifests_for_every_part() -> None:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("item", [i for i in DOCS if i[1]["kind"] != "ScaledObject"], ids=_ids)
+@pytest.mark.parametrize("item", [i for i in DOCS if i[1]["kind"] not in KEDA_KINDS], ids=_ids)
 def test_manifest_validates_against_the_kubernetes_schema(
     item: tuple[str, dict[str, Any]], version: str
 ) -> None:
@@ -214,18 +266,24 @@ def test_an_invalid_manifest_is_caught() -> None:
         kubernetes_validate.validate(api, VERSIONS[-1], strict=True)
 
 
-def test_scaled_object_matches_the_keda_schema() -> None:
+def test_keda_objects_match_the_keda_schema() -> None:
     so = _find("ScaledObject", "launchbay-worker")
     jsonschema.validate(so, SCALED_OBJECT_SCHEMA)
     for trigger in so["spec"]["triggers"]:
-        assert trigger["type"] == "redis"
-        assert set(trigger["metadata"]) <= REDIS_TRIGGER_KEYS, trigger["metadata"]
-        assert "listName" in trigger["metadata"]
-        assert int(trigger["metadata"]["listLength"]) > 0
+        assert trigger["type"] == "metrics-api"
+        assert set(trigger["metadata"]) <= METRICS_API_TRIGGER_KEYS, trigger["metadata"]
+        assert {"url", "valueLocation", "targetValue"} <= set(trigger["metadata"])
+        assert float(trigger["metadata"]["targetValue"]) > 0
     broken = copy.deepcopy(so)
-    broken["spec"]["triggers"][0]["metadata"]["listLength"] = 4
+    broken["spec"]["triggers"][0]["metadata"]["targetValue"] = 4
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, SCALED_OBJECT_SCHEMA)
+    auth = _find("TriggerAuthentication", "launchbay-api-token")
+    jsonschema.validate(auth, TRIGGER_AUTHENTICATION_SCHEMA)
+    broken = copy.deepcopy(auth)
+    del broken["spec"]["secretTargetRef"][0]["key"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, TRIGGER_AUTHENTICATION_SCHEMA)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -366,18 +424,145 @@ def test_only_workers_may_touch_jobs_and_pods() -> None:
         assert pod.get("automountServiceAccountToken") is False
 
 
-def test_autoscalers_watch_exactly_the_worker_queues() -> None:
-    config = _find("ConfigMap", "launchbay-config")["data"]
-    executors = config["LAUNCHBAY_WORKER_EXECUTORS"].split(",")
-    queues = set(worker_queues(executors, []))
+def _metric_trigger() -> tuple[dict[str, Any], dict[str, Any]]:
     so = _find("ScaledObject", "launchbay-worker")
+    (trigger,) = so["spec"]["triggers"]
+    return so, trigger
+
+
+def test_autoscaler_reads_the_demand_of_the_worker_executors_from_the_api() -> None:
+    """The ScaledObject asks the API Service for the jobs the workers' executors have
+    waiting or running, per LAUNCHBAY_WORKER_CONCURRENCY slots, with the API's token."""
+    config = _find("ConfigMap", "launchbay-config")["data"]
+    so, trigger = _metric_trigger()
     assert so["spec"]["scaleTargetRef"]["name"] == "launchbay-worker"
-    assert {t["metadata"]["listName"] for t in so["spec"]["triggers"]} == queues
-    redis_host = {t["metadata"]["address"].split(".")[0] for t in so["spec"]["triggers"]}
-    assert redis_host == {_find("Service", "redis")["metadata"]["name"]}
-    assert config["LAUNCHBAY_REDIS_URL"].startswith("redis://redis:6379/")
+    meta_ = trigger["metadata"]
+    url = urlsplit(meta_["url"])
+    host, _, namespace_part = url.hostname.partition(".")  # type: ignore[union-attr]
+    api_svc = _find("Service", "launchbay-api")
+    assert host == api_svc["metadata"]["name"]
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert namespace_part == f"{kust['namespace']}.svc.cluster.local"
+    assert (url.port or 80) in {p["port"] for p in api_svc["spec"]["ports"]}
+    assert url.path == "/api/v1/stats"
+    executors = config["LAUNCHBAY_WORKER_EXECUTORS"].split(",")
+    assert sorted(parse_qs(url.query)["executor"]) == sorted(executors)
+    assert meta_["valueLocation"] == "demand"
+    assert trigger.get("metricType", "AverageValue") == "AverageValue"
+    assert meta_["targetValue"] == config["LAUNCHBAY_WORKER_CONCURRENCY"]
+    # the token: bearer, from the Secret the API reads LAUNCHBAY_TOKEN from
+    assert meta_["authMode"] == "bearer"
+    auth = _find("TriggerAuthentication", trigger["authenticationRef"]["name"])
+    (ref,) = auth["spec"]["secretTargetRef"]
+    assert ref["parameter"] == "token"
+    api_env = _containers(_find("Deployment", "launchbay-api"))[0]["envFrom"]
+    assert {"secretRef": {"name": ref["name"]}} in api_env
+    assert ref["key"] == "LAUNCHBAY_TOKEN"
+    assert ref["key"] in _find("Secret", ref["name"])["stringData"]
+
+
+def test_the_alternative_hpa_scales_on_the_same_demand() -> None:
+    _, trigger = _metric_trigger()
     hpa = _find("HorizontalPodAutoscaler", "launchbay-worker", [d for _, d in DOCS])
     assert hpa["spec"]["scaleTargetRef"]["name"] == "launchbay-worker"
     (metric,) = hpa["spec"]["metrics"]
-    (expr,) = metric["external"]["metric"]["selector"]["matchExpressions"]
-    assert set(expr["values"]) == queues
+    assert metric["external"]["metric"]["name"] == "launchbay_jobs_demand"
+    assert metric["external"]["target"] == {
+        "type": "AverageValue",
+        "averageValue": trigger["metadata"]["targetValue"],
+    }
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[MemoryCore]:
+    c = memory_core(Settings(home=tmp_path))
+    yield c
+    c.close()
+
+
+def _value_at(body: dict[str, Any], location: str) -> Any:
+    """A plain dotted GJSON path (all the ScaledObject uses)."""
+    value: Any = body
+    for part in location.split("."):
+        value = value[part]
+    return value
+
+
+def test_the_metric_counts_waiting_claimed_and_running_jobs_of_the_worker_executors(
+    core: MemoryCore,
+) -> None:
+    """GET the ScaledObject's URL (path and query) from the API's real /stats route, on an
+    in-memory store: running and claimed jobs count as well as queued ones; ended jobs and
+    jobs of executors the workers do not run do not."""
+    lc, store = core.lifecycle, core.store
+
+    def job(executor: str) -> str:
+        spec: dict[str, Any] = {"executor": executor}
+        if executor == "builtin":
+            spec.update(type="countdown", params={"seconds": 1})
+        elif executor == "docker":
+            spec.update(image="busybox:latest", steps=[{"name": "s", "command": ["true"]}])
+        else:
+            spec.update(command=["true"])
+        return store.create(spec).id
+
+    job("builtin")  # queued
+    claimed = job("builtin")
+    lc.claim(claimed, "runner-a")
+    for _ in range(2):  # running: the busy slots an autoscaler on queue lengths misses
+        running = job("process")
+        lc.claim(running, "runner-a")
+        lc.start(running, "runner-a", 1)
+    ended = job("builtin")
+    lc.claim(ended, "runner-a")
+    lc.start(ended, "runner-a", 1)
+    assert store.finish(ended, 1, JobStatus.succeeded) is not None
+    job("docker")  # queued, but no worker pod here runs docker jobs
+
+    app = FastAPI()
+    app.include_router(meta.router, prefix="/api/v1")
+    app.state.lb = SimpleNamespace(store=store, runners=core.runners)
+    _, trigger = _metric_trigger()
+    url = urlsplit(trigger["metadata"]["url"])
+
+    async def get(*paths: str) -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            return [await client.get(path) for path in paths]
+
+    asked, every, docker, unknown = asyncio.run(
+        get(
+            f"{url.path}?{url.query}",
+            url.path,
+            f"{url.path}?executor=docker",
+            f"{url.path}?executor=nope",
+        )
+    )
+    assert asked.status_code == 200, asked.text
+    stats = asked.json()
+    assert _value_at(stats, trigger["metadata"]["valueLocation"]) == 4
+    assert (stats["queued"], stats["claimed"], stats["running"]) == (2, 1, 2)
+    assert every.json()["demand"] == 5  # no executor named: every job
+    assert docker.json()["demand"] == 1
+    assert unknown.status_code == 422
+
+
+# ------------------------------------------------------------------ graceful drain
+
+
+def test_worker_pods_get_the_drain_and_the_stop_of_their_jobs_before_sigkill() -> None:
+    """terminationGracePeriodSeconds covers LAUNCHBAY_DRAIN_S, then a job's stop grace and
+    the hand-back: a pod killed sooner leaves its jobs to lease expiry (spending the loss
+    budget) instead of handing them back."""
+    config = _find("ConfigMap", "launchbay-config")["data"]
+    assert "LAUNCHBAY_DRAIN_S" in config, "set the drain explicitly, next to the grace"
+    drain_s = Settings(drain_s=config["LAUNCHBAY_DRAIN_S"]).drain_s
+    pod = _find("Deployment", "launchbay-worker")["spec"]["template"]["spec"]
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace >= least_stop_grace_s(drain_s), (
+        f"worker terminationGracePeriodSeconds {grace} < drain {drain_s} + job grace "
+        f"{JOB_GRACE_S} + {HANDBACK_MARGIN_S}"
+    )
+    # no pod-level override of the drain that the check above would not see
+    for c in pod["containers"]:
+        assert all(e["name"] != "LAUNCHBAY_DRAIN_S" for e in c.get("env", []))

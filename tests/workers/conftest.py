@@ -13,7 +13,7 @@ import pytest
 
 from orchestrator.job import DockerSpec, KubernetesSpec, ProcessSpec
 from orchestrator.settings import Settings
-from tests.support import docker_available
+from tests.support import docker_available, network_lock
 from workers.launchers import LaunchContext
 
 BUSYBOX_IMAGE = "launchbay-test-busybox:latest"
@@ -34,13 +34,14 @@ def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     ctx = tmp_path_factory.mktemp("busybox-image")
     shutil.copy2(_BUSYBOX, ctx / "busybox")
     (ctx / "Dockerfile").write_text(_DOCKERFILE)
-    out = subprocess.run(
-        ["docker", "build", "-q", "-t", BUSYBOX_IMAGE, str(ctx)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    with network_lock(tmp_path_factory.getbasetemp(), exclusive=False):  # RUN: a container
+        out = subprocess.run(
+            ["docker", "build", "-q", "-t", BUSYBOX_IMAGE, str(ctx)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
     assert out.returncode == 0, f"docker build failed: {out.stderr}"
     return BUSYBOX_IMAGE
 

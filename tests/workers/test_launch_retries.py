@@ -20,8 +20,8 @@ from orchestrator.dispatch import Dispatcher
 from orchestrator.events import Events
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
-from workers.launchers import LauncherSet
 from workers.channels.direct import DirectChannel
+from workers.launchers import LauncherSet
 from workers.launchers.kubernetes import KubernetesConfig, KubernetesLauncher
 from workers.testing import FakeKubernetes
 

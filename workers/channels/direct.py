@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import redis
+
 from orchestrator.artifacts import ArtifactStore
 from orchestrator.dispatch import Dispatcher
 from orchestrator.events import drain_key
@@ -79,7 +81,10 @@ class DirectChannel:
             raise Unreachable(str(exc)) from exc
 
     def logs(self, job: Job, lines: LogBatch) -> None:
-        self.events.append_logs(job.id, lines)
+        try:
+            self.events.append_logs(job.id, lines)
+        except redis.RedisError as exc:  # kept and sent again when Redis is back
+            raise Unreachable(str(exc)) from exc
 
     def progress(self, job: Job, percent: float, message: str) -> None:
         try:
@@ -93,14 +98,23 @@ class DirectChannel:
         return self.lifecycle.renew(job.id, self.runner_id, job.attempt)
 
     def cancel_requested(self, job: Job) -> bool:
-        return self.events.cancel_flagged(job.id)
+        try:
+            return self.events.cancel_flagged(job.id)
+        except redis.RedisError:  # asked again next tick; the store's flag comes with renew
+            return False
 
     def hand_back_due(self, job: Job) -> bool:
         now = time.monotonic()
         if now >= self._drain_checked_at + self.cancel_poll_s:
             self._drain_checked_at = now
-            raw = self.events.r.get(drain_key(self.runner_id))
+            try:
+                raw = self.events.r.get(drain_key(self.runner_id))
+            except redis.RedisError:  # unknown for now: keep what we knew
+                return self._drain_due()
             self._drain_deadline = float(raw) if raw else None
+        return self._drain_due()
+
+    def _drain_due(self) -> bool:
         return self._drain_deadline is not None and time.time() >= self._drain_deadline
 
     def hand_back(self, job: Job) -> Job | None:

@@ -6,40 +6,54 @@ import hashlib
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
+from orchestrator.events import cut_marker, whole_chars
 from orchestrator.settings import Settings
 
-# A runaway line without a newline must not grow without bound in memory.
-MAX_LINE_BYTES = 64 * 1024
+# A runaway line without a newline must not grow without bound in memory: past this
+# (LAUNCHBAY_MAX_LOG_LINE_BYTES) a line is cut, and the marker says how long it was.
+MAX_LINE_BYTES = Settings.model_fields["max_log_line_bytes"].default
 
 
 class LineSplitter:
-    """Turns arbitrary byte chunks into complete text lines."""
+    """Turns arbitrary byte chunks into complete text lines of at most ``limit`` bytes."""
 
-    def __init__(self, emit: Callable[[str], None]) -> None:
+    def __init__(self, emit: Callable[[str], None], limit: int = MAX_LINE_BYTES) -> None:
         self._emit = emit
-        self._buf = b""
+        self._limit = limit
+        self._buf = bytearray()
+        self._cut = 0  # bytes of the current line dropped past the limit
 
     def feed(self, chunk: bytes) -> None:
-        self._buf += chunk
+        start = 0
         while True:
-            nl = self._buf.find(b"\n")
+            nl = chunk.find(b"\n", start)
+            end = len(chunk) if nl < 0 else nl
+            room = self._limit - len(self._buf)
+            if room > 0:
+                self._buf += chunk[start : start + min(end - start, room)]
+            self._cut += max(0, end - start - max(room, 0))
             if nl < 0:
-                break
-            line, self._buf = self._buf[:nl], self._buf[nl + 1 :]
-            self._emit(_decode(line))
-        if len(self._buf) > MAX_LINE_BYTES:
-            line, self._buf = self._buf[:MAX_LINE_BYTES], self._buf[MAX_LINE_BYTES:]
-            self._emit(_decode(line))
+                return
+            self._flush()
+            start = nl + 1
 
     def close(self) -> None:
-        if self._buf:
-            line, self._buf = self._buf, b""
-            self._emit(_decode(line))
+        if self._buf or self._cut:
+            self._flush()
+
+    def _flush(self) -> None:
+        raw, cut = bytes(self._buf), self._cut
+        self._buf, self._cut = bytearray(), 0
+        if cut:
+            total = len(raw) + cut
+            self._emit(whole_chars(raw).decode("utf-8", "replace") + cut_marker(total))
+        else:
+            self._emit(_decode(raw))
 
 
-def pump(chunks: Iterable[bytes], emit: Callable[[str], None]) -> None:
+def pump(chunks: Iterable[bytes], emit: Callable[[str], None], limit: int = MAX_LINE_BYTES) -> None:
     """Feed every chunk to a splitter, then flush the last partial line."""
-    splitter = LineSplitter(emit)
+    splitter = LineSplitter(emit, limit)
     try:
         for chunk in chunks:
             if chunk:

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from orchestrator.events import clip_line
 from workers.builtin import JOB_FUNCTIONS, BuiltinContext, JobCancelled
 from workers.launchers.base import LaunchContext, Launcher, Outcome, Reporter
 
@@ -33,7 +34,9 @@ class BuiltinLauncher(Launcher):
         bctx = BuiltinContext(
             cancel=ctx.cancel,
             progress=reporter.progress,
-            log=lambda line: reporter.log("stdout", line),
+            log=lambda line: reporter.log(
+                "stdout", clip_line(line, self.settings.max_log_line_bytes)
+            ),
         )
         try:
             result = fn(ctx.spec.params, bctx)

@@ -254,7 +254,11 @@ class DockerLauncher(Launcher):
                     stream=True,
                     follow=True,
                 )
-                pump(chunks, lambda line: reporter.log(stream, line, step))
+                pump(
+                    chunks,
+                    lambda line: reporter.log(stream, line, step),
+                    self.settings.max_log_line_bytes,
+                )
             except Exception as exc:  # the container vanished (removed by a cancel)
                 log.debug("log stream of %s ended: %s", cid, exc)
 

@@ -240,7 +240,7 @@ class KubernetesLauncher(Launcher):
             log.debug("log stream of %s/%s unavailable: %s", ns, pod, exc)
             return seen
         try:
-            pump(resp.stream(4096, decode_content=True), emit)
+            pump(resp.stream(4096, decode_content=True), emit, self.settings.max_log_line_bytes)
         except Exception as exc:  # the API server dropped the stream; the caller retries
             log.debug("log stream of %s/%s broke: %s", ns, pod, exc)
         finally:

@@ -200,13 +200,13 @@ class ProcessLauncher(Launcher):
         readers = [
             threading.Thread(
                 target=_read,
-                args=(proc.stdout, "stdout", reporter, step),
+                args=(proc.stdout, "stdout", reporter, step, self.settings.max_log_line_bytes),
                 daemon=True,
                 name=f"out-{proc.pid}",
             ),
             threading.Thread(
                 target=_read,
-                args=(proc.stderr, "stderr", reporter, step),
+                args=(proc.stderr, "stderr", reporter, step, self.settings.max_log_line_bytes),
                 daemon=True,
                 name=f"err-{proc.pid}",
             ),
@@ -289,12 +289,18 @@ class ProcessLauncher(Launcher):
 # ---------------------------------------------------------------------- helpers
 
 
-def _read(pipe: BufferedReader | None, stream: str, reporter: Reporter, step: str | None) -> None:
+def _read(
+    pipe: BufferedReader | None, stream: str, reporter: Reporter, step: str | None, limit: int
+) -> None:
     if pipe is None:
         return
     # OSError/ValueError: the pipe was closed under us after a forced stop.
     with contextlib.suppress(OSError, ValueError):
-        pump(iter(lambda: pipe.read1(65536), b""), lambda line: reporter.log(stream, line, step))
+        pump(
+            iter(lambda: pipe.read1(65536), b""),
+            lambda line: reporter.log(stream, line, step),
+            limit,
+        )
 
 
 def _killpg(pgid: int, sig: int) -> None:

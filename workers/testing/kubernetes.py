@@ -10,6 +10,7 @@ chunked log stream) is in :mod:`workers.testing.kubernetes_http`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -122,7 +123,9 @@ class FakeKubernetes:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-kube").start()
+        # A short poll interval: close() (shutdown) waits up to one interval.
+        serve = functools.partial(self._server.serve_forever, poll_interval=0.05)
+        threading.Thread(target=serve, daemon=True, name="fake-kube").start()
         return self
 
     def close(self) -> None:

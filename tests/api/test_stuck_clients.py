@@ -1,0 +1,133 @@
+"""Clients that never read: dropped within a bounded time, and nobody else waits for them.
+
+A second API process joins the session's stack with a short LAUNCHBAY_STREAM_SEND_TIMEOUT_S;
+60 raw sockets ask for a busy job's SSE stream and never read a byte. Their writes stall
+once the kernel's buffers are full; each is dropped that long after, and meanwhile
+/healthz and a client that does read are served as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+
+from orchestrator.services import Supervisor, api_argv, free_port, wait_http
+from tests.support import Stack, wait_until
+
+API = "/api/v1"
+SEND_TIMEOUT_S = 2
+STUCK = 60
+HEALTHZ_BOUND_S = 1.0  # generous: this is not a benchmark
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def api_url(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    settings = stack.settings.model_copy(
+        update={"api_port": free_port(), "stream_send_timeout_s": SEND_TIMEOUT_S}
+    )
+    sup = Supervisor(settings, log_dir=tmp_path_factory.mktemp("stuck-api"), say=lambda _: None)
+    sup.add("api", api_argv(settings))
+    sup.start()
+    try:
+        url = f"http://127.0.0.1:{settings.api_port}"
+        wait_http(f"{url}{API}/healthz", timeout=60, alive=lambda: sup.poll_dead() is None)
+        yield url
+    finally:
+        sup.stop()
+
+
+def stuck_socket(url: str, path: str) -> socket.socket:
+    """An SSE request on a socket with a tiny receive buffer that is never read."""
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    assert host and port
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, port))
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode()
+    )
+    return sock
+
+
+def test_clients_that_never_read_are_dropped_and_stall_no_one(
+    stack: Stack, api_url: str, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    burst, trickle = 5000, 100  # ~5 MB at once: more than the kernel buffers for a socket
+    script = (
+        "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)\n"
+        f"for i in range(1, {burst} + 1):\n    print(f'{{i:06d}} ' + 'x' * 1000)\n"
+        "sys.stdout.flush()\n"
+        f"for i in range({burst} + 1, {burst + trickle} + 1):\n"
+        "    print(f'{i:06d} tail', flush=True); time.sleep(0.05)\n"
+    )
+    job = stack.submit({"executor": "process", "command": ["python3", "-c", script, str(go)]})
+    path = f"{API}/jobs/{job['id']}/events"
+    http = httpx.Client(base_url=api_url, timeout=30)
+
+    def hub() -> dict[str, Any]:
+        return http.get(f"{API}/streams").json()  # type: ignore[no-any-return]
+
+    stuck = [stuck_socket(api_url, path) for _ in range(STUCK)]
+    reader_lines: list[str] = []
+    reader_errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            with httpx.Client(base_url=api_url, timeout=60) as c, connect_sse(c, "GET", path) as es:
+                for ev in es.iter_sse():
+                    if ev.event == "log":
+                        reader_lines.append(json.loads(ev.data)["line"])
+        except BaseException as exc:
+            reader_errors.append(exc)
+
+    latencies: list[float] = []
+    try:
+        wait_until(lambda: hub()["subscribers"] >= STUCK, 30, what=f"{STUCK} stuck clients")
+        t = threading.Thread(target=reader)
+        t.start()
+        wait_until(lambda: hub()["subscribers"] >= STUCK + 1, 30, what="the reader")
+        go.touch()
+        released = time.monotonic()
+        # Until every stuck client is gone, the API answers others as usual.
+        while hub()["subscribers"] > 1 or not reader_lines:
+            assert time.monotonic() - released < 60, hub()
+            t0 = time.perf_counter()
+            assert http.get(f"{API}/healthz").status_code == 200
+            latencies.append(time.perf_counter() - t0)
+            time.sleep(0.2)
+        dropped_after = time.monotonic() - released
+        t.join(60)
+    finally:
+        for s in stuck:
+            s.close()
+        http.close()
+    assert not t.is_alive() and not reader_errors, reader_errors
+    # Each stuck client was dropped for taking no data, within the bound.
+    stats = httpx.get(f"{api_url}{API}/streams", timeout=10).json()
+    assert stats["dropped"] >= STUCK and stats["subscribers"] == 0
+    reasons = {d["reason"] for d in stats["recent_drops"]}
+    assert reasons == {
+        f"too slow: the connection took no data for {SEND_TIMEOUT_S} s; "
+        "reconnect with your last event id to resume"
+    }
+    assert dropped_after < 45, dropped_after
+    # The reader got the whole log, in order, while they were stuck.
+    assert [int(x[:6]) for x in reader_lines] == list(range(1, burst + trickle + 1))
+    # And nobody waited on them.
+    print(f"healthz: median {statistics.median(latencies) * 1000:.0f} ms, "
+          f"max {max(latencies) * 1000:.0f} ms over {len(latencies)} requests")  # fmt: skip
+    assert max(latencies) < HEALTHZ_BOUND_S, latencies
