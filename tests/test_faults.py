@@ -172,3 +172,107 @@ def test_sigterm_drains_a_worker_finishing_what_fits_and_handing_back_the_rest(
 
 
 _SLOW_FIRST = 'if [ "$LAUNCHBAY_ATTEMPT" = 1 ]; then sleep 120; fi'
+
+
+def test_a_valkey_restart_mid_run_loses_no_job_and_no_line_of_a_live_stream(
+    tmp_path: Path,
+) -> None:
+    """Valkey (with its append-only file) restarts while a job logs and an SSE client
+    follows it: the job ends succeeded, and the client — reconnecting with Last-Event-ID
+    as EventSource does — sees every line once, then the end."""
+    import json
+    import threading
+
+    import httpx
+    from httpx_sse import connect_sse
+
+    from tests.chaos_support import ChaosStack
+
+    chaos = ChaosStack(
+        tmp_path,
+        {"lease_s": 10, "reconcile_interval_s": 1, "runner_heartbeat_s": 1},
+        valkey_fsync="always",
+    )
+    try:
+        for name in ("api", "beat", "worker-1"):
+            chaos.start(name)
+        http = httpx.Client(base_url=chaos.url, timeout=10)
+        wait_until(lambda: _answers(http), timeout=60, what="the API")
+        wait_until(
+            lambda: http.get("/api/v1/stats").json()["workers"]["count"] >= 1,
+            timeout=60,
+            what="the worker",
+        )
+        lines = 300
+        script = f"for i in $(seq 1 {lines}); do echo line-$i; sleep 0.02; done"
+        job = http.post(
+            "/api/v1/jobs", json={"executor": "process", "command": ["sh", "-c", script]}
+        ).json()
+        seen: list[str] = []
+        ends: list[str] = []
+        reconnects = [0]
+        errors: list[BaseException] = []
+
+        def follow() -> None:
+            last: str | None = None
+            deadline = time.monotonic() + 90
+            with httpx.Client(base_url=chaos.url, timeout=httpx.Timeout(5, read=15)) as c:
+                while not ends and time.monotonic() < deadline:
+                    headers = {"Last-Event-ID": last} if last else {}
+                    try:
+                        with connect_sse(
+                            c, "GET", f"/api/v1/jobs/{job['id']}/events", headers=headers
+                        ) as es:
+                            if es.response.status_code == 204:
+                                return
+                            for ev in es.iter_sse():
+                                if ev.id:
+                                    last = ev.id
+                                if ev.event == "log":
+                                    seen.append(json.loads(ev.data)["line"])
+                                elif ev.event in ("complete", "failed", "cancelled", "timed_out"):
+                                    ends.append(ev.event)
+                    except (httpx.HTTPError, OSError):
+                        pass  # the API lost Valkey: reconnect, as EventSource does
+                    if not ends:
+                        reconnects[0] += 1
+                        time.sleep(0.3)  # EventSource's retry pause, not synchronisation
+
+        reader = threading.Thread(target=lambda: _catch(follow, errors), daemon=True)
+        reader.start()
+        wait_until(lambda: len(seen) >= 50, timeout=30, what="the first 50 lines")
+        chaos.stop_valkey(hard=False)
+        chaos.start_valkey()
+        reader.join(120)
+        assert not errors, errors
+        done = wait_until(
+            lambda: (
+                (j := http.get(f"/api/v1/jobs/{job['id']}").json())["status"]
+                in ("succeeded", "failed")
+                and j
+            ),
+            timeout=60,
+            what="the job to end",
+        )
+        assert (done["status"], done["attempt"]) == ("succeeded", 1)
+        assert ends == ["complete"]
+        assert seen == [f"line-{i}" for i in range(1, lines + 1)], (
+            f"{len(seen)} lines, {reconnects[0]} reconnects"
+        )
+        http.close()
+    finally:
+        chaos.stop()
+
+
+def _answers(http: Any) -> bool:
+    try:
+        return bool(http.get("/api/v1/healthz").status_code == 200)
+    except Exception:
+        return False
+
+
+def _catch(fn: Any, errors: list[BaseException]) -> None:
+    try:
+        fn()
+    except BaseException as exc:
+        errors.append(exc)
