@@ -17,7 +17,7 @@ import httpx
 
 from orchestrator.events import Events, connect
 from orchestrator.runners import new_runner_id
-from orchestrator.services import Supervisor, wait_http, worker_argv
+from orchestrator.services import Supervisor, api_argv, wait_http, worker_argv
 from orchestrator.settings import Settings
 
 T = TypeVar("T")
@@ -198,3 +198,20 @@ def network_lock(basetemp: Path, *, exclusive: bool) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def private_api(
+    settings: Settings, log_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """An API process of a test's own (its settings and extra environment), on the given
+    settings' Redis and store; yields its base URL once it answers."""
+    sup = Supervisor(settings, log_dir=log_dir, say=lambda _: None)
+    sup.add("api", api_argv(settings), env=env or {})
+    sup.start()
+    try:
+        url = f"http://127.0.0.1:{settings.api_port}"
+        wait_http(f"{url}/api/v1/healthz", timeout=60, alive=lambda: sup.poll_dead() is None)
+        yield url
+    finally:
+        sup.stop()

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.services import Supervisor, api_argv, free_port, wait_http
-from tests.support import Stack, wait_until
+from orchestrator.services import free_port
+from tests.support import Stack, private_api, wait_until
 
 API = "/api/v1"
 L = f"{API}/launcher"
@@ -397,15 +397,12 @@ def test_artifact_names_too_long_or_colliding_with_a_folder_are_4xx(
 def small_uploads(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second API process on the stack whose agents may upload at most 2 MiB."""
     settings = stack.settings.model_copy(update={"api_port": free_port()})
-    sup = Supervisor(settings, log_dir=tmp_path_factory.mktemp("limits-api"), say=lambda _: None)
-    sup.add("api", api_argv(settings), env={"LAUNCHBAY_MAX_ARTIFACT_BYTES": str(2 * MiB)})
-    sup.start()
-    try:
-        url = f"http://127.0.0.1:{settings.api_port}"
-        wait_http(f"{url}{API}/healthz", timeout=60, alive=lambda: sup.poll_dead() is None)
+    with private_api(
+        settings,
+        tmp_path_factory.mktemp("limits-api"),
+        {"LAUNCHBAY_MAX_ARTIFACT_BYTES": str(2 * MiB)},
+    ) as url:
         yield url
-    finally:
-        sup.stop()
 
 
 def test_artifact_uploads_keep_a_bound_of_their_own(small_uploads: str) -> None:

@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from orchestrator.services import Supervisor, api_argv, free_port, wait_http
-from tests.support import Stack, wait_until
+from tests.support import Stack, private_api, wait_until
 
 API = "/api/v1"
 TOKEN = "s3cret-stream-token"
@@ -309,15 +309,12 @@ CROWD_POOL = 4  # this API's stream-read connections: the clients must queue for
 def crowded(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second API process with very few Redis connections for its stream reads."""
     settings = stack.settings.model_copy(update={"api_port": free_port(), "token": None})
-    sup = Supervisor(settings, log_dir=tmp_path_factory.mktemp("crowd-api"), say=lambda _: None)
-    sup.add("api", api_argv(settings), env={"LAUNCHBAY_STREAM_REDIS_CONNECTIONS": str(CROWD_POOL)})
-    sup.start()
-    try:
-        url = f"http://127.0.0.1:{settings.api_port}"
-        wait_http(f"{url}{API}/healthz", timeout=60, alive=lambda: sup.poll_dead() is None)
+    with private_api(
+        settings,
+        tmp_path_factory.mktemp("crowd-api"),
+        {"LAUNCHBAY_STREAM_REDIS_CONNECTIONS": str(CROWD_POOL)},
+    ) as url:
         yield url
-    finally:
-        sup.stop()
 
 
 def test_150_sse_clients_at_once_all_get_complete_streams(

