@@ -285,7 +285,7 @@ def failed(job_id: str, body: FailedIn, state: State) -> Any:
     "/jobs/{job_id}/release",
     response_model=Job,
     operation_id="launcher-release",
-    summary="Hand back a claimed or running job (the agent is draining): queued again, nothing spent",
+    summary="Hand back a claimed or running job (draining): queued again, nothing spent",
     responses=answers(409),
 )
 def release(job_id: str, body: Claim, state: State) -> Any:
