@@ -275,6 +275,6 @@ def _no_leftover_containers(
         text=True,
         check=False,
     ).stdout.splitlines()
-    ours = str(tmp_path_factory.getbasetemp())
+    ours = str(tmp_path_factory.getbasetemp()).rstrip("/") + "/"
     left = [m.split()[0][:12] for m in mounts if any(p.startswith(ours) for p in m.split()[1:])]
     assert left == [], f"containers left behind by the suite: {left}"
