@@ -26,7 +26,9 @@ def hello_job(stack: Stack) -> dict[str, Any]:
         {
             "executor": "process",
             "name": "cli-hello",
-            "command": ["sh", "-c", "echo hello-cli; echo oops >&2; exit 7"],
+            # stdout and stderr are two pipes read by two threads: their lines keep their
+            # order within a stream, not across them, so the job leaves a gap between.
+            "command": ["sh", "-c", "echo hello-cli; sleep 0.5; echo oops >&2; exit 7"],
         }
     )
     return stack.wait_status(job["id"], timeout=60)

@@ -4,7 +4,7 @@ one worker stopped (SIGTERM) mid-job, which drains and hands its job back.
 Brings up docker-compose.yml with deploy/ci.env's images under a project name of its own
 on free host ports, once for this module, and always tears it down (``down -v``) at the
 end. The only change to the file is tests/deploy/compose.health.yml: the image's
-HEALTHCHECK every 2 s, not 15 s. The Launchbay settings are compose's defaults (lease 30 s,
+HEALTHCHECK every 5 s, not 15 s. The Launchbay settings are compose's defaults (lease 30 s,
 reconcile every 5 s, broker visibility 30 s, drain 30 s), so the recoveries take as long
 as they would in a real deployment: about 40 s after the kill (mostly the broker giving
 back the messages the dead worker had taken) and 30 s of drain.

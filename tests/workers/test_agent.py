@@ -21,6 +21,7 @@ import pytest
 from orchestrator.events import Events
 from tests.support import Stack, wait_until
 
+pytestmark = pytest.mark.slow  # real agents and leases: scheduled early under xdist
 REPO = Path(__file__).resolve().parents[2]
 
 

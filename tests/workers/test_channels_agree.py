@@ -72,9 +72,11 @@ def _rows() -> dict[str, dict[str, Any]]:
             "want": ("cancelled", 1, "cancelled"),
         },
         "timeout racing cancel": {
-            # Cancelled at once; the job ignores SIGTERM, so its run-time limit passes
-            # during the grace period. The first reason to stop wins.
-            "spec": {"executor": "process", "command": _DEAF, "timeout_s": 3, "grace_s": 5},
+            # Cancelled as soon as it runs; the job ignores SIGTERM, so its run-time limit
+            # passes during the grace period. The first reason to stop wins. (The limit
+            # leaves the cancel — an agent hears it with its next heartbeat — 8 s to land
+            # first, even on a loaded machine.)
+            "spec": {"executor": "process", "command": _DEAF, "timeout_s": 8, "grace_s": 12},
             "cancel": True,
             "want": ("cancelled", 1, "cancelled"),
         },
@@ -181,11 +183,21 @@ def test_the_behaviour_table_is_the_same_on_both_channels(
         )["id"]
         for ch, r in runners.items()
     }
-    for (_ch, name), job_id in ids.items():
-        if rows[name].get("cancel"):
-            stack.wait_status(job_id, "running", timeout=30)
+    to_cancel = {job_id for (_ch, name), job_id in ids.items() if rows[name].get("cancel")}
+    while to_cancel:  # each as soon as it runs, whichever channel comes first
+        running = {j for j in to_cancel if stack.job(j)["status"] == "running"}
+        for job_id in running:
             r = stack.http.post(f"/api/v1/jobs/{job_id}/cancel")
             assert r.status_code == 200, r.text
+        to_cancel -= running
+        if to_cancel:
+            wait_until(
+                lambda left=frozenset(to_cancel): any(  # type: ignore[misc]
+                    stack.job(j)["status"] != "queued" for j in left
+                ),
+                timeout=30,
+                what="the jobs to cancel to start",
+            )
     got: dict[str, dict[str, tuple[Any, ...]]] = {ch: {} for ch in runners}
     for (ch, name), job_id in ids.items():
         got[ch][name] = _outcome(stack.wait_status(job_id, timeout=60))

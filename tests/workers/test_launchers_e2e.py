@@ -227,7 +227,7 @@ def test_artifacts_are_kept_when_a_process_job_fails(stack: Stack) -> None:
     job = stack.submit(
         {
             "executor": "process",
-            "artifacts": ["report/*.log", "../escape"],
+            "artifacts": ["report/*.log"],
             "steps": [
                 {
                     "name": "write",
