@@ -76,8 +76,11 @@ def target(request: pytest.FixtureRequest) -> Stack:
     return request.getfixturevalue("stack")  # type: ignore[no-any-return]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Chromium for one module. Not for the session: Playwright's sync API keeps an event
+    loop running in the main thread while it is open, and async tests that the xdist
+    scheduler puts on the same process after the browser modules would find it."""
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=EXPECT_TIMEOUT_MS)

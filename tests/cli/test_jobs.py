@@ -333,7 +333,7 @@ def test_runs_export_streams_json_lines_with_filters(
     )  # until is exclusive
 
     dest = tmp_path / "runs.jsonl"
-    r = cli("runs", "export", "--status", "failed", "-o", str(dest))
+    r = cli("runs", "export", "--status", "failed", "--executor", "process", "-o", str(dest))
     assert r.code == 0 and "wrote" in r.err, r
     assert dest.read_text().splitlines() == failed.out.splitlines()
 
