@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.services import Supervisor, api_argv, free_port, wait_http
-from tests.support import Stack
+from orchestrator.services import free_port
+from tests.support import Stack, private_api
 
 TOKEN = "s3cret-fuzz-token"
 CHECKS = (
@@ -55,15 +55,8 @@ def fuzzed_api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         }
     )
     settings.ensure_dirs()
-    sup = Supervisor(settings, log_dir=home / "service-logs", say=lambda _: None)
-    sup.add("api", api_argv(settings))
-    sup.start()
-    try:
-        url = f"http://127.0.0.1:{settings.api_port}"
-        wait_http(f"{url}/api/v1/healthz", timeout=60, alive=lambda: sup.poll_dead() is None)
+    with private_api(settings, home / "service-logs") as url:
         yield url
-    finally:
-        sup.stop()
 
 
 def test_the_whole_api_answers_as_documented(fuzzed_api: str, tmp_path: Path) -> None:
