@@ -34,9 +34,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format orchestrator workers api tasks tests bench
 	$(VENV)/bin/ruff check --fix orchestrator workers api tasks tests bench
 
+# Every figure beside its baseline, measured in the same run (5-10 minutes on 2 cores).
+# One section: `.venv/bin/python -m bench scaleout` (or throughput, process, docker, logs,
+# streams, rss); small sizes: `--quick`.
 bench: $(STAMP)
-	$(PY) -m bench.throughput
-	$(PY) -m bench.streams
+	$(PY) -m bench $(BENCH_ARGS)
 
 # A longer chaos run (tests/test_chaos.py): more jobs, more minutes of kills. Replay a run
 # with LAUNCHBAY_CHAOS_SEED=<seed> (printed at its start).

@@ -8,14 +8,33 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
+from api.access_log import AccessLog
+from api.auth import Auth
 from api.bodies import BodyLimit, StrictJSONRoute
-from api.deps import Auth
 from api.headers import AllowedMethods, SecurityHeaders
-from api.routes import artifacts, jobs, launcher, meta, runs, streams, websockets
+from api.routes import (
+    artifacts,
+    firehose,
+    flow,
+    insights,
+    jobs,
+    launcher,
+    limits,
+    meta,
+    metrics,
+    runs,
+    schedules,
+    sessions,
+    streams,
+    webhooks,
+    websockets,
+)
 from api.state import AppState
+from orchestrator.hardening import harden_process
 from orchestrator.settings import Settings
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -24,6 +43,7 @@ API_PREFIX = "/api/v1"
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
+    harden_process()  # (its environment holds the token and the store's credentials)
     state = AppState.build(settings)
 
     @asynccontextmanager
@@ -60,14 +80,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(public)
 
     api = APIRouter(prefix=API_PREFIX, dependencies=[Auth])
-    for module in (jobs, meta, streams, runs, artifacts, launcher):
+    for module in (jobs, meta, streams, runs, artifacts, insights, sessions):
         api.include_router(module.router)
     app.include_router(api)
+    # Observability (issue 15): the firehose and webhooks, and /metrics at the root.
+    observe = APIRouter(prefix=API_PREFIX, dependencies=[Auth])
+    observe.include_router(firehose.router)
+    observe.include_router(webhooks.router)
+    app.include_router(observe)
+    # Flow control (issue 14): re-runs, concurrency limits, cron schedules.
+    flow_api = APIRouter(prefix=API_PREFIX, dependencies=[Auth])
+    for module in (flow, limits, schedules):
+        flow_api.include_router(module.router)
+    app.include_router(flow_api)
+    app.include_router(metrics.router, dependencies=[Auth])
+    # Agents present their own keys (api/auth.py), not the API's tokens.
+    app.include_router(launcher.router, prefix=API_PREFIX)
     # WebSockets check the token themselves (browsers cannot send the header).
     app.include_router(websockets.router, prefix=API_PREFIX)
     # The streams hub starts first: the launcher's long polls listen to it.
     streams.setup(app)
     launcher.setup(app)
+    metrics.setup(app)
+    webhooks.setup(app)
 
     if STATIC_DIR.is_dir() and (STATIC_DIR / "index.html").exists():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="dashboard")
@@ -75,6 +110,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AllowedMethods, routes=app.router.routes, api_prefix=API_PREFIX)
     app.add_middleware(BodyLimit, limit_for=body_limits(settings))
     app.add_middleware(SecurityHeaders, api_prefix=API_PREFIX)
+    if settings.allowed_origins:  # browser front ends elsewhere (never "*")
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["authorization", "content-type", "last-event-id", "idempotency-key"],
+            expose_headers=["x-request-id", "retry-after"],
+        )
+    app.add_middleware(AccessLog, enabled=settings.access_log)
     return app
 
 

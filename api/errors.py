@@ -4,6 +4,7 @@ OpenAPI document lists, for each route, the problems it can answer with."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,7 +16,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.deps import require_token
+from api.auth import agent_caller, authorize, enrolling_caller
 from orchestrator.errors import LaunchbayError, ParamError
 from orchestrator.problems import problems_of, summary
 from orchestrator.store import STORE_DOWN
@@ -42,7 +43,9 @@ class Problem(BaseModel):
 
 _MEANING: dict[int, str] = {
     400: "A name that would leave its folder (traversal), or a bad job id.",
-    401: "Missing or wrong bearer token (when LAUNCHBAY_TOKEN is set).",
+    401: "Missing or wrong bearer token (when LAUNCHBAY_TOKEN or LAUNCHBAY_TOKENS is set).",
+    403: "The token lacks the scope this route needs, an agent acts for another, or a "
+    "browser's cross-site request (Origin not allowed).",
     404: "No such job, run, artifact or agent.",
     409: "The job is not in a state that allows it (or the agent does not hold it).",
     413: "The request body is larger than this route takes (LAUNCHBAY_MAX_BODY_BYTES).",
@@ -71,9 +74,9 @@ def document(app: FastAPI) -> None:
             codes.add(422)
         if original.body_field is not None:
             codes.add(413)
-        if _uses(dependant, require_token):
-            codes.add(401)
-        if "{job_id}" in (route.path or ""):
+        if any(_uses(dependant, c) for c in (authorize, agent_caller, enrolling_caller)):
+            codes.update((401, 403))
+        if re.search(r"\{\w*id\}", route.path or ""):  # names a job, schedule, session...
             codes.add(404)
         # The route as declared and as included (the include merges its routers' maps).
         for responses in {id(r): r for r in (original.responses, route.responses)}.values():

@@ -138,6 +138,7 @@ class Hub:
         self._subscribed = asyncio.Event()
         self.received = 0
         self.dropped = 0
+        self.dropped_by_kind: dict[str, int] = {}
         self.recent_drops: deque[dict[str, Any]] = deque(maxlen=20)
 
     # ------------------------------------------------------------------ lifecycle
@@ -255,6 +256,14 @@ class Hub:
         self._listeners.append(entry)
         return lambda: self._listeners.remove(entry) if entry in self._listeners else None
 
+    def clients_by_kind(self) -> dict[str, int]:
+        """Live subscribers by transport (the first word of their label: sse, ws)."""
+        out: dict[str, int] = {}
+        for sub in [*self._all, *(s for subs in self._by_job.values() for s in subs)]:
+            kind = sub.label.split(" ", 1)[0]
+            out[kind] = out.get(kind, 0) + 1
+        return out
+
     def stats(self) -> dict[str, Any]:
         return {
             "subscribed": self._subscribed.is_set() and self._task is not None,
@@ -327,6 +336,8 @@ class Hub:
         sub.stuck = stuck
         sub._drop(reason)
         self.dropped += 1
+        kind = sub.label.split(" ", 1)[0]
+        self.dropped_by_kind[kind] = self.dropped_by_kind.get(kind, 0) + 1
         self.recent_drops.append(
             {"client": sub.label, "job_id": sub.job_id, "reason": reason, "at": time.time()}
         )

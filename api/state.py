@@ -7,8 +7,10 @@ from typing import Any
 
 from celery import Celery
 
+from orchestrator.agent_keys import AgentKeys
 from orchestrator.artifacts import ArtifactStore
 from orchestrator.celery_app import make_celery
+from orchestrator.credentials import Principal, parse_tokens
 from orchestrator.dispatch import Dispatcher
 from orchestrator.events import Events, connect
 from orchestrator.runners import RunnerRegistry
@@ -25,6 +27,8 @@ class AppState:
     dispatcher: Dispatcher
     runners: RunnerRegistry
     artifacts: ArtifactStore
+    agent_keys: AgentKeys
+    tokens: dict[str, Principal] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -42,6 +46,8 @@ class AppState:
             dispatcher=Dispatcher(settings, store, events, celery),
             runners=RunnerRegistry(r, ttl_s=settings.runner_heartbeat_s * 3),
             artifacts=ArtifactStore(settings.artifacts_dir),
+            agent_keys=AgentKeys(store.engine),
+            tokens=parse_tokens(settings.token, settings.tokens),
         )
 
     def close(self) -> None:

@@ -21,3 +21,11 @@ app.conf.update(
 @app.task(name="bench.noop")
 def noop() -> int:
     return 1
+
+
+@app.task(name="bench.sleep")
+def sleep(seconds: float) -> int:
+    import time
+
+    time.sleep(seconds)
+    return 1

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -31,6 +32,7 @@ import redis
 import redis.asyncio as aredis
 from httpx_sse import SSEError, aconnect_sse
 
+from bench.common import Row
 from orchestrator.events import Events
 from orchestrator.services import Supervisor, free_port, wait_http
 from orchestrator.settings import Settings
@@ -289,6 +291,122 @@ def main() -> None:
             api_errors = ", ".join(f"{k} (x{v})" for k, v in found.most_common(5))
         shutil.rmtree(home, ignore_errors=True)
     _report(n, m, rate, raw, runs, api_errors)
+
+
+def fanout(
+    url: str,
+    _valkey_pid: int | None,
+    *,
+    sizes: tuple[int, ...] = (200, 500, 1000),
+    events: int = 30,
+    rate: float = 10,
+    stuck: int = 60,
+    stuck_s: float = 8,
+) -> list[Row]:
+    """``python -m bench streams``: each size against raw pub/sub, p99 and completeness."""
+    home = Path(tempfile.mkdtemp(prefix="lb-bench-streams-"))
+    s = Settings(home=home, redis_url=url, api_port=free_port())
+    s.ensure_dirs()
+    sup = Supervisor(s, log_dir=home / "services", say=lambda _l: None)
+    rows: list[Row] = []
+    try:
+        sup.add_stack(worker=False, beat=False, flower=False)
+        sup.start()
+        proc = sup.services[0].proc
+        assert proc is not None
+        wait_http(f"http://127.0.0.1:{s.api_port}/api/v1/healthz", 60, lambda: proc.poll() is None)
+        asyncio.run(sse_phase("events", s, proc.pid, 2, 5, 50))  # warm the API's code paths
+        rows += stuck_rows(s, stuck, stuck_s)
+        for n in sizes:
+            raw = asyncio.run(raw_phase(url, n, events, rate))
+            for kind in KINDS:
+                run = asyncio.run(sse_phase(kind, s, proc.pid, n, events, rate))
+                note = (
+                    f"{run.complete}/{run.clients} complete (raw {raw.complete}/{raw.clients}); "
+                    f"p50 {_pct(run.lat, 0.5) * 1000:.1f} vs {_pct(raw.lat, 0.5) * 1000:.1f} ms"
+                )
+                if run.errors:
+                    note += f"; {dict(run.errors)}"
+                rows.append(
+                    Row(
+                        "streams",
+                        f"{n} clients, /{KINDS[kind][1]} p99 publish → client",
+                        _pct(raw.lat, 0.99) * 1000,
+                        _pct(run.lat, 0.99) * 1000,
+                        "ms",
+                        higher=False,
+                        note=note,
+                    )
+                )
+    finally:
+        sup.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    return rows
+
+
+def _stuck_socket(port: int, path: str) -> socket.socket:
+    """An SSE request on a socket with a tiny receive buffer that is never read."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+    return sock
+
+
+def _healthz_while_busy(s: Settings, stuck: int, seconds: float) -> list[float]:
+    """/healthz latencies (s) while a job's log gets ~2 MB/s and ``stuck`` clients that
+    never read follow it."""
+    store = JobStore(s.effective_database_url)
+    job = store.create(SPEC)
+    r = redis.Redis.from_url(s.effective_redis_url, decode_responses=True)
+    events = Events(r, logs_dir=s.logs_dir, log_buffer_lines=s.log_buffer_lines)
+    stop = threading.Event()
+    line = "x" * 1000
+
+    def publish() -> None:
+        while not stop.wait(0.02):
+            events.append_logs(job.id, [("stdout", None, line)] * 40)
+
+    socks = [_stuck_socket(s.api_port, f"/api/v1/jobs/{job.id}/events") for _ in range(stuck)]
+    lat: list[float] = []
+    pub = threading.Thread(target=publish, daemon=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{s.api_port}", timeout=30) as h:
+            h.get("/api/v1/healthz")
+            pub.start()
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                t0 = time.perf_counter()
+                h.get("/api/v1/healthz").raise_for_status()
+                lat.append(time.perf_counter() - t0)
+                time.sleep(0.02)  # (a steady probe, not a synchronisation)
+    finally:
+        stop.set()
+        pub.join(10)
+        for sock in socks:
+            sock.close()
+        r.close()
+        store.dispose()
+    return lat
+
+
+def stuck_rows(s: Settings, n: int = 60, seconds: float = 8) -> list[Row]:
+    """``/healthz`` with ``n`` SSE clients that never read, against the same load without
+    them (the API drops a stuck client after LAUNCHBAY_STREAM_SEND_TIMEOUT_S)."""
+    base = _healthz_while_busy(s, 0, seconds)
+    stuck = _healthz_while_busy(s, n, seconds)
+    return [
+        Row(
+            "streams",
+            f"/healthz {q} with {n} clients that never read",
+            _pct(base, p) * 1000,
+            _pct(stuck, p) * 1000,
+            "ms",
+            higher=False,
+            note="baseline: the same 2 MB/s of log, no stuck client; target ≤ 50 ms",
+        )
+        for q, p in (("p50", 0.5), ("p99", 0.99))
+    ]
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ RUN_JOB = "launchbay.run_job"
 RECONCILE = "launchbay.reconcile"
 RETENTION = "launchbay.retention"
 REMOVE_ORPHANS = "launchbay.remove_orphans"
+FIRE_SCHEDULES = "launchbay.fire_schedules"
 
 
 def make_celery(settings: Settings, *, include: list[str] | None = None) -> Celery:
@@ -24,7 +25,12 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
         # finds the job claimed and does nothing (compare-and-set).
         task_acks_late=False,
         worker_prefetch_multiplier=1,
+        # A busy worker takes no message ahead of time, so a job of a higher priority
+        # (issue 14) sent while every slot is busy starts before one sent earlier.
+        worker_disable_prefetch=not settings.worker_prefetch,
         broker_transport_options={
+            # One Redis list per priority (0-9), served highest first (kombu: 0 first).
+            "priority_steps": list(range(10)),
             "visibility_timeout": settings.broker_visibility_s,
             "unacked_restore_interval": max(1, int(settings.broker_visibility_s / 6)),
             "unacked_restore_throttle": 1,
@@ -35,14 +41,23 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
         task_serializer="json",
         accept_content=["json"],
         task_default_queue="lb.default",
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events cost about 1 ms of worker CPU per job (PERF.md): they flow only while
+        # Flower watches (it broadcasts ``enable_events`` every few seconds while it runs).
+        # No "task-sent" event: the store, not Flower, tells what is queued.
+        worker_send_task_events=False,
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         beat_schedule={
             "reconcile": {
                 "task": RECONCILE,
                 "schedule": settings.reconcile_interval_s,
+                "options": {"queue": "lb.maintenance", "expires": 60},
+            },
+            # Cron schedules (orchestrator/schedules.py): any number of beats may send it.
+            "fire-schedules": {
+                "task": FIRE_SCHEDULES,
+                "schedule": settings.schedule_tick_s,
                 "options": {"queue": "lb.maintenance", "expires": 60},
             },
             "remove-orphans": {

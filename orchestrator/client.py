@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -211,6 +212,18 @@ class LaunchbayClient:
             token or os.environ.get("LAUNCHBAY_TOKEN") or None,
         )
 
+    def set_token(self, token: str | None) -> None:
+        """Send ``token`` from now on (an agent switches to its own key once registered)."""
+        if token:
+            self._http.headers["Authorization"] = f"Bearer {token}"
+        else:
+            self._http.headers.pop("Authorization", None)
+
+    @property
+    def token(self) -> str | None:
+        header = self._http.headers.get("Authorization", "")
+        return header[7:] if header.startswith("Bearer ") else None
+
     def close(self) -> None:
         self._http.close()
 
@@ -275,8 +288,28 @@ class LaunchbayClient:
         params += [("status", s) for s in status or []]
         return self._parse(JobPage, self.request_json("GET", "/jobs", params=params), "job page")
 
-    def job(self, job_id: str) -> Job:
-        return self._parse(Job, self.request_json("GET", f"/jobs/{_seg(job_id)}"), "job")
+    def job(self, job_id: str, *, wait: float = 0) -> Job:
+        """GET /jobs/{id}; with ``wait`` (at most 30 s), once the job has ended or after
+        ``wait`` seconds, whichever comes first (a long-poll: no polling)."""
+        if not wait:
+            return self._parse(Job, self.request_json("GET", f"/jobs/{_seg(job_id)}"), "job")
+        data = self.request_json(
+            "GET",
+            f"/jobs/{_seg(job_id)}",
+            params={"wait": f"{wait:g}"},
+            timeout=httpx.Timeout(self._http.timeout.connect, read=wait + 30),
+        )
+        return self._parse(Job, data, "job")
+
+    def wait_job(self, job_id: str, wait_s: float) -> Job:
+        """The job once it has ended, or as it stands after ``wait_s`` seconds: long-polls
+        of at most 30 s each."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            left = deadline - time.monotonic()
+            job = self.job(job_id, wait=min(max(left, 0), 30))
+            if is_ended(job) or left <= 0:
+                return job
 
     def cancel(self, job_id: str) -> Job:
         """Ask for a cancel; Conflict when the job already ended."""
@@ -387,6 +420,38 @@ class LaunchbayClient:
 
     def healthz(self) -> dict[str, Any]:
         return self.request_json("GET", "/healthz")  # type: ignore[no-any-return]
+
+    def vocabulary(self) -> dict[str, Any]:
+        return self.request_json("GET", "/meta")  # type: ignore[no-any-return]
+
+    def delete_run(self, job_id: str) -> dict[str, Any]:
+        """Remove an ended run with its logs and artifacts (``DELETE /runs/{id}``)."""
+        return self.request_json("DELETE", f"/runs/{_seg(job_id)}")  # type: ignore[no-any-return]
+
+    def iter_events(self, job_id: str) -> Iterator[tuple[str, str]]:
+        """``(event, data)`` of the job's SSE stream (``GET /jobs/{id}/events``) until the
+        server closes it, which it does after the job's end."""
+        event = ""
+        with self._stream(f"/jobs/{_seg(job_id)}/events", timeout=None) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("event:"):
+                    event = line.partition(":")[2].strip()
+                elif line.startswith("data:"):
+                    yield event, line.partition(":")[2].strip()
+                elif not line:
+                    event = ""
+
+    # ------------------------------------------------------------ sessions (issue 16)
+
+    def sessions(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        params = {"limit": limit, "offset": offset}
+        return self.request_json("GET", "/sessions", params=params)  # type: ignore[no-any-return]
+
+    def session(self, ref: str) -> dict[str, Any]:
+        return self.request_json("GET", f"/sessions/{_seg(ref)}")  # type: ignore[no-any-return]
+
+    def delete_session(self, ref: str) -> dict[str, Any]:
+        return self.request_json("DELETE", f"/sessions/{_seg(ref)}")  # type: ignore[no-any-return]
 
 
 def is_ended(job: Job) -> bool:

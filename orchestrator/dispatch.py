@@ -10,15 +10,22 @@ from typing import Any
 from celery import Celery
 
 from orchestrator.broker import held_task_ids
+from orchestrator.capabilities import LiveRunners, celery_demands, describe
 from orchestrator.celery_app import RUN_JOB
 from orchestrator.errors import BrokerUnavailable, InvalidTransition
 from orchestrator.events import Events
+from orchestrator.flow import Flow, FlowListener, resolve_key
 from orchestrator.job import EventType, Job, JobStatus, task_id_for
 from orchestrator.lifecycle import Lifecycle
 from orchestrator.listeners import EventPublisher, Listener, Listeners
+from orchestrator.metrics import MetricsRecorder
 from orchestrator.routing import route
+from orchestrator.runners import RunnerRegistry
+from orchestrator.sessions import SessionListener, Sessions
+from orchestrator.sessions import prepare as prepare_session
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
+from orchestrator.tracing import TracingListener, tracing_for
 
 log = logging.getLogger(__name__)
 _CANCEL_TRIES = 5
@@ -36,13 +43,31 @@ class Dispatcher:
     extra_listeners: list[Listener] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.listeners = Listeners([EventPublisher(self.events), *self.extra_listeners])
+        self.tracing = tracing_for(self.settings.tracing)
+        self.listeners = Listeners(
+            [
+                EventPublisher(self.events),
+                MetricsRecorder.for_client(self.events.r),
+                *([TracingListener(self.tracing)] if self.tracing else []),
+                *self.extra_listeners,
+            ]
+        )
         self.lifecycle = Lifecycle(
             self.settings,
             self.store,
             self.listeners,
             send=self.send,
         )
+        self.flow = Flow(self)
+        self.listeners.add(FlowListener(self.flow))
+        # Sessions and capabilities (issue 16): orchestrator/sessions.py, capabilities.py.
+        self.sessions = Sessions(self.store.engine, self.settings.workspaces_dir)
+        self.listeners.add(SessionListener(self))
+        self.live_runners = LiveRunners(RunnerRegistry(self.events.r).live)
+
+    def live_runners_by_id(self, runner_id: str) -> Any:
+        """One live runner's registration, or ``None``."""
+        return RunnerRegistry(self.events.r).get(runner_id)
 
     def announce(self, job: Job, event: EventType | None = None) -> None:
         """Hand a committed change to the listeners (events, metrics, webhooks)."""
@@ -50,8 +75,25 @@ class Dispatcher:
 
     # ---------------------------------------------------------- submit
 
-    def submit(self, spec: Any) -> Job:
-        job = self.store.create(spec, match_timeout_s=self.settings.default_match_timeout_s)
+    def submit(self, spec: Any, *, job_id: str | None = None, rerun_of: str | None = None) -> Job:
+        if self.tracing is not None:  # (LAUNCHBAY_TRACING: the job's trace starts here)
+            with self.tracing.submit(spec) as stamped:
+                return self._submit(stamped, job_id=job_id, rerun_of=rerun_of)
+        return self._submit(spec, job_id=job_id, rerun_of=rerun_of)
+
+    def _submit(self, spec: Any, *, job_id: str | None = None, rerun_of: str | None = None) -> Job:
+        job = self.store.create(
+            resolve_key(prepare_session(self.sessions, spec)),
+            job_id=job_id,
+            match_timeout_s=self.settings.default_match_timeout_s,
+            rerun_of=rerun_of,
+        )
+        if job.hold == "deps":  # sent when its dependencies succeed (orchestrator/flow.py)
+            self.announce(job, EventType.created)
+            self.flow.resolve(job.id)
+            held = self.store.get(job.id)
+            held.warnings = self.live_runners.warnings(held.spec.executor, held.spec.demands)
+            return held
         try:
             self.send(job)
         except Exception as exc:
@@ -65,6 +107,7 @@ class Dispatcher:
                 self.announce(failed)
             raise BrokerUnavailable(f"the broker cannot take jobs right now: {exc}") from exc
         self.announce(job, EventType.created)
+        job.warnings = self.live_runners.warnings(job.spec.executor, job.spec.demands)
         return job
 
     def send(self, job: Job) -> None:
@@ -79,9 +122,13 @@ class Dispatcher:
         self.celery.send_task(
             RUN_JOB,
             args=[job.id, job.attempt],
+            # Demands no queue name carries: the worker checks them before it claims.
+            kwargs=celery_demands(job.spec.demands),
             task_id=task_id,
             queue=route(job.spec),
             expires=expires,
+            # Redis serves priority 0 first; a job's priority 9 is the highest.
+            priority=9 - job.spec.priority,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
         )
@@ -173,6 +220,7 @@ class Dispatcher:
         messages."""
         counts = {"requeued": 0, "failed": 0, "unmatched": 0, "force_cancelled": 0}
         counts["sent_due"] = self.send_due()
+        counts.update(self.flow.sweep())
         for job in self.store.expired_leases():
             done = self.lifecycle.lose(job)
             if done is not None:
@@ -188,7 +236,8 @@ class Dispatcher:
                 JobStatus.failed,
                 attempt=job.attempt,
                 expect=[JobStatus.queued],
-                error=f"no matching runner available within {timeout:g} s",
+                error=f"no matching runner available within {timeout:g} s "
+                f"(demands: {describe(job.spec.executor, job.spec.demands)})",
             )
             if done:
                 self._revoke(done)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import datetime
+from json.encoder import encode_basestring_ascii as _quote  # (json.dumps of a str, in C)
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -24,6 +25,10 @@ from orchestrator.job import EventType, as_utc, utcnow
 
 EVENTS_CHANNEL = "lb:events"
 EVENTS_MAXLEN = 5000
+# Every job's events (not log lines) in one stream, in publish order: the firehose
+# (``GET /api/v1/events``) resumes from it and the webhook deliverer consumes it.
+FIREHOSE_STREAM = "lb:firehose"
+FIREHOSE_MAXLEN = 20000
 # Log line numbers are Redis stream ids ``{seq}-0``: a client's ``since`` above this is
 # no line there can ever be (and past 2**64 - 1 Redis refuses the id).
 MAX_LOG_SEQ = 2**63 - 1
@@ -123,13 +128,31 @@ def drain_key(runner_id: str) -> str:
 
 RUNNERS_PATTERN = "lb:runners:*"
 
-# KEYS[1] the job's event stream; ARGV: maxlen, type, ts, data (JSON), channel, and the
-# published message's JSON without its closing brace (id and data are appended here).
+# KEYS[1] the job's event stream, KEYS[2] the firehose; ARGV: maxlen, type, ts, data (JSON),
+# channel, the published message's JSON without its closing brace (id, gid and data are
+# appended here), job id, firehose maxlen. ``gid`` is the event's id in the firehose.
 _PUBLISH_LUA = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
                       'type', ARGV[2], 'ts', ARGV[3], 'data', ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. ', "id": "' .. id .. '", "data": ' .. ARGV[4] .. '}')
+local gid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'job_id', ARGV[7],
+                       'id', id, 'type', ARGV[2], 'ts', ARGV[3], 'data', ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. ', "id": "' .. id .. '", "gid": "' .. gid
+           .. '", "data": ' .. ARGV[4] .. '}')
 return id
+"""
+
+
+# KEYS[1] the job's log stream; ARGV: maxlen, ts, the first line's number, then a
+# (stream, step, line) triple per line. Ids are line numbers: ``{seq}-0``.
+_APPEND_LOGS_LUA = """
+local seq = tonumber(ARGV[3])
+for i = 4, #ARGV, 3 do
+  redis.call('XADD', KEYS[1], string.format('%d-0', seq), 'ts', ARGV[2],
+             'stream', ARGV[i], 'step', ARGV[i + 1], 'line', ARGV[i + 2])
+  seq = seq + 1
+end
+redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[1])
+return seq - 1
 """
 
 
@@ -176,6 +199,7 @@ class Events:
         self._seq: dict[str, int] = {}
         self._lock = threading.Lock()
         self._publish_script = client.register_script(_PUBLISH_LUA)
+        self._append_script = client.register_script(_APPEND_LOGS_LUA)
 
     # ---------------------------------------------------------- events
 
@@ -189,8 +213,17 @@ class Events:
             # One round trip: the script appends to the stream and publishes the event with
             # the stream id it got (the id is only known inside Redis).
             entry_id = self._publish_script(
-                keys=[job_events_key(job_id)],
-                args=[EVENTS_MAXLEN, type_, ts, payload, EVENTS_CHANNEL, body[:-1]],
+                keys=[job_events_key(job_id), FIREHOSE_STREAM],
+                args=[
+                    EVENTS_MAXLEN,
+                    type_,
+                    ts,
+                    payload,
+                    EVENTS_CHANNEL,
+                    body[:-1],
+                    job_id,
+                    FIREHOSE_MAXLEN,
+                ],
             )
         return {"id": entry_id, "job_id": job_id, "type": type_, "ts": ts, "data": data}
 
@@ -220,39 +253,37 @@ class Events:
         if not lines:
             return self._next_seq(job_id)
         with self._lock:
-            seq = self._next_seq(job_id)
+            first = self._next_seq(job_id) + 1
             ts = utcnow().isoformat()
-            records: list[LogLine] = []
+            # Each record is encoded once, for the stored log and the wake-up message alike;
+            # the whole batch is one script call (packing one XADD per line in the client
+            # cost more than Redis spent adding them).
+            args: list[str | int] = [self.log_buffer_lines, ts, first]
+            encoded: list[str] = []
+            dumps, qts = json.dumps, json.dumps(ts)
+            heads: dict[tuple[str, str | None], str] = {}  # (stream, step) → its JSON, once
+            for seq, (stream, step, line) in enumerate(lines, start=first):
+                args += (stream, step or "", line)
+                head = heads.get((stream, step))
+                if head is None:
+                    head = heads[(stream, step)] = (
+                        f'"ts": {qts}, "stream": {dumps(stream)}, "step": {dumps(step)}'
+                    )
+                encoded.append(f'{{"seq": {seq}, {head}, "line": {_quote(line)}}}')
+            seq = first + len(lines) - 1
             pipe = self.r.pipeline(transaction=False)
-            for stream, step, line in lines:
-                seq += 1
-                rec: LogLine = {"seq": seq, "ts": ts, "stream": stream, "step": step, "line": line}
-                records.append(rec)
-                pipe.xadd(
-                    job_logs_key(job_id),
-                    {"ts": ts, "stream": stream, "step": step or "", "line": line},
-                    id=f"{seq}-0",
-                    maxlen=self.log_buffer_lines,
-                    approximate=False,
-                )
+            self._append_script(keys=[job_logs_key(job_id)], args=args, client=pipe)
             pipe.publish(
                 EVENTS_CHANNEL,
-                json.dumps(
-                    {
-                        "id": None,
-                        "job_id": job_id,
-                        "type": EventType.log,
-                        "ts": ts,
-                        "data": {"seq": seq, "lines": records},
-                    }
-                ),
+                f'{{"id": null, "job_id": {dumps(job_id)}, "type": "{EventType.log}", '
+                f'"ts": {qts}, "data": {{"seq": {seq}, "lines": [{", ".join(encoded)}]}}}}',
             )
             # Redis first: when it is down the batch is retried whole, and the stored
             # log must not get its lines twice.
             pipe.execute()
             self.logs_dir.mkdir(parents=True, exist_ok=True)
             with self.log_path(job_id).open("a", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
+                f.write("\n".join(encoded) + "\n")
             self._seq[job_id] = seq
             return seq
 

@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     computed_field,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -198,12 +199,107 @@ def _check_glob(pattern: str) -> str:
 
 Glob = Annotated[str, Field(min_length=1, max_length=MAX_GLOB), AfterValidator(_check_glob)]
 
+# Capabilities a runner declares and a job demands (orchestrator/capabilities.py matches them).
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME_PATTERN = rf"^{_LABEL}(\.{_LABEL})*$"
+SESSION_ID_PATTERN = r"^ses_[0-9a-f]{12}$"
+MAX_CAPABILITY_VALUES, MAX_CAPABILITY_VALUE = 32, 256
+MAX_PROJECT_DIRS = 32
+
+
+def _check_project_dir(path: str) -> str:
+    p = PurePosixPath(path)
+    if not p.is_absolute() or ".." in p.parts or "\x00" in path:
+        raise ValueError(f"a project directory is an absolute path without '..', got {path!r}")
+    return str(p)
+
+
+def check_capability_values(field: str, value: dict[str, str]) -> dict[str, str]:
+    """Free key=value capabilities: keys as tags, bounded values; else ParamError."""
+    import re
+
+    if len(value) > MAX_CAPABILITY_VALUES:
+        raise ParamError(field, f"at most {MAX_CAPABILITY_VALUES} entries, got {len(value)}")
+    for k, v in value.items():
+        if not re.match(TAG_PATTERN, k):
+            raise ParamError(field, f"key {_short(k)} must match {TAG_PATTERN}")
+        if len(v) > MAX_CAPABILITY_VALUE:
+            raise ParamError(f"{field}.{k}", f"at most {MAX_CAPABILITY_VALUE} characters")
+    return value
+
+
+Hostname = Annotated[str, Field(pattern=HOSTNAME_PATTERN, max_length=253)]
+ProjectDir = Annotated[
+    str, Field(min_length=1, max_length=4096), AfterValidator(_check_project_dir)
+]
+MAX_DEPENDS_ON = 100
+ConcurrencyKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/@-]{1,200}$")]
+JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
 
 class Demands(BaseModel):
+    """What a runner must declare to take the job (matching rules: README, Capabilities)."""
+
     model_config = _STRICT
     tags: list[Tag] = Field(
         default_factory=list, max_length=MAX_TAGS, description="Runner tags the job needs."
     )
+    hostname: Hostname | None = Field(
+        default=None, description="Run only on the runner whose host has this name."
+    )
+    project_dir: ProjectDir | None = Field(
+        default=None,
+        description="An absolute path that must lie in one of the runner's project directories.",
+    )
+    values: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"Free key=value capabilities the runner must declare with the same "
+        f"values (at most {MAX_CAPABILITY_VALUES}; keys as tags, values of at most "
+        f"{MAX_CAPABILITY_VALUE} characters).",
+    )
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_capability_values("demands.values", v)
+
+    @property
+    def beyond_tags(self) -> bool:
+        """Whether anything besides tags is demanded (Celery routing covers only tags)."""
+        return bool(self.hostname or self.project_dir or self.values)
+
+
+class SessionRef(BaseModel):
+    """Which session a job runs in. Give nothing but a ``name`` to start a new session,
+    ``resume`` to continue one (its defaults fill what the job leaves out), or
+    ``parent_session_id`` to fork one (a new session whose workspace starts as a copy of
+    the parent's). The server fills in ``id``."""
+
+    model_config = _STRICT
+    name: str | None = Field(default=None, max_length=200, description="A new session's name.")
+    resume: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Continue this session: its id (ses_…) or its name (the newest of that name).",
+    )
+    parent_session_id: str | None = Field(
+        default=None, pattern=SESSION_ID_PATTERN, description="Fork this session."
+    )
+    id: str | None = Field(
+        default=None,
+        pattern=SESSION_ID_PATTERN,
+        description="The session the job runs in (set by the server; giving it resumes it).",
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> SessionRef:
+        if self.resume is not None and self.parent_session_id is not None:
+            raise ParamError("session", "give resume or parent_session_id, not both")
+        return self
+
+    @property
+    def resuming(self) -> bool:
+        return self.resume is not None or (self.id is not None and self.parent_session_id is None)
 
 
 class Resources(BaseModel):
@@ -230,6 +326,11 @@ class _SpecBase(BaseModel):
         default_factory=dict,
         description=f"Extra environment: at most {MAX_ENV} variables, names of 1 to "
         f"{MAX_ENV_KEY} characters without '=', values of at most {MAX_ENV_VALUE}.",
+    )
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="Write-only environment (same bounds as env): delivered to the job; "
+        "every answer, event and export shows each name with '***', and so do its logs.",
     )
     demands: Demands = Field(default_factory=Demands)
     timeout_s: Seconds | None = Field(
@@ -260,6 +361,31 @@ class _SpecBase(BaseModel):
         max_length=MAX_ARTIFACT_GLOBS,
         description="Globs relative to the workspace, kept when it ends.",
     )
+    session: SessionRef | None = Field(
+        default=None,
+        description="Start, resume or fork a session: runs that share a workspace, one at a time.",
+    )
+    # Flow control (issue 14; orchestrator/flow.py).
+    priority: int = Field(
+        default=0, ge=0, le=9, description="0–9: a higher one starts first on the same queue."
+    )
+    run_at: UtcTime | None = Field(default=None, description="Start no earlier than this time.")
+    concurrency_key: ConcurrencyKey | None = Field(
+        default=None,
+        description="Jobs sharing a key run at most /api/v1/limits/{key} at a time; "
+        "'label:NAME' takes the key from the job's label NAME.",
+    )
+    depends_on: list[JobId] = Field(
+        default_factory=list,
+        max_length=MAX_DEPENDS_ON,
+        description="Job ids that must all succeed first; if one fails or is cancelled, "
+        "this job ends without running.",
+    )
+
+    @field_validator("depends_on")
+    @classmethod
+    def _unique_deps(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
 
     @field_validator("labels")
     @classmethod
@@ -270,6 +396,19 @@ class _SpecBase(BaseModel):
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         return _bounded_map("env", v, items=MAX_ENV, key=MAX_ENV_KEY, val=MAX_ENV_VALUE, env=True)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        return _bounded_map(
+            "secrets", v, items=MAX_ENV, key=MAX_ENV_KEY, val=MAX_ENV_VALUE, env=True
+        )
+
+    @field_serializer("secrets")
+    def _masked(self, v: dict[str, str]) -> dict[str, str]:
+        # Whatever serializes a spec — an answer, an event, the stored spec itself — never
+        # holds a value; the runner gets them from the store's own column.
+        return {k: "***" for k in v}
 
 
 class BuiltinSpec(_SpecBase):
@@ -308,19 +447,33 @@ class ProcessSpec(_SpecBase):
         return self
 
 
+def _image_unless_resuming(spec: DockerSpec | KubernetesSpec) -> None:
+    if not spec.image and not (spec.session and spec.session.resuming):
+        raise ParamError("image", "an image is required (a resumed session may supply it)")
+
+
 class DockerSpec(_SpecBase):
     executor: Literal["docker"] = "docker"
     image: str = Field(
-        min_length=1, max_length=1024, description="Image reference, e.g. busybox:latest."
+        default="",
+        max_length=1024,
+        description="Image reference, e.g. busybox:latest (a resumed session's if left out).",
     )
     steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
     resources: Resources = Field(default_factory=Resources)
     network: Literal["bridge", "none"] = Field(default="bridge")
 
+    @model_validator(mode="after")
+    def _image(self) -> DockerSpec:
+        _image_unless_resuming(self)
+        return self
+
 
 class KubernetesSpec(_SpecBase):
     executor: Literal["kubernetes"] = "kubernetes"
-    image: str = Field(min_length=1, max_length=1024)
+    image: str = Field(
+        default="", max_length=1024, description="Image (a resumed session's if left out)."
+    )
     command: Argv
     namespace: str | None = Field(
         default=None, max_length=63, description="Defaults to the worker's namespace."
@@ -337,7 +490,47 @@ class KubernetesSpec(_SpecBase):
     def _template_size(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is not None:
             json_size("template", v, MAX_TEMPLATE_BYTES)
+            check_job_template(v)
         return v
+
+    @model_validator(mode="after")
+    def _image(self) -> KubernetesSpec:
+        _image_unless_resuming(self)
+        return self
+
+
+_HOST_ACCESS = ("hostNetwork", "hostPID", "hostIPC")
+
+
+def check_job_template(template: dict[str, Any]) -> None:
+    """ParamError (field ``template``) for a template no launch could accept: another kind
+    than a batch/v1 Job, host namespaces, hostPath volumes, privileged containers or added
+    capabilities. The launcher checks the merged Job again (workers/launchers/_k8s_manifest)."""
+
+    def refuse(what: str) -> None:
+        raise ParamError("template", f"a Job template {what}")
+
+    if template.get("kind", "Job") != "Job" or template.get("apiVersion", "batch/v1") != "batch/v1":
+        refuse(f"must be a batch/v1 Job, got {template.get('apiVersion')}/{template.get('kind')}")
+    spec = template.get("spec") or {}
+    pod = (spec.get("template") or {}).get("spec") or {} if isinstance(spec, dict) else {}
+    if not isinstance(pod, dict):
+        refuse("needs spec.template.spec to be an object")
+    for f in _HOST_ACCESS:
+        if pod.get(f):
+            refuse(f"may not set spec.template.spec.{f}")
+    for vol in pod.get("volumes") or []:
+        if isinstance(vol, dict) and "hostPath" in vol:
+            refuse(f"may not mount hostPath volume {vol.get('name')!r}")
+    for key in ("containers", "initContainers", "ephemeralContainers"):
+        for c in pod.get(key) or []:
+            sc = (c.get("securityContext") or {}) if isinstance(c, dict) else {}
+            if sc.get("privileged"):
+                refuse(f"may not run container {c.get('name')!r} privileged")
+            if (sc.get("capabilities") or {}).get("add"):
+                refuse(f"may not add capabilities to container {c.get('name')!r}")
+            if sc.get("allowPrivilegeEscalation"):
+                refuse(f"may not allow privilege escalation in container {c.get('name')!r}")
 
 
 JobSpec = Annotated[
@@ -405,6 +598,16 @@ class AttemptRecord(BaseModel):
     outcome: AttemptOutcome | None = Field(default=None, description="Null while it runs.")
     exit_code: int | None = None
     error: str | None = None
+    handle: str | None = Field(
+        default=None,
+        description="What the launcher started: a pid, a container id, namespace/job-name.",
+    )
+    cleanup: str | None = Field(
+        default=None,
+        description="What became of it after the end: removed, kept (policy), failed: …; "
+        "null while it runs or when the runner never said.",
+    )
+    resource_usage: dict[str, Any] | None = None
 
 
 class Job(BaseModel):
@@ -436,11 +639,33 @@ class Job(BaseModel):
     cancel_requested_at: datetime | None = None
     losses: int = Field(default=0, description="Attempts lost with their runner.")
     handbacks: int = Field(default=0, description="Attempts a runner gave back unstarted.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Said at submit, not stored: e.g. no live runner meets the job's demands.",
+    )
+    hold: Literal["deps", "limit"] | None = Field(
+        default=None,
+        description="Why a due queued job is not claimable: its dependencies ('deps') or a "
+        "full concurrency key ('limit').",
+    )
+    rerun_of: str | None = Field(default=None, description="The job this one re-runs.")
+    has_dependents: bool = Field(default=False, exclude=True)
+    waiting: dict[str, Any] | None = Field(
+        default=None,
+        description="Why a queued job waits (reason: backoff, run_at, dependency, "
+        "concurrency_limit, no_runner), filled in by the API.",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def executor(self) -> str:
         return self.spec.executor
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def session_id(self) -> str | None:
+        """The session the job runs in (``ses_…``), if any."""
+        return self.spec.session.id if self.spec.session else None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

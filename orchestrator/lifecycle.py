@@ -29,6 +29,7 @@ from orchestrator.job import (
     JobStatus,
 )
 from orchestrator.listeners import Listeners
+from orchestrator.progress import ProgressGate
 from orchestrator.protocol import Verdict
 from orchestrator.runners import RunnerInfo
 from orchestrator.settings import Settings
@@ -69,6 +70,7 @@ class Lifecycle:
         self.store = store
         self.listeners = listeners
         self._send = send
+        self._progress = ProgressGate(settings.progress_store_s)
 
     # ------------------------------------------------------------ ownership
 
@@ -104,9 +106,12 @@ class Lifecycle:
             self.listeners.transition(job)
         return job
 
-    def start(self, job_id: str, runner_id: str, attempt: int) -> Job:
-        """claimed → running, by the runner that holds the attempt."""
-        running = self.store.start(job_id, attempt, self.settings.lease_s, runner_id=runner_id)
+    def start(self, job_id: str, runner_id: str, attempt: int, handle: str | None = None) -> Job:
+        """claimed → running, by the runner that holds the attempt; ``handle`` (pid,
+        container id, Job name) goes into the attempt's run record."""
+        running = self.store.start(
+            job_id, attempt, self.settings.lease_s, runner_id=runner_id, handle=handle
+        )
         if running is None:
             self.held(job_id, runner_id, attempt)  # raises with the reason
             raise NotHeld(f"job {job_id} attempt {attempt} has already started")
@@ -119,6 +124,9 @@ class Lifecycle:
         """Extend the attempt's lease; says whether it is still held and cancel asked."""
         if not self.store.renew_lease(job_id, attempt, self.settings.lease_s, runner_id=runner_id):
             return Renewal(held=False)
+        pending = self._progress.take((job_id, attempt))
+        if pending is not None:  # a report held back by the gate: stored with the renewal
+            self.store.set_progress(job_id, attempt, *pending, runner_id=runner_id)
         job = self.store.find(job_id)
         return Renewal(held=True, cancel=bool(job and job.cancel_requested))
 
@@ -138,8 +146,11 @@ class Lifecycle:
     def progress(
         self, job_id: str, runner_id: str, attempt: int, percent: float, message: str
     ) -> None:
-        """Store the attempt's progress and hand it to the listeners."""
-        if not self.store.set_progress(job_id, attempt, percent, message, runner_id=runner_id):
+        """Store the attempt's progress (at a bounded rate: orchestrator/progress.py) and
+        hand it to the listeners."""
+        if self._progress.admit((job_id, attempt), percent, message) and not (
+            self.store.set_progress(job_id, attempt, percent, message, runner_id=runner_id)
+        ):
             self.held(job_id, runner_id, attempt)
         self.listeners.progress(job_id, attempt, percent, message)
 
@@ -174,7 +185,10 @@ class Lifecycle:
             status, error = JobStatus.cancelled, "cancelled"
         elif status == JobStatus.timed_out and job.spec.timeout_s:
             error = f"timed out after {job.spec.timeout_s:g} s"
-        fields = verdict.fields()
+        fields = {**self._progress.settle((job_id, attempt)), **verdict.fields()}
+        record = verdict.record()
+        if status == JobStatus.succeeded:
+            fields["progress_percent"] = 100.0  # done is 100 %, whatever it last printed
         if (
             status == JobStatus.failed
             and verdict.may_retry
@@ -188,6 +202,7 @@ class Lifecycle:
                 exit_code=verdict.exit_code,
                 delay_s=backoff,
                 runner_id=runner_id,
+                record=record,
                 **fields,
             )
             if again is not None:
@@ -201,12 +216,18 @@ class Lifecycle:
             exit_code=verdict.exit_code,
             error=error,
             runner_id=runner_id,
+            record=record,
             **fields,
         )
         if done is None and status in (JobStatus.succeeded, JobStatus.failed):
             # A cancel accepted between our read and our write wins over the verdict.
             done = self.store.finish(
-                job_id, attempt, JobStatus.cancelled, error="cancelled", runner_id=runner_id
+                job_id,
+                attempt,
+                JobStatus.cancelled,
+                error="cancelled",
+                runner_id=runner_id,
+                record=record,
             )
         if done is None:
             self.held(job_id, runner_id, attempt)
@@ -277,6 +298,7 @@ class Lifecycle:
         exit_code: int | None = None,
         delay_s: float | None = None,
         runner_id: str | None = None,
+        record: dict[str, Any] | None = None,
         **fields: Any,
     ) -> Job | None:
         again = self.store.requeue(
@@ -288,6 +310,7 @@ class Lifecycle:
             match_timeout_s=job.spec.match_timeout_s or self.settings.default_match_timeout_s,
             delay_s=delay_s,
             runner_id=runner_id,
+            record=record,
             **fields,
         )
         if again is None:

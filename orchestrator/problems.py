@@ -58,6 +58,11 @@ def problems_of(
         if under:
             field = f"{under}.{field}" if field else under
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "union_tag_not_found":
+            message = f"required: one of {', '.join(EXECUTORS)}"
+        elif err.get("type") == "union_tag_invalid":
+            got = (err.get("ctx") or {}).get("tag")
+            message = f"unknown executor {got!r}: one of {', '.join(EXECUTORS)}"
         out.append({"field": field or whole, "message": message})
     return out
 

@@ -12,13 +12,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.job import (
+    MAX_PROJECT_DIRS,
     TERMINAL_STATUSES,
     Executor,
     ExitCode,
     Job,
     JobStatus,
+    ProjectDir,
     StepResult,
     Tag,
+    check_capability_values,
     json_size,
 )
 
@@ -73,6 +76,12 @@ class Verdict(_Reported):
     result: Any = None
     steps: list[StepResult] = Field(default_factory=list, max_length=1000)
     resource_usage: dict[str, Any] | None = None
+    handle: str | None = Field(
+        default=None, max_length=512, description="What was launched: pid, container id, Job."
+    )
+    cleanup: str | None = Field(
+        default=None, max_length=500, description="What cleanup did: removed, kept, failed: …"
+    )
     may_retry: bool = Field(
         default=True,
         description="False when another attempt would fail the same way (a permanent "
@@ -94,6 +103,17 @@ class Verdict(_Reported):
             out["resource_usage"] = self.resource_usage
         return out
 
+    def record(self) -> dict[str, Any]:
+        """The attempt row's run-record fields this verdict sets."""
+        out: dict[str, Any] = {}
+        if self.handle:
+            out["handle"] = self.handle
+        if self.cleanup:
+            out["cleanup"] = self.cleanup
+        if self.resource_usage:
+            out["resource_usage"] = self.resource_usage
+        return out
+
 
 class RegisterIn(BaseModel):
     model_config = _STRICT
@@ -101,10 +121,23 @@ class RegisterIn(BaseModel):
     tags: list[Tag] = Field(default_factory=list, max_length=32, description="Runner tags.")
     capacity: int = Field(default=1, ge=1, le=256, description="Jobs it runs at once.")
     hostname: str = Field(default="", max_length=255)
+    project_dirs: list[ProjectDir] = Field(
+        default_factory=list,
+        max_length=MAX_PROJECT_DIRS,
+        description="Directories its jobs may demand (demands.project_dir), absolute paths.",
+    )
+    capabilities: dict[str, str] = Field(
+        default_factory=dict, description="Free key=value capabilities (demands.values)."
+    )
     pid: int | None = Field(default=None, ge=0, le=2**31 - 1)
     launcher_id: LauncherId | None = Field(
         default=None, description="Re-register under an id this agent already had."
     )
+
+    @field_validator("capabilities")
+    @classmethod
+    def _caps(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_capability_values("capabilities", v)
 
 
 class RegisterOut(BaseModel):
@@ -112,6 +145,11 @@ class RegisterOut(BaseModel):
     poll_timeout_s: int
     heartbeat_interval_s: float
     lease_s: float
+    agent_key: str | None = Field(
+        default=None,
+        description="This agent's own key (``lba.<id>.<secret>``), given once: send it as the "
+        "bearer token on every later agent call. None when an agent re-registers with its key.",
+    )
 
 
 class Claim(BaseModel):
@@ -120,6 +158,12 @@ class Claim(BaseModel):
     model_config = _STRICT
     launcher_id: LauncherId
     attempt: int = Field(ge=1, le=MAX_ATTEMPT, description="The attempt the agent was given.")
+
+
+class StartedIn(Claim):
+    """``started``: who, which attempt, and what it launched (a run record's handle)."""
+
+    handle: str | None = Field(default=None, max_length=512)
 
 
 class ProgressIn(Claim):
@@ -199,3 +243,7 @@ class ReportOut(BaseModel):
 
 class PollOut(BaseModel):
     job: Job
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="The job's write-only secrets, for the agent that holds it only.",
+    )

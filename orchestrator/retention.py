@@ -113,6 +113,11 @@ def cleanup_older_than(
         except Exception:
             log.exception("retention could not remove job %s", job.id)
             errors += 1
+    from orchestrator.webhooks import WebhookStore  # (the delivery log ages out alike)
+
+    pruned = WebhookStore(store.engine).prune(cutoff)
+    if pruned:
+        log.info("retention removed %d webhook deliveries", pruned)
     return {
         "cutoff": cutoff.isoformat(),
         "removed": len(removed),

@@ -26,6 +26,12 @@ class RunnerInfo(BaseModel):
     pid: int = Field(default_factory=os.getpid)
     executors: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
+    project_dirs: list[str] = Field(
+        default_factory=list, description="Directories its jobs may demand (and those inside)."
+    )
+    capabilities: dict[str, str] = Field(
+        default_factory=dict, description="Free key=value capabilities a job may demand."
+    )
     capacity: int = 1
     queues: list[str] = Field(default_factory=list)
     draining: bool = Field(default=False, description="Takes no new jobs; hands running back.")
@@ -34,6 +40,12 @@ class RunnerInfo(BaseModel):
 
     def satisfies(self, executor: str, tags: list[str]) -> bool:
         return executor in self.executors and set(tags) <= set(self.tags)
+
+    def takes(self, executor: str, demands: Any) -> bool:
+        """Whether this runner meets a job's executor and demands (orchestrator/capabilities)."""
+        from orchestrator.capabilities import satisfies
+
+        return satisfies(self, executor, demands)
 
 
 class RunnerRegistry:
@@ -44,6 +56,11 @@ class RunnerRegistry:
     def heartbeat(self, info: RunnerInfo) -> None:
         info.last_seen = utcnow().isoformat()
         self.r.set(runner_key(info.id), info.model_dump_json(), ex=max(1, int(self.ttl_s)))
+
+    def touch(self, runner_id: str) -> bool:
+        """Renew a registered runner's TTL (a long-poll is a sign of life); never brings
+        back one that unregistered or expired."""
+        return bool(self.r.expire(runner_key(runner_id), max(1, int(self.ttl_s))))
 
     def remove(self, runner_id: str) -> None:
         self.r.delete(runner_key(runner_id))

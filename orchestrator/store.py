@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import TypeAdapter
 
-from orchestrator.errors import JobNotEnded, JobNotFound
+from orchestrator.errors import JobNotEnded, JobNotFound, ParamError
 from orchestrator.job import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -29,13 +29,21 @@ from orchestrator.job import (
     task_id_for,
     utcnow,
 )
-from orchestrator.schema import attempts, jobs, make_engine
+from orchestrator.schema import attempts, concurrency_limits, job_deps, jobs, make_engine
+from orchestrator.sessions import SessionBusy, guard_session_turn, session_turn
 
 _SPEC = TypeAdapter(JobSpec)
 
 
 def _row_to_job(row: sa.Row[Any]) -> Job:
     m = row._mapping
+    job = _job_of(m)
+    if m.get("secrets"):
+        job.spec.secrets = dict(m["secrets"])  # for the runner only: never serialized
+    return job
+
+
+def _job_of(m: Any) -> Job:
     return Job(
         id=m["id"],
         spec=_SPEC.validate_python(m["spec"]),
@@ -61,6 +69,9 @@ def _row_to_job(row: sa.Row[Any]) -> Job:
         cancel_requested_at=m["cancel_requested_at"],
         losses=m["losses"] or 0,
         handbacks=m["handbacks"] or 0,
+        hold=m["hold"],
+        rerun_of=m["rerun_of"],
+        has_dependents=bool(m["has_dependents"]),
     )
 
 
@@ -130,10 +141,12 @@ class JobStore:
         labels: dict[str, str] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        search: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[builtins.list[Job], int]:
-        """Jobs newest first, and how many match in all."""
+        """Jobs newest first, and how many match in all. ``search``: a case-insensitive
+        part of the name, or the start of the id."""
         conds: list[Any] = []
         statuses = list(statuses or [])
         if statuses:
@@ -144,6 +157,13 @@ class JobStore:
             conds.append(jobs.c.created_at >= since)
         if until:
             conds.append(jobs.c.created_at < until)
+        if search:
+            conds.append(
+                sa.or_(
+                    sa.func.lower(jobs.c.name).contains(search.lower(), autoescape=True),
+                    jobs.c.id.startswith(search.lower(), autoescape=True),
+                )
+            )
         q = sa.select(jobs).where(*conds).order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
         count_q = sa.select(sa.func.count()).select_from(jobs).where(*conds)
         with self.engine.connect() as c:
@@ -190,10 +210,14 @@ class JobStore:
         )
 
     def overdue_queued(self, now: datetime | None = None) -> builtins.list[Job]:
-        """Queued jobs whose match deadline has passed."""
+        """Queued jobs whose match deadline has passed. A held job (waiting on its
+        dependencies or a full concurrency key) waits for no runner: its deadline starts
+        when the hold ends."""
         now = now or self.now()
         return self._select_ids(
-            jobs.c.status == JobStatus.queued.value, jobs.c.match_deadline < now
+            jobs.c.status == JobStatus.queued.value,
+            jobs.c.match_deadline < now,
+            jobs.c.hold.is_(None),
         )
 
     def queued_older_than(self, when: datetime) -> builtins.list[Job]:
@@ -202,6 +226,7 @@ class JobStore:
             jobs.c.status == JobStatus.queued.value,
             jobs.c.created_at < when,
             sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= self.now()),
+            jobs.c.hold.is_(None),  # a held job is sent when its hold ends
         )
 
     def take_due(self, limit: int = 500) -> builtins.list[Job]:
@@ -247,15 +272,26 @@ class JobStore:
     # ------------------------------------------------------------ writes
 
     def create(
-        self, spec: Any, *, job_id: str | None = None, match_timeout_s: float | None = None
+        self,
+        spec: Any,
+        *,
+        job_id: str | None = None,
+        match_timeout_s: float | None = None,
+        concurrency_key: str | None = None,
+        rerun_of: str | None = None,
     ) -> Job:
+        """Insert a queued job. Flow control (issue 14): ``run_at`` becomes its
+        ``not_before``; ``depends_on`` rows are written in the same transaction, which also
+        marks each dependency ``has_dependents`` and holds the job (``deps``) unless they
+        all succeeded already; an unknown dependency is a ParamError."""
         spec = _SPEC.validate_python(spec) if isinstance(spec, dict) else spec
         now = self.now()
         timeout = spec.match_timeout_s or match_timeout_s
         job_id = job_id or new_job_id()
         values = {
             "id": job_id,
-            "spec": spec.model_dump(mode="json"),
+            "spec": spec.model_dump(mode="json"),  # (without its write-only secrets)
+            "secrets": spec.secrets or None,
             "executor": spec.executor,
             "name": spec.name,
             "labels": spec.labels,
@@ -269,9 +305,22 @@ class JobStore:
             "steps": [],
             "artifacts": [],
             "cancel_requested": False,
+            "priority": spec.priority,
+            "concurrency_key": concurrency_key or spec.concurrency_key,
+            "rerun_of": rerun_of,
+            "session_id": spec.session.id if spec.session else None,
         }
+        if spec.run_at is not None and spec.run_at > now:
+            values["not_before"] = spec.run_at
+            if timeout:  # the wait for a runner starts at run_at
+                values["match_deadline"] = spec.run_at + timedelta(seconds=timeout)
         with self.engine.begin() as c:
+            if spec.depends_on:
+                values["hold"] = _mark_dependencies(c, spec.depends_on)
             c.execute(jobs.insert().values(**values))
+            if spec.depends_on:
+                rows = [{"job_id": job_id, "depends_on": d} for d in spec.depends_on]
+                c.execute(job_deps.insert(), rows)
         return self.get(values["id"])
 
     def transition(
@@ -309,6 +358,7 @@ class JobStore:
         values: dict[str, Any],
         runner_id: str | None = None,
         record: _AttemptWrite | None = None,
+        where: Iterable[Any] = (),
     ) -> Job | None:
         sources = sources_of(target)
         if expect is not None:
@@ -320,6 +370,7 @@ class JobStore:
             conds.append(jobs.c.runner_id == runner_id)
         if require_no_cancel:
             conds.append(jobs.c.cancel_requested.is_(False))
+        conds.extend(where)
         if target in TERMINAL_STATUSES:
             values.setdefault("finished_at", self.now())
             values.setdefault("lease_expires_at", None)
@@ -339,13 +390,18 @@ class JobStore:
         *,
         exit_code: int | None = None,
         error: str | None = None,
+        record: dict[str, Any] | None = None,
     ) -> _AttemptWrite:
         def write(c: sa.Connection, row: sa.Row[Any]) -> None:
             c.execute(
                 attempts.update()
                 .where(attempts.c.job_id == row.id, attempts.c.number == number)
                 .values(
-                    ended_at=self.now(), outcome=outcome.value, exit_code=exit_code, error=error
+                    ended_at=self.now(),
+                    outcome=outcome.value,
+                    exit_code=exit_code,
+                    error=error,
+                    **(record or {}),  # handle, cleanup, resource_usage (run records)
                 )
             )
 
@@ -358,25 +414,134 @@ class JobStore:
         now = self.now()
 
         def record(c: sa.Connection, row: sa.Row[Any]) -> None:
+            if row.session_id is not None:
+                guard_session_turn(c, row.session_id, row.id)  # raises: rolled back
             c.execute(
                 attempts.insert().values(
                     job_id=row.id, number=row.attempt, runner_id=runner_id, claimed_at=now
                 )
             )
 
-        return self._cas(
-            job_id,
-            JobStatus.claimed,
-            attempt=attempt,
-            expect=None,
-            require_no_cancel=False,
-            values={
-                "runner_id": runner_id,
-                "claimed_at": now,
-                "lease_expires_at": now + timedelta(seconds=lease_s),
-            },
-            record=record,
-        )
+        values = {
+            "runner_id": runner_id,
+            "claimed_at": now,
+            "lease_expires_at": now + timedelta(seconds=lease_s),
+        }
+        try:
+            won = self._cas(
+                job_id,
+                JobStatus.claimed,
+                attempt=attempt,
+                expect=None,
+                require_no_cancel=False,
+                values=dict(values),
+                record=record,
+                # Flow control: a held job is not claimable; a keyed one takes _claim_keyed.
+                # Sessions: one run of a session at a time, in order (orchestrator/sessions.py).
+                where=[jobs.c.hold.is_(None), jobs.c.concurrency_key.is_(None), session_turn()],
+            )
+            if won is None:  # only a lost claim pays for the look at the key
+                won = self._claim_keyed(job_id, attempt, values, record)
+        except SessionBusy:  # another run of its session won meanwhile (rolled back)
+            return None
+        return won
+
+    def _claim_keyed(
+        self, job_id: str, attempt: int | None, values: dict[str, Any], record: _AttemptWrite
+    ) -> Job | None:
+        """Claim a job with a concurrency key: the key's running count is a condition of
+        the same compare-and-set, under the key's lock, so no two claims over-admit. A job
+        refused for a full key is held (``hold='limit'``) in the same transaction;
+        :meth:`release_key` frees it when a slot does."""
+        with self.engine.connect() as c:
+            key = c.execute(
+                sa.select(jobs.c.concurrency_key).where(
+                    jobs.c.id == job_id,
+                    jobs.c.status == JobStatus.queued.value,
+                    jobs.c.hold.is_(None),
+                )
+            ).scalar()
+        if key is None:
+            return None
+        conds = [
+            jobs.c.id == job_id,
+            jobs.c.status == JobStatus.queued.value,
+            jobs.c.hold.is_(None),
+            jobs.c.concurrency_key == key,
+            session_turn(),
+        ]
+        if attempt is not None:
+            conds.append(jobs.c.attempt == attempt)
+        room = _key_room(key)
+        with self.engine.begin() as c:
+            _lock_key(c, key)
+            row = c.execute(
+                jobs.update()
+                .where(*conds, room)
+                .values(status=JobStatus.claimed.value, **values)
+                .returning(jobs)
+            ).first()
+            if row is not None:
+                record(c, row)
+            else:
+                c.execute(jobs.update().where(*conds, sa.not_(room)).values(hold="limit"))
+        return _row_to_job(row) if row is not None else None
+
+    def release_key(self, key: str, match_timeout_s: float | None = None) -> builtins.list[Job]:
+        """Un-hold as many of ``key``'s held jobs as it has free slots, highest priority
+        first; the caller sends them (one that loses its claim is held again). Each one's
+        wait for a runner starts now (its own ``match_timeout_s``, else the one given)."""
+        with self.engine.begin() as c:
+            _lock_key(c, key)
+            limit = c.execute(
+                sa.select(concurrency_limits.c.max_running).where(concurrency_limits.c.key == key)
+            ).scalar()
+            running = c.execute(_running_count(key)).scalar_one()
+            free = 10_000 if limit is None else int(limit) - int(running)
+            if free <= 0:
+                return []
+            held = c.execute(
+                sa.select(jobs.c.id, jobs.c.spec)
+                .where(
+                    jobs.c.concurrency_key == key,
+                    jobs.c.status == JobStatus.queued.value,
+                    jobs.c.hold == "limit",
+                )
+                .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
+                .limit(free)
+            ).all()
+            rows = []
+            for job_id, spec in held:
+                row = c.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.hold == "limit")
+                    .values(hold=None, match_deadline=self._deadline(spec, match_timeout_s))
+                    .returning(jobs)
+                ).first()
+                if row is not None:
+                    rows.append(row)
+        return [_row_to_job(r) for r in rows]
+
+    def unhold_deps(self, job_id: str, match_timeout_s: float | None = None) -> Job | None:
+        """A job held on its dependencies becomes claimable (its wait for a runner starts
+        now); ``None`` if it was not held so (ended, or released by someone else)."""
+        with self.engine.begin() as c:
+            spec = c.execute(sa.select(jobs.c.spec).where(jobs.c.id == job_id)).scalar()
+            row = c.execute(
+                jobs.update()
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.status == JobStatus.queued.value,
+                    jobs.c.hold == "deps",
+                )
+                .values(hold=None, match_deadline=self._deadline(spec, match_timeout_s))
+                .returning(jobs)
+            ).first()
+        return _row_to_job(row) if row is not None else None
+
+    def _deadline(self, spec: Any, default_s: float | None) -> datetime | None:
+        timeout = ((spec or {}).get("match_timeout_s")) or default_s
+        return self.now() + timedelta(seconds=timeout) if timeout else None
 
     def claim_next(
         self,
@@ -402,16 +567,26 @@ class JobStore:
             jobs.c.executor.in_(list(executors)),
             sa.or_(jobs.c.match_deadline.is_(None), jobs.c.match_deadline >= now),
             sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
+            jobs.c.hold.is_(None),
         ]
-        after: tuple[datetime, str] | None = None
+        after: tuple[int, datetime, str] | None = None
         scanned = 0
         while scanned < max_scan:
-            q = sa.select(jobs.c.id, jobs.c.spec, jobs.c.created_at).where(*conds)
-            if after is not None:
-                q = q.where(sa.tuple_(jobs.c.created_at, jobs.c.id) > sa.tuple_(*after))
+            q = sa.select(jobs.c.id, jobs.c.spec, jobs.c.created_at, jobs.c.priority).where(*conds)
+            if after is not None:  # keyset paging: higher priority first, then oldest
+                q = q.where(
+                    sa.or_(
+                        jobs.c.priority < after[0],
+                        sa.and_(
+                            jobs.c.priority == after[0],
+                            sa.tuple_(jobs.c.created_at, jobs.c.id) > sa.tuple_(*after[1:]),
+                        ),
+                    )
+                )
+            order = (jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
             with self.engine.connect() as c:
-                rows = c.execute(q.order_by(jobs.c.created_at, jobs.c.id).limit(page)).all()
-            for job_id, spec, _created in rows:
+                rows = c.execute(q.order_by(*order).limit(page)).all()
+            for job_id, spec, _created, _priority in rows:
                 wanted = set(((spec or {}).get("demands") or {}).get("tags") or [])
                 if wanted <= have:
                     won = self.claim(job_id, runner_id, lease_s)
@@ -420,20 +595,26 @@ class JobStore:
             if len(rows) < page:
                 return None
             scanned += len(rows)
-            after = (rows[-1][2], rows[-1][0])
+            after = (rows[-1][3], rows[-1][2], rows[-1][0])
         return None
 
     def start(
-        self, job_id: str, attempt: int, lease_s: float, *, runner_id: str | None = None
+        self,
+        job_id: str,
+        attempt: int,
+        lease_s: float,
+        *,
+        runner_id: str | None = None,
+        handle: str | None = None,
     ) -> Job | None:
-        """claimed → running; the attempt's row gets its start time."""
+        """claimed → running; the attempt's row gets its start time and launch handle."""
         now = self.now()
 
         def record(c: sa.Connection, row: sa.Row[Any]) -> None:
             c.execute(
                 attempts.update()
                 .where(attempts.c.job_id == row.id, attempts.c.number == attempt)
-                .values(started_at=now)
+                .values(started_at=now, **({"handle": handle[:512]} if handle else {}))
             )
 
         return self._cas(
@@ -456,11 +637,12 @@ class JobStore:
         exit_code: int | None = None,
         error: str | None = None,
         runner_id: str | None = None,
+        record: dict[str, Any] | None = None,
         **values: Any,
     ) -> Job | None:
         """Terminal CAS from claimed/running. Neither success nor failure wins over an
         accepted cancel (the caller ends it ``cancelled`` instead); a run-time limit that
-        fired does."""
+        fired does. ``record``: the attempt row's run-record fields."""
         return self._cas(
             job_id,
             status,
@@ -470,7 +652,11 @@ class JobStore:
             runner_id=runner_id,
             values={"exit_code": exit_code, "error": error, **values},
             record=self._end_attempt_row(
-                attempt, AttemptOutcome(status.value), exit_code=exit_code, error=error
+                attempt,
+                AttemptOutcome(status.value),
+                exit_code=exit_code,
+                error=error,
+                record=record,
             ),
         )
 
@@ -485,6 +671,7 @@ class JobStore:
         match_timeout_s: float | None = None,
         delay_s: float | None = None,
         runner_id: str | None = None,
+        record: dict[str, Any] | None = None,
         **values: Any,
     ) -> Job | None:
         """Active → queued with the next attempt; the ended attempt's row says why.
@@ -528,7 +715,9 @@ class JobStore:
                 ),
                 "not_before": now + timedelta(seconds=delay_s) if delay_s else None,
             },
-            record=self._end_attempt_row(attempt, outcome, exit_code=exit_code, error=reason),
+            record=self._end_attempt_row(
+                attempt, outcome, exit_code=exit_code, error=reason, record=record
+            ),
         )
 
     def request_cancel(self, job_id: str) -> Job | None:
@@ -618,7 +807,64 @@ class JobStore:
             )
             if gone.rowcount:
                 c.execute(attempts.delete().where(attempts.c.job_id == job_id))
+                c.execute(job_deps.delete().where(job_deps.c.job_id == job_id))
         return job
+
+
+def _running_count(key: str) -> Any:
+    running = jobs.alias("running_jobs")
+    return (
+        sa.select(sa.func.count())
+        .select_from(running)
+        .where(
+            running.c.concurrency_key == key,
+            running.c.status.in_([s.value for s in ACTIVE_STATUSES]),
+        )
+    )
+
+
+def _key_room(key: str) -> Any:
+    """A condition: ``key`` has fewer running jobs than its limit (no limit: always)."""
+    limit = (
+        sa.select(concurrency_limits.c.max_running)
+        .where(concurrency_limits.c.key == key)
+        .scalar_subquery()
+    )
+    return sa.or_(limit.is_(None), _running_count(key).scalar_subquery() < limit)
+
+
+def _lock_key(c: sa.Connection, key: str) -> None:
+    """Serialise the claims and releases of one concurrency key until the transaction ends.
+
+    PostgreSQL: a transaction-scoped advisory lock, so the count read by the next statement
+    includes every committed claim. SQLite has one writer at a time; a first statement
+    that writes takes that lock before anything is read (a transaction that read first
+    could not write later without failing on a stale snapshot)."""
+    if c.dialect.name == "postgresql":
+        c.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"lb:key:{key}"))))
+    else:
+        c.execute(
+            concurrency_limits.update()
+            .where(concurrency_limits.c.key == key)
+            .values(max_running=concurrency_limits.c.max_running)
+        )
+
+
+def _mark_dependencies(c: sa.Connection, deps: builtins.list[str]) -> str | None:
+    """Mark ``deps`` as having dependents (their rows locked till commit, so none ends
+    unseen); ``'deps'`` unless all of them succeeded already."""
+    found: dict[str, str] = dict(
+        c.execute(
+            jobs.update()
+            .where(jobs.c.id.in_(deps))
+            .values(has_dependents=True)
+            .returning(jobs.c.id, jobs.c.status)
+        ).all()
+    )
+    missing = [d for d in deps if d not in found]
+    if missing:
+        raise ParamError("depends_on", f"unknown job id(s): {', '.join(missing[:10])}")
+    return None if all(s == JobStatus.succeeded.value for s in found.values()) else "deps"
 
 
 def _labels_match(have: dict[str, str] | None, want: dict[str, str]) -> bool:

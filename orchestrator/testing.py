@@ -127,6 +127,15 @@ class MemoryRedis:
         with self._lock:
             return sum(1 for k in keys if self._keys.pop(k, None) is not None)
 
+    def expire(self, key: str, seconds: float) -> bool:
+        """Set a live key's expiry; ``False`` (and nothing set) for a missing one."""
+        with self._lock:
+            value = self._live(key)
+            if value is None:
+                return False
+            self._keys[key] = (value, self.clock() + timedelta(seconds=seconds))
+            return True
+
     def scan_iter(self, match: str | None = None, count: int | None = None) -> Iterator[str]:
         with self._lock:
             found = [k for k in list(self._keys) if self._live(k) is not None]

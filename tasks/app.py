@@ -5,15 +5,20 @@ from __future__ import annotations
 import os
 
 from orchestrator.celery_app import make_celery
+from orchestrator.hardening import harden_process
 from orchestrator.runners import new_runner_id
 from orchestrator.settings import Settings
 
 # Every worker host gets one runner id; forked pool children inherit it.
 os.environ.setdefault("LAUNCHBAY_RUNNER_ID", new_runner_id())
+# Every Celery process of Launchbay (worker, its pool children, beat, Flower) imports this
+# module and holds the broker's and the store's credentials: none is readable or
+# traceable by a job of the same user (orchestrator/hardening.py).
+harden_process()
 
 app = make_celery(Settings.from_env(), include=["tasks.jobs", "tasks.maintenance"])
 
-from tasks import lifecycle  # noqa: E402,F401  (connects worker signals)
+from tasks import lifecycle, warm  # noqa: E402,F401  (connect worker signals)
 
 
 def _guard_kombu_restore_on_closed_connection() -> None:

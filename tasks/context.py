@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from orchestrator.artifacts import ArtifactStore
+from orchestrator.capabilities import worker_meets
+from orchestrator.celery_app import RUN_JOB
 from orchestrator.dispatch import Dispatcher
 from orchestrator.events import Events, connect
 from orchestrator.settings import Settings
@@ -53,6 +56,30 @@ class WorkerContext:
     def run(self, job_id: str, attempt: int | None) -> str:
         """Claim the attempt a message names and run it; the outcome, or why not."""
         return self.channel.run(job_id, attempt, self.launchers)
+
+    def meets(self, demands: dict[str, Any]) -> bool:
+        """Whether this worker meets the demands a message carries (capabilities)."""
+        s = self.settings
+        return worker_meets(s.worker_project_dirs, s.worker_capabilities, demands)
+
+    def pass_on(
+        self, request: Any, job_id: str, attempt: int | None, demands: dict[str, Any]
+    ) -> str:
+        """Send the message back to its queue for another worker (bounded by its expiry,
+        the job's match deadline, after which the reconciler fails the job)."""
+        from tasks.app import app
+
+        queue = (getattr(request, "delivery_info", None) or {}).get("routing_key")
+        app.send_task(
+            RUN_JOB,
+            args=[job_id, attempt],
+            kwargs={"demands": demands},
+            task_id=getattr(request, "id", None),
+            queue=queue,
+            countdown=1,
+            expires=getattr(request, "expires", None),
+        )
+        return "passed on (this worker does not meet its demands)"
 
 
 _ctx: tuple[int, WorkerContext] | None = None

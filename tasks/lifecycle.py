@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 from typing import Any
@@ -73,8 +74,10 @@ def _register(sender: Any = None, **_: Any) -> None:
         kind="celery",
         executors=settings.worker_executors,
         tags=settings.worker_tags,
+        project_dirs=settings.worker_project_dirs,
+        capabilities=settings.worker_capabilities,
         capacity=int(concurrency),
-        queues=worker_queues(settings.worker_executors, settings.worker_tags),
+        queues=worker_queues(settings.worker_executors, settings.worker_tags, socket.gethostname()),
     )
 
     def beat() -> None:

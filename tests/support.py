@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -55,6 +56,40 @@ def docker_available() -> bool:
         return False
 
 
+class AgentKeyring(httpx.Auth):
+    """Lets a test's client speak for the agents it registered: it keeps the key each
+    registration returns and presents it on every ``/launcher`` call naming that agent (in
+    the query or the JSON body). A call naming an agent it has no key for goes with the
+    client's own token (or none): the API refuses it, as it should."""
+
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token
+        self.keys: dict[str, str] = {}
+
+    def _named(self, request: httpx.Request) -> str | None:
+        lid = request.url.params.get("launcher_id")
+        if lid is None and request.headers.get("content-type", "").startswith("application/json"):
+            with contextlib.suppress(ValueError, AttributeError):
+                lid = json.loads(request.content or b"{}").get("launcher_id")
+        return lid if isinstance(lid, str) else None
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        if "authorization" not in request.headers:
+            key = (
+                self.keys.get(self._named(request) or "")
+                if "/launcher/" in request.url.path
+                else None
+            )
+            if key or self.token:
+                request.headers["Authorization"] = f"Bearer {key or self.token}"
+        response = yield request
+        if request.url.path.endswith("/launcher/register") and response.status_code == 200:
+            response.read()
+            body = response.json()
+            if body.get("agent_key"):
+                self.keys[body["launcher_id"]] = body["agent_key"]
+
+
 class Stack:
     """A running API + worker + beat; ``url`` is the API's base URL."""
 
@@ -62,7 +97,8 @@ class Stack:
         self.settings = settings
         self.supervisor = supervisor
         self.url = f"http://127.0.0.1:{settings.api_port}"
-        self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.keyring = AgentKeyring(settings.token)
+        self.http = httpx.Client(base_url=self.url, timeout=30, auth=self.keyring)
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         r = self.http.post("/api/v1/jobs", json=spec)

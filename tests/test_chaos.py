@@ -261,8 +261,9 @@ def test_chaos_never_loses_strands_or_double_runs_a_job(tmp_path: Path) -> None:
     )
     rng = random.Random(seed)
     marks_dir, flags_dir = tmp_path / "marks", tmp_path / "flags"
-    marks_dir.mkdir()
-    flags_dir.mkdir()
+    for d in (marks_dir, flags_dir):
+        d.mkdir(mode=0o1777)  # (jobs write here; run as root, they run unprivileged)
+        d.chmod(0o1777)
     plan = _plan(rng, JOBS, marks_dir, flags_dir)
     events = _schedule(rng, CHAOS_S)
     t_begin = time.monotonic()

@@ -81,7 +81,8 @@ def _plan(rng: random.Random) -> list[Planned]:
         }
         jobs.append(Planned("fibonacci", spec, "succeeded", progress=100))
     for _ in range(12):
-        jobs.append(Planned("exit0", _process(_HALF.format(code=0)), "succeeded", 0, 50))
+        # (a job that succeeds ends at 100 %, whatever it printed last)
+        jobs.append(Planned("exit0", _process(_HALF.format(code=0)), "succeeded", 0, 100))
     for i in range(14):
         code = rng.randint(1, 9)
         spec = _process(_HALF.format(code=code), max_attempts=2 if i % 2 else 1)

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from orchestrator.services import free_port
 from tests.support import docker_available, wait_until
@@ -93,6 +95,15 @@ def test_up_runs_the_stack_and_survives_a_restart(up_home: Path) -> None:
     names = [x.split()[0] for x in up.lines]
     for service in ("valkey", "api", "worker", "beat", "flower", "ready"):
         assert service in names, up.lines
+    # The embedded Valkey asks for the password generated for this home, and no line
+    # prints it.
+    valkey_line = next(x for x in up.lines if x.startswith("valkey"))
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", valkey_line).group(1))  # type: ignore[union-attr]
+    password = (up_home / "secrets" / "valkey-password").read_text()
+    assert password not in "\n".join(up.lines)
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port).ping()
+    assert redis.Redis(port=port, password=password).ping()
     worker_line = next(x for x in up.lines if x.startswith("worker"))
     # With an engine on the machine, `up` takes docker jobs as well.
     assert ("docker" in worker_line) == docker_available(), worker_line
@@ -147,13 +158,16 @@ def test_up_runs_the_stack_and_survives_a_restart(up_home: Path) -> None:
     only = h.get("/api/v1/jobs", params={"status": "succeeded"}).json()["items"]
     assert {j["id"] for j in only} == {job["id"], primes["id"]}
 
-    workers = wait_until(
-        lambda: httpx.get(f"{up.flower}/api/workers?refresh=1", timeout=10).json(),
-        timeout=60,
-        interval=0.5,
-        what="Flower to list the worker",
-    )
-    assert any(name.startswith("runner-") for name in workers)
+    # Flower asks for credentials even with no token set: user launchbay and the password
+    # generated for this home; without them it refuses, and never with a wildcard CORS.
+    anon = httpx.post(f"{up.flower}/api/task/revoke/{long['id']}?terminate=true", timeout=10)
+    assert anon.status_code == 401 and "access-control-allow-origin" not in anon.headers
+    secret = (up_home / "secrets" / "flower-password").read_text()
+    assert (up_home / "secrets" / "flower-password").stat().st_mode & 0o077 == 0
+    # Flower listed the worker before `up` said ready (no wait here), by runner id and host.
+    workers = httpx.get(f"{up.flower}/api/workers", timeout=10, auth=("launchbay", secret)).json()
+    runner_id = worker_line.split()[1].rstrip(",")
+    assert f"{runner_id}@{socket.gethostname()}" in workers, (runner_id, list(workers))
 
     pids = up.pids()
     out = up.stop(signal.SIGINT)

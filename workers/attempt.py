@@ -18,10 +18,12 @@ from typing import Any
 from orchestrator.errors import RunnerLaunchError
 from orchestrator.job import Job, JobStatus, StepResult
 from orchestrator.protocol import Verdict
+from orchestrator.sessions import copy_parent_workspace, workspace_of
 from orchestrator.settings import Settings
 from workers.channels import Channel, LogBatch, Lost, Unreachable
 from workers.directives import apply_directive
 from workers.launchers import LaunchContext, Launcher, LauncherSet, Outcome
+from workers.launchers.base import masked
 from workers.verdict import Stop, decide, result_of
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 _LOG_BATCH = 2000
 _LOG_BATCH_BYTES = 1 << 20  # one report stays well under the API's agent body bound
 _MAX_BUFFERED = 50_000  # lines kept while the channel is unreachable; the oldest go first
+_ROOM_WAIT_S = 5.0  # a full buffer waits this long for the watcher before dropping lines
 _TIMEOUT_GRACE_S = 5.0
 
 
@@ -50,6 +53,11 @@ class _Reporter:
         self._progress: tuple[float, str, int] | None = None
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
+        # Back-pressure: while the channel takes lines, a full buffer makes the launcher's
+        # reader wait (and so the job's writes), instead of dropping the oldest lines.
+        # Lines are dropped only while the channel is unreachable or nobody sends them.
+        self._room = threading.Condition(self._lock)
+        self._stalled = False
 
     # the launcher's side (workers/launchers/base.py: Reporter)
 
@@ -57,6 +65,9 @@ class _Reporter:
         line = line.rstrip("\r\n")
         apply_directive(line, self)
         with self._lock:
+            while len(self.lines) >= _MAX_BUFFERED and not self._stalled:
+                if not self._room.wait(_ROOM_WAIT_S):
+                    self._stalled = True  # nobody is sending: drop from here on
             self.lines.append((stream if stream in ("stdout", "stderr") else "stdout", step, line))
             excess = len(self.lines) - _MAX_BUFFERED
             if excess > 0:
@@ -80,6 +91,8 @@ class _Reporter:
         """Remove the first ``n`` buffered lines (lock held), keeping progress in place."""
         batch = self.lines[:n]
         del self.lines[:n]
+        if batch:
+            self._room.notify_all()
         if self._progress is not None:
             p, m, at = self._progress
             self._progress = (p, m, max(0, at - len(batch)))
@@ -117,6 +130,9 @@ class _Reporter:
                         log.warning("job %s: logs not sent (%s); will retry", job.id, exc)
                         self._put_back(batch, due)
                         return
+                    if self._stalled:
+                        with self._lock:
+                            self._stalled = False
                 if due is not None:
                     try:
                         channel.progress(job, due[0], due[1])
@@ -129,6 +145,8 @@ class _Reporter:
     def _put_back(self, batch: LogBatch, progress: tuple[float, str, int] | None) -> None:
         kept = [b for b in batch if b[0] != "system"]
         with self._lock:
+            self._stalled = True  # unreachable: keep the newest lines, drop the oldest
+            self._room.notify_all()
             self.lines[:0] = kept
             if self._progress is not None:
                 p, m, at = self._progress
@@ -152,7 +170,11 @@ class Attempt:
             attempt=job.attempt,
             runner_id=channel.runner_id,
             spec=job.spec,
-            workspace=settings.workspaces_dir / job.id / f"a{job.attempt}",
+            workspace=(
+                workspace_of(settings.workspaces_dir, job.session_id)
+                if job.session_id
+                else settings.workspaces_dir / job.id / f"a{job.attempt}"
+            ),
             settings=settings,
         )
         self.stop_reason: Stop | None = None
@@ -209,7 +231,13 @@ class Attempt:
     def _run(self) -> str:
         spec = self.job.spec
         log.info("job %s attempt %d: %s", self.job.id, self.job.attempt, spec.executor)
-        self.ctx.workspace.mkdir(parents=True, exist_ok=True)
+        if self.job.session_id and spec.session is not None:
+            # A session's runs share one workspace; a fork's starts as its parent's copy.
+            copy_parent_workspace(
+                self.settings.workspaces_dir, self.job.session_id, spec.session.parent_session_id
+            )
+        else:
+            self.ctx.workspace.mkdir(parents=True, exist_ok=True)
         try:
             launcher = self.launchers.get(spec.executor)
         except Exception as exc:
@@ -232,7 +260,7 @@ class Attempt:
             if self._handle is not None:
                 self._started_at = time.monotonic()
                 try:
-                    self.job = self.channel.started(self.job)
+                    self.job = self.channel.started(self.job, self._handle)
                 except Lost:
                     self.lose()
                 except Unreachable as exc:  # it runs anyway; the end still counts
@@ -240,7 +268,7 @@ class Attempt:
                 if self.stop_reason is not None:
                     self._stop_once(spec.grace_s)
                 try:
-                    outcome = launcher.follow(self.ctx, self._handle, reporter)
+                    outcome = launcher.follow(self.ctx, self._handle, masked(reporter, spec))
                 except Exception as exc:
                     log.exception("launcher %s failed following job %s", launcher.name, self.job.id)
                     outcome = Outcome(exit_code=None, error=f"{type(exc).__name__}: {exc}")
@@ -277,9 +305,25 @@ class Attempt:
             verdict = verdict.model_copy(
                 update={"status": JobStatus.failed, "error": artifact_error, "may_retry": False}
             )
-        final = self._end(verdict)
-        self._cleanup(launcher, final)
-        return final
+        # Cleanup comes before the end, so the run record says what became of it.
+        cleaned = self._cleanup(launcher, verdict.status)
+        verdict = verdict.model_copy(
+            update={
+                "handle": self._handle,
+                "cleanup": cleaned,
+                "resource_usage": self._usage(outcome),
+            }
+        )
+        return self._end(verdict)
+
+    def _usage(self, outcome: Outcome | None) -> dict[str, Any] | None:
+        """What the attempt used: the launcher's figures, and the wall time it ran as this
+        runner measured it (for every executor)."""
+        if self._started_at is None:
+            return outcome.resource_usage if outcome is not None else None
+        usage = dict((outcome.resource_usage if outcome is not None else None) or {})
+        usage.setdefault("wall_s", round(time.monotonic() - self._started_at, 3))
+        return usage
 
     def _end(self, verdict: Verdict) -> str:
         now = self.channel.finish(self.job, verdict)
@@ -374,6 +418,7 @@ class Attempt:
         except Exception as exc:
             log.exception("artifact collection failed for %s", self.job.id)
             return f"artifact collection failed: {exc}"
+        failed: list[str] = []
         for name, path in found:
             try:
                 self.channel.upload_artifact(self.job, name, path)
@@ -381,16 +426,41 @@ class Attempt:
                 self.lose()
                 return None
             except Exception as exc:
+                if _name_refused(exc):
+                    # A name no artifact may have (too long for the store, say): the job
+                    # is not at fault, and the other artifacts are still kept.
+                    self._say(f"artifact {name[:100]!r} not kept: {exc}")
+                    continue
                 log.exception("artifact %r of %s not kept", name, self.job.id)
-                return f"artifact {name!r} not kept: {exc}"
-        return None
+                failed.append(f"artifact {name!r} not kept: {exc}")
+        return "; ".join(failed) if failed else None
 
-    def _cleanup(self, launcher: Launcher, final: str) -> None:
+    def _say(self, line: str) -> None:
+        """One system line in the job's log (best effort)."""
+        try:
+            self.channel.logs(self.job, [("system", None, line)])
+        except Exception:
+            log.warning("job %s: %s", self.job.id, line)
+
+    def _cleanup(self, launcher: Launcher, final: str) -> str:
+        """Apply the spec's cleanup policy; what became of the attempt's leftovers."""
         policy = self.job.spec.cleanup
         if policy == "never" or (policy == "on_success" and final != JobStatus.succeeded):
-            return
+            return f"kept (cleanup: {policy})"
+        status = "removed"
         try:
             launcher.cleanup(self.ctx, self._handle)
-        except Exception:
+        except Exception as exc:
             log.exception("cleanup failed for job %s", self.job.id)
+            status = f"failed: {type(exc).__name__}: {exc}"[:500]
+        if self.job.session_id:
+            return f"{status} (the session's workspace is kept)"
         shutil.rmtree(self.ctx.workspace, ignore_errors=True)
+        return status
+
+
+def _name_refused(exc: Exception) -> bool:
+    """Whether an upload failed for the artifact's name (a 4xx of its own), not storage."""
+    from orchestrator.errors import ParamError, UnsafePath
+
+    return isinstance(exc, ParamError | UnsafePath) or getattr(exc, "status", None) in (400, 422)

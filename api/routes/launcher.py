@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import AgentCaller, EnrollingCaller, acting_as
 from api.bodies import StrictJSONRoute
 from api.deps import State
 from api.errors import answers
@@ -45,6 +46,7 @@ from orchestrator.protocol import (
     RegisterIn,
     RegisterOut,
     ReportOut,
+    StartedIn,
     Verdict,
 )
 from orchestrator.runners import RunnerInfo, new_runner_id
@@ -127,11 +129,21 @@ def _registered(state: State, launcher_id: str) -> RunnerInfo:
     summary="Register a remote agent",
     responses=answers(409),
 )
-def register(body: RegisterIn, state: State) -> Any:
+def register(body: RegisterIn, state: State, who: EnrollingCaller) -> Any:
+    key: str | None = None
     if body.launcher_id:
         held = state.runners.get(body.launcher_id)
         if held is not None and held.kind != "agent":
             raise LauncherConflict(f"{body.launcher_id} is a live {held.kind} runner, not an agent")
+        if who.agent_id is not None:
+            acting_as(who, body.launcher_id)  # an agent registers itself again, with its key
+        elif state.agent_keys.exists(body.launcher_id):
+            raise LauncherConflict(
+                f"{body.launcher_id} belongs to another agent; register without launcher_id "
+                f"to get an id of your own"
+            )
+    elif who.agent_id is not None:
+        raise LauncherConflict("an agent's key registers that agent again: name its launcher_id")
     info = RunnerInfo(
         id=body.launcher_id or new_runner_id(),
         kind="agent",
@@ -139,14 +151,19 @@ def register(body: RegisterIn, state: State) -> Any:
         pid=body.pid or 0,
         executors=sorted(set(body.executors)),
         tags=sorted(set(body.tags)),
+        project_dirs=sorted(set(body.project_dirs)),
+        capabilities=dict(body.capabilities),
         capacity=body.capacity,
     )
+    if who.agent_id is None:
+        key = state.agent_keys.issue(info.id)
     state.runners.heartbeat(info)
     return RegisterOut(
         launcher_id=info.id,
         poll_timeout_s=POLL_TIMEOUT_S,
         heartbeat_interval_s=_heartbeat_interval(state),
         lease_s=state.settings.lease_s,
+        agent_key=key,
     )
 
 
@@ -156,8 +173,10 @@ def register(body: RegisterIn, state: State) -> Any:
     operation_id="launcher-unregister",
     summary="Leave the registry (agent stops)",
 )
-def unregister(body: HeartbeatIn, state: State) -> Response:
+def unregister(body: HeartbeatIn, state: State, who: AgentCaller) -> Response:
+    acting_as(who, body.launcher_id)
     state.runners.remove(body.launcher_id)
+    state.agent_keys.revoke(body.launcher_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -171,9 +190,11 @@ def unregister(body: HeartbeatIn, state: State) -> Response:
 async def poll(
     request: Request,
     state: State,
+    who: AgentCaller,
     launcher_id: Annotated[str, Query(pattern=RUNNER_ID)],
     wait: Annotated[float, Query(ge=0, le=POLL_TIMEOUT_S)] = POLL_TIMEOUT_S,
 ) -> Any:
+    acting_as(who, launcher_id)
     info = await run_in_threadpool(_registered, state, launcher_id)
     waker: Waker | None = getattr(request.app.state, "launcher_waker", None)
     deadline = time.monotonic() + wait
@@ -181,9 +202,11 @@ async def poll(
         wake = waker.current() if waker is not None else None
         if await request.is_disconnected():
             return Response(status_code=status.HTTP_204_NO_CONTENT)
+        # A long-poll is a sign of life: an agent that only polls stays registered.
+        await run_in_threadpool(state.runners.touch, info.id)
         job = await run_in_threadpool(state.dispatcher.lifecycle.claim_next, info)
         if job is not None:
-            return {"job": job.public()}
+            return {"job": job.public(), "secrets": job.spec.secrets}
         left = deadline - time.monotonic()
         if left <= 0:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -205,8 +228,10 @@ async def poll(
     summary="The agent launched the job: claimed → running",
     responses=answers(409),
 )
-def started(job_id: str, body: Claim, state: State) -> Any:
-    return state.dispatcher.lifecycle.start(job_id, body.launcher_id, body.attempt).public()
+def started(job_id: str, body: StartedIn, state: State, who: AgentCaller) -> Any:
+    acting_as(who, body.launcher_id)
+    lifecycle = state.dispatcher.lifecycle
+    return lifecycle.start(job_id, body.launcher_id, body.attempt, body.handle).public()
 
 
 @router.post(
@@ -216,7 +241,8 @@ def started(job_id: str, body: Claim, state: State) -> Any:
     summary="Report progress",
     responses=answers(409),
 )
-def progress(job_id: str, body: ProgressIn, state: State) -> Any:
+def progress(job_id: str, body: ProgressIn, state: State, who: AgentCaller) -> Any:
+    acting_as(who, body.launcher_id)
     lifecycle = state.dispatcher.lifecycle
     lifecycle.progress(job_id, body.launcher_id, body.attempt, body.percent, body.message)
     job = lifecycle.held(job_id, body.launcher_id, body.attempt)
@@ -230,7 +256,8 @@ def progress(job_id: str, body: ProgressIn, state: State) -> Any:
     summary="Append log lines (each cut at LAUNCHBAY_MAX_LOG_LINE_BYTES, with a marker)",
     responses=answers(409),
 )
-def logs(job_id: str, body: LogsIn, state: State) -> Any:
+def logs(job_id: str, body: LogsIn, state: State, who: AgentCaller) -> Any:
+    acting_as(who, body.launcher_id)
     job = state.dispatcher.lifecycle.held(job_id, body.launcher_id, body.attempt)
     # Another API process may have appended the previous batch: take the sequence from
     # Redis, not from this process's cache.
@@ -255,7 +282,8 @@ def _end(state: State, job_id: str, claim: Claim, verdict: Verdict) -> Any:
     summary="End the attempt with its verdict (the core decides: retry, cancel, or the end)",
     responses=answers(409),
 )
-def end(job_id: str, body: EndIn, state: State) -> Any:
+def end(job_id: str, body: EndIn, state: State, who: AgentCaller) -> Any:
+    acting_as(who, body.launcher_id)
     return _end(state, job_id, body, Verdict(**body.model_dump(exclude={"launcher_id", "attempt"})))
 
 
@@ -266,7 +294,8 @@ def end(job_id: str, body: EndIn, state: State) -> Any:
     summary="The job exited; exit code 0 succeeds it (a form of /end)",
     responses=answers(409),
 )
-def completed(job_id: str, body: CompletedIn, state: State) -> Any:
+def completed(job_id: str, body: CompletedIn, state: State, who: AgentCaller) -> Any:
+    acting_as(who, body.launcher_id)
     return _end(state, job_id, body, body.verdict())
 
 
@@ -277,7 +306,8 @@ def completed(job_id: str, body: CompletedIn, state: State) -> Any:
     summary="The job failed or timed out (a form of /end)",
     responses=answers(409),
 )
-def failed(job_id: str, body: FailedIn, state: State) -> Any:
+def failed(job_id: str, body: FailedIn, state: State, who: AgentCaller) -> Any:
+    acting_as(who, body.launcher_id)
     return _end(state, job_id, body, body.verdict())
 
 
@@ -288,7 +318,8 @@ def failed(job_id: str, body: FailedIn, state: State) -> Any:
     summary="Hand back a claimed or running job (draining): queued again, nothing spent",
     responses=answers(409),
 )
-def release(job_id: str, body: Claim, state: State) -> Any:
+def release(job_id: str, body: Claim, state: State, who: AgentCaller) -> Any:
+    acting_as(who, body.launcher_id)
     again = state.dispatcher.lifecycle.release(job_id, body.launcher_id, body.attempt)
     state.events.forget(job_id)
     return again.public()
@@ -314,7 +345,9 @@ async def upload_artifact(
     launcher_id: Annotated[str, Query(pattern=RUNNER_ID)],
     attempt: Annotated[int, Query(ge=1, le=MAX_ATTEMPT)],
     name: Annotated[str, Query(min_length=1, max_length=MAX_NAME)],
+    who: AgentCaller,
 ) -> Any:
+    acting_as(who, launcher_id)
     lifecycle = state.dispatcher.lifecycle
     await run_in_threadpool(lifecycle.held, job_id, launcher_id, attempt)
     safe_name(name)  # refuse a bad name before reading the body
@@ -338,7 +371,8 @@ async def upload_artifact(
     summary="Keep the agent and the leases of its jobs alive",
     responses=answers(404),
 )
-def heartbeat(body: HeartbeatIn, state: State) -> Any:
+def heartbeat(body: HeartbeatIn, state: State, who: AgentCaller) -> Any:
+    acting_as(who, body.launcher_id)
     info = _registered(state, body.launcher_id)
     state.runners.heartbeat(info)
     cancel, lost = state.dispatcher.lifecycle.renew_all(info.id, body.jobs)

@@ -11,9 +11,11 @@ from fastapi import APIRouter, Body, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.auth import needs
 from api.bodies import StrictJSONRoute
 from api.deps import Offset, State
 from api.errors import answers
+from orchestrator.credentials import Scope
 from orchestrator.errors import ParamError
 from orchestrator.events import Events, job_logs_key
 from orchestrator.job import (
@@ -102,6 +104,15 @@ def list_runs(
     ] = None,
     since: Annotated[UtcTime | None, Query(description="Created at or after (ISO 8601)")] = None,
     until: Annotated[UtcTime | None, Query(description="Created before (ISO 8601)")] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            pattern=r"^[^\x00]*$",  # PostgreSQL takes no NUL in a string
+            description="Search: part of the name (any case), or the start of the id",
+        ),
+    ] = None,
     limit: Annotated[
         int | None, Query(ge=1, le=1000, description="Page size; 50, or all for jsonl")
     ] = None,
@@ -114,6 +125,7 @@ def list_runs(
         "labels": _labels(label or []),
         "since": since,
         "until": until,
+        "search": q,
     }
     if format_ == "jsonl":
         return _jsonl(state.store, filters, limit, offset)
@@ -173,6 +185,7 @@ def _jsonl(
     operation_id="runs-cleanup",
     summary="Remove ended runs older than a duration, with logs and artifacts",
 )
+@needs(Scope.admin)
 def cleanup_runs(
     state: State,
     body: Annotated[
@@ -227,6 +240,7 @@ def get_run(job_id: str, state: State) -> Any:
     summary="Remove an ended run with its logs and artifacts (409 until it ends)",
     responses=answers(409),
 )
+@needs(Scope.admin)
 def delete_run(job_id: str, state: State) -> Any:
     return remove_run(
         state.store,

@@ -156,19 +156,29 @@ def _frame(event: str, data: str, event_id: str) -> str:
 
 
 class _LineCache:
-    """Log lines as JSON, shared by every client of the process that follows the job: a
-    line is encoded once, not once per client (60 clients of one busy job would otherwise
-    spend the API's CPU encoding the same text). Bounded by bytes, least recent out."""
+    """Log lines and events as JSON, shared by every client of the process that follows the
+    job: a line or event is encoded once, not once per client (60 clients of one busy job
+    would otherwise spend the API's CPU encoding the same text). Bounded by bytes, least
+    recent out."""
 
     def __init__(self, budget: int = 16 << 20) -> None:
         self.budget, self.size = budget, 0
-        self._lines: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._lines: OrderedDict[tuple[str, int | str], str] = OrderedDict()
 
     def json(self, job_id: str, line: dict[str, Any]) -> str:
-        key = (job_id, line["seq"])
+        return self._get((job_id, line["seq"]), line)
+
+    def event_json(self, job_id: str, event: dict[str, Any]) -> str:
+        """An event's data, encoded once per process too (keyed by its stream id)."""
+        eid = event.get("id")
+        if not isinstance(eid, str):
+            return json.dumps(event["data"], default=str)
+        return self._get((job_id, eid), event["data"])
+
+    def _get(self, key: tuple[str, int | str], value: Any) -> str:
         text = self._lines.get(key)
         if text is None:
-            text = self._lines[key] = json.dumps(line)
+            text = self._lines[key] = json.dumps(value, default=str)
             self.size += len(text)
             while self.size > self.budget and self._lines:
                 self.size -= len(self._lines.popitem(last=False)[1])
@@ -197,7 +207,7 @@ def _encode(job_id: str, items: list[Item]) -> bytes:
             out.append(_frame("log", _LINES.json(job_id, payload), cursor.encode()))
         else:
             name = SSE_NAMES.get(payload["type"], "status")
-            out.append(_frame(name, json.dumps(payload["data"], default=str), cursor.encode()))
+            out.append(_frame(name, _LINES.event_json(job_id, payload), cursor.encode()))
     return "".join(out).encode()
 
 

@@ -26,14 +26,15 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
+from api.auth import websocket_principal
 from api.bodies import strict_loads
-from api.deps import ws_token_ok
 from api.errors import invalid
 from api.fanout import RESYNC, Dropped, Hub, Subscriber
 from api.follower import Cursor, JobFollower, resolve_log_since
 from api.routes.meta import stats_of
 from api.routes.streams import DROP_GRACE_S, hub_of, open_job
 from api.state import AppState
+from orchestrator.credentials import Scope
 from orchestrator.errors import JobNotFound, LaunchbayError, ParamError
 from orchestrator.events import parse_log_since
 from orchestrator.job import TERMINAL_STATUSES, BuiltinSpec, EventType, JobSpec
@@ -49,14 +50,17 @@ _SPEC = TypeAdapter(JobSpec)
 # Events that change a job without starting or ending it: the feed sends the whole job.
 _UPDATES = frozenset({EventType.requeued, EventType.claimed, EventType.cancel_requested})
 _COMMANDS = ("create_job", "cancel_job", "clear_completed", "get_state", "ping")
+_ACTS = frozenset({"create_job", "cancel_job"})  # need the submit scope; the rest read
 _GONE = (WebSocketDisconnect, OSError, RuntimeError)  # the peer left or the socket closed
 
 
 async def _admit(websocket: WebSocket) -> bool:
     await websocket.accept()
-    if ws_token_ok(websocket):
+    who, why = websocket_principal(websocket)
+    if who is not None:
+        websocket.state.principal = who
         return True
-    await _close(websocket, CLOSE_POLICY, "missing or wrong bearer token")
+    await _close(websocket, CLOSE_POLICY, why)
     return False
 
 
@@ -305,6 +309,13 @@ class QueueFeed:
                 "type": "error",
                 "error": f"unknown message type {kind!r}; one of {list(_COMMANDS)}",
                 "field": "type",
+                **extra,
+            }
+        if kind in _ACTS and not self.ws.state.principal.may(Scope.submit):
+            return {
+                "type": "error",
+                "error": f"{kind} needs a token with the 'submit' scope",
+                "code": 403,
                 **extra,
             }
         try:

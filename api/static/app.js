@@ -3,8 +3,10 @@
 
 import { setToken, setUnauthorizedHandler, getToken } from "./api.js";
 import { DetailPanel } from "./detail.js";
+import { rerunFailed } from "./flow.js";
 import { JobForms } from "./forms.js";
 import { QueueLink } from "./live.js";
+import { Pages } from "./pages.js";
 import { QueueView } from "./queue.js";
 import { loadVocabulary, store, TERMINAL } from "./state.js";
 import { toast } from "./ui.js";
@@ -14,6 +16,7 @@ const wide = window.matchMedia("(min-width: 1100px)");
 
 const typeTitles = {};
 const link = new QueueLink();
+const pages = new Pages();
 
 const detail = new DetailPanel({
   el: $("#detail"),
@@ -99,6 +102,14 @@ store.addEventListener("jobs", () => {
   document.title = active ? `(${active}) Launchbay` : "Launchbay";
 });
 
+// ---------------------------------------------------------------- re-runs (flow.js)
+
+document.addEventListener("lb:open", (ev) => {
+  queue.setSelected(ev.detail.id);
+  detail.open(ev.detail.id, null);
+});
+$("#rerun-failed").addEventListener("click", (ev) => rerunFailed(ev.currentTarget));
+
 // ---------------------------------------------------------------- clear completed
 
 $("#clear-completed").addEventListener("click", () => {
@@ -176,6 +187,7 @@ $("#token-form").addEventListener("submit", () => {
   }
   link.restart();
   link._poll();
+  pages.go(); // the shown page asks again, with the token
   forms.load().then(() => Object.assign(typeTitles, forms.typeTitles));
 });
 
@@ -202,6 +214,7 @@ async function start() {
     }
   }
   started = true;
+  pages.start();
   forms.load().then(() => {
     Object.assign(typeTitles, forms.typeTitles);
     queue.render();

@@ -1,8 +1,10 @@
 // The detail panel of one job: status, times, a live progress bar and message from the
 // job's SSE stream, the log tail, the result and artifacts with download links.
 
+import { lineNodes } from "./ansi.js";
 import { API, apiUrl, get, withToken } from "./api.js";
 import { refreshJob } from "./live.js";
+import { rerunJob, waitingReason, waitingText } from "./flow.js";
 import { cancelJob } from "./queue.js";
 import { isActive, isTerminal, store, vocabulary } from "./state.js";
 import {
@@ -64,7 +66,8 @@ export class DetailPanel {
     this.el.hidden = false;
     document.body.classList.add("has-detail");
     this.el.querySelector("#detail-title").focus({ preventScroll: true });
-    if (!store.jobs.has(id)) await refreshJob(id);
+    // A queued job is read again: the API's answer says why it waits (flow.js).
+    if (!store.jobs.has(id) || store.jobs.get(id).status === "queued") await refreshJob(id);
     this._update();
     this._loadLogs(id);
     this._startStream();
@@ -104,8 +107,11 @@ export class DetailPanel {
         h("dl", { class: "meta" }),
         section("Result", "detail-result", h("pre", { class: "code result" })),
         section("Artifacts", "detail-artifacts", h("ul", { class: "artifacts" })),
-        section("Log", "detail-log",
-          h("pre", { class: "code log", tabindex: "0", "aria-label": "Log tail" })),
+        section("Session", "detail-session", h("ol", { class: "session-runs" })),
+        section("Log", "detail-log", [
+          h("pre", { class: "code log", tabindex: "0", "aria-label": "Log tail" }),
+          h("a", { class: "full-log-link small", href: `#/runs/${encodeURIComponent(this.id)}` },
+            "Whole run and log ›")]),
         h("details", { class: "spec-details" },
           h("summary", {}, "Spec"),
           h("pre", { class: "code spec" }))),
@@ -125,9 +131,10 @@ export class DetailPanel {
     q(".detail-pct").textContent = `${Math.round(pct)}%`;
     let message = job.progress?.message || "";
     if (isActive(job) && job.cancel_requested) message = "Cancelling…";
-    else if (job.status === "queued" && job.not_before) {
+    else if (job.status === "queued" && job.not_before && waitingReason(job) === "backoff") {
       message = `Retrying after ${clockTime(job.not_before)} (attempt ${job.attempt})`;
-    } else if (job.status === "queued" && !message) message = "Waiting for a worker…";
+    } else if (waitingText(job)) message = waitingText(job); // why it waits (issue 14)
+    else if (job.status === "queued" && !message) message = "Waiting for a worker…";
     q(".detail-message").textContent = message;
 
     const err = q(".detail-error");
@@ -135,9 +142,16 @@ export class DetailPanel {
     err.textContent = job.error || "";
 
     const actions = q(".detail-actions");
-    const btn = actions.querySelector("button");
+    const btn = actions.querySelector("button.cancel-btn");
+    const rerun = actions.querySelector("button.rerun-btn");
+    if (isTerminal(job) && !rerun) {
+      actions.append(h("button", { type: "button", class: "btn btn-sm rerun-btn",
+        onclick: (ev) => rerunJob(job.id, ev.currentTarget) }, "Re-run"));
+    } else if (!isTerminal(job) && rerun) {
+      rerun.remove();
+    }
     if (isActive(job) && !btn) {
-      actions.append(h("button", { type: "button", class: "btn btn-sm btn-danger",
+      actions.append(h("button", { type: "button", class: "btn btn-sm btn-danger cancel-btn",
         onclick: (ev) => cancelJob(job.id, ev.currentTarget) }, "Cancel"));
     } else if (!isActive(job) && btn) {
       btn.remove();
@@ -148,6 +162,7 @@ export class DetailPanel {
     this._renderMeta(job);
     this._renderResult(job);
     this._renderArtifacts(job);
+    this._renderSession(job);
     q(".spec").textContent = job.spec ? JSON.stringify(job.spec, null, 2) : "";
     q(".spec-details").hidden = !job.spec;
     if (isTerminal(job)) this._stopStream();
@@ -218,6 +233,32 @@ export class DetailPanel {
           ` · sha256 ${a.sha256.slice(0, 10)}…`) : null))));
   }
 
+  // The runs of the job's session (issue 16), each linked to its run page; read again
+  // when this job's status changes (a run of the session ended or started meanwhile).
+  async _renderSession(job) {
+    const sec = this.el.querySelector(".detail-session");
+    if (!sec) return;
+    sec.hidden = !job.session_id;
+    if (!job.session_id) return;
+    const key = `${job.id}:${job.session_id}:${job.status}`;
+    if (this._sessionKey === key) return;
+    this._sessionKey = key;
+    let session;
+    try {
+      session = await get(`/sessions/${encodeURIComponent(job.session_id)}`);
+    } catch {
+      return; // deleted, or not readable with this token: the section stays as it was
+    }
+    if (this._sessionKey !== key || !session) return;
+    sec.querySelector("h3").textContent =
+      `Session ${session.name ? `${session.name} · ` : ""}${session.id}`;
+    sec.querySelector("ol").replaceChildren(...(session.runs || []).map((run) => h("li",
+      { class: run.id === job.id ? "current" : "" },
+      h("a", { href: `#/runs/${encodeURIComponent(run.id)}`, class: "mono" }, run.id.slice(0, 12)),
+      " ", badge(run.status),
+      run.id === job.id ? h("span", { class: "muted small" }, " (this job)") : null)));
+  }
+
   // ---------------------------------------------------------------- logs
 
   async _loadLogs(id) {
@@ -262,7 +303,7 @@ export class DetailPanel {
     sec.dataset.empty = "";
     pre.replaceChildren(...lines.map((l) => h("span", {
       class: `log-line${l.stream === "stderr" ? " stderr" : ""}`,
-    }, l.step ? h("span", { class: "log-step" }, `${l.step} `) : null, `${l.line}\n`)));
+    }, l.step ? h("span", { class: "log-step" }, `${l.step} `) : null, lineNodes(l.line).nodes, "\n")));
     if (atBottom) pre.scrollTop = pre.scrollHeight;
   }
 

@@ -4,6 +4,7 @@
 // width to its new one instead of being redrawn.
 
 import { HttpError, post } from "./api.js";
+import { waitingReason, waitingText } from "./flow.js";
 import { store, isActive, isTerminal } from "./state.js";
 import {
   badge, clockTime, duration, h, jobDuration, jobSummary, jobTitle, parseTime, progressBar,
@@ -198,9 +199,10 @@ function rowMessage(job) {
   }
   if (job.status === "cancelled") return job.progress?.message ? `stopped: ${job.progress.message}` : "";
   if (isActive(job) && job.cancel_requested) return "cancelling…";
-  if (job.status === "queued" && job.not_before) {
+  if (job.status === "queued" && job.not_before && waitingReason(job) === "backoff") {
     return `attempt ${job.attempt} after ${clockTime(job.not_before)}`;
   }
+  if (job.status === "queued" && waitingText(job)) return waitingText(job); // issue 14
   if (job.status === "queued") return job.progress?.message || "waiting for a worker";
   if (job.status === "claimed") return "starting…";
   return job.progress?.message || "";

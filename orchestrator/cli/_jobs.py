@@ -85,11 +85,24 @@ def jobs(
 @jobs_app.command("status")
 @handled
 def job_status(
-    ctx: typer.Context, job_id: JobId, json_out: Json = False, url: Url = None, token: Token = None
+    ctx: typer.Context,
+    job_id: JobId,
+    json_out: Json = False,
+    url: Url = None,
+    token: Token = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            min=0,
+            help="Wait up to this many seconds for the job to end first (the server answers "
+            "when it ends: no polling).",
+        ),
+    ] = 0,
 ) -> None:
     """One job: status, progress, exit code, steps, artifacts."""
     with client_for(ctx, url, token) as client:
-        job = client.job(job_id)
+        job = client.wait_job(job_id, wait) if wait else client.job(job_id)
     if json_out:
         print_json(job)
         return

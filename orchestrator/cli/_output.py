@@ -236,7 +236,8 @@ def jobs_table(jobs: Iterable[Job], total: int | None = None, width: int = 200) 
     for job in jobs:
         cells = {
             "ID": Text(job.id),
-            "STATUS": status_text(job.status.value),
+            "STATUS": status_text(job.status.value)
+            + (Text(f" ({job.waiting['reason']})", style="yellow") if job.waiting else Text("")),
             "EXECUTOR": Text(job.spec.executor),
             "NAME / WHAT": Text(job.spec.name or what_of(job)),
             "PROGRESS": Text(f"{job.progress.percent:.0f}%"),
@@ -271,6 +272,10 @@ def job_detail(job: Job) -> list[Any]:
     ]
     if job.exit_code is not None:
         rows.append(("exit code", str(job.exit_code)))
+    if job.waiting:  # why a queued job waits (issue 14)
+        rows.append(("waiting", Text(str(job.waiting.get("message", "")), style="yellow")))
+    if job.rerun_of:
+        rows.append(("rerun of", job.rerun_of))
     if job.error:
         rows.append(("error", Text(job.error, style="red")))
     if job.cancel_requested:

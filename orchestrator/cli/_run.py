@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -99,6 +99,37 @@ def run(
         list[str] | None,
         typer.Option("--label", "-l", metavar="KEY=VAL", help="A label (repeatable)."),
     ] = None,
+    session: Annotated[
+        str | None,
+        typer.Option("--session", metavar="NAME", help="Start a new session with this name."),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="ID",
+            help="Resume a session (id or name): its workspace, its defaults.",
+        ),
+    ] = None,
+    fork: Annotated[
+        str | None,
+        typer.Option("--fork", metavar="ID", help="Start a new session from a copy of this one."),
+    ] = None,
+    hostname: Annotated[
+        str | None, typer.Option("--hostname", help="Run only on the runner of this host.")
+    ] = None,
+    project_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--project-dir", metavar="PATH", help="Demand a runner with this project dir."
+        ),
+    ] = None,
+    demand: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--demand", metavar="KEY=VAL", help="Demand a runner capability (repeatable)."
+        ),
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option(
@@ -134,12 +165,15 @@ def run(
             )
         except SpecInputError as exc:
             fail(str(exc), EXIT_USAGE)
+        _add_session_and_demands(body, session, resume, fork, hostname, project_dir, demand or [])
         if builtin and body.get("params"):
             schema = _param_schema(client, builtin)
             if schema:
                 body["params"] = fit_to_schema(body["params"], schema)
         if not wait:
             job = client.submit(body)
+            for warning in job.warnings:
+                say(f"warning: {warning}")
             if json_out:
                 print_json(job)
             else:
@@ -166,6 +200,41 @@ def run(
         raise typer.Exit(EXIT_CANCELLED)
     say(outcome_line(result.job))
     raise typer.Exit(exit_code_for(result.job))
+
+
+def _add_session_and_demands(
+    body: dict[str, Any],
+    session: str | None,
+    resume: str | None,
+    fork: str | None,
+    hostname: str | None,
+    project_dir: str | None,
+    demand: list[str],
+) -> None:
+    """Put ``--session/--resume/--fork`` and the capability demands into the spec."""
+    if sum(x is not None for x in (resume, fork)) > 1:
+        fail("give --resume or --fork, not both", EXIT_USAGE)
+    if session is not None or resume is not None or fork is not None:
+        ref: dict[str, Any] = {}
+        if session is not None:
+            ref["name"] = session
+        if resume is not None:
+            ref["resume"] = resume
+        if fork is not None:
+            ref["parent_session_id"] = fork
+        body["session"] = ref
+    demands = dict(body.get("demands") or {})
+    if hostname:
+        demands["hostname"] = hostname
+    if project_dir:
+        demands["project_dir"] = project_dir
+    for pair in demand:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"bad --demand {pair!r}: give key=value", EXIT_USAGE)
+        demands.setdefault("values", {})[key] = value
+    if demands:
+        body["demands"] = demands
 
 
 def _param_schema(client: LaunchbayClient, type_name: str) -> dict[str, str] | None:

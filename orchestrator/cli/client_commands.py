@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from orchestrator.artifacts import atomic_file
+from orchestrator.cli import _flow, _more
 from orchestrator.cli._jobs import jobs_app
 from orchestrator.cli._options import JobId, Json, Token, Url, client_for
 from orchestrator.cli._output import (
@@ -127,11 +128,13 @@ def runs_cleanup(
 
 
 @handled
-def workers(json_out: Json = False, url: Url = None, token: Token = None) -> None:
+def workers(
+    ctx: typer.Context, json_out: Json = False, url: Url = None, token: Token = None
+) -> None:
     """Live workers and agents: executors, tags, capacity, running jobs."""
     from rich.table import Table
 
-    with client_for(None, url, token) as client:
+    with client_for(ctx, url, token) as client:
         items = client.workers()
     if json_out:
         print_json(items)
@@ -163,3 +166,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(runs_app, name="runs")
     app.command()(workers)
+    _more.register(app, runs_app)  # job-types, stats, health, meta, sessions, runs delete
+    _flow.register(app)  # jobs rerun, schedules, limits (issue 14)

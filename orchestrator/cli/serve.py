@@ -13,6 +13,8 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from orchestrator.credentials import redacted
+from orchestrator.hardening import harden_process
 from orchestrator.problems import problems_of
 from orchestrator.runners import new_runner_id
 from orchestrator.services import (
@@ -23,6 +25,7 @@ from orchestrator.services import (
     flower_argv,
     flower_env,
     settings_env,
+    wait_flower_lists,
     wait_http,
     worker_argv,
 )
@@ -82,6 +85,7 @@ def up(
 ) -> None:
     """Start the whole stack here: Valkey (embedded unless LAUNCHBAY_REDIS_URL is set),
     the API with the dashboard, one worker, beat and Flower."""
+    harden_process()
     settings = _settings(api_port=api_port, flower_port=flower_port, worker_concurrency=concurrency)
     if "LAUNCHBAY_WORKER_EXECUTORS" not in os.environ and _docker_engine_answers():
         # On one machine, take docker jobs when an engine is there to run them.
@@ -100,12 +104,12 @@ def up(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     typer.echo(f"launchbay home {settings.home}")
-    typer.echo(f"database {settings.effective_database_url}")
+    typer.echo(f"database {redacted(settings.effective_database_url)}")
     try:
         if settings.redis_url is None:
             sup.start_embedded_valkey()
         else:
-            typer.echo(f"redis    {settings.redis_url} (external)")
+            typer.echo(f"redis    {redacted(settings.redis_url)} (external)")
         sup.add_stack(flower=not no_flower)
         sup.start()
         wait_http(
@@ -113,6 +117,15 @@ def up(
             timeout=60,
             alive=lambda: sup.poll_dead() is None,
         )
+        worker = next((svc for svc in sup.services if svc.name == "worker"), None)
+        if not no_flower and worker is not None:
+            # Ready means ready everywhere: Flower already lists the worker.
+            wait_flower_lists(
+                settings,
+                worker.env["LAUNCHBAY_RUNNER_ID"],
+                timeout=60,
+                alive=lambda: sup.poll_dead() is None,
+            )
         typer.echo(
             f"ready    dashboard at http://{settings.api_host}:{settings.api_port}/ "
             f"(logs in {settings.home / 'service-logs'}); Ctrl-C stops everything"

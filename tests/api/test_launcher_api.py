@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.events import Events
+from orchestrator.events import Events, runner_key
 from orchestrator.job import BuiltinSpec, Demands, utcnow
 from orchestrator.schema import jobs
 from orchestrator.store import JobStore
-from tests.support import Stack, wait_until
+from tests.support import AgentKeyring, Stack, wait_until
 
 L = "/api/v1/launcher"
 
@@ -248,14 +248,16 @@ def test_poll_answers_204_when_nothing_matches(api: httpx.Client, stack: Stack, 
 
 
 def test_long_poll_hands_over_a_job_submitted_while_waiting(stack: Stack, tag: str) -> None:
-    with httpx.Client(base_url=stack.url, timeout=40) as c:
+    with httpx.Client(base_url=stack.url, timeout=40, auth=stack.keyring) as c:
         lid = register(c, [tag])
     sent = threading.Event()
     answer: list[httpx.Response] = []
 
     def park() -> None:
         hooks = {"request": [lambda _req: sent.set()]}
-        with httpx.Client(base_url=stack.url, timeout=40, event_hooks=hooks) as c:
+        with httpx.Client(
+            base_url=stack.url, timeout=40, event_hooks=hooks, auth=stack.keyring
+        ) as c:
             answer.append(poll(c, lid, wait=25))
 
     t = threading.Thread(target=park)
@@ -268,14 +270,16 @@ def test_long_poll_hands_over_a_job_submitted_while_waiting(stack: Stack, tag: s
 
 
 def test_parked_poll_of_an_unregistered_launcher_claims_nothing(stack: Stack, tag: str) -> None:
-    with httpx.Client(base_url=stack.url, timeout=40) as c:
+    with httpx.Client(base_url=stack.url, timeout=40, auth=stack.keyring) as c:
         lid = register(c, [tag])
     sent = threading.Event()
     answer: list[httpx.Response] = []
 
     def park() -> None:
         hooks = {"request": [lambda _req: sent.set()]}
-        with httpx.Client(base_url=stack.url, timeout=40, event_hooks=hooks) as c:
+        with httpx.Client(
+            base_url=stack.url, timeout=40, event_hooks=hooks, auth=stack.keyring
+        ) as c:
             answer.append(poll(c, lid, wait=25))
 
     t = threading.Thread(target=park)
@@ -285,7 +289,8 @@ def test_parked_poll_of_an_unregistered_launcher_claims_nothing(stack: Stack, ta
     assert stack.http.post(f"{L}/unregister", json={"launcher_id": lid}).status_code == 204
     job = stack.submit(spec(tag))
     t.join(timeout=40)
-    assert answer and answer[0].status_code in (204, 404)
+    # (401: the unregister, which voids its key, came before the poll was read)
+    assert answer and answer[0].status_code in (204, 401, 404)
     assert stack.job(job["id"])["status"] == "queued"
     stack.http.post(f"/api/v1/jobs/{job['id']}/cancel")
 
@@ -307,7 +312,7 @@ def test_two_launchers_racing_for_one_job(
     answers: dict[str, httpx.Response] = {}
 
     def go(lid: str) -> None:
-        with httpx.Client(base_url=stack.url, timeout=40) as c:
+        with httpx.Client(base_url=stack.url, timeout=40, auth=stack.keyring) as c:
             answers[lid] = poll(c, lid, wait=6)
 
     threads = [threading.Thread(target=go, args=(lid,)) for lid in ids]
@@ -495,14 +500,17 @@ def test_reports_from_the_wrong_launcher_or_attempt_conflict(
     assert r.status_code == 409 and "succeeded" in r.json()["error"]
 
 
-def test_unknown_job_or_launcher_is_404(api: httpx.Client, tag: str) -> None:
+def test_unknown_job_or_launcher_is_404(api: httpx.Client, tag: str, stack_events: Events) -> None:
     lid = register(api, [tag])
     r = post(api, "no-such-job", "started", lid)
     assert r.status_code == 404 and "no-such-job" in r.json()["error"]
+    # An agent with no key is nobody (401); one whose registration expired is told so.
     ghost = "runner-000000000000"
-    r = poll(api, ghost, wait=0)
+    assert poll(api, ghost, wait=0).status_code == 401
+    stack_events.r.delete(runner_key(lid))
+    r = poll(api, lid, wait=0)
     assert r.status_code == 404 and "register again" in r.json()["error"]
-    r = api.post(f"{L}/heartbeat", json={"launcher_id": ghost, "jobs": []})
+    r = api.post(f"{L}/heartbeat", json={"launcher_id": lid, "jobs": []})
     assert r.status_code == 404
 
 
@@ -519,18 +527,26 @@ def test_unknown_job_or_launcher_is_404(api: httpx.Client, tag: str) -> None:
     ],
 )
 def test_bad_bodies_are_422_naming_the_field(
-    api: httpx.Client, path: str, body: dict[str, Any], field: str
+    api: httpx.Client, path: str, body: dict[str, Any], field: str, tag: str
 ) -> None:
+    if path != "register":  # reports come from a registered agent, with its key
+        body = {**body, "launcher_id": register(api, [tag])}
     r = api.post(f"{L}/{path}", json=body)
     assert r.status_code == 422, r.text
     assert field in [f["field"] for f in r.json()["fields"]], r.json()
+
+
+def _key_of(api: httpx.Client, lid: str) -> dict[str, str]:
+    keyring = api.auth
+    assert isinstance(keyring, AgentKeyring)
+    return {"Authorization": f"Bearer {keyring.keys[lid]}"}
 
 
 def test_bad_poll_and_report_values_are_422(api: httpx.Client, tag: str) -> None:
     lid = register(api, [tag])
     r = api.get(f"{L}/jobs", params={"launcher_id": lid, "wait": 31})
     assert r.status_code == 422 and r.json()["fields"][0]["field"] == "wait"
-    r = api.get(f"{L}/jobs", params={"launcher_id": "bogus"})
+    r = api.get(f"{L}/jobs", params={"launcher_id": "bogus"}, headers=_key_of(api, lid))
     assert r.status_code == 422 and r.json()["fields"][0]["field"] == "launcher_id"
     r = post(api, "any", "progress", lid, percent=150)
     assert r.status_code == 422 and r.json()["fields"][0]["field"] == "percent"

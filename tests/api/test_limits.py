@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from orchestrator.services import free_port
-from tests.support import Stack, private_api, wait_until
+from tests.support import AgentKeyring, Stack, private_api, wait_until
 
 API = "/api/v1"
 L = f"{API}/launcher"
@@ -255,7 +255,8 @@ def test_progress_that_is_not_a_finite_number_is_ignored(stack: Stack) -> None:
         stack.submit({"executor": "process", "command": ["python3", "-c", script]})["id"]
     )
     assert job["status"] == "succeeded", job
-    assert job["progress"] == {"percent": 40.0, "message": "forty"}
+    # A success ends at 100 % (issue 16); the message shows the later lines were ignored.
+    assert job["progress"] == {"percent": 100.0, "message": "forty"}
     assert job["result"] == {"ok": 1}  # (the NaN result was a log line, not the result)
 
 
@@ -406,7 +407,7 @@ def small_uploads(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def test_artifact_uploads_keep_a_bound_of_their_own(small_uploads: str) -> None:
-    with httpx.Client(base_url=small_uploads, timeout=60) as api:
+    with httpx.Client(base_url=small_uploads, timeout=60, auth=AgentKeyring()) as api:
         launcher_id, job = hold_a_job(api)
         # Larger than any JSON request may be, within the upload bound: taken, streamed.
         data = bytes(range(256)) * (6 * 1024)  # 1.5 MiB

@@ -136,3 +136,20 @@ def test_screenshots(target: Stack, dashboard, screenshot, busy_queue) -> None:
         screenshot(phone, f"dashboard-375-{scheme}-queue")
         _open_running(phone, jobs)
         screenshot(phone, f"dashboard-375-{scheme}-detail")
+
+        for page, width in ((desk, 1280), (phone, 375)):
+            _pages(page, jobs, screenshot, f"dashboard-{width}-{scheme}")
+
+
+def _pages(page: Page, jobs: dict[str, dict[str, Any]], screenshot, prefix: str) -> None:
+    """The Runs page (every run, newest first) and the Workers page."""
+    page.goto(page.url.split("#")[0] + "#/runs")
+    expect(
+        page.locator(f'#page-runs .run-row[data-job-id="{jobs["running"]["id"]}"]')
+    ).to_be_visible()
+    expect(page.locator("#page-runs .pager-range")).not_to_be_empty()
+    screenshot(page, f"{prefix}-runs")
+    page.goto(page.url.split("#")[0] + "#/workers")
+    held = page.locator(f'#page-workers a[href="#/runs/{jobs["running"]["id"]}"]')
+    expect(held).to_be_visible()
+    screenshot(page, f"{prefix}-workers")

@@ -57,6 +57,7 @@ class ComposeStack:
     def __init__(self, setup: ComposeSetup) -> None:
         self.setup = setup
         self.project = f"lbtest{uuid.uuid4().hex[:8]}"
+        self.token = uuid.uuid4().hex
         self.api_port = free_port()
         self.flower_port = free_port()
         # Only the settings this test means; nothing LAUNCHBAY_* leaks in from the shell.
@@ -71,10 +72,16 @@ class ComposeStack:
                 "LAUNCHBAY_API_BIND": "127.0.0.1",
                 "LAUNCHBAY_FLOWER_PORT": str(self.flower_port),
                 "LAUNCHBAY_WORKER_CONCURRENCY": "2",
+                "LAUNCHBAY_TOKEN": self.token,
+                "LAUNCHBAY_REDIS_PASSWORD": uuid.uuid4().hex,
             }
         )
         self.env = env
-        self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=15)
+        self.api = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.api_port}",
+            timeout=15,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
         self.flower = f"http://127.0.0.1:{self.flower_port}"
 
     def run(self, *args: str, timeout: float = 300, check: bool = True) -> str:
@@ -216,7 +223,12 @@ def _scaled_workers_run_every_job_although_one_is_killed(compose: ComposeStack) 
     # Flower sees every worker container too, and lists them over its API
     def flower_workers() -> dict[str, Any] | None:
         try:
-            r = httpx.get(f"{compose.flower}/api/workers", params={"refresh": "true"}, timeout=10)
+            r = httpx.get(
+                f"{compose.flower}/api/workers",
+                params={"refresh": "true"},
+                timeout=10,
+                auth=("launchbay", compose.token),
+            )
         except httpx.HTTPError:
             return None
         names = r.json() if r.status_code == 200 else {}
@@ -224,6 +236,10 @@ def _scaled_workers_run_every_job_although_one_is_killed(compose: ComposeStack) 
 
     seen = wait_until(flower_workers, 120, interval=1, what="Flower to list the workers")
     assert {n.split("@", 1)[0] for n in seen} == {w["id"] for w in workers}
+    # ... and to nobody without the credentials, never with a wildcard CORS answer.
+    anon = httpx.post(f"{compose.flower}/api/task/revoke/x", params={"terminate": "true"})
+    assert anon.status_code == 401 and "access-control-allow-origin" not in anon.headers
+    assert compose.api.get("/api/v1/workers", headers={"Authorization": ""}).status_code == 401
 
     print(f"stack up and healthy after {time.monotonic() - started:.0f} s")
 

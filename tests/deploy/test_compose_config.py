@@ -90,14 +90,17 @@ def test_defaults_ports_images_and_store(compose_bin: str) -> None:
         assert s["environment"]["LAUNCHBAY_DATABASE_URL"].startswith(
             "postgresql+psycopg://launchbay:"
         )
-        assert s["environment"]["LAUNCHBAY_REDIS_URL"] == "redis://redis:6379/0"
+        assert s["environment"]["LAUNCHBAY_REDIS_URL"] == "redis://:launchbay@redis:6379/0"
         assert any(v.startswith("launchbay-home:/var/lib/launchbay") for v in s["volumes"]), (
             f"{name} misses the shared home volume"
         )
         assert {"redis", "postgres"} <= set(s["depends_on"])
     assert "--appendonly" in svc["redis"]["command"]
     assert svc["redis"]["command"][svc["redis"]["command"].index("--appendonly") + 1] == "yes"
-    assert svc["flower"]["environment"]["FLOWER_UNAUTHENTICATED_API"] == "true"
+    # Flower never opens its API to unauthenticated clients; the broker wants a password.
+    assert "FLOWER_UNAUTHENTICATED_API" not in svc["flower"]["environment"]
+    assert "LAUNCHBAY_TOKEN" in svc["flower"]["environment"]
+    assert svc["redis"]["command"][svc["redis"]["command"].index("--requirepass") + 1]
 
 
 def test_worker_scales(compose_bin: str) -> None:

@@ -49,6 +49,7 @@ def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def launch_settings(tmp_path: Path) -> Settings:
     """Settings for direct launcher tests (no Redis or database is touched)."""
+    tmp_path.chmod(0o711)  # (a root worker's jobs run unprivileged: they pass through it)
     s = Settings(home=tmp_path / "home", redis_url="redis://127.0.0.1:1/0", database_url=None)
     s.ensure_dirs()
     return s

@@ -22,6 +22,7 @@ from api import errors
 from api.app import API_PREFIX
 from api.routes import launcher as launcher_routes
 from api.state import AppState
+from orchestrator.agent_keys import AgentKeys
 from orchestrator.artifacts import ArtifactStore
 from orchestrator.client import LaunchbayClient
 from orchestrator.errors import RunnerLaunchError
@@ -216,6 +217,7 @@ class Http:
             "POST", "/launcher/register", json={"executors": ["process"], "capacity": 2}
         )
         self.id: str = got["launcher_id"]
+        self.client.set_token(got["agent_key"])  # every later call, as this agent
         self.heartbeat_s = float(got["heartbeat_interval_s"])
         self.channel = HttpChannel(self.client, self.id, self.heartbeat_s)
         self.channel.flush_s = self.channel.cancel_poll_s = TICK_S
@@ -255,6 +257,7 @@ def _app(core: MemoryCore, artifacts: ArtifactStore) -> FastAPI:
         dispatcher=core.dispatcher,
         runners=core.runners,
         artifacts=artifacts,
+        agent_keys=AgentKeys(core.store.engine),
     )
     errors.install(app)
     app.include_router(launcher_routes.router, prefix=API_PREFIX)

@@ -68,6 +68,7 @@ def test_a_killed_workers_escaped_process_is_swept_by_the_next_worker(
         home, valkey_url.rsplit("/", 1)[0] + f"/{_OWN_DB}", lease_s=3, process_sweep_s=1
     )
     settings.ensure_dirs()
+    tmp_path.chmod(0o1777)  # (as root, the job runs as an unprivileged user)
     pidfile = tmp_path / "escaped.pid"
     escaped = 0
     first = start_stack(settings)

@@ -186,7 +186,12 @@ def test_unsafe_templates_fail_at_once(
     template: dict[str, Any],
     why: str,
 ) -> None:
-    ctx = make_ctx(_spec(template=template))
+    # A spec refuses such a template at submit (issue 16); the launcher still checks the
+    # merged Job, for a spec stored before that check.
+    with pytest.raises(ValueError, match=why):
+        make_ctx(_spec(template=template))
+    ctx = make_ctx(_spec())
+    ctx.spec = ctx.spec.model_copy(update={"template": template})
     with pytest.raises(RunnerLaunchError) as err:
         launcher.start(ctx)
     assert err.value.transient is False and why in str(err.value)

@@ -134,7 +134,7 @@ def test_kubernetes_job_runs_through_the_runner(
     )
     assert runner.run(job_id) == "succeeded"
     job = store.get(job_id)
-    assert job.progress.percent == 50 and job.progress.message == "half"
+    assert job.progress.percent == 100 and job.progress.message == "half"  # done: 100 %
     assert job.result == [1, 2]
     assert ("default", f"lb-{job_id}-a1", "Background") in fake_kube.deletions
 

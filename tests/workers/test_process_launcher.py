@@ -184,6 +184,7 @@ def test_escaped_processes_die_with_the_job(
     launcher: ProcessLauncher, make_ctx: MakeCtx, tmp_path: Path
 ) -> None:
     # setsid leaves the process group; the launcher still finds it by its job id.
+    tmp_path.chmod(0o1777)  # (as root, the job runs as an unprivileged user)
     pidfile = tmp_path / "escaped.pid"
     ctx = make_ctx(
         {

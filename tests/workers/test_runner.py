@@ -10,19 +10,21 @@ from tests.support import Stack
 
 def test_coalesced_progress_still_delivers_the_last_update(stack: Stack) -> None:
     # Three updates within a few milliseconds: the runner coalesces them, but the last
-    # one must still be what the job shows at the end.
+    # one must still be what the job shows at the end (a failed one: a job that succeeds
+    # ends at 100 % whatever it said last).
     job = stack.submit(
         {
             "executor": "process",
             "command": [
                 "sh",
                 "-c",
-                "echo '::progress 33 one'; echo '::progress 66 two'; echo '::progress 99 three'",
+                "echo '::progress 33 one'; echo '::progress 66 two'; echo '::progress 99 three';"
+                " exit 1",
             ],
         }
     )
     done = stack.wait_status(job["id"], timeout=30)
-    assert done["status"] == "succeeded"
+    assert done["status"] == "failed"
     assert done["progress"] == {"percent": 99.0, "message": "three"}
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from orchestrator.client import ApiError, LaunchbayClient, Unauthorized
+from orchestrator.hardening import harden_process
 from orchestrator.job import EXECUTORS
 from orchestrator.settings import Settings
 from workers.agent.daemon import Agent
@@ -52,6 +53,7 @@ def _parser() -> _Parser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run an :class:`Agent` until it is drained; the exit status."""
+    harden_process()  # its environment holds the enrollment token, memory its own key
     parser = _parser()
     args = parser.parse_args(argv)
     executors = _csv(args.executors)

@@ -46,6 +46,10 @@ class Agent:
         self._cond = threading.Condition()
         self._closing = threading.Event()  # unregistering: never register again
         self.channel: HttpChannel | None = None
+        # Enroll with the client's token (the 'agent' scope); every later call presents
+        # this agent's own key, given at registration.
+        self._enroll_token = client.token
+        self._key: str | None = None
 
     # -------------------------------------------------- registration
 
@@ -57,18 +61,36 @@ class Agent:
             "capacity": self.capacity,
             "hostname": self.hostname,
             "pid": os.getpid(),
+            # Capabilities (issue 16): LAUNCHBAY_WORKER_PROJECT_DIRS, _CAPABILITIES.
+            "project_dirs": self.settings.worker_project_dirs,
+            "capabilities": self.settings.worker_capabilities,
         }
-        if self.id:
+        if self.id and self._key:
             body["launcher_id"] = self.id
-        got = self.client.request_json("POST", "/launcher/register", json=body)
+        try:
+            got = self.client.request_json("POST", "/launcher/register", json=body)
+        except ApiError as exc:
+            if exc.status != 401 or not self._key:
+                raise
+            # The server no longer knows this agent's key (its database was reset):
+            # enroll again, as a new agent, with the enrollment token.
+            log.warning("the server refused this agent's key; enrolling again")
+            self._key = None
+            self.client.set_token(self._enroll_token)
+            body.pop("launcher_id", None)
+            got = self.client.request_json("POST", "/launcher/register", json=body)
         first = not self.id
         self.id = got["launcher_id"]
+        if got.get("agent_key"):
+            self._key = got["agent_key"]
+            self.client.set_token(self._key)
         self.poll_timeout_s = float(got["poll_timeout_s"])
         self.heartbeat_s = float(got["heartbeat_interval_s"])
         if self.channel is None:
             self.channel = HttpChannel(self.client, self.id, self.heartbeat_s)
         else:  # the same id again: running attempts keep hearing the heartbeat
             self.channel.renew_s = self.heartbeat_s
+            self.channel.runner_id = self.id  # (a new one after enrolling again)
         if first:
             log.info(
                 "registered as %s at %s (executors %s, tags %s, capacity %d)",
@@ -182,7 +204,10 @@ class Agent:
         )
         if resp.status_code == 204:
             return None
-        return Job.model_validate(resp.json()["job"])
+        body = resp.json()
+        job = Job.model_validate(body["job"])
+        job.spec.secrets = body.get("secrets") or {}  # (never part of the job's JSON)
+        return job
 
     def _start(self, job: Job) -> None:
         assert self.channel is not None  # registered before polling

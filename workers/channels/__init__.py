@@ -32,8 +32,9 @@ class Channel(Protocol):
     renew_s: float  # how often it renews the lease
     cancel_poll_s: float  # how often it asks whether a cancel was asked
 
-    def started(self, job: Job) -> Job:
-        """claimed → running. Raises :class:`Lost`."""
+    def started(self, job: Job, handle: str | None = None) -> Job:
+        """claimed → running; ``handle`` is what was launched (run record). Raises
+        :class:`Lost`."""
 
     def logs(self, job: Job, lines: LogBatch) -> None:
         """Append log lines. Raises :class:`Unreachable` (keep them) or :class:`Lost`."""

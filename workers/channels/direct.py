@@ -13,7 +13,7 @@ import redis
 
 from orchestrator.artifacts import ArtifactStore
 from orchestrator.dispatch import Dispatcher
-from orchestrator.events import drain_key
+from orchestrator.events import cancel_key, drain_key
 from orchestrator.job import Job
 from orchestrator.lifecycle import NotHeld, Renewal
 from orchestrator.protocol import Verdict
@@ -72,9 +72,9 @@ class DirectChannel:
             return "skipped (not queued at this attempt, or claimed elsewhere)"
         return Attempt(self, launchers, self.lifecycle.settings, job).run()
 
-    def started(self, job: Job) -> Job:
+    def started(self, job: Job, handle: str | None = None) -> Job:
         try:
-            return self.lifecycle.start(job.id, self.runner_id, job.attempt)
+            return self.lifecycle.start(job.id, self.runner_id, job.attempt, handle)
         except NotHeld as exc:
             raise Lost(str(exc)) from exc
         except STORE_DOWN as exc:
@@ -98,10 +98,15 @@ class DirectChannel:
         return self.lifecycle.renew(job.id, self.runner_id, job.attempt)
 
     def cancel_requested(self, job: Job) -> bool:
+        # One round trip asks both things a running attempt polls for: its cancel flag and
+        # this worker's drain deadline (read by hand_back_due right after, without a call).
         try:
-            return self.events.cancel_flagged(job.id)
+            cancel, raw = self.events.r.mget([cancel_key(job.id), drain_key(self.runner_id)])
         except redis.RedisError:  # asked again next tick; the store's flag comes with renew
             return False
+        self._drain_checked_at = time.monotonic()
+        self._drain_deadline = float(raw) if raw else None
+        return cancel is not None
 
     def hand_back_due(self, job: Job) -> bool:
         now = time.monotonic()

@@ -20,7 +20,15 @@ from pydantic import BaseModel
 from orchestrator.client import ApiError, Conflict, LaunchbayClient, NotFound, ServerUnreachable
 from orchestrator.job import Job
 from orchestrator.lifecycle import Renewal
-from orchestrator.protocol import Claim, EndIn, LogLineIn, LogsIn, ProgressIn, Verdict
+from orchestrator.protocol import (
+    Claim,
+    EndIn,
+    LogLineIn,
+    LogsIn,
+    ProgressIn,
+    StartedIn,
+    Verdict,
+)
 from workers.channels import LogBatch, Lost, Unreachable
 
 log = logging.getLogger("launchbay.agent")
@@ -75,8 +83,9 @@ class HttpChannel:
 
     # -------------------------------------------------- the channel
 
-    def started(self, job: Job) -> Job:
-        answer = self._post(job, "started", self._claim(job), final=True)
+    def started(self, job: Job, handle: str | None = None) -> Job:
+        body = StartedIn(**self._claim(job).model_dump(), handle=handle)
+        answer = self._post(job, "started", body, final=True)
         return Job.model_validate(answer) if answer else job
 
     def logs(self, job: Job, lines: LogBatch) -> None:

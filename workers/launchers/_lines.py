@@ -24,6 +24,25 @@ class LineSplitter:
         self._cut = 0  # bytes of the current line dropped past the limit
 
     def feed(self, chunk: bytes) -> None:
+        first = chunk.find(b"\n")
+        last = chunk.rfind(b"\n")
+        if first < last:
+            # The complete lines between the first and the last newline in one split (a
+            # busy job's 64 KiB chunk holds thousands): line by line only at the edges and
+            # for a line past the limit.
+            self._feed(chunk[: first + 1])
+            middle = chunk[first + 1 : last].split(b"\n")
+            if max(map(len, middle)) <= self._limit:
+                emit = self._emit
+                for raw in middle:
+                    emit(_decode(raw))
+            else:
+                self._feed(chunk[first + 1 : last + 1])
+            self._feed(chunk[last + 1 :])
+            return
+        self._feed(chunk)
+
+    def _feed(self, chunk: bytes) -> None:
         start = 0
         while True:
             nl = chunk.find(b"\n", start)

@@ -59,8 +59,9 @@ class LaunchContext:
         )
 
     def env(self, workspace: str | None = None) -> dict[str, str]:
-        """The job's environment: the spec's env plus the task context."""
+        """The job's environment: the spec's env and secrets plus the task context."""
         env = dict(self.spec.env)
+        env.update(getattr(self.spec, "secrets", None) or {})
         env.update(
             {
                 "LAUNCHBAY_CONTEXT": self.context_json(),
@@ -70,6 +71,35 @@ class LaunchContext:
             }
         )
         return env
+
+
+class MaskedReporter:
+    """A reporter that shows each of the job's secret values as ``***`` in its log lines."""
+
+    def __init__(self, inner: Reporter, secrets: dict[str, str]) -> None:
+        self.inner = inner
+        # Longest first, so a secret containing another is masked whole; empty ones never.
+        self.values = sorted({v for v in secrets.values() if v}, key=len, reverse=True)
+
+    def log(self, stream: str, line: str, step: str | None = None) -> None:
+        for value in self.values:
+            if value in line:
+                line = line.replace(value, "***")
+        self.inner.log(stream, line, step)
+
+    def progress(self, percent: float, message: str = "") -> None:
+        self.inner.progress(percent, message)
+
+    def result(self, value: Any) -> None:
+        self.inner.result(value)
+
+    def step(self, result: StepResult) -> None:
+        self.inner.step(result)
+
+
+def masked(reporter: Reporter, spec: Any) -> Reporter:
+    secrets = getattr(spec, "secrets", None)
+    return MaskedReporter(reporter, secrets) if secrets else reporter
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import resource
 import threading
+import time
 from typing import Any
 
 from pydantic import BaseModel
@@ -38,17 +40,30 @@ class BuiltinLauncher(Launcher):
                 "stdout", clip_line(line, self.settings.max_log_line_bytes)
             ),
         )
+        cpu0 = time.thread_time()
         try:
             result = fn(ctx.spec.params, bctx)
         except JobCancelled:
-            return Outcome(exit_code=None, error="cancelled")
+            return Outcome(exit_code=None, error="cancelled", resource_usage=_usage(cpu0))
         except Exception as exc:  # a job's own bug fails the job, not the worker
-            return Outcome(exit_code=1, error=f"{type(exc).__name__}: {exc}")
+            return Outcome(
+                exit_code=1, error=f"{type(exc).__name__}: {exc}", resource_usage=_usage(cpu0)
+            )
         finally:
             self._cancel.pop(handle, None)
-        return Outcome(exit_code=0, result=result)
+        return Outcome(exit_code=0, result=result, resource_usage=_usage(cpu0))
 
     def stop(self, handle: str, grace_s: float) -> None:
         ev = self._cancel.get(handle)
         if ev is not None:
             ev.set()
+
+
+def _usage(cpu0: float) -> dict[str, Any]:
+    """The worker's own accounting of a built-in job: the CPU time of the thread that ran
+    it, and the worker process's peak resident memory (the job shares the process)."""
+    return {
+        "cpu_s": round(time.thread_time() - cpu0, 4),
+        "worker_max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "source": "worker accounting",
+    }

@@ -29,7 +29,10 @@ from workers.launchers._docker_container import (
     LABEL_INSTANCE,
     LABEL_JOB,
     container_kwargs,
+    hand_over_workspace,
+    scrub_workspace,
 )
+from workers.launchers._docker_usage import Usage
 from workers.launchers._lines import instance_id, one_line, pump, utcnow
 from workers.launchers.base import LaunchContext, Launcher, Outcome, Reporter
 
@@ -60,10 +63,20 @@ class DockerConfig(BaseSettings):
     )
     user: str | None = Field(
         default=None,
-        description="uid:gid inside containers; the worker's own ids if unset, so files "
-        "a job writes in the workspace stay the worker's.",
+        description="uid:gid inside containers. Unset: the worker's own ids, so files a job "
+        "writes in the workspace stay the worker's — except for a root worker, whose jobs "
+        "run as 65534:65534 (nobody). Root (0) is refused unless allow_root is set.",
+    )
+    allow_root: bool = Field(
+        default=False, description="Let LAUNCHBAY_DOCKER_USER be root (uid or gid 0)."
     )
     pids_limit: int = Field(default=512, ge=16, description="Processes per container.")
+    default_memory_mb: int = Field(
+        default=2048, ge=16, description="Memory limit of a job whose spec's resources set none."
+    )
+    default_cpus: float = Field(
+        default=2.0, gt=0, description="CPU limit of a job whose spec's resources set none."
+    )
     init: bool = Field(default=True, description="Run docker-init as PID 1 (forwards signals).")
     read_only_rootfs: bool = Field(default=False, description="Mount the image read-only.")
     host_workspaces_dir: str | None = Field(
@@ -87,6 +100,7 @@ class _Run:
     containers: list[str] = field(default_factory=list)
     stopping: bool = False
     stopped: threading.Event = field(default_factory=threading.Event)
+    usage: Usage = field(default_factory=Usage)
 
 
 class DockerLauncher(Launcher):
@@ -187,6 +201,7 @@ class DockerLauncher(Launcher):
 
         containers = self.client().containers
         kw = container_kwargs(run.ctx, index, step, self.config, self.instance)
+        hand_over_workspace(run.ctx.workspace, kw["user"])
         try:
             c = containers.create(**kw)
         except docker.errors.APIError as exc:
@@ -205,6 +220,13 @@ class DockerLauncher(Launcher):
     def follow(self, ctx: LaunchContext, handle: str, reporter: Reporter) -> Outcome:
         with self._lock:
             run = self._runs[handle]
+        outcome = self._follow_steps(ctx, handle, run, reporter)
+        outcome.resource_usage = run.usage.finish()
+        return outcome
+
+    def _follow_steps(
+        self, ctx: LaunchContext, handle: str, run: _Run, reporter: Reporter
+    ) -> Outcome:
         try:
             for i, step in enumerate(ctx.spec.steps):
                 with run.lock:
@@ -223,6 +245,7 @@ class DockerLauncher(Launcher):
                             )
                     cid = run.current
                 assert cid is not None
+                run.usage.follow(self.client().api, cid)
                 code, started, finished = self._follow_container(cid, reporter, step.name)
                 reporter.step(
                     StepResult(
@@ -235,6 +258,7 @@ class DockerLauncher(Launcher):
                     )
             return Outcome(exit_code=0)
         finally:
+            scrub_workspace(ctx.workspace)
             with self._lock:
                 self._runs.pop(handle, None)
 

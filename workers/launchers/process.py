@@ -3,8 +3,9 @@
 No shell is involved unless the job's own argv asks for one (``["sh", "-c", ...]``). Every
 step runs in a new session, so a cancel reaches the whole group; the group is killed when
 its leader exits, and a last sweep kills any process that still carries the attempt's
-``LAUNCHBAY_JOB_ID``/``LAUNCHBAY_ATTEMPT`` (one that escaped with ``setsid``): no process
-of the job outlives the job.
+``LAUNCHBAY_JOB_ID``/``LAUNCHBAY_ATTEMPT``, and every process of the job's tree
+(``_family.py``: subreapers, so even a ``setsid env -i`` grandchild is found): no process
+of the job outlives the job. A root worker runs jobs as ``LAUNCHBAY_JOB_USER``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.errors import RunnerLaunchError
+from orchestrator.hardening import job_identity
 from orchestrator.job import Step, StepResult
+from workers.launchers._family import Families
 from workers.launchers._lines import one_line, pump, utcnow
 from workers.launchers.base import LaunchContext, Launcher, Outcome, Reporter
 
@@ -81,6 +84,9 @@ class ProcessLauncher(Launcher):
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._prctl = _load_prctl() if self.config.parent_death_signal else None
+        self._families = Families()
+        # Root runs jobs as an unprivileged user (LAUNCHBAY_JOB_USER); anyone else as itself.
+        self._identity = job_identity(getattr(settings, "job_user", None))
 
     # ------------------------------------------------------------------ start
 
@@ -117,10 +123,20 @@ class ProcessLauncher(Launcher):
         cwd = self._cwd(run.ctx)
         if cwd.resolve().is_relative_to(run.ctx.workspace.resolve()):
             cwd.mkdir(parents=True, exist_ok=True)  # never create folders elsewhere
+            if self._identity is not None:
+                _hand_over(run.ctx.workspace, cwd, *self._identity)
         prctl, parent = self._prctl, os.getpid()
+        in_child, identity = self._families.in_child, self._identity
 
-        def _die_with_worker() -> None:
-            # Runs in the child between fork and exec: no locks, no imports.
+        def _in_child() -> None:
+            # Runs in the child between fork and exec: no locks, no imports. The job's mark
+            # is set while still root (so the job cannot take it off), then the identity
+            # changes, then the parent-death signal (a change of identity clears it).
+            in_child()
+            if identity is not None:
+                os.setgroups([])
+                os.setgid(identity[1])
+                os.setuid(identity[0])
             if prctl is not None:
                 prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
                 if os.getppid() != parent:  # the worker died before prctl took effect
@@ -135,8 +151,10 @@ class ProcessLauncher(Launcher):
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
-            preexec_fn=_die_with_worker if prctl is not None else None,
+            preexec_fn=_in_child,
+            umask=0o022,  # (Launchbay's own processes keep theirs private)
         )
+        self._families.add((run.ctx.job_id, run.ctx.attempt), proc.pid)
         run.proc, run.exited = proc, threading.Event()
         return proc
 
@@ -188,6 +206,7 @@ class ProcessLauncher(Launcher):
                         outcome.error = f"step {step.name!r} exited with code {code}"
                     break
         finally:
+            self._families.end((ctx.job_id, ctx.attempt))
             _kill_escaped(ctx.job_id, ctx.attempt)
             with self._lock:
                 self._runs.pop(handle, None)
@@ -258,6 +277,7 @@ class ProcessLauncher(Launcher):
             exited = run.exited
             if not exited.wait(grace_s):
                 self._signal(run, signal.SIGKILL)
+            self._families.end((run.ctx.job_id, run.ctx.attempt))
             _kill_escaped(run.ctx.job_id, run.ctx.attempt)
         finally:
             run.stopped.set()
@@ -301,6 +321,13 @@ def _read(
             lambda line: reporter.log(stream, line, step),
             limit,
         )
+
+
+def _hand_over(workspace: Path, cwd: Path, uid: int, gid: int) -> None:
+    """The workspace (and the step's folder in it) belong to the job's user."""
+    for d in {workspace, cwd}:
+        with contextlib.suppress(OSError):
+            os.chown(d, uid, gid)
 
 
 def _killpg(pgid: int, sig: int) -> None:

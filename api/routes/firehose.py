@@ -1,0 +1,192 @@
+"""``GET /events``: every job's events as one SSE stream (the firehose).
+
+The truth is the firehose stream ``lb:firehose`` (every job event but log lines, in
+publish order; see :mod:`orchestrator.events`). As with the per-job streams, the hub's one
+subscription only wakes a client, which then reads the stream from its own cursor: nothing
+is lost or repeated, and ``Last-Event-ID`` (the event's id in the firehose) resumes
+exactly. A client whose queue of wake-ups overflows is dropped by the same rule as every
+other live client (``LAUNCHBAY_STREAM_QUEUE_SIZE``), with an ``error`` event saying why.
+
+Filters (``label=k=v``, ``executor``, ``status``; each repeatable, all must hold) apply to
+the job the event is about: its labels and executor, and its status after the event.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from sse_starlette.sse import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.bodies import StrictJSONRoute
+from api.fanout import Hub, Subscriber
+from api.routes.streams import HubEventSource, hub_of
+from api.state import AppState
+from orchestrator.errors import ParamError
+from orchestrator.events import FIREHOSE_STREAM
+from orchestrator.job import EventType, JobStatus
+
+router = APIRouter(tags=["streams"], route_class=StrictJSONRoute)
+
+_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+_PAGE = 500
+_KNOWN_JOBS = 10000
+Executor = Literal["builtin", "process", "docker", "kubernetes"]
+
+
+def _parse_id(text: str, field: str) -> str:
+    text = text.strip()
+    if not _ID.fullmatch(text) or any(int(p) >= 2**64 for p in text.split("-")):
+        raise ParamError(
+            field, f"{field} must be an event id from this stream (like '1712345678901-0')"
+        )
+    return text
+
+
+def _parse_labels(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ParamError("label", f"label must be key=value, got {item[:100]!r}")
+        out[key] = value
+    return out
+
+
+def _id_key(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq)
+
+
+class _Filter:
+    """Which events a client wants; remembers each job's labels and executor from the
+    events that carry the job, so progress events (which do not) are filtered too."""
+
+    def __init__(
+        self,
+        state: AppState,
+        labels: dict[str, str],
+        executors: set[str],
+        statuses: set[str],
+    ) -> None:
+        self.state = state
+        self.labels, self.executors, self.statuses = labels, executors, statuses
+        self._jobs: OrderedDict[str, tuple[dict[str, str], str]] = OrderedDict()
+
+    @property
+    def everything(self) -> bool:
+        return not (self.labels or self.executors or self.statuses)
+
+    async def wants(self, job_id: str, type_: str, data: dict[str, Any]) -> bool:
+        if self.everything:
+            return True
+        spec = data.get("spec")
+        if isinstance(spec, dict):
+            known = (dict(spec.get("labels") or {}), str(data.get("executor") or spec["executor"]))
+            self._jobs[job_id] = known
+            if len(self._jobs) > _KNOWN_JOBS:
+                self._jobs.popitem(last=False)
+            status = str(data.get("status"))
+        else:
+            cached = self._jobs.get(job_id)
+            if cached is None:
+                job = await run_in_threadpool(self.state.store.find, job_id)
+                if job is None:
+                    return False
+                cached = (dict(job.spec.labels), job.executor)
+                self._jobs[job_id] = cached
+            known = cached
+            status = JobStatus.running.value if type_ == EventType.progress else ""
+        labels, executor = known
+        if self.executors and executor not in self.executors:
+            return False
+        if self.statuses and status not in self.statuses:
+            return False
+        return all(labels.get(k) == v for k, v in self.labels.items())
+
+
+async def _follow(
+    hub: Hub, sub: Subscriber, cursor: str, keep: _Filter, poll_s: float
+) -> AsyncIterator[bytes]:
+    first = await hub.redis.xrange(FIREHOSE_STREAM, count=1)
+    if first and cursor != "0-0" and _id_key(first[0][0]) > _id_key(cursor):
+        # The stream was trimmed past the client's cursor: say so, then go on.
+        gap = json.dumps({"after": cursor, "oldest": first[0][0]})
+        yield f"event: gap\r\ndata: {gap}\r\n\r\n".encode()
+    while True:
+        entries = await hub.redis.xrange(FIREHOSE_STREAM, min=f"({cursor}", max="+", count=_PAGE)
+        out = []
+        for gid, fields in entries:
+            cursor = gid
+            data = json.loads(fields["data"])
+            if not await keep.wants(fields["job_id"], fields["type"], data):
+                continue
+            body = json.dumps(
+                {
+                    "id": fields.get("id"),
+                    "job_id": fields["job_id"],
+                    "type": fields["type"],
+                    "ts": fields["ts"],
+                    "data": data,
+                }
+            )
+            out.append(f"id: {gid}\r\nevent: {fields['type']}\r\ndata: {body}\r\n\r\n")
+        if out:
+            yield "".join(out).encode()
+        if len(entries) >= _PAGE:
+            continue
+        await sub.next(poll_s)  # a wake-up, or a quiet poll; raises Dropped when too slow
+        sub.pending()
+
+
+@router.get(
+    "/events",
+    operation_id="streams-firehose",
+    summary="Every job's events (SSE), filtered by label, executor and status",
+    response_class=EventSourceResponse,
+)
+async def firehose(
+    request: Request,
+    label: Annotated[
+        list[str] | None, Query(description="key=value; repeat for several (all must hold).")
+    ] = None,
+    executor: Annotated[list[Executor] | None, Query(description="Any of these.")] = None,
+    status: Annotated[
+        list[JobStatus] | None, Query(description="The job's status after the event.")
+    ] = None,
+    since: Annotated[str | None, Query(description="Resume after this event id.")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> Response:
+    state: AppState = request.app.state.lb
+    keep = _Filter(
+        state,
+        _parse_labels(label or []),
+        set(executor or []),
+        {s.value for s in status or []},
+    )
+    resume = (
+        _parse_id(last_event_id, "Last-Event-ID")
+        if last_event_id
+        else _parse_id(since, "since")
+        if since
+        else None
+    )
+    hub = hub_of(state)
+    client = request.client
+    where = f" from {client.host}:{client.port}" if client else ""
+    # Subscribe before reading the stream's end, so nothing published in between is missed.
+    sub = hub.subscribe(None, logs=False, label=f"sse firehose{where}")
+    try:
+        if resume is None:
+            last = await hub.redis.xrevrange(FIREHOSE_STREAM, count=1)
+            resume = last[0][0] if last else "0-0"
+    except BaseException:
+        hub.unsubscribe(sub)
+        raise
+    body = _follow(hub, sub, resume, keep, poll_s=state.settings.sse_ping_s)
+    return HubEventSource(body, hub=hub, sub=sub, ping=state.settings.sse_ping_s)

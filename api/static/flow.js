@@ -1,0 +1,60 @@
+// Re-runs from the dashboard (issue 14): one ended job again (the detail panel's Re-run
+// button), or every failed job (the queue's "Re-run failed" button). A new job opens in
+// the detail panel through the "lb:open" event (app.js).
+
+import { HttpError, post } from "./api.js";
+import { store } from "./state.js";
+import { shortId, toast } from "./ui.js";
+
+function why(err) {
+  return err instanceof HttpError ? err.message : `could not reach the API (${err.message})`;
+}
+
+export async function rerunJob(id, button) {
+  if (button) button.disabled = true;
+  try {
+    const job = await post(`/jobs/${encodeURIComponent(id)}/rerun`);
+    store.upsert(job);
+    toast(`Re-running ${shortId(id)} as ${shortId(job.id)}.`);
+    document.dispatchEvent(new CustomEvent("lb:open", { detail: { id: job.id } }));
+  } catch (err) {
+    toast(`Re-run failed: ${why(err)}`, "error");
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
+export async function rerunFailed(button) {
+  if (button) button.disabled = true;
+  try {
+    const done = await post("/jobs/rerun", { status: ["failed"] });
+    for (const job of done.items) store.upsert(job);
+    toast(done.count ? `Re-queued ${done.count} failed job${done.count === 1 ? "" : "s"}.`
+      : "No failed jobs to re-run.");
+  } catch (err) {
+    toast(`Re-run failed: ${why(err)}`, "error");
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
+// The API says why a queued job waits when it is read (GET); events carry no reason, so
+// the last one read is kept while the job stays queued.
+const reasons = new Map();
+
+/** Why a queued job waits, as the API names it (a queued job with a delay and no word
+ * from the API yet is a retry's backoff). */
+export function waitingReason(job) {
+  waitingText(job);
+  return reasons.get(job.id)?.reason || (job.not_before ? "backoff" : "");
+}
+
+/** Why a queued job waits, in a sentence (the API's machine-readable ``waiting``). */
+export function waitingText(job) {
+  if (job.status !== "queued") {
+    reasons.delete(job.id);
+    return "";
+  }
+  if (job.waiting) reasons.set(job.id, job.waiting);
+  return reasons.get(job.id)?.message || "";
+}

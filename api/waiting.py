@@ -1,0 +1,49 @@
+"""Waiting for a job's end without polling: ``GET /jobs/{id}?wait=S``.
+
+The request subscribes to the job on the process's one fan-out hub (``api/fanout.py``)
+*before* it reads the store, so an end that lands between the read and the wait still
+wakes it. It reads the store again only on a terminal event (or a resync after the hub's
+subscription was lost), so a job that reports progress every second costs no store reads
+while it runs. The store stays the truth: what the request answers is always a store read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.concurrency import run_in_threadpool
+
+from api.fanout import Dropped, Hub
+from api.follower import TERMINAL_EVENTS
+from orchestrator.job import EventType, Job
+from orchestrator.store import JobStore
+
+MAX_WAIT_S = 30.0  # (as the agents' long poll: one answer within any proxy's timeout)
+_WAKE = TERMINAL_EVENTS | {EventType.resync}
+
+
+async def wait_for_end(store: JobStore, hub: Hub, job_id: str, wait_s: float) -> Job:
+    """The job once it has ended, or as it stands after ``wait_s`` seconds."""
+    job = await run_in_threadpool(store.get, job_id)  # (an unknown id answers 404 at once)
+    if job.ended or wait_s <= 0:
+        return job
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        sub = hub.subscribe(job_id, logs=False, label="wait")
+        try:
+            job = await run_in_threadpool(store.get, job_id)
+            while not job.ended:
+                left = deadline - loop.time()
+                if left <= 0:
+                    return job
+                msg = await sub.next(left)
+                if msg is None:  # the wait ran out: the job as it stands
+                    return await run_in_threadpool(store.get, job_id)
+                if msg.get("type") in _WAKE:
+                    job = await run_in_threadpool(store.get, job_id)
+            return job
+        except Dropped:  # (queue full: cannot happen at one job's pace, but re-read if so)
+            continue
+        finally:
+            hub.unsubscribe(sub)

@@ -1,0 +1,68 @@
+"""How often one process writes an attempt's progress to the store.
+
+Every report still goes out at once as an event (live clients see each one); the store,
+which every reader of ``GET /jobs/{id}`` shares, gets the first report of an attempt at
+once and then at most one write per ``every_s``. The latest report held back meanwhile
+(the latest wins) is written with the attempt's next lease renewal or with its end, so
+the stored progress lags by at most ``max(every_s, lease_s / 3)`` and the end always
+stores the last one. Many jobs reporting every second then cost the store a bounded
+rate of writes per job instead of one write per report.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+Key = tuple[str, int]  # (job id, attempt)
+_PRUNE_AT = 10_000  # attempts remembered before the stale ones are forgotten
+
+
+class ProgressGate:
+    """Thread-safe; one per process (the lifecycle holds it)."""
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._written_at: dict[Key, float] = {}
+        self._pending: dict[Key, tuple[float, str]] = {}
+
+    def admit(self, key: Key, percent: float, message: str) -> bool:
+        """True: write this report now. False: it is kept as the pending one."""
+        now = self._clock()
+        with self._lock:
+            last = self._written_at.get(key)
+            if last is not None and now - last < self.every_s:
+                self._pending[key] = (percent, message)
+                return False
+            self._written_at[key] = now
+            self._pending.pop(key, None)
+            if len(self._written_at) > _PRUNE_AT:
+                self._prune(now)
+            return True
+
+    def take(self, key: Key) -> tuple[float, str] | None:
+        """The pending report, if any, now counted as written."""
+        with self._lock:
+            pending = self._pending.pop(key, None)
+            if pending is not None:
+                self._written_at[key] = self._clock()
+            return pending
+
+    def settle(self, key: Key) -> dict[str, Any]:
+        """The store fields of the pending report (for the attempt's end); forgets it."""
+        with self._lock:
+            self._written_at.pop(key, None)
+            pending = self._pending.pop(key, None)
+        if pending is None:
+            return {}
+        return {"progress_percent": pending[0], "progress_message": pending[1]}
+
+    def _prune(self, now: float) -> None:
+        for key, at in list(self._written_at.items()):
+            if now - at >= self.every_s:  # (an attempt that ended elsewhere, or was lost)
+                del self._written_at[key]
+                self._pending.pop(key, None)

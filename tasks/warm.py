@@ -1,0 +1,76 @@
+"""Pool children that are ready before their first job.
+
+Without this, each prefork child paid for its first job alone: importing the migration
+machinery and the launchers, checking the schema, opening its store and Redis clients
+(0.6–1 s per child on 2 cores, so a burst of jobs on freshly started workers waited a
+second for nothing, and every added worker added that cost again). Now the schema is
+checked once per worker (in a short-lived process, so the migration machinery stays out
+of the worker's memory), the launchers are imported *before* the pool forks (shared
+pages, not copies), and each child builds its clients as it starts, not as its first job
+arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from typing import Any
+
+from celery.signals import worker_init, worker_process_init
+
+from orchestrator.settings import Settings
+
+log = logging.getLogger(__name__)
+_schema_ready = False  # set in the main process; forked children inherit it
+_MIGRATE = (
+    "import os; from orchestrator.store import JobStore; "
+    "JobStore(os.environ['LAUNCHBAY_DATABASE_URL']).dispose()"
+)
+
+
+@worker_init.connect
+def _prepare(**_: Any) -> None:
+    """In the worker's main process, before the pool forks."""
+    global _schema_ready
+    settings = Settings.from_env()
+    # The schema is checked (and migrated if need be) once, in a short-lived process: the
+    # migration machinery (Alembic, Mako) then never sits in this long-lived process's
+    # memory, nor in every child's.
+    check = subprocess.run(
+        [sys.executable, "-c", _MIGRATE],
+        env={**os.environ, "LAUNCHBAY_DATABASE_URL": settings.effective_database_url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if check.returncode == 0:
+        _schema_ready = True
+    else:  # each child then checks it on its first job, as before
+        log.warning("could not check the schema before forking: %s", check.stderr[-2000:])
+    try:
+        from workers.launchers import launcher_class
+
+        for executor in settings.worker_executors:
+            launcher_class(executor)
+    except Exception:
+        log.warning("could not import the launchers before forking", exc_info=True)
+
+
+@worker_process_init.connect
+def _warm(**_: Any) -> None:
+    """In each pool child as it starts: build this process's clients now."""
+    from orchestrator.store import JobStore
+    from tasks.context import worker_context
+
+    try:
+        ctx = worker_context()
+        if _schema_ready:  # (the main process migrated it: no need to check again)
+            ctx.__dict__["store"] = JobStore(ctx.settings.effective_database_url, create=False)
+        ctx.channel  # noqa: B018  (builds the dispatcher, events and artifacts with it)
+        for executor in ctx.settings.worker_executors:
+            ctx.launchers.get(executor)
+    except Exception:  # built on the first job instead
+        log.warning("could not warm this pool process", exc_info=True)

@@ -1,0 +1,135 @@
+"""Progress is coalesced: every report is an event at once, the store gets at most one
+write per ``progress_store_s`` per attempt, and what was held back is stored with the next
+lease renewal or the end (orchestrator/progress.py, on the in-memory core)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from orchestrator.job import EventType, Job, JobStatus
+from orchestrator.listeners import Listener
+from orchestrator.progress import ProgressGate
+from orchestrator.protocol import Verdict
+from orchestrator.settings import Settings
+from orchestrator.testing import MemoryCore, memory_core
+
+A = "runner-aaaaaaaaaaaa"
+
+
+class Progress(Listener):
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, str]] = []
+
+    def transition(self, job: Job, event: EventType) -> None:
+        pass
+
+    def progress(self, job_id: str, attempt: int, percent: float, message: str) -> None:
+        self.seen.append((percent, message))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def seen() -> Progress:
+    return Progress()
+
+
+@pytest.fixture
+def core(seen: Progress) -> Iterator[MemoryCore]:
+    c = memory_core(Settings(progress_store_s=3600), listeners=[seen])
+    yield c
+    c.close()
+
+
+def _running(core: MemoryCore) -> Job:
+    job = core.dispatcher.submit({"executor": "process", "command": ["true"]})
+    assert core.lifecycle.claim(job.id, A) is not None
+    return core.lifecycle.start(job.id, A, 1)
+
+
+def _stored(core: MemoryCore, job_id: str) -> tuple[float, str]:
+    p = core.store.get(job_id).progress
+    return p.percent, p.message
+
+
+def _count_progress_writes(core: MemoryCore) -> list[int]:
+    writes = [0]
+    real = core.store.set_progress
+
+    def counting(*args: Any, **kwargs: Any) -> bool:
+        writes[0] += 1
+        return real(*args, **kwargs)
+
+    core.store.set_progress = counting  # type: ignore[method-assign]
+    return writes
+
+
+def test_every_report_is_an_event_but_the_store_gets_the_first(
+    core: MemoryCore, seen: Progress
+) -> None:
+    job = _running(core)
+    writes = _count_progress_writes(core)
+    for i in range(1, 51):
+        core.lifecycle.progress(job.id, A, 1, i, f"step {i}")
+    assert seen.seen == [(float(i), f"step {i}") for i in range(1, 51)]
+    assert writes[0] == 1
+    assert _stored(core, job.id) == (1, "step 1")
+
+
+def test_the_held_back_report_is_stored_with_the_renewal(core: MemoryCore) -> None:
+    job = _running(core)
+    core.lifecycle.progress(job.id, A, 1, 10, "ten")
+    core.lifecycle.progress(job.id, A, 1, 20, "twenty")
+    core.lifecycle.progress(job.id, A, 1, 30, "thirty")
+    assert _stored(core, job.id) == (10, "ten")
+    assert core.lifecycle.renew(job.id, A, 1).held
+    assert _stored(core, job.id) == (30, "thirty")
+
+
+def test_the_held_back_report_is_stored_with_the_end(core: MemoryCore) -> None:
+    job = _running(core)
+    core.lifecycle.progress(job.id, A, 1, 10, "ten")
+    core.lifecycle.progress(job.id, A, 1, 70, "seventy")
+    done = core.lifecycle.end(
+        job.id, A, 1, Verdict(status=JobStatus.failed, exit_code=3, error="no")
+    )
+    assert done.status == JobStatus.failed
+    assert _stored(core, job.id) == (70, "seventy")
+
+
+def test_gate_admits_again_once_the_interval_passed() -> None:
+    clock = Clock()
+    gate = ProgressGate(2.0, clock=clock)
+    key = ("j", 1)
+    assert gate.admit(key, 1, "a")
+    assert not gate.admit(key, 2, "b")
+    clock.now += 1.9
+    assert not gate.admit(key, 3, "c")
+    clock.now += 0.2
+    assert gate.admit(key, 4, "d")
+    assert gate.take(key) is None  # (written: nothing pending)
+    assert gate.settle(key) == {}
+
+
+def test_gate_keeps_the_latest_pending_report_per_attempt() -> None:
+    gate = ProgressGate(60.0, clock=Clock())
+    assert gate.admit(("j", 1), 1, "a") and gate.admit(("j", 2), 1, "a")
+    assert not gate.admit(("j", 1), 5, "five")
+    assert not gate.admit(("j", 1), 6, "six")
+    assert gate.settle(("j", 2)) == {}
+    assert gate.settle(("j", 1)) == {"progress_percent": 6, "progress_message": "six"}
+    assert gate.settle(("j", 1)) == {}  # forgotten
+
+
+def test_zero_interval_writes_every_report() -> None:
+    gate = ProgressGate(0.0, clock=Clock())
+    assert all(gate.admit(("j", 1), i, "") for i in range(10))
