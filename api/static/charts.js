@@ -2,7 +2,7 @@
 // by outcome, p50/p95 run time, and queue depth, over the last hour (GET /insights/overview).
 
 import { get } from "./api.js";
-import { duration, h } from "./ui.js";
+import { duration, h, PolledView } from "./ui.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const W = 300;
@@ -127,32 +127,15 @@ function key(cls, text) {
   return h("li", {}, h("span", { class: `chart-key ${cls}`, "aria-hidden": "true" }), text);
 }
 
-export class OverviewCharts {
+export class OverviewCharts extends PolledView {
   constructor({ el }) {
+    super(REFRESH_MS);
     this.el = el;
-    this.visible = false;
-    this._timer = null;
   }
 
-  show() {
-    this.visible = true;
-    this.load();
-  }
-
-  hide() {
-    this.visible = false;
-    clearTimeout(this._timer);
-  }
-
-  async load() {
-    clearTimeout(this._timer);
-    try {
-      this.render(await get("/insights/overview?minutes=60"));
-    } catch {
-      /* the API is away for a moment: keep the last charts, try again */
-    } finally {
-      if (this.visible) this._timer = setTimeout(() => this.visible && this.load(), REFRESH_MS);
-    }
+  // (a failed read keeps the last charts; the next refresh tries again)
+  async refresh() {
+    this.render(await get("/insights/overview?minutes=60"));
   }
 
   render(view) {

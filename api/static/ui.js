@@ -188,3 +188,39 @@ export function toast(message, kind = "info") {
     setTimeout(() => el.remove(), 600);
   }, 3600);
 }
+
+/** A page part that reads the API while it is shown: ``load()`` calls ``refresh()`` (the
+ * subclass's fetch and render), then again every ``refreshMs`` while visible; ``failed()``
+ * is told when a read fails (the last view stays). */
+export class PolledView {
+  constructor(refreshMs) {
+    this.refreshMs = refreshMs;
+    this.visible = false;
+    this._timer = null;
+  }
+
+  show() {
+    this.visible = true;
+    this.load();
+  }
+
+  hide() {
+    this.visible = false;
+    clearTimeout(this._timer);
+  }
+
+  async load() {
+    clearTimeout(this._timer);
+    try {
+      await this.refresh();
+    } catch (err) {
+      this.failed(err);
+    } finally {
+      if (this.visible) this._timer = setTimeout(() => this.visible && this.load(), this.refreshMs);
+    }
+  }
+
+  async refresh() {}
+
+  failed(_err) {}
+}

@@ -3,7 +3,7 @@
 // while the page is shown (GET /runners).
 
 import { get } from "./api.js";
-import { badge, clockTime, h, jobTitle, relTime } from "./ui.js";
+import { badge, clockTime, h, jobTitle, PolledView, relTime } from "./ui.js";
 
 const REFRESH_MS = 3000;
 const STATE_TEXT = {
@@ -19,11 +19,10 @@ const STATE_HELP = {
   lost: "Gone from the registry while it held jobs, or lost an attempt in the last hour.",
 };
 
-export class WorkersPage {
+export class WorkersPage extends PolledView {
   constructor({ el }) {
+    super(REFRESH_MS);
     this.el = el;
-    this.visible = false;
-    this._timer = null;
     this.summary = h("p", { class: "workers-summary muted", "aria-live": "polite" });
     this.list = h("ul", { class: "workers-list", "aria-label": "Workers and agents" });
     this.emptyEl = h("div", { class: "empty", hidden: true },
@@ -39,28 +38,15 @@ export class WorkersPage {
       this.errorEl, this.list, this.emptyEl));
   }
 
-  show() {
-    this.visible = true;
-    this.load();
+  async refresh() {
+    const board = await get("/runners");
+    this.errorEl.hidden = true;
+    this._render(board);
   }
 
-  hide() {
-    this.visible = false;
-    clearTimeout(this._timer);
-  }
-
-  async load() {
-    clearTimeout(this._timer);
-    try {
-      const board = await get("/runners");
-      this.errorEl.hidden = true;
-      this._render(board);
-    } catch (err) {
-      this.errorEl.textContent = `Could not read the workers: ${err.message || err}`;
-      this.errorEl.hidden = false;
-    } finally {
-      if (this.visible) this._timer = setTimeout(() => this.visible && this.load(), REFRESH_MS);
-    }
+  failed(err) {
+    this.errorEl.textContent = `Could not read the workers: ${err.message || err}`;
+    this.errorEl.hidden = false;
   }
 
   _render(board) {

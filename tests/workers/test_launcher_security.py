@@ -9,6 +9,7 @@ import pwd
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -84,8 +85,6 @@ def test_a_daemon_started_while_the_job_runs_dies_when_it_is_stopped(
     )
     handle = launcher.start(ctx)
     rep = RecordingReporter()
-    import threading
-
     follower = threading.Thread(target=launcher.follow, args=(ctx, handle, rep))
     follower.start()
     pidfile = ctx.workspace / "d.pid"
@@ -198,3 +197,31 @@ def test_root_is_refused_as_the_docker_user_unless_allowed() -> None:
     assert container_user(DockerConfig(user="0:0", allow_root=True)) == "0:0"
     if os.geteuid() == 0:
         assert container_user(DockerConfig()) == "65534:65534"
+
+
+def test_tracking_job_trees_never_takes_another_jobs_exit_code(
+    launcher: ProcessLauncher, make_ctx: MakeCtx
+) -> None:
+    # While one job runs (so the tree scanner is busy), many short jobs start and end in
+    # the same process: each leader is its own follower's to reap — a scanner or another
+    # job's end that reaped or killed it would turn its exit code into 255 or 137.
+    import concurrent.futures
+
+    long = make_ctx({"executor": "process", "command": ["sleep", "30"]})
+    handle = launcher.start(long)
+    rep = RecordingReporter()
+    follower = threading.Thread(target=launcher.follow, args=(long, handle, rep))
+    follower.start()
+
+    def short(i: int) -> int | None:
+        ctx = make_ctx({"executor": "process", "command": ["sh", "-c", f"exit {i % 3}"]})
+        out, _ = run(launcher, ctx)
+        return out.exit_code  # type: ignore[attr-defined,no-any-return]
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            codes = list(pool.map(short, range(60)))
+        assert codes == [i % 3 for i in range(60)]
+    finally:
+        launcher.stop(handle, grace_s=1)
+        follower.join(timeout=30)

@@ -66,6 +66,9 @@ class Families:
     def __init__(self, scan_s: float = 0.5) -> None:
         self.scan_s = scan_s
         self._lock = threading.Lock()
+        # Held while a step's process is started and added, and while reaping or killing:
+        # a leader that exists but is not added yet is never taken for an orphan.
+        self._spawning = threading.RLock()
         self._members: dict[Hashable, dict[int, int]] = {}
         self._leaders: dict[Hashable, set[int]] = {}
         self._reaper_pid = 0
@@ -90,6 +93,11 @@ class Families:
             finally:
                 os.close(fd)
 
+    def spawning(self) -> threading.RLock:
+        """Hold this around starting a step's process and :meth:`add`-ing it."""
+        self._ensure_reaper()
+        return self._spawning
+
     def add(self, key: Hashable, leader: int) -> None:
         """``leader`` (a step's process) belongs to ``key``'s job, with all it starts."""
         self._ensure_reaper()
@@ -105,6 +113,10 @@ class Families:
 
     def _scan(self) -> dict[int, tuple[int, int, str]]:
         """Record every descendant of each job's known members; reap orphans' zombies."""
+        with self._spawning:
+            return self._scan_held()
+
+    def _scan_held(self) -> dict[int, tuple[int, int, str]]:
         table = _table()
         children: dict[int, list[int]] = {}
         for pid, (ppid, _start, _state) in table.items():
@@ -120,8 +132,10 @@ class Families:
                         if child not in members:
                             members[child] = table[child][1]
                             todo.append(child)
+            known = set().union(*self._members.values()) if self._members else set()
+        # Reap only re-parented members: a leader is its follower's to reap.
         for pid, (ppid, _start, state) in table.items():
-            if ppid == me and state == "Z" and pid not in leaders:
+            if ppid == me and state == "Z" and pid in known and pid not in leaders:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
         return table
@@ -139,14 +153,19 @@ class Families:
     def end(self, key: Hashable, rounds: int = 5) -> int:
         """SIGKILL every process of ``key``'s job still alive (and, when no other job of
         this process runs, every orphan re-parented here); returns how many were killed."""
+        with self._spawning:
+            return self._end_held(key, rounds)
+
+    def _end_held(self, key: Hashable, rounds: int) -> int:
         killed = 0
         for _ in range(rounds):
-            table = self._scan()
+            table = self._scan_held()
             me = os.getpid()
             with self._lock:
                 members = dict(self._members.get(key, {}))
                 others = [k for k in self._members if k != key]
                 claimed = set().union(*(self._members[k] for k in others)) if others else set()
+                leaders = set().union(*self._leaders.values()) if self._leaders else set()
             victims = [p for p, start in members.items() if table.get(p, (0, -1))[1] == start]
             victims += [
                 p
@@ -160,9 +179,10 @@ class Families:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
                     killed += 1
-            for pid in victims:  # re-parented ones are ours to reap
-                with contextlib.suppress(ChildProcessError, OSError):
-                    os.waitpid(pid, 0) if table[pid][0] == me else None
+            for pid in victims:  # re-parented ones are ours to reap (a leader: its follower's)
+                if table[pid][0] == me and pid not in leaders:
+                    with contextlib.suppress(ChildProcessError, OSError):
+                        os.waitpid(pid, 0)
         with self._lock:
             self._members.pop(key, None)
             self._leaders.pop(key, None)

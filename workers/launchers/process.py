@@ -142,7 +142,14 @@ class ProcessLauncher(Launcher):
                 if os.getppid() != parent:  # the worker died before prctl took effect
                     os._exit(137)
 
-        proc = subprocess.Popen(
+        with self._families.spawning():
+            proc = self._popen(run, step, cwd, _in_child)
+            self._families.add((run.ctx.job_id, run.ctx.attempt), proc.pid)
+        run.proc, run.exited = proc, threading.Event()
+        return proc
+
+    def _popen(self, run: _Run, step: Step, cwd: Path, in_child: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             list(step.command),
             cwd=cwd,
             env=self._env(run.ctx),
@@ -151,12 +158,9 @@ class ProcessLauncher(Launcher):
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
-            preexec_fn=_in_child,
+            preexec_fn=in_child,
             umask=0o022,  # (Launchbay's own processes keep theirs private)
         )
-        self._families.add((run.ctx.job_id, run.ctx.attempt), proc.pid)
-        run.proc, run.exited = proc, threading.Event()
-        return proc
 
     # ------------------------------------------------------------------ follow
 
