@@ -431,8 +431,12 @@ class LaunchbayClient:
     def iter_events(self, job_id: str) -> Iterator[tuple[str, str]]:
         """``(event, data)`` of the job's SSE stream (``GET /jobs/{id}/events``) until the
         server closes it, which it does after the job's end."""
+        yield from self.iter_sse(f"/jobs/{_seg(job_id)}/events")
+
+    def iter_sse(self, path: str, **kwargs: Any) -> Iterator[tuple[str, str]]:
+        """``(event, data)`` of an SSE stream until the server closes it."""
         event = ""
-        with self._stream(f"/jobs/{_seg(job_id)}/events", timeout=None) as resp:
+        with self._stream(path, timeout=None, **kwargs) as resp:
             for line in resp.iter_lines():
                 if line.startswith("event:"):
                     event = line.partition(":")[2].strip()
@@ -440,6 +444,16 @@ class LaunchbayClient:
                     yield event, line.partition(":")[2].strip()
                 elif not line:
                     event = ""
+
+    def metrics_text(self) -> str:
+        """The Prometheus exposition (``GET /metrics``, beside the API's prefix)."""
+        try:
+            resp = self._http.get(f"{self.url}/metrics")
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self.url, exc) from None
+        if resp.status_code >= 400:
+            raise _error_of(resp)
+        return resp.text
 
     # ------------------------------------------------------------ sessions (issue 16)
 

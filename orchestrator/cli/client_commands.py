@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from orchestrator.artifacts import atomic_file
-from orchestrator.cli import _flow, _more
+from orchestrator.cli import _flow, _more, _observe
 from orchestrator.cli._jobs import jobs_app
 from orchestrator.cli._options import JobId, Json, Token, Url, client_for
 from orchestrator.cli._output import (
@@ -168,3 +168,4 @@ def register(app: typer.Typer) -> None:
     app.command()(workers)
     _more.register(app, runs_app)  # job-types, stats, health, meta, sessions, runs delete
     _flow.register(app)  # jobs rerun, schedules, limits (issue 14)
+    _observe.register(app)  # webhooks, firehose, overview, runners, metrics, streams
