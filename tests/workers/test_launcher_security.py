@@ -225,3 +225,16 @@ def test_tracking_job_trees_never_takes_another_jobs_exit_code(
     finally:
         launcher.stop(handle, grace_s=1)
         follower.join(timeout=30)
+
+
+def test_a_folder_the_jobs_user_cannot_pass_is_named(tmp_path: Path) -> None:
+    from workers.launchers.process import _warn_unreachable
+
+    closed = tmp_path / "closed"
+    (closed / "home" / "workspaces" / "j").mkdir(parents=True)
+    closed.chmod(0o700)
+    tmp_path.chmod(0o755)
+    other = os.getuid() + 1  # anyone but the folder's owner
+    assert _warn_unreachable(closed / "home" / "workspaces" / "j", other, other) == str(closed)
+    closed.chmod(0o711)
+    assert _warn_unreachable(closed / "home" / "workspaces" / "j", other, other) is None

@@ -87,6 +87,7 @@ class ProcessLauncher(Launcher):
         self._families = Families()
         # Root runs jobs as an unprivileged user (LAUNCHBAY_JOB_USER); anyone else as itself.
         self._identity = job_identity(getattr(settings, "job_user", None))
+        self._checked_reach = False
 
     # ------------------------------------------------------------------ start
 
@@ -125,6 +126,9 @@ class ProcessLauncher(Launcher):
             cwd.mkdir(parents=True, exist_ok=True)  # never create folders elsewhere
             if self._identity is not None:
                 _hand_over(run.ctx.workspace, cwd, *self._identity)
+                if not self._checked_reach:
+                    self._checked_reach = True
+                    _warn_unreachable(run.ctx.workspace, *self._identity)
         prctl, parent = self._prctl, os.getpid()
         in_child, identity = self._families.in_child, self._identity
 
@@ -325,6 +329,34 @@ def _read(
             lambda line: reporter.log(stream, line, step),
             limit,
         )
+
+
+def _warn_unreachable(workspace: Path, uid: int, gid: int) -> str | None:
+    """Say once when the job's user cannot pass through a folder above its workspace: the
+    job still starts in it (the worker enters it before dropping to that user), but
+    ``$LAUNCHBAY_WORKSPACE`` as an absolute path fails. Returns the folder, if any."""
+    for d in reversed(workspace.resolve().parents):
+        try:
+            st = d.stat()
+        except OSError:
+            continue
+        if st.st_uid == uid:
+            ok = st.st_mode & 0o100
+        elif st.st_gid == gid:
+            ok = st.st_mode & 0o010
+        else:
+            ok = st.st_mode & 0o001
+        if not ok:
+            log.warning(
+                "process jobs run as uid %d, who cannot pass through %s: jobs start in their "
+                "workspace but cannot reach it by its absolute path; put LAUNCHBAY_HOME "
+                "elsewhere (e.g. /var/lib/launchbay) or let others traverse %s (chmod o+x)",
+                uid,
+                d,
+                d,
+            )
+            return str(d)
+    return None
 
 
 def _hand_over(workspace: Path, cwd: Path, uid: int, gid: int) -> None:
