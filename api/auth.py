@@ -58,8 +58,13 @@ def principal_of(state: AppState, given: str | None) -> Principal | None:
         agent_id = state.agent_keys.verify(given)
         if agent_id is not None:
             return Principal(f"agent {agent_id}", frozenset(), agent_id)
-        return None if state.tokens else ANONYMOUS_ADMIN
     return None if state.tokens else ANONYMOUS_ADMIN
+
+
+def _configured_admin(who: Principal) -> bool:
+    """An admin token the operator set (the open API's anonymous admin is not one: agents'
+    routes need a key even there)."""
+    return who.agent_id is None and who is not ANONYMOUS_ADMIN and who.may(Scope.admin)
 
 
 def origin_allowed(conn: HTTPConnection, allowed: list[str]) -> bool:
@@ -99,15 +104,12 @@ def authorize(request: Request) -> Principal:
 
 
 Auth = Depends(authorize)
-Caller = Annotated[Principal, Depends(authorize)]
 
 
 def agent_caller(request: Request) -> Principal:
     """An agent route's caller: the agent whose key is presented (or an admin)."""
-    state: AppState = request.app.state.lb
-    given = _given(request)
-    who = principal_of(state, given) if given else None
-    if who is None or who is ANONYMOUS_ADMIN or (who.agent_id is None and not who.may(Scope.admin)):
+    who = principal_of(request.app.state.lb, _given(request))
+    if who is None or (who.agent_id is None and not _configured_admin(who)):
         raise _unauthorized("an agent's own key is required (register to get one)")
     return who
 
@@ -134,9 +136,7 @@ EnrollingCaller = Annotated[Principal, Depends(enrolling_caller)]
 
 def acting_as(who: Principal, launcher_id: str) -> None:
     """403 unless ``who`` is agent ``launcher_id`` (or an admin)."""
-    if who.agent_id == launcher_id:
-        return
-    if who.agent_id is None and who is not ANONYMOUS_ADMIN and who.may(Scope.admin):
+    if who.agent_id == launcher_id or _configured_admin(who):
         return
     raise HTTPException(
         status.HTTP_403_FORBIDDEN,

@@ -18,6 +18,7 @@ import pwd
 from pathlib import Path
 from typing import Any
 
+PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -33,6 +34,12 @@ def _prctl() -> Any:
     return fn
 
 
+def prctl_ready() -> bool:
+    """Whether ``prctl`` works here (Linux); loads it, so that a forked child, which must
+    not load libraries, finds it loaded."""
+    return _prctl() is not None
+
+
 def prctl(option: int, value: int) -> bool:
     fn = _prctl()
     return fn is not None and fn(option, value, 0, 0, 0) == 0
@@ -42,13 +49,6 @@ def harden_process() -> None:
     """Make this process non-dumpable (kept across fork, reset by exec: call it in every
     Launchbay process — the API, each Celery process, the agent, ``launchbay up``)."""
     prctl(PR_SET_DUMPABLE, 0)
-
-
-def is_dumpable(pid: int | str = "self") -> bool:
-    """Whether ``pid``'s ``/proc`` files belong to its user (dumpable) rather than root."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    uid = next(int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("Uid:"))
-    return os.stat(f"/proc/{pid}/environ").st_uid == uid
 
 
 def private_tree(home: Path, *private: Path, traversable: tuple[Path, ...] = ()) -> None:
@@ -62,9 +62,11 @@ def private_tree(home: Path, *private: Path, traversable: tuple[Path, ...] = ())
             d.chmod(0o700)
 
 
-def private_file(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.chmod(0o600)
+def hand_over(uid: int, gid: int, *paths: Path) -> None:
+    """Give ``paths`` (a job's workspace, its step's folder) to the job's user."""
+    for path in dict.fromkeys(paths):
+        with contextlib.suppress(OSError):
+            os.chown(path, uid, gid)
 
 
 def job_identity(configured: str | None) -> tuple[int, int] | None:

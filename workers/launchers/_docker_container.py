@@ -12,6 +12,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from orchestrator.hardening import hand_over
 from orchestrator.job import Step
 from workers.launchers.base import LaunchContext
 
@@ -91,8 +92,7 @@ def hand_over_workspace(workspace: Path, user: str) -> None:
         return
     uid, _, gid = user.partition(":")
     if uid.isdigit():
-        with contextlib.suppress(OSError):
-            os.chown(workspace, int(uid), int(gid) if gid.isdigit() else int(uid))
+        hand_over(int(uid), int(gid) if gid.isdigit() else int(uid), workspace)
 
 
 def scrub_workspace(workspace: Path) -> int:

@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Hashable
 
 from orchestrator.hardening import PR_SET_CHILD_SUBREAPER, prctl
@@ -72,7 +73,6 @@ class Families:
         self._members: dict[Hashable, dict[int, int]] = {}
         self._leaders: dict[Hashable, set[int]] = {}
         self._reaper_pid = 0
-        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _ensure_reaper(self) -> None:
@@ -99,8 +99,8 @@ class Families:
         return self._spawning
 
     def add(self, key: Hashable, leader: int) -> None:
-        """``leader`` (a step's process) belongs to ``key``'s job, with all it starts."""
-        self._ensure_reaper()
+        """``leader`` (a step's process, started under :meth:`spawning`) belongs to ``key``'s
+        job, with all it starts."""
         st = _stat(leader)
         with self._lock:
             self._members.setdefault(key, {})
@@ -147,8 +147,7 @@ class Families:
                     self._thread = None
                     return
             self._scan()
-            self._wake.wait(self.scan_s)
-            self._wake.clear()
+            time.sleep(self.scan_s)  # (the scan's period; nothing waits on it)
 
     def end(self, key: Hashable, rounds: int = 5) -> int:
         """SIGKILL every process of ``key``'s job still alive (and, when no other job of

@@ -11,7 +11,6 @@ of the job outlives the job. A root worker runs jobs as ``LAUNCHBAY_JOB_USER``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -27,7 +26,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.errors import RunnerLaunchError
-from orchestrator.hardening import job_identity
+from orchestrator.hardening import PR_SET_PDEATHSIG, hand_over, job_identity, prctl, prctl_ready
 from orchestrator.job import Step, StepResult
 from workers.launchers._family import Families
 from workers.launchers._lines import one_line, pump, utcnow
@@ -35,7 +34,6 @@ from workers.launchers.base import LaunchContext, Launcher, Outcome, Reporter
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _ESCAPE_MARK = "LAUNCHBAY_JOB_ID"
 
 
@@ -83,7 +81,7 @@ class ProcessLauncher(Launcher):
         self.config = config or ProcessConfig()
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
-        self._prctl = _load_prctl() if self.config.parent_death_signal else None
+        self._prctl = prctl if self.config.parent_death_signal and prctl_ready() else None
         self._families = Families()
         # Root runs jobs as an unprivileged user (LAUNCHBAY_JOB_USER); anyone else as itself.
         self._identity = job_identity(getattr(settings, "job_user", None))
@@ -125,11 +123,11 @@ class ProcessLauncher(Launcher):
         if cwd.resolve().is_relative_to(run.ctx.workspace.resolve()):
             cwd.mkdir(parents=True, exist_ok=True)  # never create folders elsewhere
             if self._identity is not None:
-                _hand_over(run.ctx.workspace, cwd, *self._identity)
+                hand_over(*self._identity, run.ctx.workspace, cwd)
                 if not self._checked_reach:
                     self._checked_reach = True
                     _warn_unreachable(run.ctx.workspace, *self._identity)
-        prctl, parent = self._prctl, os.getpid()
+        die_with, parent = self._prctl, os.getpid()
         in_child, identity = self._families.in_child, self._identity
 
         def _in_child() -> None:
@@ -141,8 +139,8 @@ class ProcessLauncher(Launcher):
                 os.setgroups([])
                 os.setgid(identity[1])
                 os.setuid(identity[0])
-            if prctl is not None:
-                prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if die_with is not None:
+                die_with(PR_SET_PDEATHSIG, signal.SIGKILL)
                 if os.getppid() != parent:  # the worker died before prctl took effect
                     os._exit(137)
 
@@ -359,27 +357,9 @@ def _warn_unreachable(workspace: Path, uid: int, gid: int) -> str | None:
     return None
 
 
-def _hand_over(workspace: Path, cwd: Path, uid: int, gid: int) -> None:
-    """The workspace (and the step's folder in it) belong to the job's user."""
-    for d in {workspace, cwd}:
-        with contextlib.suppress(OSError):
-            os.chown(d, uid, gid)
-
-
 def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def _load_prctl() -> Any:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
-        prctl.restype = ctypes.c_int
-        return prctl
-    except (OSError, AttributeError):  # not Linux: rely on the final sweep
-        return None
 
 
 def _environ(pid: int) -> dict[str, str]:
