@@ -97,13 +97,24 @@ class Lifecycle:
             self.listeners.transition(job)
         return job
 
-    def claim_next(self, runner: RunnerInfo) -> Job | None:
-        """Claim the oldest queued job ``runner`` can run, if it has a free slot."""
+    def claim_next(
+        self, runner: RunnerInfo, registered: Callable[[str], object] | None = None
+    ) -> Job | None:
+        """Claim the oldest queued job ``runner`` can run, if it has a free slot.
+
+        With ``registered`` (the runner registry's lookup), the claim is kept only if the
+        runner is still registered after it: an unregister that finished before the job
+        was submitted always wins, and the job goes straight back to the queue without
+        spending an attempt."""
         if self.store.active_by_runner().get(runner.id, 0) >= runner.capacity:
             return None
         job = self.store.claim_next(runner.id, runner.executors, runner.tags, self.settings.lease_s)
-        if job is not None:
-            self.listeners.transition(job)
+        if job is None:
+            return None
+        self.listeners.transition(job)
+        if registered is not None and registered(runner.id) is None:
+            self.release(job.id, runner.id, job.attempt)
+            return None
         return job
 
     def start(self, job_id: str, runner_id: str, attempt: int, handle: str | None = None) -> Job:

@@ -202,9 +202,13 @@ async def poll(
         wake = waker.current() if waker is not None else None
         if await request.is_disconnected():
             return Response(status_code=status.HTTP_204_NO_CONTENT)
-        # A long-poll is a sign of life: an agent that only polls stays registered.
-        await run_in_threadpool(state.runners.touch, info.id)
-        job = await run_in_threadpool(state.dispatcher.lifecycle.claim_next, info)
+        # A long-poll is a sign of life: an agent that only polls stays registered. An
+        # agent that unregistered (it is draining) must not be handed a job now.
+        if not await run_in_threadpool(state.runners.touch, info.id):
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
+        job = await run_in_threadpool(
+            state.dispatcher.lifecycle.claim_next, info, state.runners.get
+        )
         if job is not None:
             return {"job": job.public(), "secrets": job.spec.secrets}
         left = deadline - time.monotonic()
@@ -216,9 +220,7 @@ async def poll(
         else:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=pause)
-        # An agent that unregistered (it is draining) must not be handed a job now.
-        if await run_in_threadpool(state.runners.get, launcher_id) is None:
-            return Response(status_code=status.HTTP_204_NO_CONTENT)
+
 
 
 @router.post(

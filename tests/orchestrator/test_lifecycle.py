@@ -213,6 +213,32 @@ def test_a_pulling_runner_waits_out_the_retrys_backoff(core: MemoryCore) -> None
     assert got is not None and got.id == job.id and got.attempt == 2
 
 
+def test_a_claim_for_a_runner_that_unregistered_meanwhile_goes_back_unspent(
+    core: MemoryCore,
+) -> None:
+    # An agent's long-poll read its registration, the agent unregistered, then a job came:
+    # the claim made with the stale registration must not keep the job.
+    info = RunnerInfo(id=B, kind="agent", executors=["process"])
+    core.runners.heartbeat(info)
+    job = _submit(core, max_attempts=1)
+    core.runners.remove(B)
+    assert core.lifecycle.claim_next(info, core.runners.get) is None
+    back = core.store.get(job.id)
+    assert back.status == JobStatus.queued and back.runner_id is None
+    # handed back: max_attempts (1) is not spent, so another runner still gets it
+    assert _outcomes(core, job.id) == [(1, B, "handed_back")]
+    got = core.lifecycle.claim(job.id, A)
+    assert got is not None and got.status == JobStatus.claimed
+
+
+def test_a_claim_for_a_runner_still_registered_is_kept(core: MemoryCore) -> None:
+    info = RunnerInfo(id=B, kind="agent", executors=["process"])
+    core.runners.heartbeat(info)
+    job = _submit(core)
+    got = core.lifecycle.claim_next(info, core.runners.get)
+    assert got is not None and got.id == job.id and got.runner_id == B
+
+
 def test_a_failure_that_may_not_retry_ends_the_job_at_once(core: MemoryCore) -> None:
     job = _submit(core, max_attempts=3)
     _running(core, job.id)
