@@ -16,9 +16,11 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request, WebSocket, status
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from api.state import AppState
+from orchestrator.agent_keys import AGENT_KEY_PREFIX
 from orchestrator.credentials import ANONYMOUS_ADMIN, Principal, Scope
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -77,10 +79,16 @@ def origin_allowed(conn: HTTPConnection, allowed: list[str]) -> bool:
     return urlsplit(origin).netloc.lower() == conn.headers.get("host", "").lower()
 
 
-def authorize(request: Request) -> Principal:
-    """The router-wide check: who is calling, may they, from where."""
+async def authorize(request: Request) -> Principal:
+    """The router-wide check: who is calling, may they, from where. (A coroutine: only an
+    agent's key needs the store, and only that goes to a thread; every other call is
+    checked on the loop, without a thread hop per request.)"""
     state: AppState = request.app.state.lb
-    who = principal_of(state, _given(request))
+    given = _given(request)
+    if given and given.startswith(AGENT_KEY_PREFIX):
+        who = await run_in_threadpool(principal_of, state, given)
+    else:
+        who = principal_of(state, given)
     if who is None:
         raise _unauthorized()
     endpoint = request.scope.get("endpoint")

@@ -164,18 +164,17 @@ class JobFollower:
             elif msg.get("type") == EventType.log:
                 hint.extend(msg.get("data", {}).get("lines", []))
             elif not read_events:  # (else a read is due anyway, and covers this event)
-                after = _is_after(msg.get("id"), head)
-                if after is False:
-                    continue  # already ours (it landed between subscribing and a read)
-                if after and msg.get("prev") == head:
-                    # The very next entry of the stream, as published: no read needed.
+                if msg.get("prev") == head and isinstance(msg.get("id"), str):
+                    # The very next entry of the stream, as published: no read needed (the
+                    # hub sets ``prev`` from stream ids only, each before its event's id).
                     # Lines logged before it were published before it: they are in ``hint``.
                     published.append(_event_of(msg))
                     head = msg["id"]
-                else:
+                elif _is_after(msg.get("id"), head) is not False:
                     # A gap or an unknown predecessor: read both streams, as on a first
                     # connection (lines written just before the events come before them).
                     read_events = read_logs = True
+                # (else already ours: it landed between subscribing and a read)
         return read_events, read_logs, hint, [] if read_events else published
 
     async def _logs(self, hint: list[LogLine]) -> list[LogLine]:

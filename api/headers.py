@@ -63,6 +63,13 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def _first_segment(path: str, prefix: str) -> str | None:
+    """``jobs`` of ``{prefix}/jobs/…``; None for a path outside the prefix."""
+    if not path.startswith(prefix + "/"):
+        return None
+    return path[len(prefix) + 1 :].split("/", 1)[0]
+
+
 class AllowedMethods:
     """Answers ``OPTIONS`` (and a method no route of the path takes) for API paths."""
 
@@ -70,19 +77,31 @@ class AllowedMethods:
         self.app = app
         self.routes = routes
         self.api_prefix = api_prefix
-        self._table: list[tuple[re.Pattern[str], set[str], bool]] | None = None
+        # The routes by the first segment after the prefix ("jobs"), those whose first
+        # segment is a parameter under "": a request is matched against its few, not all.
+        self._table: dict[str, list[tuple[re.Pattern[str], set[str], bool]]] | None = None
+
+    def _build(self) -> dict[str, list[tuple[re.Pattern[str], set[str], bool]]]:
+        table: dict[str, list[tuple[re.Pattern[str], set[str], bool]]] = {"": []}
+        for route in iter_route_contexts(self.routes):
+            if not route.methods or getattr(route, "path_regex", None) is None:
+                continue
+            path = route.path or "{"
+            first = _first_segment(path, self.api_prefix)
+            table.setdefault("" if first is None or "{" in first else first, []).append(
+                (route.path_regex, set(route.methods), "{" not in path)
+            )
+        return table
 
     def allowed(self, path: str) -> set[str]:
         """The methods the routes matching ``path`` take (empty: no route has it)."""
         if self._table is None:  # (the routes are complete once the app serves)
-            self._table = [
-                (route.path_regex, set(route.methods), "{" not in (route.path or "{"))
-                for route in iter_route_contexts(self.routes)
-                if route.methods and getattr(route, "path_regex", None) is not None
-            ]
+            self._table = self._build()
+        first = _first_segment(path, self.api_prefix)
+        rows = self._table[""] + (self._table.get(first, []) if first else [])
         # A path a route names literally (/runs/cleanup) is that resource, not a value of
         # another's parameter (/runs/{job_id}): only the literal routes' methods count.
-        matches = [(taken, literal) for regex, taken, literal in self._table if regex.match(path)]
+        matches = [(taken, literal) for regex, taken, literal in rows if regex.match(path)]
         if any(literal for _, literal in matches):
             matches = [m for m in matches if m[1]]
         return set().union(*(taken for taken, _ in matches))

@@ -337,10 +337,24 @@ def _idle_rss(pids: list[int], settle_s: float = 2.0) -> float:
     return rss_mb(pids)
 
 
+def _worker_memory(pid: int) -> dict[str, float]:
+    """An idle worker's RSS and PSS (MB): in all, its main process, one pool child (mean)."""
+    time.sleep(2.0)  # (a reading, not a synchronisation: let imports and pools settle)
+    pids = tree(pid)
+    children = [p for p in pids if p != pid] or [pid]
+    return {
+        "rss": rss_mb(pids),
+        "pss": pss_mb(pids),
+        "parent_rss": rss_mb([pid]),
+        "parent_pss": pss_mb([pid]),
+        "child_rss": rss_mb(children) / len(children),
+        "child_pss": pss_mb(children) / len(children),
+    }
+
+
 def rss(url: str, _valkey_pid: int | None, *, slots: int = 4) -> list[Row]:
     with RawWorkers(url, 1, slots) as raw:
-        celery_mb = _idle_rss(tree(raw.procs[0].pid))
-        celery_pss = pss_mb(tree(raw.procs[0].pid))
+        celery = _worker_memory(raw.procs[0].pid)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     app = subprocess.Popen(
@@ -365,28 +379,19 @@ def rss(url: str, _valkey_pid: int | None, *, slots: int = 4) -> list[Row]:
         app.terminate()
         app.wait(10)
     with Stack(url, slots=slots, executors=("builtin", "process")) as st:
-        worker_mb = _idle_rss(tree(st.pid("worker0")))
-        worker_pss = pss_mb(tree(st.pid("worker0")))
+        worker = _worker_memory(st.pid("worker0"))
         api_mb = rss_mb([st.pid("api")])
+
+    def row(key: str, figure: str, note: str) -> Row:
+        return Row("rss", figure, celery[key], worker[key], "MB", higher=False, note=note)
+
     return [
-        Row(
-            "rss",
-            f"worker + {slots} children, idle",
-            celery_mb,
-            worker_mb,
-            "MB",
-            higher=False,
-            note="baseline: bare Celery, same concurrency",
-        ),
-        Row(
-            "rss",
-            f"worker + {slots} children, idle, PSS",
-            celery_pss,
-            worker_pss,
-            "MB",
-            higher=False,
-            note="shared pages counted once",
-        ),
+        row("rss", f"worker + {slots} children, idle", "baseline: bare Celery, same concurrency"),
+        row("pss", f"worker + {slots} children, idle, PSS", "shared pages counted once"),
+        row("parent_rss", "worker main process, idle", "what each child starts as a copy of"),
+        row("parent_pss", "worker main process, idle, PSS", ""),
+        row("child_rss", "one pool child, idle", f"mean of {slots}"),
+        row("child_pss", "one pool child, idle, PSS", f"mean of {slots}"),
         Row(
             "rss",
             "API process, idle",

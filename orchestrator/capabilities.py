@@ -69,6 +69,9 @@ def describe(executor: str, demands: Any) -> str:
     return ", ".join(parts)
 
 
+_FRESH_S = 0.5
+
+
 class LiveRunners:
     """The registry's live runners, read at most every ``ttl_s`` (submits stay cheap)."""
 
@@ -80,8 +83,11 @@ class LiveRunners:
         self._lock = threading.Lock()
 
     def get(self, *, fresh: bool = False) -> list[Any]:
+        """The live runners; ``fresh`` reads again unless the last read is under
+        ``_FRESH_S`` old (a stream of unmatched submits reads the registry once, not each)."""
         with self._lock:
-            if fresh or time.monotonic() - self._at > self._ttl_s:
+            age = time.monotonic() - self._at
+            if age > self._ttl_s or (fresh and age > _FRESH_S):
                 try:
                     self._cached = self._read()
                 except Exception:  # no warning is better than no submit

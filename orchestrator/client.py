@@ -157,6 +157,7 @@ class CleanupResult(_Open):
 
 _ARTIFACTS = TypeAdapter(list[Artifact])
 _WORKERS = TypeAdapter(list[WorkerInfo])
+_JOBS = TypeAdapter(list[Job])
 
 
 def _error_of(resp: httpx.Response) -> ApiError:
@@ -282,6 +283,14 @@ class LaunchbayClient:
     def submit(self, spec: dict[str, Any]) -> Job:
         """POST /jobs; InvalidRequest (with ``fields``) when the spec is refused."""
         return self._parse(Job, self.request_json("POST", "/jobs", json=spec), "job")
+
+    def submit_batch(self, specs: list[dict[str, Any]]) -> list[Job]:
+        """POST /jobs/batch: the jobs made, in order; InvalidRequest naming ``jobs[i].…``
+        (and no job made) when a spec is refused."""
+        data = self.request_json("POST", "/jobs/batch", json={"jobs": specs})
+        if not isinstance(data, dict):
+            raise BadResponse("unexpected batch answer from the server: not an object")
+        return self._parse(_JOBS, data.get("jobs"), "jobs")
 
     def jobs(self, *, status: list[str] | None = None, limit: int = 50, offset: int = 0) -> JobPage:
         params: list[tuple[str, str | int]] = [("limit", limit), ("offset", offset)]

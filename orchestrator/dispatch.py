@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -12,7 +14,7 @@ from celery import Celery
 from orchestrator.broker import held_task_ids
 from orchestrator.capabilities import LiveRunners, celery_demands, describe
 from orchestrator.celery_app import RUN_JOB
-from orchestrator.errors import BrokerUnavailable, InvalidTransition
+from orchestrator.errors import BrokerUnavailable, InvalidTransition, ParamError
 from orchestrator.events import Events
 from orchestrator.flow import Flow, FlowListener, resolve_key
 from orchestrator.job import EventType, Job, JobStatus, task_id_for
@@ -110,20 +112,76 @@ class Dispatcher:
         job.warnings = self.live_runners.warnings(job.spec.executor, job.spec.demands)
         return job
 
-    def send(self, job: Job) -> None:
-        """Send the job's current attempt to its queue. A job waiting out a delay
-        (``not_before`` in the future) is not sent: :meth:`send_due` sends it when due."""
+    def submit_many(self, specs: Sequence[Any]) -> list[Job]:
+        """Submit validated specs at once (``POST /jobs/batch``): every flow rule checked
+        first, then one transaction inserts them all, their messages go out in one
+        pipelined batch, and each gets its ``created`` event; the jobs in order. A refused
+        spec is a ParamError naming ``jobs[i].field`` and nothing is accepted; a broker
+        that cannot take them fails the batch's jobs (BrokerUnavailable), as one submit."""
+        prepared = []
+        for i, spec in enumerate(specs):
+            try:
+                if spec.session is not None:  # (a session's runs take turns: one at a time)
+                    raise ParamError("session", "a batch takes no sessions; use POST /jobs")
+                if self.tracing is not None:  # (each job's trace starts here)
+                    with self.tracing.submit(spec) as stamped:
+                        spec = stamped
+                prepared.append(resolve_key(spec))
+            except ParamError as exc:
+                raise ParamError(f"jobs[{i}].{exc.field}", str(exc)) from None
+        jobs = self.store.create_many(
+            prepared, match_timeout_s=self.settings.default_match_timeout_s
+        )
+        try:
+            with self.celery.producer_or_acquire() as producer:
+                # kombu 5.7+: the batch's messages go out in one pipelined round trip
+                # (older: one by one, on the one producer).
+                batch = getattr(producer, "batch", None)
+                with batch() if batch is not None else contextlib.nullcontext():
+                    for job in jobs:
+                        if job.hold != "deps":
+                            self.send(job, producer=producer)
+        except Exception as exc:
+            for job in jobs:
+                failed = self.store.transition(
+                    job.id,
+                    JobStatus.failed,
+                    expect=[JobStatus.queued],
+                    error=f"broker unavailable, job not enqueued: {exc}",
+                )
+                if failed:
+                    self.announce(failed)
+            raise BrokerUnavailable(f"the broker cannot take jobs right now: {exc}") from exc
+        out = []
+        with self.listeners.together():  # (their events: one round trip)
+            for job in jobs:
+                self.announce(job, EventType.created)
+                if job.hold == "deps":
+                    self.flow.resolve(job.id)
+                    job = self.store.get(job.id)
+                job.warnings = self.live_runners.warnings(job.spec.executor, job.spec.demands)
+                out.append(job)
+        return out
+
+    def send(self, job: Job, *, producer: Any = None) -> None:
+        """Send the job's current attempt to its queue (through ``producer``, e.g. one in a
+        publish batch). A job waiting out a delay (``not_before`` in the future) is not
+        sent: :meth:`send_due` sends it when due."""
         if job.not_before is not None and job.not_before > self.store.now():
             return
         task_id = task_id_for(job.id, job.attempt)
         expires = None
         if job.match_deadline is not None:
             expires = max(job.match_deadline, self.store.now() + timedelta(seconds=1))
+        args = [job.id, job.attempt]
+        # Demands no queue name carries: the worker checks them before it claims.
+        kwargs = celery_demands(job.spec.demands)
         self.celery.send_task(
             RUN_JOB,
-            args=[job.id, job.attempt],
-            # Demands no queue name carries: the worker checks them before it claims.
-            kwargs=celery_demands(job.spec.demands),
+            args=args,
+            kwargs=kwargs,
+            argsrepr=repr(args),  # (plain values: Celery's saferepr costs more than the send)
+            kwargsrepr=repr(kwargs or {}),
             task_id=task_id,
             queue=route(job.spec),
             expires=expires,
@@ -131,6 +189,7 @@ class Dispatcher:
             priority=9 - job.spec.priority,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+            producer=producer,
         )
         if job.task_id != task_id:
             self.store.set_task_id(job.id, task_id)

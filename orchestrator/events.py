@@ -11,8 +11,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import threading
+import weakref
+from collections.abc import Callable
 from datetime import datetime
 from json.encoder import encode_basestring_ascii as _quote  # (json.dumps of a str, in C)
 from pathlib import Path
@@ -22,6 +26,8 @@ import redis
 
 from orchestrator.errors import ParamError
 from orchestrator.job import EventType, as_utc, utcnow
+
+log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "lb:events"
 EVENTS_MAXLEN = 5000
@@ -128,32 +134,167 @@ def drain_key(runner_id: str) -> str:
 
 RUNNERS_PATTERN = "lb:runners:*"
 
-# KEYS[1] the job's event stream, KEYS[2] the firehose; ARGV: maxlen, type, ts, data (JSON),
-# channel, the published message's JSON without its closing brace (id, gid and data are
-# appended here), job id, firehose maxlen. ``gid`` is the event's id in the firehose.
-_PUBLISH_LUA = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-                      'type', ARGV[2], 'ts', ARGV[3], 'data', ARGV[4])
-local gid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'job_id', ARGV[7],
-                       'id', id, 'type', ARGV[2], 'ts', ARGV[3], 'data', ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. ', "id": "' .. id .. '", "gid": "' .. gid
-           .. '", "data": ' .. ARGV[4] .. '}')
-return id
-"""
-
-
-# KEYS[1] the job's log stream; ARGV: maxlen, ts, the first line's number, then a
-# (stream, step, line) triple per line. Ids are line numbers: ``{seq}-0``.
-_APPEND_LOGS_LUA = """
-local seq = tonumber(ARGV[3])
-for i = 4, #ARGV, 3 do
-  redis.call('XADD', KEYS[1], string.format('%d-0', seq), 'ts', ARGV[2],
-             'stream', ARGV[i], 'step', ARGV[i + 1], 'line', ARGV[i + 2])
-  seq = seq + 1
+# One call sends a batch of operations, in order. KEYS[1] the firehose, KEYS[2] the metrics
+# hash, then one key per ``e`` and ``l`` operation. ARGV[1] the channel, ARGV[2] the events'
+# maxlen, ARGV[3] the firehose's, then the operations:
+#   e, type, ts, data (JSON), the message's JSON without its closing brace (id, gid and data
+#      are appended here), job id — appended to the job's stream and the firehose, published
+#      with the stream id it got (only known in here); ``gid`` is its id in the firehose;
+#   c | f, field, n — HINCRBY | HINCRBYFLOAT of the metrics hash;
+#   l, maxlen, ts, the first line's number, how many lines, a (stream, step, line) triple per
+#      line, the wake-up message — log lines with ids ``{seq}-0`` (line numbers).
+# Returns the event ids, in order.
+_SEND_LUA = """
+local chan, emax, fmax = ARGV[1], ARGV[2], ARGV[3]
+local ids, i, k = {}, 4, 2
+while i <= #ARGV do
+  local op = ARGV[i]
+  if op == 'e' then
+    k = k + 1
+    local id = redis.call('XADD', KEYS[k], 'MAXLEN', '~', emax, '*',
+                          'type', ARGV[i + 1], 'ts', ARGV[i + 2], 'data', ARGV[i + 3])
+    local gid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', fmax, '*', 'job_id', ARGV[i + 5],
+                           'id', id, 'type', ARGV[i + 1], 'ts', ARGV[i + 2], 'data', ARGV[i + 3])
+    redis.call('PUBLISH', chan, ARGV[i + 4] .. ', "id": "' .. id .. '", "gid": "' .. gid
+               .. '", "data": ' .. ARGV[i + 3] .. '}')
+    ids[#ids + 1] = id
+    i = i + 6
+  elseif op == 'c' then
+    redis.call('HINCRBY', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  elseif op == 'f' then
+    redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  elseif op == 'l' then
+    k = k + 1
+    local seq, j = tonumber(ARGV[i + 3]), i + 5
+    for _ = 1, tonumber(ARGV[i + 4]) do
+      redis.call('XADD', KEYS[k], string.format('%d-0', seq), 'ts', ARGV[i + 2],
+                 'stream', ARGV[j], 'step', ARGV[j + 1], 'line', ARGV[j + 2])
+      seq, j = seq + 1, j + 3
+    end
+    redis.call('XTRIM', KEYS[k], 'MAXLEN', ARGV[i + 1])
+    redis.call('PUBLISH', chan, ARGV[j])
+    i = j + 1
+  else
+    return redis.error_reply('launchbay: unknown operation ' .. tostring(op))
+  end
 end
-redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[1])
-return seq - 1
+return ids
 """
+_SEND_SHA = hashlib.sha1(_SEND_LUA.encode()).hexdigest()
+# The job counters (orchestrator/metrics.py): the outbox adds to them with the events.
+METRICS_KEY = "lb:metrics"
+
+
+class _Sent:
+    """One staged event: its stream id once sent, or why it was not."""
+
+    __slots__ = ("id", "error")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.error: Exception | None = None
+
+
+class Outbox:
+    """What this process has yet to send to one Redis: job events, metric increments and
+    log batches, sent in order by ONE script call per batch.
+
+    Staging costs no round trip. :meth:`flush` sends everything staged so far; while one
+    call is in flight, whatever other threads stage meanwhile waits and goes out in the
+    next call, together (no added wait when nothing is in flight). One call at a time, in
+    staging order: a job's events reach its stream and ``lb:events`` in the order they
+    were staged, and an event never overtakes a log batch sent before it (or the other
+    way round), in time stamp or in publish order.
+
+    One per Redis client (:func:`outbox_of`): the events publisher and the metrics
+    recorder of a process share it, so a transition's event and its counters are one
+    round trip.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        # Weak: the registry below maps the client to its outbox, and a value that held
+        # its key would keep both alive for ever.
+        self._client = weakref.ref(client)
+        self._lock = threading.Lock()  # the staged operations
+        self._sending = threading.Lock()  # one call in flight
+        self._keys: list[str] = []
+        self._args: list[str | int | float] = []
+        self._sent: list[_Sent] = []
+
+    def event(self, job_id: str, type_: str, data: dict[str, Any]) -> tuple[str, _Sent]:
+        """Stage one job event; its time stamp, and where its id will be."""
+        payload = json.dumps(data, default=str)
+        sent = _Sent()
+        with self._lock:
+            ts = utcnow().isoformat()
+            body = f'{{"job_id": {_quote(job_id)}, "type": {_quote(type_)}, "ts": "{ts}"'
+            self._keys.append(job_events_key(job_id))
+            self._args += ("e", type_, ts, payload, body, job_id)
+            self._sent.append(sent)
+        return ts, sent
+
+    def count(self, fields: dict[str, float]) -> None:
+        """Stage metric increments (``…|sum`` fields by a float, the others by an int)."""
+        with self._lock:
+            for key, n in fields.items():
+                if key.endswith("|sum"):
+                    self._args += ("f", key, repr(float(n)))
+                else:
+                    self._args += ("c", key, int(n))
+
+    def flush(self, logs: Callable[[str], tuple[str, list[str | int]]] | None = None) -> None:
+        """Send what is staged, and ``logs(ts)``'s batch after it (the log key and its
+        ``l`` operation, built for the time stamp ``ts`` under the staging lock). Raises
+        the Redis error when the call fails: staged events are then lost (logged), as a
+        failed publish always was; a log batch is the caller's to send again."""
+        with self._sending:
+            with self._lock:
+                keys, args, sent = self._keys, self._args, self._sent
+                if logs is not None:
+                    key, op = logs(utcnow().isoformat())
+                    keys.append(key)
+                    args += op
+                if not args:
+                    return
+                self._keys, self._args, self._sent = [], [], []
+            try:
+                ids = self._call([FIREHOSE_STREAM, METRICS_KEY, *keys], args)
+            except Exception as exc:
+                for s in sent:
+                    s.error = exc
+                if sent:
+                    log.warning("%d job event(s) not published: %s", len(sent), exc)
+                raise
+            # (Still in the call's lock: a publish whose event this call took reads its id
+            # once the lock is free.)
+            for s, entry_id in zip(sent, ids, strict=False):
+                s.id = entry_id
+
+    def _call(self, keys: list[str], ops: list[str | int | float]) -> list[str]:
+        client = self._client()
+        if client is None:
+            raise redis.ConnectionError("the Redis client of this outbox is gone")
+        argv = [EVENTS_CHANNEL, EVENTS_MAXLEN, FIREHOSE_MAXLEN, *ops]
+        try:
+            return client.evalsha(_SEND_SHA, len(keys), *keys, *argv)  # type: ignore[no-any-return]
+        except redis.exceptions.NoScriptError:  # (a restarted or flushed Redis)
+            client.script_load(_SEND_LUA)
+            return client.evalsha(_SEND_SHA, len(keys), *keys, *argv)  # type: ignore[no-any-return]
+
+
+_outboxes: weakref.WeakKeyDictionary[redis.Redis, Outbox] = weakref.WeakKeyDictionary()
+_outboxes_lock = threading.Lock()
+
+
+def outbox_of(client: redis.Redis) -> Outbox:
+    """The process's outbox for ``client`` (made on first use; one per client)."""
+    with _outboxes_lock:
+        box = _outboxes.get(client)
+        if box is None:
+            box = _outboxes[client] = Outbox(client)
+        return box
 
 
 class LogLine(TypedDict):
@@ -198,34 +339,36 @@ class Events:
         self.log_buffer_lines = log_buffer_lines
         self._seq: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._publish_script = client.register_script(_PUBLISH_LUA)
-        self._append_script = client.register_script(_APPEND_LOGS_LUA)
+        self._outbox = outbox_of(client)
 
     # ---------------------------------------------------------- events
 
+    # ``None`` in a subclass that sends nothing through Redis (orchestrator.testing's
+    # MemoryEvents): :meth:`post` then publishes at once.
+    _outbox: Outbox | None = None
+
     def publish(self, job_id: str, type_: str, data: dict[str, Any]) -> dict[str, Any]:
-        # Under the log lock: an event (progress) never overtakes log lines that another
-        # thread of this process is appending, in time stamp or in publish order.
-        with self._lock:
-            ts = utcnow().isoformat()
-            payload = json.dumps(data, default=str)
-            body = json.dumps({"job_id": job_id, "type": type_, "ts": ts}, default=str)
-            # One round trip: the script appends to the stream and publishes the event with
-            # the stream id it got (the id is only known inside Redis).
-            entry_id = self._publish_script(
-                keys=[job_events_key(job_id), FIREHOSE_STREAM],
-                args=[
-                    EVENTS_MAXLEN,
-                    type_,
-                    ts,
-                    payload,
-                    EVENTS_CHANNEL,
-                    body[:-1],
-                    job_id,
-                    FIREHOSE_MAXLEN,
-                ],
-            )
-        return {"id": entry_id, "job_id": job_id, "type": type_, "ts": ts, "data": data}
+        """Publish one event now (with whatever else is staged); the event with its id."""
+        if self._outbox is None:
+            raise NotImplementedError
+        ts, sent = self._outbox.event(job_id, type_, data)
+        self._outbox.flush()
+        if sent.id is None:  # another thread's call took it, and failed
+            raise sent.error or redis.RedisError("the event was not published")
+        return {"id": sent.id, "job_id": job_id, "type": type_, "ts": ts, "data": data}
+
+    def post(self, job_id: str, type_: str, data: dict[str, Any]) -> None:
+        """Stage one event: sent, in order, by the next :meth:`flush` (or log batch, or
+        :meth:`publish`) of this process, with whatever else is staged by then."""
+        if self._outbox is None:
+            self.publish(job_id, type_, data)
+        else:
+            self._outbox.event(job_id, type_, data)
+
+    def flush(self) -> None:
+        """Send what is staged (:meth:`post`, metric increments); raises a Redis error."""
+        if self._outbox is not None:
+            self._outbox.flush()
 
     def read_events(
         self, job_id: str, after: str | None = None, count: int = 1000
@@ -254,33 +397,34 @@ class Events:
             return self._next_seq(job_id)
         with self._lock:
             first = self._next_seq(job_id) + 1
-            ts = utcnow().isoformat()
-            # Each record is encoded once, for the stored log and the wake-up message alike;
-            # the whole batch is one script call (packing one XADD per line in the client
-            # cost more than Redis spent adding them).
-            args: list[str | int] = [self.log_buffer_lines, ts, first]
-            encoded: list[str] = []
-            dumps, qts = json.dumps, json.dumps(ts)
-            heads: dict[tuple[str, str | None], str] = {}  # (stream, step) → its JSON, once
-            for seq, (stream, step, line) in enumerate(lines, start=first):
-                args += (stream, step or "", line)
-                head = heads.get((stream, step))
-                if head is None:
-                    head = heads[(stream, step)] = (
-                        f'"ts": {qts}, "stream": {dumps(stream)}, "step": {dumps(step)}'
-                    )
-                encoded.append(f'{{"seq": {seq}, {head}, "line": {_quote(line)}}}')
             seq = first + len(lines) - 1
-            pipe = self.r.pipeline(transaction=False)
-            self._append_script(keys=[job_logs_key(job_id)], args=args, client=pipe)
-            pipe.publish(
-                EVENTS_CHANNEL,
-                f'{{"id": null, "job_id": {dumps(job_id)}, "type": "{EventType.log}", '
-                f'"ts": {qts}, "data": {{"seq": {seq}, "lines": [{", ".join(encoded)}]}}}}',
-            )
+            encoded: list[str] = []
+
+            def batch(ts: str) -> tuple[str, list[str | int]]:
+                # Each record is encoded once, for the stored log and the wake-up message
+                # alike; the batch is one operation of the outbox's one script call (with
+                # whatever events were staged before it, so none is overtaken by it).
+                args: list[str | int] = ["l", self.log_buffer_lines, ts, first, len(lines)]
+                dumps, qts = json.dumps, json.dumps(ts)
+                heads: dict[tuple[str, str | None], str] = {}  # (stream, step) → JSON, once
+                for n, (stream, step, line) in enumerate(lines, start=first):
+                    args += (stream, step or "", line)
+                    head = heads.get((stream, step))
+                    if head is None:
+                        head = heads[(stream, step)] = (
+                            f'"ts": {qts}, "stream": {dumps(stream)}, "step": {dumps(step)}'
+                        )
+                    encoded.append(f'{{"seq": {n}, {head}, "line": {_quote(line)}}}')
+                args.append(
+                    f'{{"id": null, "job_id": {dumps(job_id)}, "type": "{EventType.log}", '
+                    f'"ts": {qts}, "data": {{"seq": {seq}, "lines": [{", ".join(encoded)}]}}}}'
+                )
+                return job_logs_key(job_id), args
+
             # Redis first: when it is down the batch is retried whole, and the stored
             # log must not get its lines twice.
-            pipe.execute()
+            assert self._outbox is not None
+            self._outbox.flush(logs=batch)
             self.logs_dir.mkdir(parents=True, exist_ok=True)
             with self.log_path(job_id).open("a", encoding="utf-8") as f:
                 f.write("\n".join(encoded) + "\n")

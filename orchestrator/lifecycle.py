@@ -89,11 +89,34 @@ class Lifecycle:
 
     # ------------------------------------------------------------ claim and start
 
-    def claim(self, job_id: str, runner_id: str, attempt: int | None = None) -> Job | None:
+    def claim(
+        self,
+        job_id: str,
+        runner_id: str,
+        attempt: int | None = None,
+        *,
+        start_at_once: frozenset[str] = frozenset(),
+    ) -> Job | None:
         """queued → claimed for ``runner_id``; ``None`` when someone else won, the job moved
-        on, or ``attempt`` is not the current one (a stale message)."""
-        job = self.store.claim(job_id, runner_id, self.settings.lease_s, attempt=attempt)
-        if job is not None:
+        on, or ``attempt`` is not the current one (a stale message).
+
+        A job whose executor is in ``start_at_once`` (launched in-process at once by the
+        caller: nothing can fail or wait between its claim and its start) goes queued →
+        running in the same write. The listeners still see both steps, ``claimed`` (the
+        job as claimed) then ``started``: clients, metrics (queue wait) and traces rely on
+        each."""
+        job = self.store.claim(
+            job_id, runner_id, self.settings.lease_s, attempt=attempt, start_at_once=start_at_once
+        )
+        if job is None:
+            return None
+        if job.status == JobStatus.running:
+            # Claimed and started in one write: both announced, in one Redis call.
+            claimed = job.model_copy(update={"status": JobStatus.claimed, "started_at": None})
+            with self.listeners.together():
+                self.listeners.transition(claimed, EventType.claimed)
+                self.listeners.transition(job)
+        else:
             self.listeners.transition(job)
         return job
 
@@ -106,7 +129,7 @@ class Lifecycle:
         runner is still registered after it: an unregister that finished before the job
         was submitted always wins, and the job goes straight back to the queue without
         spending an attempt."""
-        if self.store.active_by_runner().get(runner.id, 0) >= runner.capacity:
+        if self.store.active_count(runner.id) >= runner.capacity:
             return None
         job = self.store.claim_next(runner.id, runner.executors, runner.tags, self.settings.lease_s)
         if job is None:
@@ -132,14 +155,15 @@ class Lifecycle:
     # ------------------------------------------------------------ while it runs
 
     def renew(self, job_id: str, runner_id: str, attempt: int) -> Renewal:
-        """Extend the attempt's lease; says whether it is still held and cancel asked."""
-        if not self.store.renew_lease(job_id, attempt, self.settings.lease_s, runner_id=runner_id):
-            return Renewal(held=False)
+        """Extend the attempt's lease; says whether it is still held and cancel asked.
+        One write: a report held back by the progress gate is stored with the renewal."""
         pending = self._progress.take((job_id, attempt))
-        if pending is not None:  # a report held back by the gate: stored with the renewal
-            self.store.set_progress(job_id, attempt, *pending, runner_id=runner_id)
-        job = self.store.find(job_id)
-        return Renewal(held=True, cancel=bool(job and job.cancel_requested))
+        cancel = self.store.extend_lease(
+            job_id, attempt, self.settings.lease_s, runner_id=runner_id, progress=pending
+        )
+        if cancel is None:
+            return Renewal(held=False)
+        return Renewal(held=True, cancel=cancel)
 
     def renew_all(self, runner_id: str, job_ids: Iterable[str]) -> tuple[list[str], list[str]]:
         """Renew the leases of the jobs a runner says it runs: ``(cancel, lost)``."""
@@ -179,7 +203,14 @@ class Lifecycle:
 
     # ------------------------------------------------------------ the end
 
-    def end(self, job_id: str, runner_id: str, attempt: int, verdict: Verdict) -> Job:
+    def end(
+        self,
+        job_id: str,
+        runner_id: str,
+        attempt: int,
+        verdict: Verdict,
+        job: Job | None = None,
+    ) -> Job:
         """End the attempt with the runner's verdict; the job as it now stands.
 
         The rules, for every channel:
@@ -189,20 +220,27 @@ class Lifecycle:
           (lost and handed-back ones do not count) are fewer than ``max_attempts``,
           after ``retry_backoff_s · 2^(n-1)``;
         - anything else ends the job, with one compare-and-set.
+
+        ``job``: the runner's copy of the attempt, if it has one. Its spec and attempt
+        counters do not change while the attempt is held, so the end reads nothing first;
+        the compare-and-set still decides whether it is held and whether a cancel won.
         """
-        job = self.held(job_id, runner_id, attempt)
+        if job is None or (job.id, job.attempt) != (job_id, attempt):
+            job = None
         status, error = verdict.job_status, verdict.error
-        if job.cancel_requested and status != JobStatus.timed_out:
+        retry = status == JobStatus.failed and verdict.may_retry
+        if job is None and (retry or status == JobStatus.timed_out):
+            job = self.held(job_id, runner_id, attempt)
+        if job is not None and job.cancel_requested and status != JobStatus.timed_out:
             status, error = JobStatus.cancelled, "cancelled"
-        elif status == JobStatus.timed_out and job.spec.timeout_s:
+        elif status == JobStatus.timed_out and job is not None and job.spec.timeout_s:
             error = f"timed out after {job.spec.timeout_s:g} s"
         fields = {**self._progress.settle((job_id, attempt)), **verdict.fields()}
         record = verdict.record()
-        if status == JobStatus.succeeded:
-            fields["progress_percent"] = 100.0  # done is 100 %, whatever it last printed
         if (
             status == JobStatus.failed
-            and verdict.may_retry
+            and retry
+            and job is not None
             and job.own_attempts < job.spec.max_attempts
         ):
             backoff = job.spec.retry_backoff_s * 2 ** (job.own_attempts - 1)
@@ -218,8 +256,11 @@ class Lifecycle:
             )
             if again is not None:
                 return again
-            job = self.held(job_id, runner_id, attempt)  # a cancel landed meanwhile
+            self.held(job_id, runner_id, attempt)  # still held: a cancel landed meanwhile
             status, error = JobStatus.cancelled, "cancelled"
+        ended = dict(fields)
+        if status == JobStatus.succeeded:
+            ended["progress_percent"] = 100.0  # done is 100 %, whatever it last printed
         done = self.store.finish(
             job_id,
             attempt,
@@ -228,17 +269,19 @@ class Lifecycle:
             error=error,
             runner_id=runner_id,
             record=record,
-            **fields,
+            **ended,
         )
         if done is None and status in (JobStatus.succeeded, JobStatus.failed):
-            # A cancel accepted between our read and our write wins over the verdict.
+            # A cancel accepted before our write wins over the verdict.
             done = self.store.finish(
                 job_id,
                 attempt,
                 JobStatus.cancelled,
+                exit_code=verdict.exit_code,
                 error="cancelled",
                 runner_id=runner_id,
                 record=record,
+                **fields,
             )
         if done is None:
             self.held(job_id, runner_id, attempt)

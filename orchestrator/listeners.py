@@ -5,12 +5,20 @@ and then hands it to every registered listener, in order. Publishing events is o
 listener; metrics and webhooks are meant to be one file each beside it. A listener that
 raises is logged and skipped: the store already holds the truth, and one listener's
 failure must never undo a committed transition or starve the next listener.
+
+Once every listener has seen the change, each is asked to :meth:`~Listener.flush`: the
+events publisher and the metrics recorder stage their Redis writes in the process's
+outbox (``orchestrator/events.py``) and the first flush sends both in one round trip.
+:meth:`Listeners.together` holds the flushes back until a group of changes is handed over
+(a batch submit: one round trip for all their events).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from orchestrator.events import Events
@@ -29,12 +37,16 @@ class Listener:
     def progress(self, job_id: str, attempt: int, percent: float, message: str) -> None:
         """A running attempt reported progress (stored, not a status change)."""
 
+    def flush(self) -> None:
+        """Every listener has seen the change(s): send what you staged for them."""
+
 
 class Listeners:
     """The registered listeners, called in order; never raises."""
 
     def __init__(self, listeners: Iterable[Listener] = ()) -> None:
         self._all = list(listeners)
+        self._held = threading.local()
 
     def add(self, listener: Listener) -> None:
         self._all.append(listener)
@@ -43,10 +55,29 @@ class Listeners:
         event = event or STATUS_EVENTS[job.status]
         for listener in self._all:
             self._call(listener.transition, job, event)
+        self._flush()
 
     def progress(self, job_id: str, attempt: int, percent: float, message: str) -> None:
         for listener in self._all:
             self._call(listener.progress, job_id, attempt, percent, message)
+        self._flush()
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Changes handed over inside (on this thread) are flushed once, at the end."""
+        depth = getattr(self._held, "depth", 0)
+        self._held.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._held.depth = depth
+            self._flush()
+
+    def _flush(self) -> None:
+        if getattr(self._held, "depth", 0):
+            return
+        for listener in self._all:
+            self._call(listener.flush)
 
     @staticmethod
     def _call(fn: Any, *args: Any) -> None:
@@ -64,11 +95,14 @@ class EventPublisher(Listener):
         self.events = events
 
     def transition(self, job: Job, event: EventType) -> None:
-        self.events.publish(job.id, event.value, job.public())
+        self.events.post(job.id, event.value, job.public())
 
     def progress(self, job_id: str, attempt: int, percent: float, message: str) -> None:
-        self.events.publish(
+        self.events.post(
             job_id,
             EventType.progress.value,
             {"percent": percent, "message": message, "attempt": attempt},
         )
+
+    def flush(self) -> None:
+        self.events.flush()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import platformdirs
 from pydantic import Field, computed_field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -13,6 +12,8 @@ from orchestrator.job import EXECUTORS
 
 
 def _default_home() -> Path:
+    import platformdirs  # (only without LAUNCHBAY_HOME; every process imports this module)
+
     return Path(platformdirs.user_data_dir("launchbay"))
 
 

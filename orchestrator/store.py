@@ -7,9 +7,10 @@ whoever's update matches a row wins, everyone else gets ``None`` back.
 from __future__ import annotations
 
 import builtins
+import functools
 import uuid
-from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from orchestrator.job import (
     JobSpec,
     JobStatus,
     Progress,
+    can_transition,
     sources_of,
     task_id_for,
     utcnow,
@@ -75,6 +77,35 @@ def _job_of(m: Any) -> Job:
     )
 
 
+# Built once: a statement built per call costs more than the database spends on it.
+_GET_JOB = sa.select(jobs).where(jobs.c.id == sa.bindparam("job_id"))
+_INSERT_JOB = jobs.insert()
+_INSERT_DEP = job_deps.insert()
+
+
+def _insert_job(c: sa.Connection, spec: Any, values: dict[str, Any]) -> None:
+    if spec.depends_on:
+        values["hold"] = _mark_dependencies(c, spec.depends_on)
+    c.execute(_INSERT_JOB, values)
+    if spec.depends_on:
+        c.execute(_INSERT_DEP, [{"job_id": values["id"], "depends_on": d} for d in spec.depends_on])
+
+
+def _inserted(spec: Any, v: dict[str, Any]) -> Job:
+    """The job a fresh row holds, from what was inserted (what reading it back gives)."""
+    return Job(
+        id=v["id"],
+        spec=spec,
+        task_id=v["task_id"],
+        created_at=v["created_at"],
+        match_deadline=v["match_deadline"],
+        not_before=v["not_before"],
+        progress=Progress(percent=0.0, message=""),
+        hold=v["hold"],
+        rerun_of=v["rerun_of"],
+    )
+
+
 # Run inside a transition's transaction with the row it won: writes the attempt's row.
 _AttemptWrite = Callable[[sa.Connection, sa.Row[Any]], None]
 
@@ -112,7 +143,7 @@ class JobStore:
 
     def get(self, job_id: str) -> Job:
         with self.engine.connect() as c:
-            row = c.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+            row = c.execute(_GET_JOB, {"job_id": job_id}).first()
         if row is None:
             raise JobNotFound(job_id)
         return _row_to_job(row)
@@ -280,12 +311,45 @@ class JobStore:
         concurrency_key: str | None = None,
         rerun_of: str | None = None,
     ) -> Job:
-        """Insert a queued job. Flow control (issue 14): ``run_at`` becomes its
-        ``not_before``; ``depends_on`` rows are written in the same transaction, which also
-        marks each dependency ``has_dependents`` and holds the job (``deps``) unless they
-        all succeeded already; an unknown dependency is a ParamError."""
+        """Insert a queued job and answer it as inserted (no read-back). Flow control
+        (issue 14): ``run_at`` becomes its ``not_before``; ``depends_on`` rows are written
+        in the same transaction, which also marks each dependency ``has_dependents`` and
+        holds the job (``deps``) unless they all succeeded already; an unknown dependency
+        is a ParamError."""
         spec = _SPEC.validate_python(spec) if isinstance(spec, dict) else spec
-        now = self.now()
+        values = self._new_row(spec, job_id, match_timeout_s, concurrency_key, rerun_of)
+        with self.engine.begin() as c:
+            _insert_job(c, spec, values)
+        return _inserted(spec, values)
+
+    def create_many(
+        self, specs: Sequence[Any], *, match_timeout_s: float | None = None
+    ) -> builtins.list[Job]:
+        """Insert queued jobs in one transaction (all or none), answered in order; the
+        rules of :meth:`create` hold for each (a ParamError names the job: ``jobs[i].…``)."""
+        rows = [(s, self._new_row(s, None, match_timeout_s, None, None)) for s in specs]
+        with self.engine.begin() as c:
+            plain = [values for spec, values in rows if not spec.depends_on]
+            if plain:
+                c.execute(_INSERT_JOB, plain)
+            for i, (spec, values) in enumerate(rows):
+                if spec.depends_on:
+                    try:
+                        _insert_job(c, spec, values)
+                    except ParamError as exc:
+                        raise ParamError(f"jobs[{i}].{exc.field}", str(exc)) from None
+        return [_inserted(spec, values) for spec, values in rows]
+
+    def _new_row(
+        self,
+        spec: Any,
+        job_id: str | None,
+        match_timeout_s: float | None,
+        concurrency_key: str | None,
+        rerun_of: str | None,
+    ) -> dict[str, Any]:
+        # Every row has the same keys, so one compiled INSERT serves every job.
+        now = self.now().astimezone(UTC)  # (as the column reads it back)
         timeout = spec.match_timeout_s or match_timeout_s
         job_id = job_id or new_job_id()
         values = {
@@ -300,6 +364,7 @@ class JobStore:
             "task_id": task_id_for(job_id, 1),
             "created_at": now,
             "match_deadline": now + timedelta(seconds=timeout) if timeout else None,
+            "not_before": None,
             "progress_percent": 0.0,
             "progress_message": "",
             "steps": [],
@@ -307,6 +372,7 @@ class JobStore:
             "cancel_requested": False,
             "priority": spec.priority,
             "concurrency_key": concurrency_key or spec.concurrency_key,
+            "hold": None,
             "rerun_of": rerun_of,
             "session_id": spec.session.id if spec.session else None,
         }
@@ -314,14 +380,7 @@ class JobStore:
             values["not_before"] = spec.run_at
             if timeout:  # the wait for a runner starts at run_at
                 values["match_deadline"] = spec.run_at + timedelta(seconds=timeout)
-        with self.engine.begin() as c:
-            if spec.depends_on:
-                values["hold"] = _mark_dependencies(c, spec.depends_on)
-            c.execute(jobs.insert().values(**values))
-            if spec.depends_on:
-                rows = [{"job_id": job_id, "depends_on": d} for d in spec.depends_on]
-                c.execute(job_deps.insert(), rows)
-        return self.get(values["id"])
+        return values
 
     def transition(
         self,
@@ -363,6 +422,26 @@ class JobStore:
         sources = sources_of(target)
         if expect is not None:
             sources = sources & frozenset(expect)
+        if target in TERMINAL_STATUSES:
+            values.setdefault("finished_at", self.now())
+            values.setdefault("lease_expires_at", None)
+        if not where and not any(isinstance(v, sa.ClauseElement) for v in values.values()):
+            stmt = _cas_stmt(
+                target,
+                sources,
+                tuple(values),
+                attempt is not None,
+                runner_id is not None,
+                require_no_cancel,
+            )
+            params = {f"v_{k}": v for k, v in values.items()}
+            params.update(p_id=job_id, p_attempt=attempt, p_runner=runner_id)
+            with self.engine.begin() as c:
+                row = c.execute(stmt, params).first()
+                if row is not None and record is not None:
+                    record(c, row)
+            return _row_to_job(row) if row is not None else None
+        # A value computed in SQL (a counter) or an extra condition: built for this call.
         conds = [jobs.c.id == job_id, jobs.c.status.in_([s.value for s in sources])]
         if attempt is not None:
             conds.append(jobs.c.attempt == attempt)
@@ -371,9 +450,6 @@ class JobStore:
         if require_no_cancel:
             conds.append(jobs.c.cancel_requested.is_(False))
         conds.extend(where)
-        if target in TERMINAL_STATUSES:
-            values.setdefault("finished_at", self.now())
-            values.setdefault("lease_expires_at", None)
         with self.engine.begin() as c:
             # RETURNING: the winner reads its new row in the same statement.
             row = c.execute(
@@ -393,99 +469,74 @@ class JobStore:
         record: dict[str, Any] | None = None,
     ) -> _AttemptWrite:
         def write(c: sa.Connection, row: sa.Row[Any]) -> None:
-            c.execute(
-                attempts.update()
-                .where(attempts.c.job_id == row.id, attempts.c.number == number)
-                .values(
-                    ended_at=self.now(),
-                    outcome=outcome.value,
-                    exit_code=exit_code,
-                    error=error,
-                    **(record or {}),  # handle, cleanup, resource_usage (run records)
-                )
-            )
+            fields = {
+                "ended_at": self.now(),
+                "outcome": outcome.value,
+                "exit_code": exit_code,
+                "error": error,
+                **(record or {}),  # handle, cleanup, resource_usage (run records)
+            }
+            _write_attempt(c, row.id, number, fields)
 
         return write
 
     def claim(
-        self, job_id: str, runner_id: str, lease_s: float, *, attempt: int | None = None
+        self,
+        job_id: str,
+        runner_id: str,
+        lease_s: float,
+        *,
+        attempt: int | None = None,
+        start_at_once: frozenset[str] = frozenset(),
     ) -> Job | None:
-        """queued → claimed by ``runner_id``, and the attempt's row, in one transaction."""
+        """queued → claimed by ``runner_id``, and the attempt's row, in one transaction.
+
+        A job whose executor is in ``start_at_once`` (one its runner launches in-process
+        at once, so nothing can fail or wait between claim and start) goes queued →
+        running in the same compare-and-set, its attempt row claimed and started."""
         now = self.now()
-
-        def record(c: sa.Connection, row: sa.Row[Any]) -> None:
-            if row.session_id is not None:
-                guard_session_turn(c, row.session_id, row.id)  # raises: rolled back
-            c.execute(
-                attempts.insert().values(
-                    job_id=row.id, number=row.attempt, runner_id=runner_id, claimed_at=now
-                )
-            )
-
-        values = {
-            "runner_id": runner_id,
-            "claimed_at": now,
-            "lease_expires_at": now + timedelta(seconds=lease_s),
+        params = {
+            "p_id": job_id,
+            "p_attempt": attempt,
+            "v_runner_id": runner_id,
+            "v_claimed_at": now,
+            "v_lease_expires_at": now + timedelta(seconds=lease_s),
         }
+        pinned = attempt is not None
         try:
-            won = self._cas(
-                job_id,
-                JobStatus.claimed,
-                attempt=attempt,
-                expect=None,
-                require_no_cancel=False,
-                values=dict(values),
-                record=record,
-                # Flow control: a held job is not claimable; a keyed one takes _claim_keyed.
-                # Sessions: one run of a session at a time, in order (orchestrator/sessions.py).
-                where=[jobs.c.hold.is_(None), jobs.c.concurrency_key.is_(None), session_turn()],
-            )
-            if won is None:  # only a lost claim pays for the look at the key
-                won = self._claim_keyed(job_id, attempt, values, record)
+            # Flow control: a held job is not claimable; a keyed one takes _claim_keyed.
+            # Sessions: one run of a session at a time, in order (orchestrator/sessions.py).
+            with self.engine.begin() as c:
+                row = c.execute(_claim_stmt(start_at_once, pinned, False), params).first()
+                if row is not None:
+                    _claimed(c, row, runner_id, now)
+            if row is None:  # only a lost claim pays for the look at the key
+                row = self._claim_keyed(params, start_at_once)
         except SessionBusy:  # another run of its session won meanwhile (rolled back)
             return None
-        return won
+        return _row_to_job(row) if row is not None else None
 
     def _claim_keyed(
-        self, job_id: str, attempt: int | None, values: dict[str, Any], record: _AttemptWrite
-    ) -> Job | None:
+        self, params: dict[str, Any], start_at_once: frozenset[str]
+    ) -> sa.Row[Any] | None:
         """Claim a job with a concurrency key: the key's running count is a condition of
         the same compare-and-set, under the key's lock, so no two claims over-admit. A job
         refused for a full key is held (``hold='limit'``) in the same transaction;
         :meth:`release_key` frees it when a slot does."""
         with self.engine.connect() as c:
-            key = c.execute(
-                sa.select(jobs.c.concurrency_key).where(
-                    jobs.c.id == job_id,
-                    jobs.c.status == JobStatus.queued.value,
-                    jobs.c.hold.is_(None),
-                )
-            ).scalar()
+            key = c.execute(_KEY_OF_CLAIMABLE, {"p_id": params["p_id"]}).scalar()
         if key is None:
             return None
-        conds = [
-            jobs.c.id == job_id,
-            jobs.c.status == JobStatus.queued.value,
-            jobs.c.hold.is_(None),
-            jobs.c.concurrency_key == key,
-            session_turn(),
-        ]
-        if attempt is not None:
-            conds.append(jobs.c.attempt == attempt)
-        room = _key_room(key)
+        params = {**params, "p_key": key}
+        pinned = params["p_attempt"] is not None
         with self.engine.begin() as c:
             _lock_key(c, key)
-            row = c.execute(
-                jobs.update()
-                .where(*conds, room)
-                .values(status=JobStatus.claimed.value, **values)
-                .returning(jobs)
-            ).first()
+            row = c.execute(_claim_stmt(start_at_once, pinned, True), params).first()
             if row is not None:
-                record(c, row)
+                _claimed(c, row, params["v_runner_id"], params["v_claimed_at"])
             else:
-                c.execute(jobs.update().where(*conds, sa.not_(room)).values(hold="limit"))
-        return _row_to_job(row) if row is not None else None
+                c.execute(_hold_for_limit_stmt(pinned), params)
+        return row
 
     def release_key(self, key: str, match_timeout_s: float | None = None) -> builtins.list[Job]:
         """Un-hold as many of ``key``'s held jobs as it has free slots, highest priority
@@ -561,31 +612,16 @@ class JobStore:
         Celery worker or another agent racing for the same job loses cleanly.
         """
         have = set(tags)
-        now = self.now()
-        conds = [
-            jobs.c.status == JobStatus.queued.value,
-            jobs.c.executor.in_(list(executors)),
-            sa.or_(jobs.c.match_deadline.is_(None), jobs.c.match_deadline >= now),
-            sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
-            jobs.c.hold.is_(None),
-        ]
-        after: tuple[int, datetime, str] | None = None
+        params: dict[str, Any] = {
+            "p_now": self.now(),
+            "p_executors": list(executors),
+            "p_page": page,
+        }
+        after = False
         scanned = 0
         while scanned < max_scan:
-            q = sa.select(jobs.c.id, jobs.c.spec, jobs.c.created_at, jobs.c.priority).where(*conds)
-            if after is not None:  # keyset paging: higher priority first, then oldest
-                q = q.where(
-                    sa.or_(
-                        jobs.c.priority < after[0],
-                        sa.and_(
-                            jobs.c.priority == after[0],
-                            sa.tuple_(jobs.c.created_at, jobs.c.id) > sa.tuple_(*after[1:]),
-                        ),
-                    )
-                )
-            order = (jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
             with self.engine.connect() as c:
-                rows = c.execute(q.order_by(*order).limit(page)).all()
+                rows = c.execute(_scan_stmt(after), params).all()
             for job_id, spec, _created, _priority in rows:
                 wanted = set(((spec or {}).get("demands") or {}).get("tags") or [])
                 if wanted <= have:
@@ -595,7 +631,8 @@ class JobStore:
             if len(rows) < page:
                 return None
             scanned += len(rows)
-            after = (rows[-1][3], rows[-1][2], rows[-1][0])
+            after = True  # keyset paging: higher priority first, then oldest
+            params.update(p_priority=rows[-1][3], p_created=rows[-1][2], p_after=rows[-1][0])
         return None
 
     def start(
@@ -611,11 +648,10 @@ class JobStore:
         now = self.now()
 
         def record(c: sa.Connection, row: sa.Row[Any]) -> None:
-            c.execute(
-                attempts.update()
-                .where(attempts.c.job_id == row.id, attempts.c.number == attempt)
-                .values(started_at=now, **({"handle": handle[:512]} if handle else {}))
-            )
+            fields: dict[str, Any] = {"started_at": now}
+            if handle:
+                fields["handle"] = handle[:512]
+            _write_attempt(c, row.id, attempt, fields)
 
         return self._cas(
             job_id,
@@ -737,26 +773,54 @@ class JobStore:
     def _update_active(
         self, job_id: str, attempt: int, runner_id: str | None = None, **values: Any
     ) -> bool:
-        conds = [
-            jobs.c.id == job_id,
-            jobs.c.attempt == attempt,
-            jobs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
-        ]
-        if runner_id is not None:
-            conds.append(jobs.c.runner_id == runner_id)
+        return self._set_active(job_id, attempt, runner_id, values, cancel_flag=False) is not None
+
+    def _set_active(
+        self,
+        job_id: str,
+        attempt: int,
+        runner_id: str | None,
+        values: dict[str, Any],
+        *,
+        cancel_flag: bool,
+    ) -> bool | None:
+        """Set ``values`` on the live attempt: ``None`` if it is not (or no longer) live,
+        else whether its cancel was asked (with ``cancel_flag``; else ``True``)."""
+        stmt = _active_update_stmt(tuple(values), runner_id is not None, cancel_flag)
+        params = {f"v_{k}": v for k, v in values.items()}
+        params.update(p_id=job_id, p_attempt=attempt, p_runner=runner_id)
         with self.engine.begin() as c:
-            res = c.execute(jobs.update().where(*conds).values(**values))
-        return res.rowcount == 1
+            res = c.execute(stmt, params)
+            if not cancel_flag:
+                return True if res.rowcount == 1 else None
+            row = res.first()
+        return None if row is None else bool(row[0])
 
     def renew_lease(
         self, job_id: str, attempt: int, lease_s: float, *, runner_id: str | None = None
     ) -> bool:
-        return self._update_active(
-            job_id,
-            attempt,
-            runner_id,
-            lease_expires_at=self.now() + timedelta(seconds=lease_s),
-        )
+        return self.extend_lease(job_id, attempt, lease_s, runner_id=runner_id) is not None
+
+    def extend_lease(
+        self,
+        job_id: str,
+        attempt: int,
+        lease_s: float,
+        *,
+        runner_id: str | None = None,
+        progress: tuple[float, str] | None = None,
+    ) -> bool | None:
+        """Renew the live attempt's lease (storing ``progress`` with it) in one statement:
+        ``None`` if the attempt is no longer live, else whether its cancel was asked."""
+        values: dict[str, Any] = {"lease_expires_at": self.now() + timedelta(seconds=lease_s)}
+        if progress is not None:
+            values.update(progress_percent=float(progress[0]), progress_message=progress[1])
+        return self._set_active(job_id, attempt, runner_id, values, cancel_flag=True)
+
+    def active_count(self, runner_id: str) -> int:
+        """How many jobs ``runner_id`` holds (claimed or running)."""
+        with self.engine.connect() as c:
+            return int(c.execute(_ACTIVE_COUNT, {"p_runner": runner_id}).scalar_one())
 
     def set_progress(
         self,
@@ -811,19 +875,209 @@ class JobStore:
         return job
 
 
-def _running_count(key: str) -> Any:
+# ---------------------------------------------------------------- the hot statements
+#
+# An attempt's own writes (claim, start, renew, progress, end) are built once per shape
+# and cached: building a statement and its cache key costs more than SQLite spends
+# running it. Parameters are ``p_*`` (conditions) and ``v_*`` (values set), names no
+# column has, so SQLAlchemy never reads one as an extra SET column.
+
+
+def _any_of(column: Any, values: Iterable[str]) -> Any:
+    """``column IN (values)`` as plain equalities: a cached statement's IN list would be
+    expanded again at every execution."""
+    wanted = [column == getattr(v, "value", v) for v in sorted(values)]
+    return sa.or_(*wanted) if wanted else sa.false()  # (none: nothing matches)
+
+
+def _v(keys: Iterable[str]) -> dict[str, Any]:
+    return {k: sa.bindparam(f"v_{k}") for k in keys}
+
+
+@functools.cache
+def _claim_stmt(start_at_once: frozenset[str], pinned: bool, keyed: bool) -> Any:
+    """queued → claimed (or → running for an executor in ``start_at_once``: the claim and
+    the start, both in the transition table, in one write), fenced by the claim's
+    conditions: not held, its session's turn, and for a keyed job its key's room (the
+    caller holds the key's lock)."""
+    assert can_transition(JobStatus.claimed, JobStatus.running)
+    conds = [
+        jobs.c.id == sa.bindparam("p_id"),
+        _any_of(jobs.c.status, sources_of(JobStatus.claimed)),
+        jobs.c.hold.is_(None),
+        session_turn(),
+    ]
+    if pinned:
+        conds.append(jobs.c.attempt == sa.bindparam("p_attempt"))
+    if keyed:
+        key = sa.bindparam("p_key", type_=jobs.c.concurrency_key.type)
+        conds += [jobs.c.concurrency_key == key, _key_room(key)]
+    else:  # a keyed job takes the keyed claim
+        conds.append(jobs.c.concurrency_key.is_(None))
+    now = sa.bindparam("v_claimed_at", type_=jobs.c.claimed_at.type)
+    values: dict[str, Any] = {
+        "runner_id": sa.bindparam("v_runner_id"),
+        "claimed_at": now,
+        "lease_expires_at": sa.bindparam("v_lease_expires_at"),
+        "status": JobStatus.claimed.value,
+    }
+    if start_at_once:
+        at_once = _any_of(jobs.c.executor, start_at_once)
+        values["status"] = sa.case(
+            (at_once, JobStatus.running.value), else_=JobStatus.claimed.value
+        )
+        values["started_at"] = sa.case((at_once, now), else_=sa.null())
+    return jobs.update().where(*conds).values(**values).returning(jobs)
+
+
+@functools.cache
+def _hold_for_limit_stmt(pinned: bool) -> Any:
+    """A keyed claim refused for a full key holds the job (``hold='limit'``)."""
+    key = sa.bindparam("p_key", type_=jobs.c.concurrency_key.type)
+    conds = [
+        jobs.c.id == sa.bindparam("p_id"),
+        jobs.c.status == JobStatus.queued.value,
+        jobs.c.hold.is_(None),
+        jobs.c.concurrency_key == key,
+        session_turn(),
+        sa.not_(_key_room(key)),
+    ]
+    if pinned:
+        conds.append(jobs.c.attempt == sa.bindparam("p_attempt"))
+    return jobs.update().where(*conds).values(hold="limit")
+
+
+_KEY_OF_CLAIMABLE = sa.select(jobs.c.concurrency_key).where(
+    jobs.c.id == sa.bindparam("p_id"),
+    jobs.c.status == JobStatus.queued.value,
+    jobs.c.hold.is_(None),
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _cas_stmt(
+    target: JobStatus,
+    sources: frozenset[JobStatus],
+    keys: tuple[str, ...],
+    pinned: bool,
+    by_runner: bool,
+    no_cancel: bool,
+) -> Any:
+    """A transition's compare-and-set: status in ``sources`` [, attempt, runner, no cancel
+    asked] → ``target``, setting ``keys``; RETURNING the new row."""
+    conds = [jobs.c.id == sa.bindparam("p_id"), _any_of(jobs.c.status, sources)]
+    if pinned:
+        conds.append(jobs.c.attempt == sa.bindparam("p_attempt"))
+    if by_runner:
+        conds.append(jobs.c.runner_id == sa.bindparam("p_runner"))
+    if no_cancel:
+        conds.append(jobs.c.cancel_requested.is_(False))
+    return jobs.update().where(*conds).values(status=target.value, **_v(keys)).returning(jobs)
+
+
+@functools.lru_cache(maxsize=64)
+def _active_update_stmt(keys: tuple[str, ...], by_runner: bool, cancel_flag: bool) -> Any:
+    """Set fields of a live attempt (attempt pinned, still claimed or running [, runner]);
+    with ``cancel_flag``, RETURNING whether its cancel was asked."""
+    conds = [
+        jobs.c.id == sa.bindparam("p_id"),
+        jobs.c.attempt == sa.bindparam("p_attempt"),
+        _any_of(jobs.c.status, ACTIVE_STATUSES),
+    ]
+    if by_runner:
+        conds.append(jobs.c.runner_id == sa.bindparam("p_runner"))
+    stmt = jobs.update().where(*conds).values(**_v(keys))
+    return stmt.returning(jobs.c.cancel_requested) if cancel_flag else stmt
+
+
+_INSERT_ATTEMPT = attempts.insert()
+
+
+def _claimed(c: sa.Connection, row: sa.Row[Any], runner_id: str, now: datetime) -> None:
+    """In the claim's transaction: its session's guard, then the attempt's row (started
+    too when the claim started the job)."""
+    if row.session_id is not None:
+        guard_session_turn(c, row.session_id, row.id)  # raises: rolled back
+    started = now if row.status == JobStatus.running.value else None
+    c.execute(
+        _INSERT_ATTEMPT,
+        {
+            "job_id": row.id,
+            "number": row.attempt,
+            "runner_id": runner_id,
+            "claimed_at": now,
+            "started_at": started,
+        },
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _attempt_update_stmt(keys: tuple[str, ...]) -> Any:
+    """Set fields of one attempt's row."""
+    return (
+        attempts.update()
+        .where(
+            attempts.c.job_id == sa.bindparam("p_id"),
+            attempts.c.number == sa.bindparam("p_number"),
+        )
+        .values(**_v(keys))
+    )
+
+
+def _write_attempt(c: sa.Connection, job_id: str, number: int, fields: dict[str, Any]) -> None:
+    params = {f"v_{k}": v for k, v in fields.items()}
+    c.execute(_attempt_update_stmt(tuple(fields)), {"p_id": job_id, "p_number": number, **params})
+
+
+@functools.cache
+def _scan_stmt(after: bool) -> Any:
+    """A page of the queued jobs a runner's executors may claim (``claim_next``)."""
+    now = sa.bindparam("p_now", type_=jobs.c.match_deadline.type)
+    q = sa.select(jobs.c.id, jobs.c.spec, jobs.c.created_at, jobs.c.priority).where(
+        jobs.c.status == JobStatus.queued.value,
+        jobs.c.executor.in_(sa.bindparam("p_executors", expanding=True)),
+        sa.or_(jobs.c.match_deadline.is_(None), jobs.c.match_deadline >= now),
+        sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
+        jobs.c.hold.is_(None),
+    )
+    if after:
+        priority = sa.bindparam("p_priority", type_=jobs.c.priority.type)
+        created = sa.bindparam("p_created", type_=jobs.c.created_at.type)
+        last = sa.bindparam("p_after", type_=jobs.c.id.type)
+        q = q.where(
+            sa.or_(
+                jobs.c.priority < priority,
+                sa.and_(
+                    jobs.c.priority == priority,
+                    sa.tuple_(jobs.c.created_at, jobs.c.id) > sa.tuple_(created, last),
+                ),
+            )
+        )
+    order = (jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
+    return q.order_by(*order).limit(sa.bindparam("p_page", type_=sa.Integer()))
+
+
+_ACTIVE_COUNT = (
+    sa.select(sa.func.count())
+    .select_from(jobs)
+    .where(jobs.c.runner_id == sa.bindparam("p_runner"), _any_of(jobs.c.status, ACTIVE_STATUSES))
+)
+
+
+def _running_count(key: Any) -> Any:
+    """How many of ``key``'s jobs (a value or a bound parameter) are claimed or running."""
     running = jobs.alias("running_jobs")
     return (
         sa.select(sa.func.count())
         .select_from(running)
         .where(
             running.c.concurrency_key == key,
-            running.c.status.in_([s.value for s in ACTIVE_STATUSES]),
+            _any_of(running.c.status, ACTIVE_STATUSES),
         )
     )
 
 
-def _key_room(key: str) -> Any:
+def _key_room(key: Any) -> Any:
     """A condition: ``key`` has fewer running jobs than its limit (no limit: always)."""
     limit = (
         sa.select(concurrency_limits.c.max_running)
@@ -841,13 +1095,17 @@ def _lock_key(c: sa.Connection, key: str) -> None:
     that writes takes that lock before anything is read (a transaction that read first
     could not write later without failing on a stale snapshot)."""
     if c.dialect.name == "postgresql":
-        c.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"lb:key:{key}"))))
+        c.execute(_PG_KEY_LOCK, {"p_lock": f"lb:key:{key}"})
     else:
-        c.execute(
-            concurrency_limits.update()
-            .where(concurrency_limits.c.key == key)
-            .values(max_running=concurrency_limits.c.max_running)
-        )
+        c.execute(_SQLITE_KEY_LOCK, {"p_key": key})
+
+
+_PG_KEY_LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(sa.bindparam("p_lock"))))
+_SQLITE_KEY_LOCK = (
+    concurrency_limits.update()
+    .where(concurrency_limits.c.key == sa.bindparam("p_key"))
+    .values(max_running=concurrency_limits.c.max_running)
+)
 
 
 def _mark_dependencies(c: sa.Connection, deps: builtins.list[str]) -> str | None:

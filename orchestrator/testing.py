@@ -18,6 +18,7 @@ Nothing here touches the network or the disk (except the in-memory database).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import itertools
 import json
@@ -340,6 +341,12 @@ class _RecordingControl:
             self._owner.revoked.append(Revoke(task_id, terminate, signal))
 
 
+class _RecordingProducer:
+    @contextlib.contextmanager
+    def batch(self, max_size: int = 1000) -> Iterator[None]:
+        yield
+
+
 class RecordingCelery:
     """What the dispatcher asks of its Celery app, recorded. Set :attr:`down` to an
     exception to make every ``send_task`` raise it (a broker that is away)."""
@@ -364,6 +371,11 @@ class RecordingCelery:
             sent = SentTask(name, tuple(args or ()), dict(kwargs or {}), options)
             self.sent.append(sent)
             return sent
+
+    @contextlib.contextmanager
+    def producer_or_acquire(self, producer: Any = None) -> Iterator[Any]:
+        """A producer for several sends (a batch submit's); ``send_task`` records each."""
+        yield producer or _RecordingProducer()
 
     def sent_for(self, job_id: str) -> list[SentTask]:
         """The messages sent for ``job_id``, in order."""

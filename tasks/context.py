@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,6 +17,8 @@ from orchestrator.settings import Settings
 from orchestrator.store import JobStore
 from workers.channels.direct import DirectChannel
 from workers.launchers import LauncherSet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,7 +58,15 @@ class WorkerContext:
 
     def run(self, job_id: str, attempt: int | None) -> str:
         """Claim the attempt a message names and run it; the outcome, or why not."""
-        return self.channel.run(job_id, attempt, self.launchers)
+        try:
+            return self.channel.run(job_id, attempt, self.launchers)
+        finally:
+            # Nothing staged outlives the task (a prefork child may be recycled after it);
+            # a no-op without a round trip when every change was flushed already.
+            try:
+                self.events.flush()
+            except Exception:  # Redis down: the store holds the truth (logged as usual)
+                log.exception("job %s: events not published at the task's end", job_id)
 
     def meets(self, demands: dict[str, Any]) -> bool:
         """Whether this worker meets the demands a message carries (capabilities)."""

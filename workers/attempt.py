@@ -10,6 +10,7 @@ decision (``orchestrator/lifecycle.py``), not this module's.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -31,12 +32,80 @@ log = logging.getLogger(__name__)
 _LOG_BATCH = 2000
 _LOG_BATCH_BYTES = 1 << 20  # one report stays well under the API's agent body bound
 _MAX_BUFFERED = 50_000  # lines kept while the channel is unreachable; the oldest go first
-_ROOM_WAIT_S = 5.0  # a full buffer waits this long for the watcher before dropping lines
+_ROOM_WAIT_S = 5.0  # a full buffer waits this long for the sender before dropping lines
 _TIMEOUT_GRACE_S = 5.0
+_SENDERS = 4  # flushes in flight at once per process (attempts' output, to the channel)
+
+
+class _Sender:
+    """Sends the buffered logs and progress of every attempt this process runs, when there
+    is something to send: a quiet attempt costs no wake-up at all, a busy one at most one
+    flush per its channel's ``flush_s`` (so lines still travel in batches), and the first
+    report after a quiet spell goes out at once. One per process (:func:`_sender`), with
+    a thread per flush in flight up to ``_SENDERS`` (one slow report, an agent's HTTP call
+    say, does not hold up the other attempts'); idle threads wait without waking.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._due: dict[_Reporter, float] = {}  # reporter → when its flush may go
+        self._threads = 0
+        self._idle = 0
+
+    def wake(self, reporter: _Reporter, at: float) -> None:
+        with self._cv:
+            if reporter in self._due:
+                return
+            self._due[reporter] = at
+            if self._idle == 0 and self._threads < _SENDERS:
+                self._threads += 1
+                threading.Thread(target=self._loop, name="attempt-sender", daemon=True).start()
+            self._cv.notify()
+
+    def forget(self, reporter: _Reporter) -> None:
+        with self._cv:
+            self._due.pop(reporter, None)
+
+    def _next(self) -> _Reporter:
+        """The reporter whose flush is due first, once it is due (``_cv`` held)."""
+        self._idle += 1
+        try:
+            while True:
+                now = time.monotonic()
+                soonest = min(self._due, key=self._due.__getitem__, default=None)
+                if soonest is not None and self._due[soonest] <= now:
+                    del self._due[soonest]
+                    return soonest
+                self._cv.wait(None if soonest is None else self._due[soonest] - now)
+        finally:
+            self._idle -= 1
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                reporter = self._next()
+            try:
+                reporter._send()
+            except Exception:  # (the thread serves every attempt: it must outlive one)
+                log.exception("sending the output of job %s failed", reporter.attempt.job.id)
+
+
+_senders: tuple[int, _Sender] | None = None
+_senders_lock = threading.Lock()
+
+
+def _sender() -> _Sender:
+    """This process's sender (a forked child makes its own: threads do not survive fork)."""
+    global _senders
+    with _senders_lock:
+        if _senders is None or _senders[0] != os.getpid():
+            _senders = (os.getpid(), _Sender())
+        return _senders[1]
 
 
 class _Reporter:
-    """What the launcher reports (any thread); the attempt's watcher sends it on.
+    """What the launcher reports (any thread); the process's sender sends it on when there
+    is something to send (:class:`_Sender`), and the attempt flushes the rest at its end.
 
     Progress is coalesced (the latest report wins) but keeps its place in the log: it
     goes out after the lines printed before it and before the lines printed after it.
@@ -58,6 +127,12 @@ class _Reporter:
         # Lines are dropped only while the channel is unreachable or nobody sends them.
         self._room = threading.Condition(self._lock)
         self._stalled = False
+        # Set while the attempt's watcher runs: then each report wakes the sender, once
+        # until it is flushed (``_queued``).
+        self._sender: _Sender | None = None
+        self._queued = False
+        self._flushed_at = -1e9
+        self.flush_s: float = getattr(attempt.channel, "flush_s", 0.05)
 
     # the launcher's side (workers/launchers/base.py: Reporter)
 
@@ -73,10 +148,16 @@ class _Reporter:
             if excess > 0:
                 self._take(excess)
                 self.dropped += excess
+            sender = self._wake()
+        if sender is not None:
+            sender.wake(self, self._flushed_at + self.flush_s)
 
     def progress(self, percent: float, message: str = "") -> None:
         with self._lock:
             self._progress = (max(0.0, min(100.0, float(percent))), message[:2000], len(self.lines))
+            sender = self._wake()
+        if sender is not None:
+            sender.wake(self, self._flushed_at + self.flush_s)
 
     def result(self, value: Any) -> None:
         self.result_value, self.has_result = value, True
@@ -85,7 +166,51 @@ class _Reporter:
         with self._lock:
             self.steps = [s for s in self.steps if s.name != result.name] + [result]
 
-    # the watcher's side
+    # the sender's side
+
+    def _wake(self) -> _Sender | None:
+        """The sender to wake for a new report, if it is not woken already (lock held)."""
+        if self._sender is None or self._queued:
+            return None
+        self._queued = True
+        return self._sender
+
+    def _attach(self, sender: _Sender | None) -> None:
+        """Start (``sender``) or stop (``None``) waking ``sender`` for new reports."""
+        with self._lock:
+            old, self._sender = self._sender, sender
+            self._queued = False
+            pending = bool(self.lines or self._progress)
+        if old is not None and sender is None:
+            old.forget(self)
+        if sender is not None and pending:
+            with self._lock:
+                self._queued = True
+            sender.wake(self, self._flushed_at + self.flush_s)
+
+    def _send(self) -> None:
+        """The sender's flush: what cannot be sent now is tried again after ``flush_s``."""
+        with self._lock:
+            self._queued = False
+            if self._sender is None:  # the watcher is done: the attempt flushes the rest
+                return
+        attempt = self.attempt
+        if attempt.lost:
+            return
+        self._flushed_at = time.monotonic()
+        try:
+            self.flush()
+        except Lost:
+            attempt.lose()
+            attempt._stop_once()
+        except Exception:  # tried again below; a blip must not orphan the job's output
+            log.exception("sending the output of job %s failed", attempt.job.id)
+        with self._lock:
+            sender = self._wake() if (self.lines or self._progress) else None
+        if sender is not None:
+            sender.wake(self, time.monotonic() + self.flush_s)
+
+    # the flushing side (the sender, and the attempt at its end)
 
     def _take(self, n: int) -> LogBatch:
         """Remove the first ``n`` buffered lines (lock held), keeping progress in place."""
@@ -260,7 +385,10 @@ class Attempt:
             if self._handle is not None:
                 self._started_at = time.monotonic()
                 try:
-                    self.job = self.channel.started(self.job, self._handle)
+                    # A job its claim started (a built-in) is running already; its
+                    # handle goes into the run record with the end.
+                    if self.job.status != JobStatus.running:
+                        self.job = self.channel.started(self.job, self._handle)
                 except Lost:
                     self.lose()
                 except Unreachable as exc:  # it runs anyway; the end still counts
@@ -363,43 +491,63 @@ class Attempt:
         return None
 
     def _watch(self, reporter: _Reporter, done: threading.Event) -> None:
+        """Renew the lease, poll for a cancel or a drain, enforce the run-time limit; the
+        process's sender sends the output meanwhile. Wakes only when one of those is due
+        (not on a fixed tick): an idle running job costs about one wake-up per
+        ``cancel_poll_s``."""
         spec, ch = self.job.spec, self.channel
-        next_renew = time.monotonic() + ch.renew_s
-        next_cancel = 0.0
-        while not done.wait(ch.flush_s):
-            try:
-                if not self.lost:
-                    reporter.flush()
-                now = time.monotonic()
-                if now >= next_cancel:
-                    next_cancel = now + ch.cancel_poll_s
-                    if ch.cancel_requested(self.job):
-                        self.cancel()
-                    elif ch.hand_back_due(self.job):
-                        self.hand_back()
-                if now >= next_renew:
-                    next_renew = now + ch.renew_s
-                    renewal = ch.renew(self.job)
-                    if not renewal.held:
-                        self.lose()
-                    elif renewal.cancel:
-                        self.cancel()
+        # (Never more often than the channel's flush period, the old tick: a local check,
+        # as the agent's, gains nothing from more.)
+        poll_s = max(ch.cancel_poll_s, ch.flush_s)
+        now = time.monotonic()
+        next_renew = now + ch.renew_s
+        next_cancel = now + poll_s
+        reporter._attach(_sender())
+        try:
+            wait = poll_s
+            while not done.wait(wait):
+                try:
+                    now = time.monotonic()
+                    if now >= next_cancel:
+                        next_cancel = now + poll_s
+                        if ch.cancel_requested(self.job):
+                            self.cancel()
+                        elif ch.hand_back_due(self.job):
+                            self.hand_back()
+                    if now >= next_renew:
+                        next_renew = now + ch.renew_s
+                        renewal = ch.renew(self.job)
+                        if not renewal.held:
+                            self.lose()
+                        elif renewal.cancel:
+                            self.cancel()
+                    started = self._started_at
+                    if spec.timeout_s and started and now - started > spec.timeout_s:
+                        self._stop(Stop.timeout)
+                    self._stop_once()
+                except Lost:
+                    self.lose()
+                    self._stop_once()
+                except Exception:  # keep watching; a Redis or HTTP blip must not orphan the job
+                    log.exception("watcher error for job %s", self.job.id)
+                due = min(next_cancel, next_renew)
                 started = self._started_at
-                if spec.timeout_s and started and now - started > spec.timeout_s:
-                    self._stop(Stop.timeout)
-                if self.stop_reason is not None:
-                    grace = spec.grace_s
-                    if self.stop_reason == Stop.timeout:
-                        grace = min(grace, _TIMEOUT_GRACE_S)
-                    self._stop_once(grace)
-            except Lost:
-                self.lose()
-            except Exception:  # keep watching; a Redis or HTTP blip must not orphan the job
-                log.exception("watcher error for job %s", self.job.id)
+                if spec.timeout_s and started:
+                    due = min(due, started + spec.timeout_s + 0.001)
+                wait = max(0.0, due - time.monotonic())
+        finally:
+            reporter._attach(None)
 
-    def _stop_once(self, grace: float) -> None:
-        if self._handle is None or self._launcher is None:
+    def _stop_once(self, grace: float | None = None) -> None:
+        """Stop what was launched, once, if a stop was asked (``grace``: the spec's, or
+        at most ``_TIMEOUT_GRACE_S`` for the run-time limit)."""
+        reason = self.stop_reason
+        if reason is None or self._handle is None or self._launcher is None:
             return
+        if grace is None:
+            grace = self.job.spec.grace_s
+            if reason == Stop.timeout:
+                grace = min(grace, _TIMEOUT_GRACE_S)
         if not self._stopping.acquire(blocking=False):
             return
         threading.Thread(

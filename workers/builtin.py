@@ -12,9 +12,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 from orchestrator.job import utcnow
 from orchestrator.jobtypes import URL_FETCH_MAX_BYTES
@@ -115,6 +116,8 @@ async def _read_at_most(resp: httpx.Response, limit: int) -> int:
 
 
 def url_fetch(params: dict[str, Any], ctx: BuiltinContext) -> dict[str, Any]:
+    import httpx  # here, not at the top: only this job type needs it (worker memory)
+
     urls: list[str] = params["urls"]
     timeout = float(params.get("timeout") or 10)
     limit = int(params.get("max_bytes") or URL_FETCH_MAX_BYTES)

@@ -25,7 +25,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.bodies import StrictJSONRoute
 from api.fanout import Hub, Subscriber
-from api.routes.streams import HubEventSource, hub_of
+from api.routes.streams import hub_of
+from api.sse import HubEventSource
 from api.state import AppState
 from orchestrator.errors import ParamError
 from orchestrator.events import FIREHOSE_STREAM
@@ -110,6 +111,29 @@ class _Filter:
         return all(labels.get(k) == v for k, v in self.labels.items())
 
 
+class _Frames:
+    """Each firehose event's SSE frame, encoded once per process for all its clients
+    (keyed by its firehose id; the most recent few thousand kept)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._frames: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, gid: str, event: dict[str, Any]) -> bytes:
+        frame = self._frames.get(gid)
+        if frame is None:
+            body = json.dumps({k: event.get(k) for k in ("id", "job_id", "type", "ts", "data")})
+            frame = self._frames[gid] = (
+                f"id: {gid}\r\nevent: {event['type']}\r\ndata: {body}\r\n\r\n".encode()
+            )
+            if len(self._frames) > self.size:
+                self._frames.popitem(last=False)
+        return frame
+
+
+_FRAMES = _Frames()
+
+
 async def _follow(
     hub: Hub, sub: Subscriber, cursor: str, keep: _Filter, poll_s: float
 ) -> AsyncIterator[bytes]:
@@ -118,30 +142,42 @@ async def _follow(
         # The stream was trimmed past the client's cursor: say so, then go on.
         gap = json.dumps({"after": cursor, "oldest": first[0][0]})
         yield f"event: gap\r\ndata: {gap}\r\n\r\n".encode()
+    read, full, everything = True, False, keep.everything
+    msgs: list[dict[str, Any] | None] = []
     while True:
-        entries = await hub.redis.xrange(FIREHOSE_STREAM, min=f"({cursor}", max="+", count=_PAGE)
-        out = []
-        for gid, fields in entries:
-            cursor = gid
-            data = json.loads(fields["data"])
-            if not await keep.wants(fields["job_id"], fields["type"], data):
-                continue
-            body = json.dumps(
-                {
-                    "id": fields.get("id"),
-                    "job_id": fields["job_id"],
-                    "type": fields["type"],
-                    "ts": fields["ts"],
-                    "data": data,
-                }
+        out: list[bytes] = []
+        if not read:
+            # The messages, while each is the firehose entry right after the cursor (the
+            # hub's ``gprev``): then no client needs to read the stream.
+            for msg in msgs:
+                gid = msg.get("gid") if msg is not None else None
+                if msg is None or not isinstance(gid, str) or not _ID.fullmatch(gid):
+                    read = True  # a quiet poll or a resync: read from the cursor
+                    break
+                if msg.get("gprev") == cursor:
+                    cursor = gid
+                    if everything or await keep.wants(msg["job_id"], msg["type"], msg["data"]):
+                        out.append(_FRAMES.get(gid, msg))
+                elif _id_key(gid) > _id_key(cursor):
+                    read = True  # a gap, or a predecessor the hub does not know
+                    break
+                # (else it was read before its message came: sent already)
+        if read:
+            entries = await hub.redis.xrange(
+                FIREHOSE_STREAM, min=f"({cursor}", max="+", count=_PAGE
             )
-            out.append(f"id: {gid}\r\nevent: {fields['type']}\r\ndata: {body}\r\n\r\n")
+            for gid, fields in entries:
+                cursor = gid
+                event = {**fields, "data": json.loads(fields["data"])}
+                if await keep.wants(fields["job_id"], fields["type"], event["data"]):
+                    out.append(_FRAMES.get(gid, event))
+            full = len(entries) >= _PAGE
         if out:
-            yield "".join(out).encode()
-        if len(entries) >= _PAGE:
-            continue
-        await sub.next(poll_s)  # a wake-up, or a quiet poll; raises Dropped when too slow
-        sub.pending()
+            yield b"".join(out)
+        if read and full:
+            continue  # more are waiting: no need to wait for a wake-up
+        read = False
+        msgs = [await sub.next(poll_s), *sub.pending()]  # raises Dropped when too slow
 
 
 @router.get(
@@ -181,9 +217,11 @@ async def firehose(
     where = f" from {client.host}:{client.port}" if client else ""
     # Subscribe before reading the stream's end, so nothing published in between is missed.
     sub = hub.subscribe(None, logs=False, label=f"sse firehose{where}")
+    epoch = hub.epoch
     try:
+        last = await hub.redis.xrevrange(FIREHOSE_STREAM, count=1)
+        hub.seed(epoch, None, last[0][0] if last else None)  # (no read for the next event)
         if resume is None:
-            last = await hub.redis.xrevrange(FIREHOSE_STREAM, count=1)
             resume = last[0][0] if last else "0-0"
     except BaseException:
         hub.unsubscribe(sub)

@@ -1,11 +1,14 @@
-"""Jobs: submit, read, list, cancel."""
+"""Jobs: submit (one, or a batch), read, list, cancel. Each answer is serialized once,
+straight from the model (``response_model`` documents it)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response, status
-from pydantic import BaseModel
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import StrictJSONRoute
@@ -13,9 +16,18 @@ from api.deps import DispatcherDep, Offset, Store
 from api.errors import answers
 from api.routes.streams import hub_of
 from api.waiting import MAX_WAIT_S, wait_for_end
+from orchestrator.errors import ParamError
 from orchestrator.job import Job, JobSpec, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=StrictJSONRoute)
+
+MAX_BATCH = 500
+_JSON = "application/json"
+
+
+def _answer(job: Job, code: int = 200) -> Response:
+    """The job as JSON, serialized once (``response_model`` documents the same shape)."""
+    return Response(job.model_dump_json(), status_code=code, media_type=_JSON)
 
 
 class JobPage(BaseModel):
@@ -35,7 +47,6 @@ class JobPage(BaseModel):
 def create_job(
     spec: Annotated[JobSpec, Body()],
     dispatcher: DispatcherDep,
-    response: Response,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -47,14 +58,87 @@ def create_job(
         ),
     ] = None,
 ) -> Any:
+    code = status.HTTP_201_CREATED
     if idempotency_key is None:
         job = dispatcher.submit(spec)
     else:
         body = spec.model_dump(mode="json")
         job, created = dispatcher.flow.submit_idempotent(idempotency_key, body, spec)
         if not created:
-            response.status_code = status.HTTP_200_OK
-    return dispatcher.flow.with_waiting(job).public()
+            code = status.HTTP_200_OK
+    return _answer(dispatcher.flow.with_waiting(job), code)
+
+
+class JobBatch(BaseModel):
+    jobs: list[JobSpec] = Field(
+        min_length=1, max_length=MAX_BATCH, description=f"1 to {MAX_BATCH} job specs."
+    )
+
+
+class JobBatchAnswer(BaseModel):
+    jobs: list[Job] = Field(description="The jobs made, in the order of the specs.")
+
+
+class _BatchRoute(StrictJSONRoute):
+    """Names a refused spec by its place in the batch (``jobs[3].params.seconds``)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def named(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                raise RequestValidationError(
+                    [_in_batch(e) for e in exc.errors()], body=exc.body
+                ) from None
+
+        return named
+
+
+def _in_batch(err: Any) -> Any:
+    loc = tuple(err.get("loc", ()))
+    if loc[:2] != ("body", "jobs") or len(loc) < 3 or not isinstance(loc[2], int):
+        return err
+    at = f"jobs[{loc[2]}]"
+    err = {**err, "loc": ("body", at, *loc[3:])}
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, ParamError):  # (a job type's params check names its own field)
+        err["ctx"] = {**err["ctx"], "error": ParamError(f"{at}.{cause.field}", str(cause))}
+    return err
+
+
+def create_jobs(
+    batch: Annotated[JobBatch, Body()], dispatcher: DispatcherDep, request: Request
+) -> Any:
+    if "idempotency-key" in request.headers:
+        raise ParamError(
+            "Idempotency-Key",
+            "POST /jobs/batch takes no Idempotency-Key (submit one job per key with POST /jobs)",
+        )
+    jobs = dispatcher.submit_many(batch.jobs)
+    runners = dispatcher.live_runners.get()  # (read once for the whole batch)
+    answer = JobBatchAnswer.model_construct(
+        jobs=[dispatcher.flow.with_waiting(j, runners) for j in jobs]
+    )
+    return Response(answer.model_dump_json(), status_code=status.HTTP_201_CREATED, media_type=_JSON)
+
+
+router.add_api_route(
+    "/batch",
+    create_jobs,
+    methods=["POST"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobBatchAnswer,
+    operation_id="jobs-create-batch",
+    summary="Submit several jobs at once",
+    description=f"1 to {MAX_BATCH} specs (and at most LAUNCHBAY_MAX_BODY_BYTES), all "
+    "validated first: one refused spec is a 422 naming it (`jobs[3].params.seconds`) and no "
+    "job is made. The jobs are inserted in one transaction, their messages sent together, "
+    "and each gets its `created` event; the answer lists them in order. An "
+    "`Idempotency-Key` header is refused (422): use `POST /jobs` for keyed submits.",
+    route_class_override=_BatchRoute,
+)
 
 
 @router.get("", response_model=JobPage, operation_id="jobs-list", summary="List jobs")
@@ -66,8 +150,11 @@ def list_jobs(
     offset: Offset = 0,
 ) -> Any:
     items, total = store.list(statuses=[s.value for s in status_ or []], limit=limit, offset=offset)
-    items = [dispatcher.flow.with_waiting(j) for j in items]  # why each queued one waits
-    return {"items": [j.public() for j in items], "total": total, "limit": limit, "offset": offset}
+    queued = any(j.status == JobStatus.queued for j in items)
+    runners = dispatcher.live_runners.get() if queued else None  # (read once for the page)
+    items = [dispatcher.flow.with_waiting(j, runners) for j in items]  # why each queued one waits
+    page = JobPage.model_construct(items=items, total=total, limit=limit, offset=offset)
+    return Response(page.model_dump_json(), media_type=_JSON)
 
 
 @router.get(
@@ -90,13 +177,17 @@ async def get_job(
     ] = 0,
 ) -> Any:
     state = request.app.state.lb
-    if not wait:
-        job = await run_in_threadpool(state.store.get, job_id)
-    else:
-        job = await wait_for_end(state.store, hub_of(state), job_id, wait)
+    if not wait:  # (one thread hop: the read, and why a queued job waits)
+        return _answer(await run_in_threadpool(_read, state.store, state.dispatcher, job_id))
+    job = await wait_for_end(state.store, hub_of(state), job_id, wait)
     if job.status == JobStatus.queued:  # why it waits (orchestrator/flow.py)
         job = await run_in_threadpool(state.dispatcher.flow.with_waiting, job)
-    return job.public()
+    return _answer(job)
+
+
+def _read(store: Any, dispatcher: Any, job_id: str) -> Job:
+    job: Job = store.get(job_id)
+    return dispatcher.flow.with_waiting(job) if job.status == JobStatus.queued else job
 
 
 @router.post(
@@ -107,7 +198,7 @@ async def get_job(
     responses=answers(409),
 )
 def cancel_job(job_id: str, dispatcher: DispatcherDep) -> Any:
-    return dispatcher.cancel(job_id).public()
+    return _answer(dispatcher.cancel(job_id))
 
 
 @router.delete(
@@ -118,4 +209,4 @@ def cancel_job(job_id: str, dispatcher: DispatcherDep) -> Any:
     responses=answers(409),
 )
 def delete_job(job_id: str, dispatcher: DispatcherDep) -> Any:
-    return dispatcher.cancel(job_id).public()
+    return _answer(dispatcher.cancel(job_id))

@@ -222,7 +222,6 @@ async def poll(
                 await asyncio.wait_for(wake.wait(), timeout=pause)
 
 
-
 @router.post(
     "/jobs/{job_id}/started",
     response_model=Job,

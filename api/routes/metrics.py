@@ -1,6 +1,6 @@
 """``GET /metrics``: Prometheus exposition of the cluster's and this API process's numbers.
 
-Cluster-wide families (jobs, queues, workers) come from :mod:`orchestrator.metrics` and are
+Cluster-wide families (jobs, queues, workers) come from :mod:`orchestrator.metrics_scrape` and are
 the same from every API replica; this process's live clients, drops and event lag are its
 own (sum them over replicas). See the README's "Metrics" section.
 """
@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import needs
 from api.state import AppState
 from orchestrator.credentials import Scope
-from orchestrator.metrics import ClusterCollector
+from orchestrator.metrics_scrape import ClusterCollector
 
 router = APIRouter(tags=["meta"])
 

@@ -26,13 +26,13 @@ import anyio
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette.event import ServerSentEvent
-from sse_starlette.sse import EventSourceResponse, SendTimeoutError
+from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.types import Message, Receive, Scope, Send
 
 from api.bodies import StrictJSONRoute
-from api.fanout import Dropped, Hub, Subscriber
+from api.fanout import Hub, Subscriber, collect_less_often
 from api.follower import TERMINAL_EVENTS, Cursor, Item, JobFollower, parse_seq, resolve_log_since
+from api.sse import HubEventSource
 from api.state import AppState
 from orchestrator.events import parse_log_since
 from orchestrator.job import EventType, Job
@@ -54,7 +54,6 @@ SSE_NAMES: dict[str, str] = {
     EventType.cancelled: "cancelled",
     EventType.timed_out: "timed_out",
 }
-DROP_GRACE_S = 30.0  # how long a dropped client gets to take its final "error" event
 _LOG_PAGE_MAX = 10000
 
 
@@ -72,6 +71,7 @@ def setup(app: FastAPI) -> None:
         )
         state.extras["hub"] = hub
         await hub.start()
+        collect_less_often()
 
     async def stop_hub(app: FastAPI) -> None:
         hub = app.state.lb.extras.pop("hub", None)
@@ -98,57 +98,6 @@ def _label(request: Request, kind: str) -> str:
 # ---------------------------------------------------------------------- SSE plumbing
 
 
-class HubEventSource(EventSourceResponse):
-    """An SSE response tied to a hub subscriber.
-
-    When the hub drops the subscriber (too slow) the stream stops at once — even while it is
-    blocked writing to a client that does not read — and the client gets a last ``error``
-    event with the reason, if it takes it within ``DROP_GRACE_S``. A client whose socket
-    takes no data for the hub's ``send_timeout_s`` (LAUNCHBAY_STREAM_SEND_TIMEOUT_S) is
-    dropped then, with nothing more sent: it holds no task, queue or Redis read after that.
-    """
-
-    def __init__(
-        self, content: AsyncIterator[bytes], *, hub: Hub, sub: Subscriber, ping: float
-    ) -> None:
-        super().__init__(content, ping=ping, send_timeout=hub.send_timeout_s)
-        self.hub, self.sub = hub, sub
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        finished = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal finished
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                finished = True
-
-        try:
-            try:
-                async with anyio.create_task_group() as tg:
-
-                    async def on_drop() -> None:
-                        await self.sub.dropped.wait()
-                        tg.cancel_scope.cancel()
-
-                    tg.start_soon(on_drop)
-                    await super().__call__(scope, receive, tracking_send)
-                    tg.cancel_scope.cancel()
-            except* Dropped:
-                pass  # the generator saw the drop first; the farewell below says why
-            except* SendTimeoutError:
-                self.hub.drop(self.sub, self.hub.stuck_reason(), stuck=True)
-            if self.sub.reason is not None and not finished and not self.sub.stuck:
-                farewell = ServerSentEvent(
-                    json.dumps({"error": self.sub.reason}), event="error"
-                ).encode()
-                with anyio.move_on_after(DROP_GRACE_S):
-                    await send({"type": "http.response.body", "body": farewell, "more_body": True})
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            self.hub.unsubscribe(self.sub)
-
-
 def _frame(event: str, data: str, event_id: str) -> str:
     """One SSE event. ``data`` is JSON, which holds no line break (``json.dumps`` escapes
     them), so it is one ``data:`` line; ids are cursors or numbers, without line breaks."""
@@ -164,16 +113,48 @@ class _LineCache:
     def __init__(self, budget: int = 16 << 20) -> None:
         self.budget, self.size = budget, 0
         self._lines: OrderedDict[tuple[str, int | str], str] = OrderedDict()
+        self._frames: OrderedDict[tuple[str, ...] | tuple[str, int], bytes] = OrderedDict()
 
     def json(self, job_id: str, line: dict[str, Any]) -> str:
         return self._get((job_id, line["seq"]), line)
+
+    def log_frame(self, job_id: str, line: dict[str, Any]) -> bytes:
+        """A line's whole /logs/stream event (the same bytes for every client)."""
+        key = (job_id, line["seq"])
+        frame = self._frames.get(key)
+        if frame is None:
+            frame = self._keep(key, _frame("log", self.json(job_id, line), str(line["seq"])))
+        return frame
+
+    def item_frame(self, job_id: str, kind: str, payload: dict[str, Any], cursor: Cursor) -> bytes:
+        """An item's whole /events event. Its id is the client's cursor, the same for every
+        client that keeps up: made once for them all."""
+        at = cursor.encode()
+        # (The type too: an ended job's stream without its outcome gets one made up, with
+        # the last event's id.)
+        key = (job_id, kind, payload.get("type", ""), at)
+        frame = self._frames.get(key)
+        if frame is None:
+            if kind == "log":
+                text = _frame("log", self.json(job_id, payload), at)
+            else:
+                name = SSE_NAMES.get(payload["type"], "status")
+                text = _frame(name, self.event_json(job_id, payload), at)
+            frame = self._keep(key, text)
+        return frame
+
+    def _keep(self, key: tuple[str, ...] | tuple[str, int], text: str) -> bytes:
+        frame = self._frames[key] = text.encode()
+        while len(self._frames) > _FRAMES_KEPT:
+            self._frames.popitem(last=False)
+        return frame
 
     def event_json(self, job_id: str, event: dict[str, Any]) -> str:
         """An event's data, encoded once per process too (keyed by its stream id)."""
         eid = event.get("id")
         if not isinstance(eid, str):
             return json.dumps(event["data"], default=str)
-        return self._get((job_id, eid), event["data"])
+        return self._get((job_id, f"{eid} {event['type']}"), event["data"])  # (see item_frame)
 
     def _get(self, key: tuple[str, int | str], value: Any) -> str:
         text = self._lines.get(key)
@@ -185,6 +166,7 @@ class _LineCache:
         return text
 
 
+_FRAMES_KEPT = 4096
 _LINES = _LineCache()
 _SLICE = 256
 
@@ -199,16 +181,21 @@ async def _slices(batch: list[Item]) -> AsyncIterator[list[Item]]:
         yield batch[start : start + _SLICE]
 
 
+def _sliced(batch: list[Item]) -> AsyncIterator[list[Item]] | None:
+    """None when ``batch`` is one slice: the common case, without a generator per batch."""
+    return _slices(batch) if len(batch) > _SLICE else None
+
+
 def _encode(job_id: str, items: list[Item]) -> bytes:
     """One chunk for a batch of items: fewer, larger writes when lines come fast."""
-    out = []
-    for kind, payload, cursor in items:
-        if kind == "log":
-            out.append(_frame("log", _LINES.json(job_id, payload), cursor.encode()))
-        else:
-            name = SSE_NAMES.get(payload["type"], "status")
-            out.append(_frame(name, _LINES.event_json(job_id, payload), cursor.encode()))
-    return "".join(out).encode()
+    frame = _LINES.item_frame
+    return b"".join([frame(job_id, kind, payload, cursor) for kind, payload, cursor in items])
+
+
+def _encode_lines(job_id: str, items: list[Item]) -> bytes:
+    """/logs/stream's chunk: the frame of each line (id: its number) is the same for every
+    client, so it is made once per process and shared."""
+    return b"".join([_LINES.log_frame(job_id, payload) for _, payload, _ in items])
 
 
 async def open_job(state: AppState, job_id: str, label: str) -> tuple[Hub, Subscriber, str, Job]:
@@ -216,8 +203,11 @@ async def open_job(state: AppState, job_id: str, label: str) -> tuple[Hub, Subsc
     event that lands in between is seen (maybe twice as state), never missed."""
     hub = hub_of(state)
     sub = hub.subscribe(job_id, label=label)
+    epoch = hub.epoch
     try:
-        last = await hub.last_event_id(job_id) or "0-0"
+        last_id = await hub.last_event_id(job_id)
+        hub.seed(epoch, job_id, last_id)  # (the job's next event then needs no read)
+        last = last_id or "0-0"
         job = await run_in_threadpool(state.store.get, job_id)
     except BaseException:
         hub.unsubscribe(sub)
@@ -272,7 +262,11 @@ async def job_events(
         if head:
             yield head
         async for batch in follower.batches():
-            async for part in _slices(batch):
+            parts = _sliced(batch)
+            if parts is None:
+                yield _encode(job_id, batch)
+                continue
+            async for part in parts:
                 yield _encode(job_id, part)
 
     return HubEventSource(body(), hub=hub, sub=sub, ping=state.settings.sse_ping_s)
@@ -370,10 +364,12 @@ async def job_log_stream(
 
     async def body() -> AsyncIterator[bytes]:
         async for batch in follower.batches():
-            async for part in _slices(batch):
-                yield "".join(
-                    _frame("log", _LINES.json(job_id, p), str(c.log_seq)) for _, p, c in part
-                ).encode()
+            parts = _sliced(batch)
+            if parts is None:
+                yield _encode_lines(job_id, batch)
+                continue
+            async for part in parts:
+                yield _encode_lines(job_id, part)
 
     return HubEventSource(body(), hub=hub, sub=sub, ping=state.settings.sse_ping_s)
 

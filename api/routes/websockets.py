@@ -32,7 +32,8 @@ from api.errors import invalid
 from api.fanout import RESYNC, Dropped, Hub, Subscriber
 from api.follower import Cursor, JobFollower, resolve_log_since
 from api.routes.meta import stats_of
-from api.routes.streams import DROP_GRACE_S, hub_of, open_job
+from api.routes.streams import hub_of, open_job
+from api.sse import DROP_GRACE_S
 from api.state import AppState
 from orchestrator.credentials import Scope
 from orchestrator.errors import JobNotFound, LaunchbayError, ParamError

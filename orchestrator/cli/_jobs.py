@@ -198,6 +198,44 @@ def job_cancel(
         )
 
 
+@jobs_app.command("submit-batch")
+@handled
+def job_submit_batch(
+    ctx: typer.Context,
+    file: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE",
+            help="JSON or YAML list of job specs, {'jobs': [...]}, or JSON Lines; '-' is stdin.",
+        ),
+    ],
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the jobs as a JSON array.")
+    ] = False,
+    url: Url = None,
+    token: Token = None,
+) -> None:
+    """Submit up to 500 jobs in one request: all accepted, or none (the first refused spec
+    is named, e.g. jobs[3].params.seconds). Prints the new job ids, one per line, in order."""
+    from orchestrator.cli._specs import SpecInputError, load_batch_file
+
+    try:
+        specs = load_batch_file(file)
+    except SpecInputError as exc:
+        fail(str(exc), EXIT_USAGE)
+    with client_for(ctx, url, token) as client:
+        made = client.submit_batch(specs)
+    for i, job in enumerate(made):
+        for warning in job.warnings:
+            say(f"warning: jobs[{i}] ({job.id}): {warning}")
+    if json_out:
+        print_json(made)
+        return
+    sys.stdout.write("".join(f"{job.id}\n" for job in made))
+    sys.stdout.flush()
+    say(f"submitted {len(made)} job(s)")
+
+
 @jobs_app.command("artifacts")
 @handled
 def job_artifacts(

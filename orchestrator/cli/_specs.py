@@ -161,6 +161,71 @@ def load_spec_file(path: str) -> dict[str, Any]:
     return data
 
 
+MAX_BATCH = 500  # (POST /jobs/batch takes at most this many)
+
+
+def load_batch_file(path: str) -> list[dict[str, Any]]:
+    """Read job specs for one batch (``-`` reads stdin): a JSON or YAML list of specs, a
+    mapping ``{"jobs": [...]}``, or JSON Lines (one spec per line)."""
+    import sys
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecInputError(f"batch file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecInputError(f"cannot read batch file {path}: {exc}") from None
+    data = _batch_data(text, path)
+    if isinstance(data, dict) and "jobs" in data:
+        data = data["jobs"]
+    if not isinstance(data, list):
+        raise SpecInputError(
+            f"batch file {path} must hold a list of job specs (or {{'jobs': [...]}}), "
+            f"not {type(data).__name__}"
+        )
+    if not data:
+        raise SpecInputError(f"batch file {path} holds no job specs")
+    if len(data) > MAX_BATCH:
+        raise SpecInputError(
+            f"batch file {path} holds {len(data)} job specs; a batch takes at most {MAX_BATCH}"
+        )
+    for i, spec in enumerate(data):
+        if not isinstance(spec, dict):
+            raise SpecInputError(
+                f"batch file {path}: jobs[{i}] is a {type(spec).__name__}, not a job spec"
+            )
+    return data
+
+
+def _batch_data(text: str, path: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as first:
+        lines = [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+        if len(lines) > 1 and lines[0][1].lstrip().startswith("{"):  # JSON Lines
+            out = []
+            for n, line in lines:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise SpecInputError(
+                        f"batch file {path}: line {n} is not JSON: {exc.msg} at column {exc.colno}"
+                    ) from None
+            return out
+        if path.lower().endswith(".json"):
+            raise SpecInputError(
+                f"batch file {path} is not valid JSON: {first.msg} at line {first.lineno} "
+                f"column {first.colno}"
+            ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "cannot parse"
+        raise SpecInputError(f"batch file {path} is not valid YAML: {problem}{where}") from None
+
+
 def build_spec(
     args: Sequence[str],
     *,

@@ -10,13 +10,13 @@ from orchestrator.events import Events
 from orchestrator.job import EventType, Job, JobStatus, utcnow
 from orchestrator.metrics import (
     BUCKETS,
-    ClusterCollector,
     MemorySink,
     MetricsRecorder,
     bucket_index,
     increments,
     queue_keys,
 )
+from orchestrator.metrics_scrape import ClusterCollector
 from orchestrator.runners import RunnerInfo
 from orchestrator.store import JobStore
 from tests.support import Stack

@@ -25,6 +25,13 @@ from workers.launchers import LauncherSet
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Executors whose launch is in-process and immediate (a built-in job's launch hands a
+# function to a thread: it cannot fail for a transient reason, retry or wait), so the
+# claim starts them too: queued → running in one write. Process, docker and kubernetes
+# launches can fail and be retried, or take a while (a fork, an image pull, a pod), and
+# a job must not say it runs before it does: they keep claim → start.
+START_AT_ONCE = frozenset({"builtin"})
+
 _STORE_RETRY_S = (0.5, 1, 2, 5)
 _STORE_RETRY_FOR_S = 3600.0
 
@@ -53,8 +60,12 @@ def _until_stored(what: str, job: Job, fn: Callable[[], T]) -> T:
 
 
 class DirectChannel:
+    # Output goes out when there is some, at most once per flush_s per attempt (batches).
     flush_s = 0.05
-    cancel_poll_s = 0.2
+    # The one thing a quiet running attempt wakes for (one MGET: cancel flag and drain
+    # deadline); a cancel takes at most this long to start stopping the job. The lease
+    # renewal (every lease_s / 3) also says whether a cancel was asked.
+    cancel_poll_s = 1.0
 
     def __init__(self, dispatcher: Dispatcher, runner_id: str, artifacts: ArtifactStore) -> None:
         self.lifecycle = dispatcher.lifecycle
@@ -67,7 +78,7 @@ class DirectChannel:
 
     def run(self, job_id: str, attempt: int | None, launchers: LauncherSet) -> str:
         """Claim the attempt a Celery message names and run it; the outcome, or why not."""
-        job = self.lifecycle.claim(job_id, self.runner_id, attempt)
+        job = self.lifecycle.claim(job_id, self.runner_id, attempt, start_at_once=START_AT_ONCE)
         if job is None:
             return "skipped (not queued at this attempt, or claimed elsewhere)"
         return Attempt(self, launchers, self.lifecycle.settings, job).run()
@@ -147,7 +158,7 @@ class DirectChannel:
             return _until_stored(
                 "the end",
                 job,
-                lambda: self.lifecycle.end(job.id, self.runner_id, job.attempt, verdict),
+                lambda: self.lifecycle.end(job.id, self.runner_id, job.attempt, verdict, job),
             )
         except NotHeld:
             return None

@@ -1,0 +1,272 @@
+"""The fan-out's steady state: a live client costs a queue put and a write, no stream read.
+
+Seeded chains (the first event a client sees needs no read), the firehose taken from the
+messages, the subscriber's timed wait, the SSE response's HEAD answer and its stuck-client
+watchdog, and the streams bench's wire parsers (so the bench measures the API, not itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+
+from api.fanout import Subscriber
+from api.follower import Cursor, JobFollower
+from api.routes.firehose import _Filter, _follow
+from api.sse import HubEventSource
+from bench.wire import SSEClient, _resp_array
+from orchestrator.events import FIREHOSE_STREAM, Events
+from orchestrator.settings import Settings
+from tests.api.test_fanout import CountingHub, append, job_id, publish
+
+pytestmark = pytest.mark.anyio
+WAIT_S = 10
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def counting_hub(settings: Settings) -> AsyncIterator[CountingHub]:
+    h = CountingHub(
+        settings.effective_redis_url,
+        logs_dir=settings.logs_dir,
+        client_name=f"test-hub-{uuid.uuid4().hex[:8]}",
+        send_timeout_s=0.4,
+    )
+    await h.start()
+    yield h
+    await h.stop()
+
+
+async def test_a_seeded_chain_lets_a_jobs_first_events_skip_the_read(
+    counting_hub: CountingHub, events: Events
+) -> None:
+    hub, jid = counting_hub, job_id()
+    sub = hub.subscribe(jid)
+    epoch = hub.epoch
+    last = await hub.last_event_id(jid)  # a fresh job: no event yet
+    hub.seed(epoch, jid, last)
+    follower = JobFollower(hub, sub, jid, Cursor(), poll_s=30)
+    got: list[str] = []
+    seen = {1: anyio.Event(), 4: anyio.Event()}
+
+    async def follow() -> None:
+        async for batch in follower.batches():
+            got.extend(p.get("line") or p["type"] for _, p, _ in batch)
+            for n, ev in seen.items():
+                if len(got) >= n:
+                    ev.set()
+
+    with anyio.fail_after(WAIT_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            await anyio.wait_all_tasks_blocked()
+            assert hub.reads == ["events", "logs"]  # the first look, on connecting
+            del hub.reads[:]
+            await publish(events, jid, "started", {"status": "running"})  # the very first
+            await seen[1].wait()
+            await append(events, jid, ["one"])
+            await publish(events, jid, "progress", {"percent": 50})
+            await append(events, jid, ["two"])
+            await seen[4].wait()
+            assert hub.reads == []  # 1,000 clients of a new job: not 2,000 reads at once
+            await publish(events, jid, "succeeded", {"status": "succeeded"})
+    assert got == ["started", "one", "progress", "two", "succeeded"]
+
+
+async def test_a_seed_is_kept_only_while_nothing_newer_or_lost_is_known(
+    counting_hub: CountingHub, events: Events
+) -> None:
+    hub, jid = counting_hub, job_id()
+    sub = hub.subscribe(jid, logs=False)
+    first = await anyio.to_thread.run_sync(events.publish, jid, "progress", {"n": 0})
+    # A read that saw the event before its message reached the hub: the seed is that
+    # event, and its message, when it comes, is not taken as the next.
+    hub.seed(hub.epoch, jid, first["id"])
+    with anyio.fail_after(WAIT_S):
+        msg = await sub.next()
+    assert msg is not None and msg["id"] == first["id"] and msg["prev"] is None
+    second = await anyio.to_thread.run_sync(events.publish, jid, "progress", {"n": 1})
+    with anyio.fail_after(WAIT_S):
+        msg = await sub.next()
+    assert msg is not None and msg["id"] == second["id"] and msg["prev"] == first["id"]
+    # An older read, or one from before a resubscription, changes nothing.
+    hub.seed(hub.epoch, jid, first["id"])
+    hub.seed(hub.epoch - 1, job_id(), None)
+    third = await anyio.to_thread.run_sync(events.publish, jid, "progress", {"n": 2})
+    with anyio.fail_after(WAIT_S):
+        msg = await sub.next()
+    assert msg is not None and msg["id"] == third["id"] and msg["prev"] == second["id"]
+
+
+async def test_the_firehose_takes_chained_events_from_the_messages(
+    counting_hub: CountingHub, events: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub, jid = counting_hub, job_id()
+    reads: list[Any] = []
+    real_xrange = hub.redis.xrange
+
+    async def xrange(*args: Any, **kwargs: Any) -> Any:
+        reads.append(kwargs.get("min"))
+        return await real_xrange(*args, **kwargs)
+
+    monkeypatch.setattr(hub.redis, "xrange", xrange)
+    sub = hub.subscribe(None, logs=False, label="sse firehose")
+    epoch = hub.epoch
+    last = await hub.redis.xrevrange(FIREHOSE_STREAM, count=1)
+    hub.seed(epoch, None, last[0][0] if last else None)
+    cursor = last[0][0] if last else "0-0"
+    stream = _follow(hub, sub, cursor, _Filter(None, {}, set(), set()), poll_s=30)  # type: ignore[arg-type]
+    frames: list[dict[str, Any]] = []
+
+    async def take(n: int) -> None:
+        while sum(f["job_id"] == jid for f in frames) < n:
+            chunk = await stream.__anext__()
+            for block in chunk.decode().split("\r\n\r\n"):
+                data = [ln[6:] for ln in block.split("\r\n") if ln.startswith("data: ")]
+                if data and block.startswith("id: "):
+                    frames.append({"gid": block[4:].split("\r\n")[0], **json.loads(data[0])})
+
+    with anyio.fail_after(WAIT_S):
+        first = await anyio.to_thread.run_sync(events.publish, jid, "progress", {"n": 0})
+        await take(1)
+        reads_at_start = len(reads)  # the gap check and the first page
+        sent = [first["id"]]
+        for n in range(1, 5):
+            sent.append(
+                (await anyio.to_thread.run_sync(events.publish, jid, "progress", {"n": n}))["id"]
+            )
+        await take(5)
+    await stream.aclose()  # type: ignore[attr-defined]  # (an async generator)
+    mine = [f for f in frames if f["job_id"] == jid]
+    assert [f["id"] for f in mine] == sent
+    assert [f["data"]["n"] for f in mine] == [0, 1, 2, 3, 4]
+    assert len(reads) == reads_at_start  # no read per event, per client
+    gids = [f["gid"] for f in frames]
+    assert gids == sorted(gids, key=lambda g: tuple(map(int, g.split("-"))))
+
+
+async def test_the_timed_wait_ends_with_none_or_the_next_message() -> None:
+    sub = Subscriber("j", logs=True, size=10, label="t")
+    assert await sub.next(0.01) is None
+    assert await sub.next(0.01) is None  # (the one timer is re-armed)
+
+    async def later() -> None:
+        await anyio.wait_all_tasks_blocked()
+        sub.queue.put_nowait({"type": "progress", "n": 1})
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(later)
+        with anyio.fail_after(WAIT_S):
+            msg = await sub.next(60)
+    assert msg == {"type": "progress", "n": 1}
+
+
+async def _one_chunk() -> AsyncIterator[bytes]:
+    yield b"event: log\r\ndata: {}\r\n\r\n"
+    await anyio.sleep_forever()
+
+
+async def test_head_gets_the_sse_headers_and_no_stream(counting_hub: CountingHub) -> None:
+    sub = counting_hub.subscribe("j", label="sse test")
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        await anyio.sleep_forever()
+
+    resp = HubEventSource(_one_chunk(), hub=counting_hub, sub=sub, ping=60)
+    with anyio.fail_after(WAIT_S):
+        await resp({"type": "http", "method": "HEAD"}, receive, send)
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    headers = dict(sent[0]["headers"])
+    assert headers[b"content-type"].startswith(b"text/event-stream")
+    assert headers[b"cache-control"] == b"no-store"
+    assert sent[1]["body"] == b""
+    assert counting_hub.stats()["subscribers"] == 0
+
+
+async def test_a_write_that_never_completes_is_dropped_by_the_watchdog(
+    counting_hub: CountingHub,
+) -> None:
+    sub = counting_hub.subscribe("j", label="sse stuck")
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            await anyio.sleep_forever()  # the socket takes no data
+
+    async def receive() -> Any:
+        await anyio.sleep_forever()
+
+    resp = HubEventSource(_one_chunk(), hub=counting_hub, sub=sub, ping=60)
+    with anyio.fail_after(WAIT_S):
+        await resp({"type": "http", "method": "GET"}, receive, send)
+    assert sub.stuck and sub.reason is not None and "took no data" in sub.reason
+    assert len(sent) == 2  # the headers and the write that stuck: no farewell after it
+    assert counting_hub.stats()["subscribers"] == 0
+
+
+# ---------------------------------------------------------------------- bench/wire
+
+
+def test_the_bench_sse_client_parses_chunked_events_split_anywhere() -> None:
+    body = (
+        b"".join(
+            b"%x\r\n%s\r\n" % (len(c), c)
+            for c in (
+                b'id: 1\r\nevent: log\r\ndata: {"line": "1 5.0"}\r\n\r\n: ping\r\n\r\n',
+                b'id: 2\r\nevent: log\r\ndata: {"line": "2 6.0"}\r\n\r\nevent: com',
+                b"plete\r\ndata: {}\r\n\r\n",
+            )
+        )
+        + b"0\r\n\r\n"
+    )
+    wire = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n" + body
+
+    class Transport:
+        closed = False
+
+        def write(self, data: bytes) -> None:
+            pass
+
+        def close(self) -> None:
+            self.closed = True
+
+    async def run(step: int) -> list[tuple[str, str]]:
+        got: list[tuple[str, str]] = []
+        client = SSEClient("/x", lambda e, d: got.append((e, d)))
+        transport = Transport()
+        client.connection_made(transport)  # type: ignore[arg-type]
+        for at in range(0, len(wire), step):
+            client.data_received(wire[at : at + step])
+        assert transport.closed and await client.status == 200
+        return got
+
+    for step in (1, 7, len(wire)):
+        got = asyncio.run(run(step))
+        assert got == [
+            ("log", '{"line": "1 5.0"}'),
+            ("log", '{"line": "2 6.0"}'),
+            ("complete", "{}"),
+        ]
+
+
+def test_the_bench_pubsub_client_parses_resp_pushes() -> None:
+    msg = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
+    sub = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+    assert _resp_array(sub + msg, 0) == ([b"subscribe", b"ch", b"1"], len(sub))
+    assert _resp_array(sub + msg, len(sub)) == ([b"message", b"ch", b"hello"], len(sub + msg))
+    assert _resp_array(msg[:-3], 0) == (None, 0)  # not all here yet
