@@ -168,9 +168,15 @@ while i <= #ARGV do
   elseif op == 'l' then
     k = k + 1
     local seq, j = tonumber(ARGV[i + 3]), i + 5
+    -- A batch sent again after a call whose answer was lost (Redis stopped between
+    -- running it and replying) finds its lines there already: add only the missing ones.
+    local top, last = redis.call('XREVRANGE', KEYS[k], '+', '-', 'COUNT', 1), 0
+    if #top > 0 then last = tonumber(string.match(top[1][1], '^(%d+)')) end
     for _ = 1, tonumber(ARGV[i + 4]) do
-      redis.call('XADD', KEYS[k], string.format('%d-0', seq), 'ts', ARGV[i + 2],
-                 'stream', ARGV[j], 'step', ARGV[j + 1], 'line', ARGV[j + 2])
+      if seq > last then
+        redis.call('XADD', KEYS[k], string.format('%d-0', seq), 'ts', ARGV[i + 2],
+                   'stream', ARGV[j], 'step', ARGV[j + 1], 'line', ARGV[j + 2])
+      end
       seq, j = seq + 1, j + 3
     end
     redis.call('XTRIM', KEYS[k], 'MAXLEN', ARGV[i + 1])

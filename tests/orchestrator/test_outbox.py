@@ -187,6 +187,41 @@ def test_a_log_batch_carries_the_events_staged_before_it(
     assert [eid for eid, _ in live] == ["1-0", "2-0", "3-0"]
 
 
+def test_a_log_batch_sent_again_after_its_answer_was_lost_is_kept_once(
+    events: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis ran the call, then stopped before answering (a graceful shutdown does that):
+    # the runner keeps the batch and sends it again. No line twice, none refused, and the
+    # job's later lines still go in (a refused re-send used to lose every later line).
+    jid = "outbox-resent"
+    events.append_logs(jid, [("stdout", None, "one")])
+    real = events.r.evalsha
+    lost = [True]
+
+    def ran_then_lost(*args: Any, **kwargs: Any) -> Any:
+        answer = real(*args, **kwargs)
+        if lost:
+            lost.clear()
+            raise redis.ConnectionError("Connection closed by server.")
+        return answer
+
+    monkeypatch.setattr(events.r, "evalsha", ran_then_lost)
+    batch = [("stdout", None, "two"), ("stdout", None, "three")]
+    with pytest.raises(redis.ConnectionError):
+        events.append_logs(jid, batch)
+    assert events.append_logs(jid, batch) == 3  # sent again, as the runner does
+    assert events.append_logs(jid, [("stdout", None, "four")]) == 4
+    live = events.r.xrange(f"lb:job:{jid}:logs")
+    assert [(eid, f["line"]) for eid, f in live] == [
+        ("1-0", "one"),
+        ("2-0", "two"),
+        ("3-0", "three"),
+        ("4-0", "four"),
+    ]
+    stored = [json.loads(raw)["line"] for raw in events.log_path(jid).read_text().splitlines()]
+    assert stored == ["one", "two", "three", "four"]
+
+
 def test_a_script_flushed_from_redis_is_loaded_again(events: Events) -> None:
     events.r.script_flush()
     got = events.publish("outbox-noscript", "created", {"n": 1})
