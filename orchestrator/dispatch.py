@@ -99,15 +99,7 @@ class Dispatcher:
         try:
             self.send(job)
         except Exception as exc:
-            failed = self.store.transition(
-                job.id,
-                JobStatus.failed,
-                expect=[JobStatus.queued],
-                error=f"broker unavailable, job not enqueued: {exc}",
-            )
-            if failed:
-                self.announce(failed)
-            raise BrokerUnavailable(f"the broker cannot take jobs right now: {exc}") from exc
+            raise self._unsent([job], exc) from exc
         self.announce(job, EventType.created)
         job.warnings = self.live_runners.warnings(job.spec.executor, job.spec.demands)
         return job
@@ -142,16 +134,7 @@ class Dispatcher:
                         if job.hold != "deps":
                             self.send(job, producer=producer)
         except Exception as exc:
-            for job in jobs:
-                failed = self.store.transition(
-                    job.id,
-                    JobStatus.failed,
-                    expect=[JobStatus.queued],
-                    error=f"broker unavailable, job not enqueued: {exc}",
-                )
-                if failed:
-                    self.announce(failed)
-            raise BrokerUnavailable(f"the broker cannot take jobs right now: {exc}") from exc
+            raise self._unsent(jobs, exc) from exc
         out = []
         with self.listeners.together():  # (their events: one round trip)
             for job in jobs:
@@ -162,6 +145,20 @@ class Dispatcher:
                 job.warnings = self.live_runners.warnings(job.spec.executor, job.spec.demands)
                 out.append(job)
         return out
+
+    def _unsent(self, jobs: Sequence[Job], exc: Exception) -> BrokerUnavailable:
+        """Fail the still-queued ``jobs`` the broker did not take (a client told 503 must
+        not find them run later); the error to raise."""
+        for job in jobs:
+            failed = self.store.transition(
+                job.id,
+                JobStatus.failed,
+                expect=[JobStatus.queued],
+                error=f"broker unavailable, job not enqueued: {exc}",
+            )
+            if failed:
+                self.announce(failed)
+        return BrokerUnavailable(f"the broker cannot take jobs right now: {exc}")
 
     def send(self, job: Job, *, producer: Any = None) -> None:
         """Send the job's current attempt to its queue (through ``producer``, e.g. one in a
