@@ -30,7 +30,7 @@ from api.waker import Waker
 from orchestrator.artifacts import MAX_NAME, safe_name
 from orchestrator.errors import LaunchbayError
 from orchestrator.events import clip_line
-from orchestrator.job import Artifact, EventType, Job
+from orchestrator.job import STATUS_EVENTS, TERMINAL_STATUSES, Artifact, EventType, Job
 from orchestrator.protocol import (
     MAX_ATTEMPT,
     RUNNER_ID,
@@ -59,7 +59,17 @@ POLL_TIMEOUT_S = 30
 # Wake-ups come from lb:events; this bounded re-check covers a missed message or a
 # subscriber that is reconnecting.
 _FALLBACK_CHECK_S = 2.0
-_WAKE_TYPES = frozenset({EventType.created, EventType.requeued, EventType.resync})
+# A job's end wakes them too: the slot it frees may let a job held for its concurrency
+# key, its session's turn or its dependencies go (those are sent to Celery at once; an
+# agent parked here must get the same chance, not wait for its fallback check).
+_WAKE_TYPES = frozenset(
+    {
+        EventType.created,
+        EventType.requeued,
+        EventType.resync,
+        *(STATUS_EVENTS[s] for s in TERMINAL_STATUSES),
+    }
+)
 
 
 def setup(app: FastAPI) -> None:
