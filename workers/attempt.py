@@ -180,13 +180,11 @@ class _Reporter:
         with self._lock:
             old, self._sender = self._sender, sender
             self._queued = False
-            pending = bool(self.lines or self._progress)
+            due = self._wake() if (self.lines or self._progress) else None
         if old is not None and sender is None:
             old.forget(self)
-        if sender is not None and pending:
-            with self._lock:
-                self._queued = True
-            sender.wake(self, self._flushed_at + self.flush_s)
+        if due is not None:
+            due.wake(self, self._flushed_at + self.flush_s)
 
     def _send(self) -> None:
         """The sender's flush: what cannot be sent now is tried again after ``flush_s``."""
