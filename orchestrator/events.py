@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -228,6 +229,8 @@ class Outbox:
         self._keys: list[str] = []
         self._args: list[str | int | float] = []
         self._sent: list[_Sent] = []
+        self._soon = threading.Event()  # wakes the outbox's thread (:meth:`flush_soon`)
+        self._thread: tuple[int, threading.Thread] | None = None
 
     def event(self, job_id: str, type_: str, data: dict[str, Any]) -> tuple[str, _Sent]:
         """Stage one job event; its time stamp, and where its id will be."""
@@ -277,6 +280,30 @@ class Outbox:
             # once the lock is free.)
             for s, entry_id in zip(sent, ids, strict=False):
                 s.id = entry_id
+
+    def flush_soon(self) -> None:
+        """Have what is staged sent by this outbox's own thread, now, without waiting for
+        it: in order with every other flush (one call at a time, in staging order), so a
+        later :meth:`flush` or log batch still goes out after it. A failure is logged, as
+        a failed :meth:`flush`'s events are."""
+        with self._lock:
+            if not self._args:
+                return
+            pid = os.getpid()
+            if self._thread is None or self._thread[0] != pid:  # (threads die with a fork)
+                thread = threading.Thread(target=self._send_soon, name="outbox", daemon=True)
+                self._thread = (pid, thread)
+                thread.start()
+        self._soon.set()
+
+    def _send_soon(self) -> None:
+        while True:
+            self._soon.wait()
+            self._soon.clear()
+            try:
+                self.flush()
+            except Exception as exc:  # (flush logged the events it lost)
+                log.debug("outbox: a flush failed: %s", exc)
 
     def _call(self, keys: list[str], ops: list[str | int | float]) -> list[str]:
         client = self._client()
@@ -376,6 +403,11 @@ class Events:
         if self._outbox is not None:
             self._outbox.flush()
 
+    def flush_soon(self) -> None:
+        """Have what is staged sent without waiting for it (:meth:`Outbox.flush_soon`)."""
+        if self._outbox is not None:
+            self._outbox.flush_soon()
+
     def read_events(
         self, job_id: str, after: str | None = None, count: int = 1000
     ) -> list[dict[str, Any]]:
@@ -436,6 +468,12 @@ class Events:
                 f.write("\n".join(encoded) + "\n")
             self._seq[job_id] = seq
             return seq
+
+    def log_is_new(self, job_id: str) -> None:
+        """The job's log has no line yet (its first attempt was just claimed here; only an
+        attempt's runner writes its log): its first batch needs no look for where to go on."""
+        with self._lock:
+            self._seq.setdefault(job_id, 0)
 
     def forget(self, job_id: str) -> None:
         """Drop the cached sequence number once this process is done with a job."""

@@ -40,6 +40,11 @@ class Listener:
     def flush(self) -> None:
         """Every listener has seen the change(s): send what you staged for them."""
 
+    def flush_soon(self) -> None:
+        """As :meth:`flush`, but the caller need not wait for it: send it from your own
+        thread if you have one (in order with whatever is sent after it)."""
+        self.flush()
+
 
 class Listeners:
     """The registered listeners, called in order; never raises."""
@@ -63,21 +68,23 @@ class Listeners:
         self._flush()
 
     @contextlib.contextmanager
-    def together(self) -> Iterator[None]:
-        """Changes handed over inside (on this thread) are flushed once, at the end."""
+    def together(self, *, wait: bool = True) -> Iterator[None]:
+        """Changes handed over inside (on this thread) are flushed once, at the end; with
+        ``wait=False``, by the listeners' own threads (:meth:`Listener.flush_soon`), while
+        the caller goes on."""
         depth = getattr(self._held, "depth", 0)
         self._held.depth = depth + 1
         try:
             yield
         finally:
             self._held.depth = depth
-            self._flush()
+            self._flush(wait=wait)
 
-    def _flush(self) -> None:
+    def _flush(self, *, wait: bool = True) -> None:
         if getattr(self._held, "depth", 0):
             return
         for listener in self._all:
-            self._call(listener.flush)
+            self._call(listener.flush if wait else listener.flush_soon)
 
     @staticmethod
     def _call(fn: Any, *args: Any) -> None:
@@ -106,3 +113,6 @@ class EventPublisher(Listener):
 
     def flush(self) -> None:
         self.events.flush()
+
+    def flush_soon(self) -> None:
+        self.events.flush_soon()

@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.events import METRICS_KEY as METRICS_KEY  # (the hash; defined there)
-from orchestrator.events import outbox_of
+from orchestrator.events import Outbox, outbox_of
 from orchestrator.job import TERMINAL_STATUSES, EventType, Job, JobStatus
 from orchestrator.listeners import Listener
 
@@ -131,15 +131,15 @@ class MemorySink:
 class MetricsRecorder(Listener):
     """The metrics listener: a few counter increments per transition, nothing else."""
 
-    def __init__(self, sink: Sink, flush: Callable[[], None] | None = None) -> None:
+    def __init__(self, sink: Sink, outbox: Outbox | None = None) -> None:
         self.sink = sink
-        self._flush = flush
+        self._outbox = outbox  # (where the sink stages its increments, if anywhere)
 
     @classmethod
     def for_client(cls, client: Any) -> MetricsRecorder:
         """Into Redis when ``client`` is one; else into memory (the in-memory core)."""
         if hasattr(client, "pipeline"):
-            return cls(redis_sink(client), outbox_of(client).flush)
+            return cls(redis_sink(client), outbox_of(client))
         return cls(MemorySink())
 
     def transition(self, job: Job, event: EventType) -> None:
@@ -148,5 +148,9 @@ class MetricsRecorder(Listener):
             self.sink(fields)
 
     def flush(self) -> None:
-        if self._flush is not None:
-            self._flush()
+        if self._outbox is not None:
+            self._outbox.flush()
+
+    def flush_soon(self) -> None:
+        if self._outbox is not None:
+            self._outbox.flush_soon()

@@ -696,6 +696,19 @@ class JobStore:
             ),
         )
 
+    def rehearse_attempt_rows(self, runner_id: str, record: dict[str, Any]) -> None:
+        """Write an attempt row's claim and its end (with ``record``'s run-record fields)
+        for a job that does not exist, and roll both back: nothing changes, but a new
+        process has those statements compiled and cached before its first attempt (see
+        :meth:`Lifecycle.rehearse`)."""
+        end = self._end_attempt_row(0, AttemptOutcome.succeeded, record=record)
+        with self.engine.connect() as c:
+            try:
+                _claimed(c, _NO_ROW, runner_id, self.now())
+                end(c, _NO_ROW)
+            finally:
+                c.rollback()
+
     def requeue(
         self,
         job_id: str,
@@ -991,6 +1004,19 @@ def _active_update_stmt(keys: tuple[str, ...], by_runner: bool, cancel_flag: boo
 
 
 _INSERT_ATTEMPT = attempts.insert()
+
+
+class _NoRow:
+    """A claimed job's row for :meth:`JobStore.rehearse_attempt_rows` (no job has its id:
+    job ids are hex)."""
+
+    id = "-rehearsal-"
+    attempt = 1
+    status = "running"
+    session_id = None
+
+
+_NO_ROW: Any = _NoRow()
 
 
 def _claimed(c: sa.Connection, row: sa.Row[Any], runner_id: str, now: datetime) -> None:

@@ -236,6 +236,9 @@ class MemoryEvents(Events):
             self._changed.notify_all()
             return seq
 
+    def log_is_new(self, job_id: str) -> None:
+        """Nothing cached (see :meth:`forget`)."""
+
     def forget(self, job_id: str) -> None:
         """Nothing cached: the memory is the truth, as Redis is for the real one."""
 

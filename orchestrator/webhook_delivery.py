@@ -11,6 +11,11 @@ webhook and event: a re-read never sends twice) and then acknowledged; the send 
 small thread pool, retried with exponential backoff and jitter (tenacity) until a 2xx or
 ``webhook_max_tries``. Every try records the last response. A pending delivery whose
 sender died is taken again by the sweep (a compare-and-set on its last try time).
+
+While no webhook is active (the common case) the reader reads nothing: twice a second it
+looks whether the set changed and moves the group to the stream's end (:func:`skip_to_end`),
+so a webhook made later gets the events from about then (at most half a second before it
+was made), not a backlog of every event since the server started.
 """
 
 from __future__ import annotations
@@ -48,12 +53,38 @@ _BODY_KEPT = 2000  # characters of a receiver's answer kept in the delivery log
 _SWEEP_S = 15.0
 _STALE_S = 120.0  # a pending delivery untouched this long lost its sender
 _CLAIM_IDLE_MS = 60_000  # an unacknowledged entry this old lost its consumer
+_IDLE_S = 0.5  # with no active webhook: how often to look for one
 _UNREAD = object()
 HOOKS_VERSION = "lb:webhooks:version"  # bumped whenever a webhook is made or removed
+
+# KEYS[1] the firehose, KEYS[2] the hooks version; ARGV[1] the group, ARGV[2] the version
+# the caller saw ('' for none). The group skips to the stream's end only if the version is
+# still the one the caller saw: a process that has not yet noticed a new webhook must not
+# skip events that another process, which has, is to deliver.
+_SKIP_TO_END = """
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[2] then return 0 end
+redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], '$')
+return 1
+"""
 
 
 def hooks_changed(r: redis.Redis) -> None:
     r.incr(HOOKS_VERSION)
+
+
+def skip_to_end(r: redis.Redis, seen_version: str | bytes | None) -> bool:
+    """Move the group past every event in the firehose, unless the webhooks changed since
+    ``seen_version`` (the :data:`HOOKS_VERSION` read while none was active); whether it
+    moved. Raises the ``NOGROUP``/missing-key error when there is no group yet."""
+    script = r.register_script(_SKIP_TO_END)  # (hashed here; EVALSHA, loaded on a miss)
+    moved = script(keys=[FIREHOSE_STREAM, HOOKS_VERSION], args=[GROUP, seen_version or ""])
+    return bool(moved)
+
+
+def _no_group(exc: redis.ResponseError) -> bool:
+    """Whether ``exc`` says the stream or its group is missing (a flush, or never made)."""
+    text = str(exc)
+    return "NOGROUP" in text or "requires the key to exist" in text
 
 
 class _TryAgain(Exception):
@@ -111,25 +142,40 @@ class Deliverer:
 
     def _run(self) -> None:
         last_sweep = 0.0
+        fresh = False  # whether the last batch read the hook set, after its read
         while not self._stop.is_set():
             try:
                 if time.monotonic() - last_sweep > _SWEEP_S:
                     last_sweep = time.monotonic()
                     self._sweep()
-                got = self.r.xreadgroup(
-                    GROUP, self.consumer, {FIREHOSE_STREAM: ">"}, count=100, block=500
-                )
-                for _stream, entries in got or []:
-                    self._handle(entries)
+                hooks = self._hooks if fresh else self._active_hooks()
+                if hooks:
+                    fresh = self._read()
+                else:  # nobody to send to: read nothing, skip what went by
+                    fresh = False
+                    skip_to_end(self.r, self._hooks_version)
+                    self._stop.wait(_IDLE_S)
             except redis.ResponseError as exc:
-                if "NOGROUP" in str(exc):  # the stream was deleted (a flush): start again
+                fresh = False
+                if _no_group(exc):  # the stream was deleted (a flush): start again
                     ensure_group(self.r)
                 else:
                     log.exception("webhook reader failed; retrying")
                     self._stop.wait(1)
             except Exception:
+                fresh = False
                 log.exception("webhook reader failed; retrying")
                 self._stop.wait(1)
+
+    def _read(self) -> bool:
+        """Read and handle one batch; whether there was one (its handling read the hooks)."""
+        got = self.r.xreadgroup(GROUP, self.consumer, {FIREHOSE_STREAM: ">"}, count=100, block=500)
+        handled = False
+        for _stream, entries in got or []:
+            if entries:
+                self._handle(entries)
+                handled = True
+        return handled
 
     def _active_hooks(self) -> list[Webhook]:
         """The active webhooks, read from the store again only when the set changed (one

@@ -93,6 +93,7 @@ def _warm(**_: Any) -> None:
     """In each pool child as it starts: build this process's clients now."""
     from orchestrator.store import JobStore
     from tasks.context import worker_context
+    from workers.channels.direct import START_AT_ONCE
 
     try:
         ctx = worker_context()
@@ -101,18 +102,7 @@ def _warm(**_: Any) -> None:
         channel = ctx.channel  # (builds the dispatcher, events and artifacts with it)
         for executor in ctx.settings.worker_executors:
             ctx.launchers.get(executor)
-        _claim_nothing(channel)
+        channel.events.r.ping()  # (its connection, made now)
+        channel.lifecycle.rehearse(channel.runner_id, START_AT_ONCE)
     except Exception:  # built on the first job instead
         log.warning("could not warm this pool process", exc_info=True)
-
-
-def _claim_nothing(channel: Any) -> None:
-    """Claim a job that cannot exist, as a message would: it changes nothing, but the
-    claim's statements are compiled and cached now. Each child paid that on its first
-    job otherwise (10–20 ms of CPU): with 32 children taking their first jobs at once
-    on 2 cores, the first wave's claims waited 170–380 ms for each other's compiling."""
-    from workers.channels.direct import START_AT_ONCE
-
-    lifecycle = channel.lifecycle
-    for attempt in (1, None):  # (a message names its attempt; claim_next does not)
-        lifecycle.claim("-warm-up-", channel.runner_id, attempt, start_at_once=START_AT_ONCE)

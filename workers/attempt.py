@@ -234,7 +234,8 @@ class _Reporter:
         """Send buffered lines and the latest progress in order. What cannot be delivered
         now is kept for the next flush."""
         channel, job = self.attempt.channel, self.attempt.job
-        with self._flushing:
+        # (together: a progress report goes out with the lines after it, one delivery)
+        with self._flushing, channel.together():
             while True:
                 with self._lock:
                     upto = self._progress[2] if self._progress else len(self.lines)
@@ -398,14 +399,34 @@ class Attempt:
                 except Exception as exc:
                     log.exception("launcher %s failed following job %s", launcher.name, self.job.id)
                     outcome = Outcome(exit_code=None, error=f"{type(exc).__name__}: {exc}")
-        finally:
+        except BaseException:
             done.set()
             watcher.join(timeout=10)
-            if not self.lost:
-                try:
-                    reporter.flush()
-                except Lost:
-                    self.lose()
+            self._flush_last(reporter)
+            raise
+        done.set()
+        watcher.join(timeout=10)
+        # The last output and the end go out together where the channel can: the final
+        # progress report's event with the end's, in one delivery.
+        with self.channel.together():
+            self._flush_last(reporter)
+            return self._conclude(launcher, reporter, outcome, launch_error)
+
+    def _flush_last(self, reporter: _Reporter) -> None:
+        if not self.lost:
+            try:
+                reporter.flush()
+            except Lost:
+                self.lose()
+
+    def _conclude(
+        self,
+        launcher: Launcher,
+        reporter: _Reporter,
+        outcome: Outcome | None,
+        launch_error: RunnerLaunchError | None,
+    ) -> str:
+        """After the run: hand back, or keep artifacts, clean up and end the attempt."""
         if self.lost:
             self._cleanup(launcher, "lost")
             return "lost"

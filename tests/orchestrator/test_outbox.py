@@ -132,6 +132,35 @@ def test_changes_handed_over_together_are_one_call_in_order(
     assert [m["id"] for m in got] == [e["id"] for e in events.read_events(jid)]
 
 
+def test_changes_handed_over_without_waiting_go_out_from_the_outbox_thread_in_order(
+    events: Events, pubsub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``together(wait=False)``: the caller sends nothing itself (the outbox's thread does),
+    and what the caller flushes next still goes out after it."""
+    listeners = Listeners([EventPublisher(events), MetricsRecorder.for_client(events.r)])
+    jid = "outbox-soon"
+    callers: list[str] = []
+    real = events.r.execute_command
+
+    def counted(*args: Any, **options: Any) -> Any:
+        callers.append(threading.current_thread().name)
+        return real(*args, **options)
+
+    events.r.script_load(_SEND_LUA)
+    monkeypatch.setattr(events.r, "execute_command", counted)
+    with listeners.together(wait=False):
+        listeners.transition(_job(jid, "claimed"))
+        listeners.transition(_job(jid, "running"))
+    assert [m["type"] for m in _messages(pubsub, 2)] == ["claimed", "started"]
+    assert callers == ["outbox"]  # (one call, and not this thread's)
+    with listeners.together(wait=False):
+        listeners.transition(_job(jid, "succeeded"))
+    listeners.progress(jid, 1, 100.0, "after")  # (this thread's flush: after the one before)
+    assert [m["type"] for m in _messages(pubsub, 2)] == ["succeeded", "progress"]
+    want = ["claimed", "started", "succeeded", "progress"]
+    assert [e["type"] for e in events.read_events(jid)] == want
+
+
 def test_what_threads_stage_while_a_call_is_in_flight_keeps_each_jobs_order(
     events: Events, pubsub: Any
 ) -> None:

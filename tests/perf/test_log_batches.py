@@ -5,6 +5,7 @@ takes them, and still drops the oldest (saying so) while the channel is unreacha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -72,6 +73,25 @@ def test_batches_keep_every_line_in_order_with_exact_numbers(events: Events) -> 
         events.purge(job)
 
 
+def test_a_new_log_starts_at_line_1_without_looking_where_it_ended(
+    events: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first attempt's log (DirectChannel marks it new as it claims) costs its first
+    batch no read; the numbers are the same as after a look."""
+    job = f"perf-{uuid.uuid4().hex[:8]}"
+    events.log_is_new(job)
+
+    def no_look(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("looked where the log ended")
+
+    monkeypatch.setattr(events.r, "xrevrange", no_look)
+    assert events.append_logs(job, [("stdout", None, "a"), ("stdout", None, "b")]) == 2
+    assert events.append_logs(job, [("stderr", None, "c")]) == 3
+    monkeypatch.undo()
+    assert [eid for eid, _ in events.r.xrange(job_logs_key(job))] == ["1-0", "2-0", "3-0"]
+    events.purge(job)
+
+
 class _Channel:
     def __init__(self, *, reachable: bool = True) -> None:
         self.reachable = reachable
@@ -84,6 +104,9 @@ class _Channel:
 
     def progress(self, _job: Any, _percent: float, _message: str) -> None:
         pass
+
+    def together(self) -> Any:
+        return contextlib.nullcontext()
 
 
 def _reporter(channel: _Channel) -> Any:

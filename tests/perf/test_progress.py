@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from orchestrator.job import EventType, Job, JobStatus
+from orchestrator.lifecycle import NotHeld
 from orchestrator.listeners import Listener
 from orchestrator.progress import ProgressGate
 from orchestrator.protocol import Verdict
@@ -73,7 +74,7 @@ def _count_progress_writes(core: MemoryCore) -> list[int]:
     return writes
 
 
-def test_every_report_is_an_event_but_the_store_gets_the_first(
+def test_every_report_is_an_event_but_the_store_waits_out_the_interval(
     core: MemoryCore, seen: Progress
 ) -> None:
     job = _running(core)
@@ -81,8 +82,8 @@ def test_every_report_is_an_event_but_the_store_gets_the_first(
     for i in range(1, 51):
         core.lifecycle.progress(job.id, A, 1, i, f"step {i}")
     assert seen.seen == [(float(i), f"step {i}") for i in range(1, 51)]
-    assert writes[0] == 1
-    assert _stored(core, job.id) == (1, "step 1")
+    assert writes[0] == 0
+    assert _stored(core, job.id) == (0, "")
 
 
 def test_the_held_back_report_is_stored_with_the_renewal(core: MemoryCore) -> None:
@@ -90,9 +91,22 @@ def test_the_held_back_report_is_stored_with_the_renewal(core: MemoryCore) -> No
     core.lifecycle.progress(job.id, A, 1, 10, "ten")
     core.lifecycle.progress(job.id, A, 1, 20, "twenty")
     core.lifecycle.progress(job.id, A, 1, 30, "thirty")
-    assert _stored(core, job.id) == (10, "ten")
+    assert _stored(core, job.id) == (0, "")
     assert core.lifecycle.renew(job.id, A, 1).held
     assert _stored(core, job.id) == (30, "thirty")
+
+
+def test_a_short_job_stores_its_progress_once_with_its_end(
+    core: MemoryCore, seen: Progress
+) -> None:
+    job = _running(core)
+    writes = _count_progress_writes(core)
+    core.lifecycle.progress(job.id, A, 1, 0, "starting")
+    core.lifecycle.progress(job.id, A, 1, 40, "almost")
+    done = core.lifecycle.end(job.id, A, 1, Verdict(status=JobStatus.failed, error="no"))
+    assert writes[0] == 0  # (the end wrote it)
+    assert done.progress.percent == 40 and done.progress.message == "almost"
+    assert seen.seen == [(0.0, "starting"), (40.0, "almost")]
 
 
 def test_the_held_back_report_is_stored_with_the_end(core: MemoryCore) -> None:
@@ -110,19 +124,22 @@ def test_gate_admits_again_once_the_interval_passed() -> None:
     clock = Clock()
     gate = ProgressGate(2.0, clock=clock)
     key = ("j", 1)
-    assert gate.admit(key, 1, "a")
+    assert not gate.admit(key, 1, "a")  # (the first report opens the first interval)
     assert not gate.admit(key, 2, "b")
     clock.now += 1.9
     assert not gate.admit(key, 3, "c")
     clock.now += 0.2
     assert gate.admit(key, 4, "d")
+    assert not gate.admit(key, 5, "e")
+    clock.now += 2.0
+    assert gate.admit(key, 6, "f")
     assert gate.take(key) is None  # (written: nothing pending)
     assert gate.settle(key) == {}
 
 
 def test_gate_keeps_the_latest_pending_report_per_attempt() -> None:
     gate = ProgressGate(60.0, clock=Clock())
-    assert gate.admit(("j", 1), 1, "a") and gate.admit(("j", 2), 1, "a")
+    assert not gate.admit(("j", 1), 1, "a")
     assert not gate.admit(("j", 1), 5, "five")
     assert not gate.admit(("j", 1), 6, "six")
     assert gate.settle(("j", 2)) == {}
@@ -133,3 +150,26 @@ def test_gate_keeps_the_latest_pending_report_per_attempt() -> None:
 def test_zero_interval_writes_every_report() -> None:
     gate = ProgressGate(0.0, clock=Clock())
     assert all(gate.admit(("j", 1), i, "") for i in range(10))
+
+
+def test_reports_of_an_attempt_claimed_here_cost_the_store_nothing(core: MemoryCore) -> None:
+    """The claim vouches for its runner: its reports (held back) read and write nothing;
+    another runner's report still costs one read, and is refused."""
+    job = _running(core)
+    calls: list[str] = []
+    for name in ("get", "find", "set_progress"):
+        real = getattr(core.store, name)
+
+        def counting(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        setattr(core.store, name, counting)
+    for i in range(5):
+        core.lifecycle.progress(job.id, A, 1, i, "")
+    assert calls == []
+    with pytest.raises(NotHeld):
+        core.lifecycle.progress(job.id, "runner-bbbbbbbbbbbb", 1, 9, "not mine")
+    assert calls and "set_progress" not in calls
+    assert core.lifecycle.renew(job.id, A, 1).held
+    assert _stored(core, job.id) == (4, "")  # (not the refused report)

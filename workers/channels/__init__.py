@@ -8,6 +8,7 @@ attempts lives in a channel.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
 
@@ -35,6 +36,10 @@ class Channel(Protocol):
     def started(self, job: Job, handle: str | None = None) -> Job:
         """claimed → running; ``handle`` is what was launched (run record). Raises
         :class:`Lost`."""
+
+    def together(self) -> AbstractContextManager[None]:
+        """Reports made inside (on this thread) may go out as one delivery, at the latest
+        when it ends: a progress report and the log lines after it, say."""
 
     def logs(self, job: Job, lines: LogBatch) -> None:
         """Append log lines. Raises :class:`Unreachable` (keep them) or :class:`Lost`."""

@@ -6,6 +6,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TypeVar
 
@@ -78,9 +79,16 @@ class DirectChannel:
 
     def run(self, job_id: str, attempt: int | None, launchers: LauncherSet) -> str:
         """Claim the attempt a Celery message names and run it; the outcome, or why not."""
-        job = self.lifecycle.claim(job_id, self.runner_id, attempt, start_at_once=START_AT_ONCE)
+        # The claim's announcements go out from the outbox's thread while the job starts:
+        # under load, waiting for that round trip delayed every job's start by one wait
+        # for the CPU (10-40 ms with 32 slots on 2 cores). Whatever the attempt sends next
+        # goes out after them, in order.
+        with self.lifecycle.listeners.together(wait=False):
+            job = self.lifecycle.claim(job_id, self.runner_id, attempt, start_at_once=START_AT_ONCE)
         if job is None:
             return "skipped (not queued at this attempt, or claimed elsewhere)"
+        if job.attempt == 1:  # (each claim is of a new attempt: nobody wrote its log yet)
+            self.events.log_is_new(job.id)
         return Attempt(self, launchers, self.lifecycle.settings, job).run()
 
     def started(self, job: Job, handle: str | None = None) -> Job:
@@ -90,6 +98,11 @@ class DirectChannel:
             raise Lost(str(exc)) from exc
         except STORE_DOWN as exc:
             raise Unreachable(str(exc)) from exc
+
+    def together(self) -> AbstractContextManager[None]:
+        # The events staged inside go out with the next log batch (the same script call),
+        # else in one call as it ends.
+        return self.lifecycle.listeners.together()
 
     def logs(self, job: Job, lines: LogBatch) -> None:
         try:

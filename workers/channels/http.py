@@ -8,10 +8,12 @@ longer held — is kept here, so ``renew`` and ``cancel_requested`` cost no requ
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +141,9 @@ class HttpChannel:
             headers={"content-type": "application/octet-stream"},
             timeout=300,
         )
+
+    def together(self) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()  # (each report is its own request)
 
     def finish(self, job: Job, verdict: Verdict) -> Job | None:
         body = EndIn(**self._claim(job).model_dump(), **verdict.model_dump())
