@@ -6,8 +6,9 @@ machinery and the launchers, checking the schema, opening its store and Redis cl
 second for nothing, and every added worker added that cost again). Now the schema is
 checked once per worker (in a short-lived process, so the migration machinery stays out
 of the worker's memory), the launchers are imported *before* the pool forks (shared
-pages, not copies), and each child builds its clients as it starts, not as its first job
-arrives.
+pages, not copies), and each child builds and connects its clients as it starts, and
+rehearses a claim and an end on a job that does not exist (``Lifecycle.rehearse``: their
+statements compiled and cached, nothing changed), not as its first job arrives.
 
 Memory: what every child needs (the launchers, the database's dialect and driver) is
 imported here before the fork, so the children share those pages instead of each holding a
