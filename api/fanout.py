@@ -481,6 +481,28 @@ class Hub:
         )
         return [decode_event(job_id, eid, f) for eid, f in entries]
 
+    async def read_both(
+        self, job_id: str, after: str, since: int, count: int = 1000, limit: int = 1000
+    ) -> tuple[list[dict[str, Any]], list[LogLine]]:
+        """:meth:`read_events` and :meth:`read_logs` as one snapshot (MULTI/EXEC): an event
+        and the lines written with it (one script call writes both) are both in it or both
+        not. Two reads let such a call land between them, and a follower then had the lines
+        without the event written before them, and sent them out of order."""
+        ekey, lkey = job_events_key(job_id), job_logs_key(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xrange(ekey, min=f"({after}", max="+", count=count)
+            pipe.xrange(lkey, min=f"({since}-0", max="+", count=limit)
+            pipe.exists(lkey)
+            events, entries, buffered = await pipe.execute()
+        evs = [decode_event(job_id, eid, f) for eid, f in events]
+        if entries and int(entries[0][0].split("-", 1)[0]) == since + 1:
+            return evs, [decode_log(eid, f) for eid, f in entries]
+        if not entries and buffered:
+            return evs, []
+        # The live buffer rolled past ``since`` (or is gone): the older lines are in the
+        # whole-log file, which only ever grows at its end.
+        return evs, await self._read_log_file(job_id, since, limit)
+
     async def first_buffered_seq(self, job_id: str) -> int | None:
         first = await self.redis.xrange(job_logs_key(job_id), count=1)
         return int(first[0][0].split("-", 1)[0]) if first else None
@@ -522,6 +544,9 @@ class Hub:
                 return [decode_log(eid, f) for eid, f in entries]
         elif await self.redis.exists(key):
             return []
+        return await self._read_log_file(job_id, since, limit)
+
+    async def _read_log_file(self, job_id: str, since: int, limit: int) -> list[LogLine]:
         path = self.logs_dir / f"{job_id}.jsonl"
         return await anyio.to_thread.run_sync(_read_log_file, path, since, limit)
 

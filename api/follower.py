@@ -121,16 +121,22 @@ class JobFollower:
         hint: list[LogLine] = []
         published: list[dict[str, Any]] = []
         while True:
-            evs = (
-                await self.hub.read_events(self.job_id, self.cursor.event_id)
-                if read_events
-                else published
-            )
+            self._full_read = False
+            logs: list[LogLine] | None = None
+            if read_events and read_logs:  # (one snapshot of both: see Hub.read_both)
+                evs, logs = await self.hub.read_both(
+                    self.job_id, self.cursor.event_id, self.cursor.log_seq, limit=self.page
+                )
+                self._full_read = len(logs) >= self.page  # a full page: there may be more
+            elif read_events:
+                evs = await self.hub.read_events(self.job_id, self.cursor.event_id)
+            else:
+                evs = published
             terminal = next((e for e in evs if e["type"] in TERMINAL_EVENTS), None)
             if terminal is not None:
                 evs = evs[: evs.index(terminal)]
-            self._full_read = False
-            logs = await self._logs(hint) if read_logs or hint else []
+            if logs is None:
+                logs = await self._logs(hint) if read_logs or hint else []
             batch = self._merge(logs, evs)
             if batch:
                 yield batch

@@ -23,10 +23,10 @@ _WAKE = TERMINAL_EVENTS | {EventType.resync}
 
 
 async def wait_for_end(store: JobStore, hub: Hub, job_id: str, wait_s: float) -> Job:
-    """The job once it has ended, or as it stands after ``wait_s`` seconds."""
-    job = await run_in_threadpool(store.get, job_id)  # (an unknown id answers 404 at once)
-    if job.ended or wait_s <= 0:
-        return job
+    """The job once it has ended, or as it stands after ``wait_s`` seconds (an unknown id
+    raises JobNotFound at once: the first read)."""
+    if wait_s <= 0:
+        return await run_in_threadpool(store.get, job_id)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:

@@ -124,8 +124,8 @@ class Lifecycle:
 
     def rehearse(self, runner_id: str, start_at_once: frozenset[str]) -> None:
         """Claim and end an attempt of a job that does not exist, as a runner would: nothing
-        changes and nothing is announced, but the statements of a claim and of an end
-        (with and without a held-back progress report) are compiled and cached now. A new
+        changes and nothing is announced, but the statements of a claim, a progress write
+        and an end (with and without a held-back report) are compiled and cached now. A new
         worker process runs this as it starts: otherwise each one compiled them during its
         first job (5-10 ms of CPU), so a burst of jobs on fresh workers (32 slots at once
         on 2 cores) waited for each other's compiling."""
@@ -140,8 +140,10 @@ class Lifecycle:
             handle="-",
             cleanup="removed",
         )
+        self.store.set_progress(job_id, 1, 0.0, "", runner_id=runner_id)
         for held_back in (True, False):
-            if held_back:
+            if held_back:  # (the first report is written at once, the next held back)
+                self._progress.admit((job_id, 1), 0, "")
                 self._progress.admit((job_id, 1), 0, "")
             with contextlib.suppress(JobNotFound):  # (as it does not exist)
                 self.end(job_id, runner_id, 1, verdict)

@@ -1,16 +1,12 @@
 """How often one process writes an attempt's progress to the store.
 
 Every report still goes out at once as an event (live clients see each one); the store,
-which every reader of ``GET /jobs/{id}`` shares, gets at most one write per ``every_s``
-per attempt, counted from the attempt's first report: the reports of its first
-``every_s`` are held back, and the latest one held back (the latest wins) is written by
-the first report after the interval, else with the attempt's next lease renewal or its
-end. So the stored progress lags by at most ``max(every_s, lease_s / 3)``, the end always
-stores the last one, and a short job (a built-in that reports as it starts, then ends
-within ``every_s``) writes its progress once, with its end, instead of once as it starts
-and again as it ends: a burst of jobs starting together (32 slots at once) does not add a
-store write per job to the burst. Many jobs reporting every second cost the store a
-bounded rate of writes per job instead of one write per report.
+which every reader of ``GET /jobs/{id}`` shares, gets the first report of an attempt at
+once and then at most one write per ``every_s``. The latest report held back meanwhile
+(the latest wins) is written with the attempt's next lease renewal or with its end, so
+the stored progress lags by at most ``max(every_s, lease_s / 3)`` and the end always
+stores the last one. Many jobs reporting every second then cost the store a bounded
+rate of writes per job instead of one write per report.
 """
 
 from __future__ import annotations
@@ -52,11 +48,9 @@ class ProgressGate:
         now = self._clock()
         with self._lock:
             last = self._written_at.get(key)
-            if last is None:  # the attempt's first report opens its first interval
-                if len(self._written_at) >= _PRUNE_AT:
-                    self._prune(now)
-                last = self._written_at[key] = now
-            if now - last < self.every_s:
+            if last is None and len(self._written_at) >= _PRUNE_AT:
+                self._prune(now)
+            if last is not None and now - last < self.every_s:
                 self._pending[key] = (percent, message)
                 return False
             self._written_at[key] = now

@@ -70,7 +70,7 @@ async def test_a_seeded_chain_lets_a_jobs_first_events_skip_the_read(
         async with anyio.create_task_group() as tg:
             tg.start_soon(follow)
             await anyio.wait_all_tasks_blocked()
-            assert hub.reads == ["events", "logs"]  # the first look, on connecting
+            assert hub.reads == ["events+logs"]  # the first look, on connecting
             del hub.reads[:]
             await publish(events, jid, "started", {"status": "running"})  # the very first
             await seen[1].wait()

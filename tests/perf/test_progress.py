@@ -74,7 +74,7 @@ def _count_progress_writes(core: MemoryCore) -> list[int]:
     return writes
 
 
-def test_every_report_is_an_event_but_the_store_waits_out_the_interval(
+def test_every_report_is_an_event_but_the_store_gets_the_first(
     core: MemoryCore, seen: Progress
 ) -> None:
     job = _running(core)
@@ -82,8 +82,8 @@ def test_every_report_is_an_event_but_the_store_waits_out_the_interval(
     for i in range(1, 51):
         core.lifecycle.progress(job.id, A, 1, i, f"step {i}")
     assert seen.seen == [(float(i), f"step {i}") for i in range(1, 51)]
-    assert writes[0] == 0
-    assert _stored(core, job.id) == (0, "")
+    assert writes[0] == 1
+    assert _stored(core, job.id) == (1, "step 1")
 
 
 def test_the_held_back_report_is_stored_with_the_renewal(core: MemoryCore) -> None:
@@ -91,22 +91,9 @@ def test_the_held_back_report_is_stored_with_the_renewal(core: MemoryCore) -> No
     core.lifecycle.progress(job.id, A, 1, 10, "ten")
     core.lifecycle.progress(job.id, A, 1, 20, "twenty")
     core.lifecycle.progress(job.id, A, 1, 30, "thirty")
-    assert _stored(core, job.id) == (0, "")
+    assert _stored(core, job.id) == (10, "ten")
     assert core.lifecycle.renew(job.id, A, 1).held
     assert _stored(core, job.id) == (30, "thirty")
-
-
-def test_a_short_job_stores_its_progress_once_with_its_end(
-    core: MemoryCore, seen: Progress
-) -> None:
-    job = _running(core)
-    writes = _count_progress_writes(core)
-    core.lifecycle.progress(job.id, A, 1, 0, "starting")
-    core.lifecycle.progress(job.id, A, 1, 40, "almost")
-    done = core.lifecycle.end(job.id, A, 1, Verdict(status=JobStatus.failed, error="no"))
-    assert writes[0] == 0  # (the end wrote it)
-    assert done.progress.percent == 40 and done.progress.message == "almost"
-    assert seen.seen == [(0.0, "starting"), (40.0, "almost")]
 
 
 def test_the_held_back_report_is_stored_with_the_end(core: MemoryCore) -> None:
@@ -124,22 +111,19 @@ def test_gate_admits_again_once_the_interval_passed() -> None:
     clock = Clock()
     gate = ProgressGate(2.0, clock=clock)
     key = ("j", 1)
-    assert not gate.admit(key, 1, "a")  # (the first report opens the first interval)
+    assert gate.admit(key, 1, "a")
     assert not gate.admit(key, 2, "b")
     clock.now += 1.9
     assert not gate.admit(key, 3, "c")
     clock.now += 0.2
     assert gate.admit(key, 4, "d")
-    assert not gate.admit(key, 5, "e")
-    clock.now += 2.0
-    assert gate.admit(key, 6, "f")
     assert gate.take(key) is None  # (written: nothing pending)
     assert gate.settle(key) == {}
 
 
 def test_gate_keeps_the_latest_pending_report_per_attempt() -> None:
     gate = ProgressGate(60.0, clock=Clock())
-    assert not gate.admit(("j", 1), 1, "a")
+    assert gate.admit(("j", 1), 1, "a") and gate.admit(("j", 2), 1, "a")
     assert not gate.admit(("j", 1), 5, "five")
     assert not gate.admit(("j", 1), 6, "six")
     assert gate.settle(("j", 2)) == {}
@@ -153,9 +137,10 @@ def test_zero_interval_writes_every_report() -> None:
 
 
 def test_reports_of_an_attempt_claimed_here_cost_the_store_nothing(core: MemoryCore) -> None:
-    """The claim vouches for its runner: its reports (held back) read and write nothing;
+    """The claim vouches for its runner: the reports it holds back read and write nothing;
     another runner's report still costs one read, and is refused."""
     job = _running(core)
+    core.lifecycle.progress(job.id, A, 1, 0, "first")  # (stored at once)
     calls: list[str] = []
     for name in ("get", "find", "set_progress"):
         real = getattr(core.store, name)
@@ -165,7 +150,7 @@ def test_reports_of_an_attempt_claimed_here_cost_the_store_nothing(core: MemoryC
             return _real(*args, **kwargs)
 
         setattr(core.store, name, counting)
-    for i in range(5):
+    for i in range(1, 5):
         core.lifecycle.progress(job.id, A, 1, i, "")
     assert calls == []
     with pytest.raises(NotHeld):
