@@ -188,7 +188,7 @@ def test_the_behaviour_table_is_the_same_on_both_channels(
         running = {j for j in to_cancel if stack.job(j)["status"] == "running"}
         for job_id in running:
             r = stack.http.post(f"/api/v1/jobs/{job_id}/cancel")
-            assert r.status_code == 200, r.text
+            assert r.status_code == 200, (r.text, stack.job(job_id))  # (how it ended, if so)
         to_cancel -= running
         if to_cancel:
             wait_until(
