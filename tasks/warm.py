@@ -31,6 +31,7 @@ from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
 _schema_ready = False  # set in the main process; forked children inherit it
+_rehearsed: Any = None  # the store the main process rehearsed on (children inherit it)
 _MIGRATE = (
     "import os; from orchestrator.store import JobStore; "
     "JobStore(os.environ['LAUNCHBAY_DATABASE_URL']).dispose()"
@@ -61,6 +62,33 @@ def _prepare(**_: Any) -> None:
         _import_before_fork(settings)
     except Exception:
         log.warning("could not import what the pool children need before forking", exc_info=True)
+    if _schema_ready:
+        try:
+            _rehearse_before_fork(settings)
+        except Exception:  # each child then compiles on its first job
+            log.warning("could not rehearse an attempt before forking", exc_info=True)
+    _freeze()  # (again: celeryd_after_setup comes before worker_init, and so before this)
+
+
+def _rehearse_before_fork(settings: Settings) -> None:
+    """Compile the statements of an attempt (claim, progress, end) once, here, on the
+    store every child then uses (:meth:`Lifecycle.rehearse`: nothing changes): the
+    children inherit the compiled statements instead of each compiling its own (5-10 ms
+    of CPU and ~7 MB per child). No connection crosses the fork: the store's are closed
+    before it, and a child opens its own."""
+    global _rehearsed
+    from orchestrator.lifecycle import Lifecycle
+    from orchestrator.listeners import Listeners
+    from orchestrator.store import JobStore
+    from workers.channels.direct import START_AT_ONCE
+
+    store = JobStore(settings.effective_database_url, create=False)
+    try:
+        lifecycle = Lifecycle(settings, store, Listeners(), lambda *_a, **_k: None)
+        lifecycle.rehearse(settings.runner_id or "runner-rehearsal", START_AT_ONCE)
+    finally:
+        store.dispose()  # (its compiled statements stay with the engine)
+    _rehearsed = store
 
 
 def _import_before_fork(settings: Settings) -> None:
@@ -77,7 +105,9 @@ def _import_before_fork(settings: Settings) -> None:
 
 @celeryd_after_setup.connect
 def _freeze(**_: Any) -> None:
-    """In the worker's main process, the last step before the pool forks its children.
+    """In the worker's main process, before the pool forks its children: as the worker is
+    set up, and again once :func:`_prepare` (worker_init, which Celery sends after this
+    signal) has imported and rehearsed what the children share.
 
     A forked child shares its parent's pages until it writes to one; CPython's cyclic
     garbage collector writes to every object it examines (in the object's header), so
@@ -98,12 +128,17 @@ def _warm(**_: Any) -> None:
 
     try:
         ctx = worker_context()
-        if _schema_ready:  # (the main process migrated it: no need to check again)
+        if _rehearsed is not None:  # (compiled before the fork; its connections closed)
+            ctx.__dict__["store"] = _rehearsed
+        elif _schema_ready:  # (the main process migrated it: no need to check again)
             ctx.__dict__["store"] = JobStore(ctx.settings.effective_database_url, create=False)
         channel = ctx.channel  # (builds the dispatcher, events and artifacts with it)
         for executor in ctx.settings.worker_executors:
             ctx.launchers.get(executor)
         channel.events.r.ping()  # (its connection, made now)
-        channel.lifecycle.rehearse(channel.runner_id, START_AT_ONCE)
+        if _rehearsed is None:
+            channel.lifecycle.rehearse(channel.runner_id, START_AT_ONCE)
+        else:
+            ctx.store.engine.connect().close()  # (this process's first connection, now)
     except Exception:  # built on the first job instead
         log.warning("could not warm this pool process", exc_info=True)
