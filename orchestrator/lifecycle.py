@@ -125,10 +125,11 @@ class Lifecycle:
     def rehearse(self, runner_id: str, start_at_once: frozenset[str]) -> None:
         """Claim and end an attempt of a job that does not exist, as a runner would: nothing
         changes and nothing is announced, but the statements of a claim, a progress write
-        and an end (with and without a held-back report) are compiled and cached now. A new
-        worker process runs this as it starts: otherwise each one compiled them during its
-        first job (5-10 ms of CPU), so a burst of jobs on fresh workers (32 slots at once
-        on 2 cores) waited for each other's compiling."""
+        and an end (with and without a held-back report) are compiled and cached now. A
+        worker's main process runs this before its pool forks (tasks/warm.py), so every
+        child starts with them compiled: otherwise each compiled them during its first job
+        (5-10 ms of CPU), and a burst of jobs on fresh workers (32 slots at once on 2
+        cores) waited for each other's compiling."""
         job_id = "-rehearsal-"
         for attempt in (1, None):  # (a message names its attempt; claim_next does not)
             self.claim(job_id, runner_id, attempt, start_at_once=start_at_once)
