@@ -495,8 +495,9 @@ class Hub:
             pipe.exists(lkey)
             events, entries, buffered = await pipe.execute()
         evs = [decode_event(job_id, eid, f) for eid, f in events]
-        if entries and int(entries[0][0].split("-", 1)[0]) == since + 1:
-            return evs, [decode_log(eid, f) for eid, f in entries]
+        lines = _from_buffer(entries, since)
+        if lines is not None:
+            return evs, lines
         if not entries and buffered:
             return evs, []
         # The live buffer rolled past ``since`` (or is gone): the older lines are in the
@@ -539,16 +540,24 @@ class Hub:
         """
         key = job_logs_key(job_id)
         entries = await self.redis.xrange(key, min=f"({since}-0", max="+", count=limit)
-        if entries:
-            if int(entries[0][0].split("-", 1)[0]) == since + 1:
-                return [decode_log(eid, f) for eid, f in entries]
-        elif await self.redis.exists(key):
+        lines = _from_buffer(entries, since)
+        if lines is not None:
+            return lines
+        if not entries and await self.redis.exists(key):
             return []
         return await self._read_log_file(job_id, since, limit)
 
     async def _read_log_file(self, job_id: str, since: int, limit: int) -> list[LogLine]:
         path = self.logs_dir / f"{job_id}.jsonl"
         return await anyio.to_thread.run_sync(_read_log_file, path, since, limit)
+
+
+def _from_buffer(entries: list[Any], since: int) -> list[LogLine] | None:
+    """The lines after ``since`` from a read of the live buffer, if the buffer still holds
+    the next one (else None: it rolled past ``since``, or holds nothing new)."""
+    if entries and int(entries[0][0].split("-", 1)[0]) == since + 1:
+        return [decode_log(eid, f) for eid, f in entries]
+    return None
 
 
 # The cyclic collector's thresholds for a process that serves live streams: see
