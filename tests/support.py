@@ -115,11 +115,16 @@ class Stack:
     ) -> dict[str, Any]:
         wanted = {statuses} if isinstance(statuses, str) else set(statuses)
 
-        def check() -> dict[str, Any] | None:
-            j = self.job(job_id)
-            return j if j["status"] in wanted else None
+        seen: dict[str, Any] = {}
 
-        return wait_until(check, timeout, what=f"job {job_id} to reach {sorted(wanted)}")
+        def check() -> dict[str, Any] | None:
+            seen.update(self.job(job_id))
+            return seen if seen["status"] in wanted else None
+
+        try:
+            return wait_until(check, timeout, what=f"job {job_id} to reach {sorted(wanted)}")
+        except AssertionError as exc:  # say where the job was instead
+            raise AssertionError(f"{exc}; the job: {seen}") from None
 
     def wait_for_workers(self, n: int, timeout: float = 60) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:

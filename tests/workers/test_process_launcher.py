@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+import workers.launchers as launchers_module
 from orchestrator.errors import RunnerLaunchError
+from orchestrator.settings import Settings
 from tests.support import process_alive, wait_until
 from tests.workers.conftest import MakeCtx
-from workers.launchers import launcher_class
+from workers.launchers import LauncherSet, launcher_class
 from workers.launchers.process import ProcessLauncher, _job_processes
 from workers.testing import RecordingReporter
 
@@ -226,6 +228,57 @@ def test_orphans_are_processes_of_attempts_no_longer_live(
     finally:
         launcher.stop(handle, 0)
     assert _job_pids(ctx.job_id) == []
+
+
+def test_a_job_ending_on_one_launcher_leaves_another_launchers_jobs_alone(
+    make_ctx: MakeCtx, launch_settings: Settings, tmp_path: Path
+) -> None:
+    # An attempt's end kills the marked orphans re-parented to its process that no running
+    # job claims. Two launchers in one process (an agent whose first attempts raced to
+    # make theirs) once each kept their own list, so a job ending on one killed and reaped
+    # the other's running jobs: they ended "exited with code 255" (or 137) at once.
+    first, second = ProcessLauncher(launch_settings), ProcessLauncher(launch_settings)
+    tmp_path.chmod(0o1777)  # (as root, the job runs as an unprivileged user)
+    flag = tmp_path / "go"
+    waiting = make_ctx(
+        {
+            "executor": "process",
+            "command": ["sh", "-c", f"while [ ! -e {flag} ]; do sleep 0.05; done; exit 7"],
+        }
+    )
+    handle = second.start(waiting)
+    short = make_ctx({"executor": "process", "command": ["sh", "-c", "exit 3"]})
+    assert first.follow(short, first.start(short), RecordingReporter()).exit_code == 3
+    assert process_alive(int(handle)), "the other launcher's job was killed"
+    flag.touch()
+    assert second.follow(waiting, handle, RecordingReporter()).exit_code == 7
+
+
+def test_attempts_that_ask_at_once_share_one_launcher(
+    launch_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[object] = []
+
+    class Slow:  # a launcher whose making takes a while: the window the race needs
+        def __init__(self, settings: Settings) -> None:
+            threading.Event().wait(0.02)
+            made.append(self)
+
+    monkeypatch.setattr(launchers_module, "launcher_class", lambda executor: Slow)
+    launchers = LauncherSet(launch_settings)
+    gate = threading.Barrier(8)
+    got: list[object] = []
+
+    def ask() -> None:
+        gate.wait(10)
+        got.append(launchers.get("process"))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(made) == 1 and got == made * 8
 
 
 def test_relative_workdir_is_inside_the_workspace(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 
 from orchestrator.job import EXECUTORS
 from orchestrator.settings import Settings
@@ -40,11 +41,18 @@ class LauncherSet:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._made: dict[str, Launcher] = {}
+        self._making = threading.Lock()
 
     def get(self, executor: str) -> Launcher:
-        if executor not in self._made:
-            self._made[executor] = launcher_class(executor)(self.settings)
-        return self._made[executor]
+        """The one launcher of ``executor`` (an agent's attempts ask for theirs at once, from
+        threads of their own: each must get the same instance, which tracks all their runs)."""
+        made = self._made.get(executor)
+        if made is None:
+            with self._making:
+                made = self._made.get(executor)
+                if made is None:
+                    made = self._made[executor] = launcher_class(executor)(self.settings)
+        return made
 
 
 __all__ = [

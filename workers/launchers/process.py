@@ -82,7 +82,7 @@ class ProcessLauncher(Launcher):
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._prctl = prctl if self.config.parent_death_signal and prctl_ready() else None
-        self._families = Families()
+        self._families = Families.of_this_process()
         # Root runs jobs as an unprivileged user (LAUNCHBAY_JOB_USER); anyone else as itself.
         self._identity = job_identity(getattr(settings, "job_user", None))
         self._checked_reach = False
