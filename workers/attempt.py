@@ -10,6 +10,7 @@ decision (``orchestrator/lifecycle.py``), not this module's.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import threading
@@ -101,6 +102,72 @@ def _sender() -> _Sender:
         if _senders is None or _senders[0] != os.getpid():
             _senders = (os.getpid(), _Sender())
         return _senders[1]
+
+
+class _Watchers:
+    """Starts an attempt's watcher thread when it first has something to do: its first
+    cancel poll, lease renewal or run-time limit, a second or more after the start. An
+    attempt that ends before then (most built-in and short jobs) never has one; one that
+    runs longer gets its own thread, as before, so a slow call for one attempt (an agent's
+    HTTP renewal, say) never holds up another's. Making, starting and joining a thread per
+    attempt cost ~0.5 ms of each job's start-to-end on the worker (per-step timings of
+    one job at a time).
+
+    One per process (:func:`_watchers`). Its thread wakes for the soonest first duty, and
+    a new attempt wakes it only if that attempt's comes sooner than the wake it has
+    planned: back-to-back short jobs cost it about one wake-up per ``cancel_poll_s``."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._due: dict[Attempt, float] = {}
+        self._until = math.inf  # (when the thread wakes next by itself; under _cv)
+        self._thread: threading.Thread | None = None
+
+    def add(self, attempt: Attempt, at: float) -> None:
+        """Start ``attempt``'s watcher at ``at`` (monotonic), unless it is removed first."""
+        with self._cv:
+            self._due[attempt] = at
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="attempt-watchers", daemon=True
+                )
+                self._thread.start()
+            elif at < self._until:
+                self._cv.notify()
+
+    def remove(self, attempt: Attempt) -> bool:
+        """Forget ``attempt``; False if its watcher has started already (it is then the
+        attempt's to stop and join: :meth:`Attempt._unwatch`)."""
+        with self._cv:
+            return self._due.pop(attempt, None) is not None
+
+    def _loop(self) -> None:
+        with self._cv:
+            while True:
+                now = time.monotonic()
+                for attempt, at in list(self._due.items()):
+                    if at <= now:  # (started under the lock: remove() sees one or the other)
+                        del self._due[attempt]
+                        try:
+                            attempt._start_watcher()
+                        except Exception:  # (no thread to be had now: try again in a while)
+                            log.exception("cannot start the watcher of job %s", attempt.job.id)
+                            self._due[attempt] = now + 1.0
+                soonest = min(self._due.values(), default=None)
+                self._until = math.inf if soonest is None else soonest
+                self._cv.wait(None if soonest is None else soonest - now)
+
+
+_watchers_of: tuple[int, _Watchers] | None = None
+
+
+def _watchers() -> _Watchers:
+    """This process's watcher starter (a forked child makes its own)."""
+    global _watchers_of
+    with _senders_lock:
+        if _watchers_of is None or _watchers_of[0] != os.getpid():
+            _watchers_of = (os.getpid(), _Watchers())
+        return _watchers_of[1]
 
 
 class _Reporter:
@@ -307,6 +374,10 @@ class Attempt:
         self._handle: str | None = None
         self._launcher: Launcher | None = None
         self._started_at: float | None = None
+        # The watcher (renewal, cancel poll, run-time limit): started by _Watchers when
+        # first due, stopped by _unwatch at the end.
+        self._watch_args: tuple[_Reporter, threading.Event, float] | None = None
+        self._watcher: threading.Thread | None = None
 
     # -------------------------------------------------- signals (any thread)
 
@@ -372,10 +443,7 @@ class Attempt:
         outcome: Outcome | None = None
         launch_error: RunnerLaunchError | None = None
         done = threading.Event()
-        watcher = threading.Thread(
-            target=self._watch, args=(reporter, done), name=f"watch-{self.job.id}", daemon=True
-        )
-        watcher.start()
+        self._watch(reporter, done)
         try:
             try:
                 self._handle = self._launch(launcher)
@@ -400,12 +468,10 @@ class Attempt:
                     log.exception("launcher %s failed following job %s", launcher.name, self.job.id)
                     outcome = Outcome(exit_code=None, error=f"{type(exc).__name__}: {exc}")
         except BaseException:
-            done.set()
-            watcher.join(timeout=10)
+            self._unwatch(reporter, done)
             self._flush_last(reporter)
             raise
-        done.set()
-        watcher.join(timeout=10)
+        self._unwatch(reporter, done)
         # The last output and the end go out together where the channel can: the final
         # progress report's event with the end's, in one delivery.
         with self.channel.together():
@@ -509,53 +575,74 @@ class Attempt:
                 return None
         return None
 
+    def _poll_s(self) -> float:
+        # (Never more often than the channel's flush period, the old tick: a local check,
+        # as the agent's, gains nothing from more.)
+        return max(self.channel.cancel_poll_s, self.channel.flush_s)
+
     def _watch(self, reporter: _Reporter, done: threading.Event) -> None:
-        """Renew the lease, poll for a cancel or a drain, enforce the run-time limit; the
-        process's sender sends the output meanwhile. Wakes only when one of those is due
+        """From now until :meth:`_unwatch`: the process's sender sends the attempt's output
+        as it comes, and its watcher starts when its first duty is due (:class:`_Watchers`)."""
+        t0 = time.monotonic()
+        self._watch_args = (reporter, done, t0)
+        reporter._attach(_sender())
+        first = min(self._poll_s(), self.channel.renew_s, self.job.spec.timeout_s or math.inf)
+        _watchers().add(self, t0 + first)
+
+    def _start_watcher(self) -> None:
+        assert self._watch_args is not None
+        self._watcher = threading.Thread(
+            target=self._watching, args=self._watch_args, name=f"watch-{self.job.id}", daemon=True
+        )
+        self._watcher.start()
+
+    def _unwatch(self, reporter: _Reporter, done: threading.Event) -> None:
+        """Stop watching: after this, the watcher does nothing more for this attempt."""
+        done.set()
+        if not _watchers().remove(self) and self._watcher is not None:
+            self._watcher.join(timeout=10)
+        reporter._attach(None)
+
+    def _watching(self, reporter: _Reporter, done: threading.Event, t0: float) -> None:
+        """Renew the lease, poll for a cancel or a drain, enforce the run-time limit (the
+        watcher's thread, from its first duty on). Wakes only when one of those is due
         (not on a fixed tick): an idle running job costs about one wake-up per
         ``cancel_poll_s``."""
         spec, ch = self.job.spec, self.channel
-        # (Never more often than the channel's flush period, the old tick: a local check,
-        # as the agent's, gains nothing from more.)
-        poll_s = max(ch.cancel_poll_s, ch.flush_s)
-        now = time.monotonic()
-        next_renew = now + ch.renew_s
-        next_cancel = now + poll_s
-        reporter._attach(_sender())
-        try:
-            wait = poll_s
-            while not done.wait(wait):
-                try:
-                    now = time.monotonic()
-                    if now >= next_cancel:
-                        next_cancel = now + poll_s
-                        if ch.cancel_requested(self.job):
-                            self.cancel()
-                        elif ch.hand_back_due(self.job):
-                            self.hand_back()
-                    if now >= next_renew:
-                        next_renew = now + ch.renew_s
-                        renewal = ch.renew(self.job)
-                        if not renewal.held:
-                            self.lose()
-                        elif renewal.cancel:
-                            self.cancel()
-                    started = self._started_at
-                    if spec.timeout_s and started and now - started > spec.timeout_s:
-                        self._stop(Stop.timeout)
-                    self._stop_once()
-                except Lost:
-                    self.lose()
-                    self._stop_once()
-                except Exception:  # keep watching; a Redis or HTTP blip must not orphan the job
-                    log.exception("watcher error for job %s", self.job.id)
-                due = min(next_cancel, next_renew)
+        poll_s = self._poll_s()
+        next_renew = t0 + ch.renew_s
+        next_cancel = t0 + poll_s
+        wait = 0.0  # (the first duty is due now)
+        while not done.wait(wait):
+            try:
+                now = time.monotonic()
+                if now >= next_cancel:
+                    next_cancel = now + poll_s
+                    if ch.cancel_requested(self.job):
+                        self.cancel()
+                    elif ch.hand_back_due(self.job):
+                        self.hand_back()
+                if now >= next_renew:
+                    next_renew = now + ch.renew_s
+                    renewal = ch.renew(self.job)
+                    if not renewal.held:
+                        self.lose()
+                    elif renewal.cancel:
+                        self.cancel()
                 started = self._started_at
-                if spec.timeout_s and started:
-                    due = min(due, started + spec.timeout_s + 0.001)
-                wait = max(0.0, due - time.monotonic())
-        finally:
-            reporter._attach(None)
+                if spec.timeout_s and started and now - started > spec.timeout_s:
+                    self._stop(Stop.timeout)
+                self._stop_once()
+            except Lost:
+                self.lose()
+                self._stop_once()
+            except Exception:  # keep watching; a Redis or HTTP blip must not orphan the job
+                log.exception("watcher error for job %s", self.job.id)
+            due = min(next_cancel, next_renew)
+            started = self._started_at
+            if spec.timeout_s and started:
+                due = min(due, started + spec.timeout_s + 0.001)
+            wait = max(0.0, due - time.monotonic())
 
     def _stop_once(self, grace: float | None = None) -> None:
         """Stop what was launched, once, if a stop was asked (``grace``: the spec's, or

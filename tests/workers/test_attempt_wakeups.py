@@ -17,7 +17,8 @@ from orchestrator.events import cancel_key
 from orchestrator.job import Job, JobStatus
 from orchestrator.settings import Settings
 from orchestrator.testing import MemoryCore, memory_core
-from workers.attempt import _sender
+from tests.support import wait_until
+from workers.attempt import _sender, _watchers
 from workers.channels import LogBatch, Lost
 from workers.channels.direct import DirectChannel
 from workers.launchers import LaunchContext, Outcome, Reporter
@@ -167,6 +168,60 @@ def test_each_process_has_its_own_sender() -> None:
     pid = os.fork()
     if pid == 0:  # the child: a sender of its own (the parent's thread did not survive)
         os.write(write, b"1" if _sender() is not one else b"0")
+        os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+
+
+def test_an_attempt_that_ends_before_its_first_duty_never_has_a_watcher_thread(
+    core: MemoryCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    channel = _channel(core)  # (first cancel poll and renewal an hour away)
+    for _ in range(3):
+        job = core.dispatcher.submit({"executor": "process", "command": ["x"]})
+        assert channel.run(job.id, 1, ScriptedLauncher(Run()).launchers()) == "succeeded"
+    assert not [n for n in started if n.startswith("watch-")], started
+    assert channel.polls == 3  # (each launch's own check; none by a watcher)
+
+
+def test_a_watcher_started_late_still_renews_from_the_attempts_start(core: MemoryCore) -> None:
+    # Its first duty (here the lease renewal, a few ms in) starts the thread; from then on
+    # it watches as before, until the attempt ends.
+    job = core.dispatcher.submit({"executor": "process", "command": ["x"]})
+    channel = _channel(core)
+    channel.renew_s = 0.005
+    launcher = Gated()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(channel.run, job.id, 1, launcher.launchers())
+        try:
+            wait_until(lambda: channel.polls >= 2, timeout=WAIT_S, what="two renewals")
+        finally:
+            launcher.gate.set()
+            launcher.end.set()
+        assert running.result(timeout=WAIT_S) == "succeeded"
+
+
+def test_each_process_has_its_own_watcher_starter() -> None:
+    import os
+
+    one = _watchers()
+    assert _watchers() is one
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, b"1" if _watchers() is not one else b"0")
         os._exit(0)
     os.close(write)
     try:
