@@ -211,17 +211,27 @@ class Lifecycle:
         return cancel, lost
 
     def progress(
-        self, job_id: str, runner_id: str, attempt: int, percent: float, message: str
+        self,
+        job_id: str,
+        runner_id: str,
+        attempt: int,
+        percent: float,
+        message: str,
+        *,
+        last: bool = False,
     ) -> None:
         """Store the attempt's progress (at a bounded rate: orchestrator/progress.py) and
         hand it to the listeners. Only from the attempt's holder: checked against the store
         once per attempt in this process (none when it was claimed here), then with each
-        store write and lease renewal."""
+        store write and lease renewal. ``last``: the attempt's end follows at once (its
+        last output), and stores this report with it: one write, not two."""
         key = (job_id, attempt)
         if not self._progress.vouched(key, runner_id):
             self.held(job_id, runner_id, attempt)  # (raises NotHeld)
             self._progress.vouch(key, runner_id)
-        if self._progress.admit(key, percent, message) and not (
+        if last:
+            self._progress.hold(key, percent, message)
+        elif self._progress.admit(key, percent, message) and not (
             self.store.set_progress(job_id, attempt, percent, message, runner_id=runner_id)
         ):
             self.held(job_id, runner_id, attempt)

@@ -57,6 +57,12 @@ class ProgressGate:
             self._pending.pop(key, None)
             return True
 
+    def hold(self, key: Key, percent: float, message: str) -> None:
+        """Keep this report as the pending one, whatever the interval: the attempt's end,
+        which follows at once, stores it (:meth:`settle`)."""
+        with self._lock:
+            self._pending[key] = (percent, message)
+
     def take(self, key: Key) -> tuple[float, str] | None:
         """The pending report, if any, now counted as written."""
         with self._lock:

@@ -297,9 +297,10 @@ class _Reporter:
                 return max(n, 1)
         return most
 
-    def flush(self) -> None:
+    def flush(self, *, last: bool = False) -> None:
         """Send buffered lines and the latest progress in order. What cannot be delivered
-        now is kept for the next flush."""
+        now is kept for the next flush. ``last``: the attempt's last flush, its end follows
+        at once (a progress report is stored with the end, not on its own)."""
         channel, job = self.attempt.channel, self.attempt.job
         # (together: a progress report goes out with the lines after it, one delivery)
         with self._flushing, channel.together():
@@ -326,7 +327,7 @@ class _Reporter:
                             self._stalled = False
                 if due is not None:
                     try:
-                        channel.progress(job, due[0], due[1])
+                        channel.progress(job, due[0], due[1], last=last)
                     except Unreachable:
                         self._put_back([], due)
                         return
@@ -481,7 +482,7 @@ class Attempt:
     def _flush_last(self, reporter: _Reporter) -> None:
         if not self.lost:
             try:
-                reporter.flush()
+                reporter.flush(last=True)
             except Lost:
                 self.lose()
 

@@ -158,3 +158,27 @@ def test_reports_of_an_attempt_claimed_here_cost_the_store_nothing(core: MemoryC
     assert calls and "set_progress" not in calls
     assert core.lifecycle.renew(job.id, A, 1).held
     assert _stored(core, job.id) == (4, "")  # (not the refused report)
+
+
+def test_a_report_with_the_last_output_is_stored_by_the_end_in_the_same_write(
+    core: MemoryCore, seen: Progress
+) -> None:
+    # An attempt's last flush comes right before its end: its progress report is an event
+    # at once, and the end stores it (one store write where there were two), even when it
+    # is the attempt's first report.
+    job = _running(core)
+    writes = _count_progress_writes(core)
+    core.lifecycle.progress(job.id, A, 1, 100, "all done", last=True)
+    assert seen.seen == [(100, "all done")] and writes == [0]
+    assert _stored(core, job.id) == (0, "")
+    ended = core.lifecycle.end(job.id, A, 1, Verdict(status=JobStatus.succeeded, exit_code=0))
+    assert (ended.progress.percent, ended.progress.message) == (100, "all done")
+    assert _stored(core, job.id) == (100, "all done") and writes == [0]
+
+
+def test_a_last_report_is_refused_like_any_other_from_a_runner_that_does_not_hold_it(
+    core: MemoryCore,
+) -> None:
+    job = _running(core)
+    with pytest.raises(NotHeld):
+        core.lifecycle.progress(job.id, "runner-bbbbbbbbbbbb", 1, 100, "", last=True)

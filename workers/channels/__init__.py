@@ -44,8 +44,9 @@ class Channel(Protocol):
     def logs(self, job: Job, lines: LogBatch) -> None:
         """Append log lines. Raises :class:`Unreachable` (keep them) or :class:`Lost`."""
 
-    def progress(self, job: Job, percent: float, message: str) -> None:
-        """Report progress. Raises :class:`Unreachable` or :class:`Lost`."""
+    def progress(self, job: Job, percent: float, message: str, *, last: bool = False) -> None:
+        """Report progress (``last``: with the attempt's last output, its end follows at
+        once). Raises :class:`Unreachable` or :class:`Lost`."""
 
     def renew(self, job: Job) -> Renewal:
         """Extend the lease: still held? cancel asked?"""

@@ -110,9 +110,11 @@ class DirectChannel:
         except redis.RedisError as exc:  # kept and sent again when Redis is back
             raise Unreachable(str(exc)) from exc
 
-    def progress(self, job: Job, percent: float, message: str) -> None:
+    def progress(self, job: Job, percent: float, message: str, *, last: bool = False) -> None:
         try:
-            self.lifecycle.progress(job.id, self.runner_id, job.attempt, percent, message)
+            self.lifecycle.progress(
+                job.id, self.runner_id, job.attempt, percent, message, last=last
+            )
         except NotHeld as exc:
             raise Lost(str(exc)) from exc
         except STORE_DOWN as exc:

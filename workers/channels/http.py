@@ -97,7 +97,8 @@ class HttpChannel:
         )
         self._note_cancel(job, self._post(job, "logs", body))
 
-    def progress(self, job: Job, percent: float, message: str) -> None:
+    def progress(self, job: Job, percent: float, message: str, *, last: bool = False) -> None:
+        # (``last`` changes nothing here: the API stores what an agent reports as it comes.)
         body = ProgressIn(**self._claim(job).model_dump(), percent=percent, message=message)
         self._note_cancel(job, self._post(job, "progress", body))
 
