@@ -15,7 +15,7 @@ import os
 import shutil
 import threading
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator.errors import RunnerLaunchError
 from orchestrator.job import Job, JobStatus, StepResult
@@ -29,6 +29,7 @@ from workers.launchers.base import masked
 from workers.verdict import Stop, decide, result_of
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _LOG_BATCH = 2000
 _LOG_BATCH_BYTES = 1 << 20  # one report stays well under the API's agent body bound
@@ -91,17 +92,23 @@ class _Sender:
                 log.exception("sending the output of job %s failed", reporter.attempt.job.id)
 
 
-_senders: tuple[int, _Sender] | None = None
-_senders_lock = threading.Lock()
+_mine: dict[type, tuple[int, Any]] = {}  # class -> (pid, this process's one instance)
+_mine_lock = threading.Lock()
+
+
+def _of_this_process(cls: type[T]) -> T:
+    """This process's one ``cls`` (a forked child makes its own: threads do not survive
+    fork)."""
+    with _mine_lock:
+        made = _mine.get(cls)
+        if made is None or made[0] != os.getpid():
+            made = _mine[cls] = (os.getpid(), cls())
+        return made[1]  # type: ignore[no-any-return]
 
 
 def _sender() -> _Sender:
-    """This process's sender (a forked child makes its own: threads do not survive fork)."""
-    global _senders
-    with _senders_lock:
-        if _senders is None or _senders[0] != os.getpid():
-            _senders = (os.getpid(), _Sender())
-        return _senders[1]
+    """This process's sender."""
+    return _of_this_process(_Sender)
 
 
 class _Watchers:
@@ -158,16 +165,9 @@ class _Watchers:
                 self._cv.wait(None if soonest is None else soonest - now)
 
 
-_watchers_of: tuple[int, _Watchers] | None = None
-
-
 def _watchers() -> _Watchers:
-    """This process's watcher starter (a forked child makes its own)."""
-    global _watchers_of
-    with _senders_lock:
-        if _watchers_of is None or _watchers_of[0] != os.getpid():
-            _watchers_of = (os.getpid(), _Watchers())
-        return _watchers_of[1]
+    """This process's watcher starter."""
+    return _of_this_process(_Watchers)
 
 
 class _Reporter:

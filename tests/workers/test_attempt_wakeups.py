@@ -159,15 +159,16 @@ def test_a_cancel_is_found_by_the_poll_and_stops_the_run(core: MemoryCore) -> No
     assert core.store.get(job.id).status == JobStatus.cancelled
 
 
-def test_each_process_has_its_own_sender() -> None:
+@pytest.mark.parametrize("mine", [_sender, _watchers], ids=["sender", "watcher starter"])
+def test_each_process_has_its_own(mine: Any) -> None:
     import os
 
-    one = _sender()
-    assert _sender() is one
+    one = mine()
+    assert mine() is one
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: a sender of its own (the parent's thread did not survive)
-        os.write(write, b"1" if _sender() is not one else b"0")
+    if pid == 0:  # the child: one of its own (the parent's thread did not survive)
+        os.write(write, b"1" if mine() is not one else b"0")
         os._exit(0)
     os.close(write)
     try:
@@ -211,21 +212,3 @@ def test_a_watcher_started_late_still_renews_from_the_attempts_start(core: Memor
             launcher.gate.set()
             launcher.end.set()
         assert running.result(timeout=WAIT_S) == "succeeded"
-
-
-def test_each_process_has_its_own_watcher_starter() -> None:
-    import os
-
-    one = _watchers()
-    assert _watchers() is one
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.write(write, b"1" if _watchers() is not one else b"0")
-        os._exit(0)
-    os.close(write)
-    try:
-        assert os.read(read, 1) == b"1"
-    finally:
-        os.close(read)
-        os.waitpid(pid, 0)
