@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import threading
 import time
-from typing import Any, TypeVar
+from typing import Any
 
 from orchestrator.errors import RunnerLaunchError
 from orchestrator.job import Job, JobStatus, StepResult
@@ -26,10 +25,10 @@ from workers.channels import Channel, LogBatch, Lost, Unreachable
 from workers.directives import apply_directive
 from workers.launchers import LaunchContext, Launcher, LauncherSet, Outcome
 from workers.launchers.base import masked
+from workers.per_process import of_this_process
 from workers.verdict import Stop, decide, result_of
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 _LOG_BATCH = 2000
 _LOG_BATCH_BYTES = 1 << 20  # one report stays well under the API's agent body bound
@@ -92,23 +91,9 @@ class _Sender:
                 log.exception("sending the output of job %s failed", reporter.attempt.job.id)
 
 
-_mine: dict[type, tuple[int, Any]] = {}  # class -> (pid, this process's one instance)
-_mine_lock = threading.Lock()
-
-
-def _of_this_process(cls: type[T]) -> T:
-    """This process's one ``cls`` (a forked child makes its own: threads do not survive
-    fork)."""
-    with _mine_lock:
-        made = _mine.get(cls)
-        if made is None or made[0] != os.getpid():
-            made = _mine[cls] = (os.getpid(), cls())
-        return made[1]  # type: ignore[no-any-return]
-
-
 def _sender() -> _Sender:
     """This process's sender."""
-    return _of_this_process(_Sender)
+    return of_this_process(_Sender)
 
 
 class _Watchers:
@@ -167,7 +152,7 @@ class _Watchers:
 
 def _watchers() -> _Watchers:
     """This process's watcher starter."""
-    return _of_this_process(_Watchers)
+    return of_this_process(_Watchers)
 
 
 class _Reporter:

@@ -64,20 +64,9 @@ def _table() -> dict[int, tuple[int, int, str]]:
 class Families:
     """Which processes belong to which running job, in this launching process.
 
-    One per process (:meth:`of_this_process`): an attempt's end kills every marked orphan
-    re-parented here that no running job claims, so a second instance in the same process
-    would take the first one's jobs for orphans and kill them."""
-
-    _mine: Families | None = None
-    _mine_pid = 0
-    _mine_lock = threading.Lock()
-
-    @classmethod
-    def of_this_process(cls) -> Families:
-        with cls._mine_lock:
-            if cls._mine is None or cls._mine_pid != os.getpid():  # (a fork's is its own)
-                cls._mine, cls._mine_pid = cls(), os.getpid()
-            return cls._mine
+    One per process (``of_this_process(Families)``): an attempt's end kills every marked
+    orphan re-parented here that no running job claims, so a second instance in the same
+    process would take the first one's jobs for orphans and kill them."""
 
     def __init__(self, scan_s: float = 0.5) -> None:
         self.scan_s = scan_s

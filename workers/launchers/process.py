@@ -31,6 +31,7 @@ from orchestrator.job import Step, StepResult
 from workers.launchers._family import Families
 from workers.launchers._lines import one_line, pump, utcnow
 from workers.launchers.base import LaunchContext, Launcher, Outcome, Reporter
+from workers.per_process import of_this_process
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class ProcessLauncher(Launcher):
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._prctl = prctl if self.config.parent_death_signal and prctl_ready() else None
-        self._families = Families.of_this_process()
+        self._families = of_this_process(Families)
         # Root runs jobs as an unprivileged user (LAUNCHBAY_JOB_USER); anyone else as itself.
         self._identity = job_identity(getattr(settings, "job_user", None))
         self._checked_reach = False
