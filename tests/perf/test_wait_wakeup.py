@@ -48,9 +48,7 @@ def core() -> Iterator[MemoryCore]:
 
 
 def test_the_end_event_is_the_answer_and_costs_no_second_read(core: MemoryCore) -> None:
-    job = core.dispatcher.submit(
-        {"executor": "builtin", "type": "fibonacci", "params": {"count": 3}}
-    )
+    job = core.dispatcher.submit(FIB)
     reads = [0]
     real_get = core.store.get
 
@@ -74,9 +72,7 @@ def test_the_end_event_is_the_answer_and_costs_no_second_read(core: MemoryCore) 
 
 
 def test_a_resync_still_reads_the_store(core: MemoryCore) -> None:
-    job = core.dispatcher.submit(
-        {"executor": "builtin", "type": "fibonacci", "params": {"count": 3}}
-    )
+    job = core.dispatcher.submit(FIB)
     hub = _Hub([lambda: {"type": "resync", "data": {}}])
     got = asyncio.run(wait_for_end(core.store, hub, job.id, 0.05))  # type: ignore[arg-type]
     assert got.status == JobStatus.queued
