@@ -6,9 +6,11 @@ machinery and the launchers, checking the schema, opening its store and Redis cl
 second for nothing, and every added worker added that cost again). Now the schema is
 checked once per worker (in a short-lived process, so the migration machinery stays out
 of the worker's memory), the launchers are imported *before* the pool forks (shared
-pages, not copies), and each child builds and connects its clients as it starts, and
-rehearses a claim and an end on a job that does not exist (``Lifecycle.rehearse``: their
-statements compiled and cached, nothing changed), not as its first job arrives.
+pages, not copies), the statements of a claim and an end are compiled once before the
+fork by rehearsing them on a job that does not exist (``Lifecycle.rehearse``: nothing
+changes), and each child, as it starts, builds its clients, opens the Redis connections
+its threads use during an attempt, and rehearses again on its own database connection
+(which prepares each statement once per connection), not as its first job arrives.
 
 Memory: what every child needs (the launchers, the database's dialect and driver) is
 imported here before the fork, so the children share those pages instead of each holding a
@@ -119,6 +121,27 @@ def _freeze(**_: Any) -> None:
     gc.freeze()
 
 
+# The threads of a pool child that talk to Redis at once while an attempt runs: the job's
+# own, the outbox's, the attempt sender's and a watcher's.
+REDIS_THREADS = 4
+
+
+def _connect_ahead(r: Any, n: int) -> None:
+    """Open ``n`` of ``r``'s pooled connections now (each checked by a PING), so none is
+    opened during a job: a burst of first jobs on fresh workers otherwise waited for them."""
+    pool = r.connection_pool
+    held = []
+    try:
+        for _ in range(n):
+            conn = pool.get_connection()
+            held.append(conn)
+            conn.send_command("PING")
+            conn.read_response()
+    finally:
+        for conn in held:
+            pool.release(conn)
+
+
 @worker_process_init.connect
 def _warm(**_: Any) -> None:
     """In each pool child as it starts: build this process's clients now."""
@@ -135,10 +158,10 @@ def _warm(**_: Any) -> None:
         channel = ctx.channel  # (builds the dispatcher, events and artifacts with it)
         for executor in ctx.settings.worker_executors:
             ctx.launchers.get(executor)
-        channel.events.r.ping()  # (its connection, made now)
-        if _rehearsed is None:
-            channel.lifecycle.rehearse(channel.runner_id, START_AT_ONCE)
-        else:
-            ctx.store.engine.connect().close()  # (this process's first connection, now)
+        _connect_ahead(channel.events.r, REDIS_THREADS)
+        # On this process's own database connection too: the statements come compiled
+        # from the main process, but each connection prepares its own (and SQLite reads
+        # its schema on a connection's first statement): 5-13 ms of a child's first job.
+        channel.lifecycle.rehearse(channel.runner_id, START_AT_ONCE)
     except Exception:  # built on the first job instead
         log.warning("could not warm this pool process", exc_info=True)
