@@ -412,18 +412,18 @@ class Attempt:
     def _run(self) -> str:
         spec = self.job.spec
         log.info("job %s attempt %d: %s", self.job.id, self.job.attempt, spec.executor)
-        if self.job.session_id and spec.session is not None:
-            # A session's runs share one workspace; a fork's starts as its parent's copy.
-            copy_parent_workspace(
-                self.settings.workspaces_dir, self.job.session_id, spec.session.parent_session_id
-            )
-        else:
-            self.ctx.workspace.mkdir(parents=True, exist_ok=True)
         try:
             launcher = self.launchers.get(spec.executor)
         except Exception as exc:
             error = f"this runner cannot run {spec.executor} jobs: {exc}"
             return self._end(Verdict(status=JobStatus.failed, error=error, may_retry=False))
+        if self.job.session_id and spec.session is not None:
+            # A session's runs share one workspace; a fork's starts as its parent's copy.
+            copy_parent_workspace(
+                self.settings.workspaces_dir, self.job.session_id, spec.session.parent_session_id
+            )
+        elif launcher.uses_workspace:
+            self.ctx.workspace.mkdir(parents=True, exist_ok=True)
         self._launcher = launcher
         reporter = _Reporter(self)
         outcome: Outcome | None = None
@@ -695,7 +695,8 @@ class Attempt:
             status = f"failed: {type(exc).__name__}: {exc}"[:500]
         if self.job.session_id:
             return f"{status} (the session's workspace is kept)"
-        shutil.rmtree(self.ctx.workspace, ignore_errors=True)
+        if launcher.uses_workspace:
+            shutil.rmtree(self.ctx.workspace, ignore_errors=True)
         return status
 
 

@@ -134,6 +134,9 @@ class Launcher(ABC):
     # Who removes what a lost worker left: "beat" sweeps once for the whole installation
     # (containers, Jobs), "host" means every worker sweeps its own host (processes).
     orphan_sweep: ClassVar[Literal["beat", "host"] | None] = None
+    # Whether its jobs run in the attempt's workspace directory (made before the start,
+    # removed at the cleanup); a launcher whose jobs never touch files says False.
+    uses_workspace: ClassVar[bool] = True
 
     def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
