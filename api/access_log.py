@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.wire import DIRECT_BYTES
+
 HEADER = "x-request-id"
 _SANE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -79,7 +81,7 @@ class AccessLog:
                     "path": scope["path"],
                     "status": status,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "bytes": sent,
+                    "bytes": sent + scope["state"].get(DIRECT_BYTES, 0),  # (api/wire.py)
                     "client": f"{client[0]}:{client[1]}" if client else None,
                     "user_agent": next(
                         (v.decode("latin-1") for k, v in scope["headers"] if k == b"user-agent"),

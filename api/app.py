@@ -10,6 +10,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from api import errors
 from api.access_log import AccessLog
@@ -34,11 +35,22 @@ from api.routes import (
     websockets,
 )
 from api.state import AppState
+from api.wire import SERVER_SEND
 from orchestrator.hardening import harden_process
 from orchestrator.settings import Settings
 
 STATIC_DIR = Path(__file__).parent / "static"
 API_PREFIX = "/api/v1"
+
+
+class LaunchbayAPI(FastAPI):
+    """FastAPI, keeping the server's own ``send`` in each HTTP request's scope, for the
+    live streams' direct writes (api/wire.py); nothing else changes."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -57,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await hook(app)
             state.close()
 
-    app = FastAPI(
+    app = LaunchbayAPI(
         title="Launchbay",
         version="0.1.0",
         description="Run commands, containers, Kubernetes Jobs and built-in jobs; watch them live.",

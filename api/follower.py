@@ -16,7 +16,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from api.fanout import Hub, Subscriber
 from orchestrator.errors import ParamError
@@ -86,6 +86,16 @@ async def resolve_log_since(hub: Hub, job_id: str, since: int | datetime) -> int
 Item = tuple[str, dict[str, Any], Cursor]  # ("event" | "log", payload, cursor after it)
 
 
+class LiveWriter(Protocol):
+    """Where a parked follower's live lane writes (the route's encoding on a wire)."""
+
+    def ready(self) -> bool:
+        """Whether items written now go out at once, after everything sent before."""
+
+    def write(self, items: list[Item]) -> None:
+        """Send ``items`` now (only after ``ready()``)."""
+
+
 class JobFollower:
     """Reads one job's events and log lines from a cursor until the job has ended.
 
@@ -115,6 +125,8 @@ class JobFollower:
         self.poll_s = poll_s
         self.final: dict[str, Any] | None = None  # the terminal event, once seen
         self._full_read = False  # the last read of the log filled a page
+        # Set by the route once its answer can be written to directly (api/wire.py).
+        self.writer: LiveWriter | None = None
 
     async def batches(self) -> AsyncIterator[list[Item]]:
         read_events, read_logs = True, True
@@ -152,8 +164,46 @@ class JobFollower:
             read_events, read_logs, hint, published = self._wake(await self._wait())
 
     async def _wait(self) -> list[dict[str, Any] | None]:
-        first = await self.sub.next(self.poll_s)
-        return [first, *self.sub.pending()]
+        # Parked at the live edge: everything so far was sent. Until this wakes, messages
+        # that continue the cursor are written by the hub's task (``_take``).
+        sub = self.sub
+        if self.writer is not None:
+            sub.live = self._take
+        try:
+            first = await sub.next(self.poll_s)
+        finally:
+            sub.live = None
+        return [first, *sub.pending()]
+
+    def _take(self, msg: dict[str, Any]) -> bool:
+        """The live lane: write ``msg`` now if it provably continues the cursor (the same
+        rules as :meth:`_wake`, one message at a time, in the channel's order), else say
+        False and leave it to the usual path. The job's end always takes the usual path
+        (the log is drained before the terminal event)."""
+        writer = self.writer
+        if writer is None or not writer.ready():
+            return False
+        kind = msg.get("type")
+        if kind == EventType.log:
+            lines = msg.get("data", {}).get("lines", [])
+            seq = self.cursor.log_seq
+            fresh = [ln for ln in lines if ln["seq"] > seq]
+            if not all(ln["seq"] == seq + i for i, ln in enumerate(fresh, start=1)):
+                return False  # a gap: read
+            if fresh:
+                writer.write(self._merge(fresh, []))
+            return True
+        if (
+            kind in TERMINAL_EVENTS
+            or kind == EventType.resync
+            or msg.get("prev") != self.cursor.event_id
+            or not isinstance(msg.get("id"), str)
+        ):
+            return False
+        items = self._merge([], [_event_of(msg)])
+        if items:
+            writer.write(items)
+        return True
 
     def _wake(
         self, msgs: list[dict[str, Any] | None]

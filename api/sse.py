@@ -3,7 +3,8 @@
 :class:`HubEventSource` writes a stream's chunks as they come, with SSE's headers and
 keep-alive comments, tied to a hub subscriber: a client the hub drops gets a last
 ``error`` event saying why; a client whose socket takes no data is dropped by the hub's
-watchdog (see :class:`api.fanout.Hub`).
+watchdog (see :class:`api.fanout.Hub`). While its follower is parked at the live edge,
+the next chunks may be written by the hub's task instead (:class:`LiveLane`, api/wire.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 import anyio
 from fastapi import Response
@@ -21,6 +23,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from api.fanout import Dropped, Hub, Subscriber
+from api.wire import Wire
 
 DROP_GRACE_S = 30.0  # how long a dropped client gets to take its final "error" event
 
@@ -56,6 +59,7 @@ class HubEventSource(Response):
         )
         self.ping_s = ping
         self.hub, self.sub = hub, sub
+        self.wire: Wire | None = None  # once the headers went out, where the server allows
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = finished = False
@@ -89,7 +93,7 @@ class HubEventSource(Response):
                     if _EXIT is not None:  # (sse-starlette's one watcher of uvicorn's exit)
                         tg.start_soon(until, _EXIT)
                     tg.start_soon(until, partial(self._ping, tracking_send))
-                    await self._stream(tracking_send)
+                    await self._stream(scope, tracking_send)
                     tg.cancel_scope.cancel()
             except* Dropped:
                 pass  # the generator saw the drop first; the farewell below says why
@@ -113,10 +117,14 @@ class HubEventSource(Response):
     def _start(self) -> Message:
         return {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
 
-    async def _stream(self, send: Send) -> None:
+    async def _stream(self, scope: Scope, send: Send) -> None:
         await send(self._start())
-        async for chunk in self.body_iterator:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        self.wire = Wire.of(scope)
+        try:
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            self.wire = None  # (nothing is written past the answer's end)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _ping(self, send: Send) -> None:
@@ -126,6 +134,26 @@ class HubEventSource(Response):
                 continue  # a write is under way (or stuck: the watchdog's to judge, not ours)
             ping = f": ping - {datetime.now(UTC)}\r\n\r\n".encode()
             await send({"type": "http.response.body", "body": ping, "more_body": True})
+
+
+class LiveLane:
+    """A follower's live lane (:class:`api.follower.LiveWriter`) on ``source``'s wire:
+    what it is given, encoded by ``encode``, written straight to the client (api/wire.py)
+    while nothing is being written the usual way."""
+
+    __slots__ = ("source", "encode")
+
+    def __init__(self, source: HubEventSource, encode: Callable[[Any], bytes]) -> None:
+        self.source, self.encode = source, encode
+
+    def ready(self) -> bool:
+        wire = self.source.wire
+        return wire is not None and self.source.sub.sending_since is None and wire.ready()
+
+    def write(self, items: Any) -> None:
+        wire = self.source.wire
+        assert wire is not None  # (ready() said so, in this same step of the loop)
+        wire.write(self.encode(items))
 
 
 # Returns once uvicorn is shutting down; one watcher task per process, whatever the number

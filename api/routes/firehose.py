@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from api.bodies import StrictJSONRoute
 from api.fanout import Hub, Subscriber
 from api.routes.streams import hub_of
-from api.sse import HubEventSource
+from api.sse import HubEventSource, LiveLane
 from api.state import AppState
 from orchestrator.errors import ParamError
 from orchestrator.events import FIREHOSE_STREAM
@@ -134,13 +134,35 @@ class _Frames:
 _FRAMES = _Frames()
 
 
-async def _follow(
-    hub: Hub, sub: Subscriber, cursor: str, keep: _Filter, poll_s: float
-) -> AsyncIterator[bytes]:
+class _Tail:
+    """A firehose client's place in the stream (``cursor``, the last entry sent) and its
+    live lane (api/wire.py): while it is parked, an event that is the entry right after
+    the cursor (the hub's ``gprev``) is written by the hub's task, if the client takes
+    every event (a filter may need the store: those wake as usual)."""
+
+    def __init__(self, cursor: str, keep: _Filter) -> None:
+        self.cursor = cursor
+        self.keep = keep
+        self.writer: LiveLane | None = None
+
+    def take(self, msg: dict[str, Any]) -> bool:
+        writer = self.writer
+        if writer is None or not self.keep.everything or not writer.ready():
+            return False
+        gid = msg.get("gid")
+        if msg.get("gprev") != self.cursor or not isinstance(gid, str) or not _ID.fullmatch(gid):
+            return False
+        self.cursor = gid
+        writer.write(_FRAMES.get(gid, msg))
+        return True
+
+
+async def _follow(hub: Hub, sub: Subscriber, tail: _Tail, poll_s: float) -> AsyncIterator[bytes]:
+    keep = tail.keep
     first = await hub.redis.xrange(FIREHOSE_STREAM, count=1)
-    if first and cursor != "0-0" and _id_key(first[0][0]) > _id_key(cursor):
+    if first and tail.cursor != "0-0" and _id_key(first[0][0]) > _id_key(tail.cursor):
         # The stream was trimmed past the client's cursor: say so, then go on.
-        gap = json.dumps({"after": cursor, "oldest": first[0][0]})
+        gap = json.dumps({"after": tail.cursor, "oldest": first[0][0]})
         yield f"event: gap\r\ndata: {gap}\r\n\r\n".encode()
     read, full, everything = True, False, keep.everything
     msgs: list[dict[str, Any] | None] = []
@@ -154,20 +176,20 @@ async def _follow(
                 if msg is None or not isinstance(gid, str) or not _ID.fullmatch(gid):
                     read = True  # a quiet poll or a resync: read from the cursor
                     break
-                if msg.get("gprev") == cursor:
-                    cursor = gid
+                if msg.get("gprev") == tail.cursor:
+                    tail.cursor = gid
                     if everything or await keep.wants(msg["job_id"], msg["type"], msg["data"]):
                         out.append(_FRAMES.get(gid, msg))
-                elif _id_key(gid) > _id_key(cursor):
+                elif _id_key(gid) > _id_key(tail.cursor):
                     read = True  # a gap, or a predecessor the hub does not know
                     break
                 # (else it was read before its message came: sent already)
         if read:
             entries = await hub.redis.xrange(
-                FIREHOSE_STREAM, min=f"({cursor}", max="+", count=_PAGE
+                FIREHOSE_STREAM, min=f"({tail.cursor}", max="+", count=_PAGE
             )
             for gid, fields in entries:
-                cursor = gid
+                tail.cursor = gid
                 event = {**fields, "data": json.loads(fields["data"])}
                 if await keep.wants(fields["job_id"], fields["type"], event["data"]):
                     out.append(_FRAMES.get(gid, event))
@@ -177,7 +199,13 @@ async def _follow(
         if read and full:
             continue  # more are waiting: no need to wait for a wake-up
         read = False
-        msgs = [await sub.next(poll_s), *sub.pending()]  # raises Dropped when too slow
+        # Parked: everything so far was sent; the live lane may write meanwhile.
+        sub.live = tail.take if tail.writer is not None else None
+        try:
+            first_msg = await sub.next(poll_s)  # raises Dropped when too slow
+        finally:
+            sub.live = None
+        msgs = [first_msg, *sub.pending()]
 
 
 @router.get(
@@ -226,5 +254,8 @@ async def firehose(
     except BaseException:
         hub.unsubscribe(sub)
         raise
-    body = _follow(hub, sub, resume, keep, poll_s=state.settings.sse_ping_s)
-    return HubEventSource(body, hub=hub, sub=sub, ping=state.settings.sse_ping_s)
+    tail = _Tail(resume, keep)
+    body = _follow(hub, sub, tail, poll_s=state.settings.sse_ping_s)
+    source = HubEventSource(body, hub=hub, sub=sub, ping=state.settings.sse_ping_s)
+    tail.writer = LiveLane(source, bytes)
+    return source

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -32,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from api.bodies import StrictJSONRoute
 from api.fanout import Hub, Subscriber, collect_less_often
 from api.follower import TERMINAL_EVENTS, Cursor, Item, JobFollower, parse_seq, resolve_log_since
-from api.sse import HubEventSource
+from api.sse import HubEventSource, LiveLane
 from api.state import AppState
 from orchestrator.events import parse_log_since
 from orchestrator.job import EventType, Job
@@ -269,7 +270,9 @@ async def job_events(
             async for part in parts:
                 yield _encode(job_id, part)
 
-    return HubEventSource(body(), hub=hub, sub=sub, ping=state.settings.sse_ping_s)
+    source = HubEventSource(body(), hub=hub, sub=sub, ping=state.settings.sse_ping_s)
+    follower.writer = LiveLane(source, partial(_encode, job_id))
+    return source
 
 
 async def _anything_after(hub: Hub, job_id: str, cursor: Cursor) -> bool:
@@ -371,7 +374,9 @@ async def job_log_stream(
             async for part in parts:
                 yield _encode_lines(job_id, part)
 
-    return HubEventSource(body(), hub=hub, sub=sub, ping=state.settings.sse_ping_s)
+    source = HubEventSource(body(), hub=hub, sub=sub, ping=state.settings.sse_ping_s)
+    follower.writer = LiveLane(source, partial(_encode_lines, job_id))
+    return source
 
 
 @router.get("/streams", operation_id="streams-hub", summary="This API process's fan-out hub")

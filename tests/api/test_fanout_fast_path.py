@@ -18,7 +18,7 @@ import pytest
 
 from api.fanout import Subscriber
 from api.follower import Cursor, JobFollower
-from api.routes.firehose import _Filter, _follow
+from api.routes.firehose import _Filter, _follow, _Tail
 from api.sse import HubEventSource
 from bench.wire import SSEClient, _resp_array
 from orchestrator.events import FIREHOSE_STREAM, Events
@@ -125,7 +125,8 @@ async def test_the_firehose_takes_chained_events_from_the_messages(
     last = await hub.redis.xrevrange(FIREHOSE_STREAM, count=1)
     hub.seed(epoch, None, last[0][0] if last else None)
     cursor = last[0][0] if last else "0-0"
-    stream = _follow(hub, sub, cursor, _Filter(None, {}, set(), set()), poll_s=30)  # type: ignore[arg-type]
+    keep = _Filter(None, {}, set(), set())  # type: ignore[arg-type]
+    stream = _follow(hub, sub, _Tail(cursor, keep), poll_s=30)
     frames: list[dict[str, Any]] = []
 
     async def take(n: int) -> None:

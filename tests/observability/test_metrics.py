@@ -19,7 +19,7 @@ from orchestrator.metrics import (
 from orchestrator.metrics_scrape import ClusterCollector
 from orchestrator.runners import RunnerInfo
 from orchestrator.store import JobStore
-from tests.support import Stack
+from tests.support import Stack, wait_until
 
 
 def scrape(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -62,9 +62,19 @@ def test_counters_move_by_exactly_the_ten_jobs(obs_stack: Stack) -> None:
         + [(j, "cancelled") for j in slow]
     ):
         assert obs_stack.wait_status(j["id"])["status"] == want
-    after = scrape(obs_stack)
-
     ended = "launchbay_jobs_ended_total"
+    # The store shows a job's end as it commits; its counters go out right after, with
+    # its events (the outbox): wait for ten ends counted, then check each count exactly.
+
+    def counted() -> dict | None:
+        now = scrape(obs_stack)
+        ends = sum(
+            delta(before, now, ended, executor="process", status=s)
+            for s in ("succeeded", "failed", "cancelled", "timed_out")
+        )
+        return now if ends >= 10 else None
+
+    after = wait_until(counted, timeout=30, what="the ten jobs' ends to be counted")
     assert delta(before, after, "launchbay_jobs_submitted_total", executor="process") == 10
     assert delta(before, after, ended, executor="process", status="succeeded") == 5
     assert delta(before, after, ended, executor="process", status="failed") == 3
