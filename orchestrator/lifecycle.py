@@ -112,6 +112,9 @@ class Lifecycle:
         if job is None:
             return None
         self._progress.vouch((job.id, job.attempt), runner_id)
+        # The claim wrote the job's row: its first progress report is held back as if it
+        # had been stored now (a short job's reports then go with its end: one write).
+        self._progress.written((job.id, job.attempt))
         if job.status == JobStatus.running:
             # Claimed and started in one write: both announced, in one Redis call.
             claimed = job.model_copy(update={"status": JobStatus.claimed, "started_at": None})
@@ -148,7 +151,7 @@ class Lifecycle:
                 self._progress.admit((job_id, 1), 0, "")
             with contextlib.suppress(JobNotFound):  # (as it does not exist)
                 self.end(job_id, runner_id, 1, verdict)
-        self.store.rehearse_attempt_rows(runner_id, verdict.record())
+        self.store.rehearse_attempt_rows(runner_id, verdict.record(), start_at_once)
 
     def claim_next(
         self, runner: RunnerInfo, registered: Callable[[str], object] | None = None

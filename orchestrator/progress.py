@@ -1,8 +1,10 @@
 """How often one process writes an attempt's progress to the store.
 
 Every report still goes out at once as an event (live clients see each one); the store,
-which every reader of ``GET /jobs/{id}`` shares, gets the first report of an attempt at
-once and then at most one write per ``every_s``. The latest report held back meanwhile
+which every reader of ``GET /jobs/{id}`` shares, gets at most one write of an attempt's
+progress per ``every_s`` (counted from its claim when the claim was made in this process,
+so a short job's reports are stored with its end; else from its first report, stored at
+once). The latest report held back meanwhile
 (the latest wins) is written with the attempt's next lease renewal or with its end, so
 the stored progress lags by at most ``max(every_s, lease_s / 3)`` and the end always
 stores the last one. Many jobs reporting every second then cost the store a bounded
@@ -42,6 +44,15 @@ class ProgressGate:
 
     def vouched(self, key: Key, runner_id: str) -> bool:
         return self._holder.get(key) == runner_id
+
+    def written(self, key: Key) -> None:
+        """The attempt's row was just written (its claim, in this process): reports within
+        ``every_s`` from now are held back, as after a stored report."""
+        now = self._clock()
+        with self._lock:
+            if len(self._written_at) >= _PRUNE_AT:
+                self._prune(now)
+            self._written_at[key] = now
 
     def admit(self, key: Key, percent: float, message: str) -> bool:
         """True: write this report now. False: it is kept as the pending one."""

@@ -696,16 +696,35 @@ class JobStore:
             ),
         )
 
-    def rehearse_attempt_rows(self, runner_id: str, record: dict[str, Any]) -> None:
-        """Write an attempt row's claim and its end (with ``record``'s run-record fields)
-        for a job that does not exist, and roll both back: nothing changes, but a new
-        process has those statements compiled and cached before its first attempt (see
-        :meth:`Lifecycle.rehearse`)."""
+    def rehearse_attempt_rows(
+        self,
+        runner_id: str,
+        record: dict[str, Any],
+        start_at_once: frozenset[str] = frozenset(),
+    ) -> None:
+        """Claim a job that exists only inside one transaction, read the claimed row as a
+        job, write its attempt row's claim and end (with ``record``'s run-record fields),
+        and roll it all back: nothing changes, but a new process has those statements
+        compiled and cached, and the job model's validation warmed, before its first
+        attempt (see :meth:`Lifecycle.rehearse`)."""
         end = self._end_attempt_row(0, AttemptOutcome.succeeded, record=record)
+        spec = _SPEC.validate_python(_REHEARSAL_SPEC)
+        now = self.now()
+        params = {
+            "p_id": _NoRow.id,
+            "p_attempt": 1,
+            "v_runner_id": runner_id,
+            "v_claimed_at": now,
+            "v_lease_expires_at": now,
+        }
         with self.engine.connect() as c:
             try:
-                _claimed(c, _NO_ROW, runner_id, self.now())
-                end(c, _NO_ROW)
+                _insert_job(c, spec, self._new_row(spec, _NoRow.id, None, None, None))
+                row = c.execute(_claim_stmt(start_at_once, True, False), params).first()
+                if row is not None:
+                    _row_to_job(row)
+                _claimed(c, row if row is not None else _NO_ROW, runner_id, now)
+                end(c, row if row is not None else _NO_ROW)
             finally:
                 c.rollback()
 
@@ -1017,6 +1036,8 @@ class _NoRow:
 
 
 _NO_ROW: Any = _NoRow()
+# What the rehearsal claims (inside a transaction it rolls back): a built-in job.
+_REHEARSAL_SPEC = {"executor": "builtin", "type": "countdown", "params": {"seconds": 1}}
 
 
 def _claimed(c: sa.Connection, row: sa.Row[Any], runner_id: str, now: datetime) -> None:

@@ -14,11 +14,12 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.job import EventType, Job, JobStatus
-from orchestrator.lifecycle import NotHeld
-from orchestrator.listeners import Listener
+from orchestrator.lifecycle import Lifecycle, NotHeld
+from orchestrator.listeners import Listener, Listeners
 from orchestrator.protocol import Verdict
-from orchestrator.schema import concurrency_limits
+from orchestrator.schema import attempts, concurrency_limits, jobs
 from orchestrator.sessions import Sessions
+from orchestrator.settings import Settings
 from orchestrator.store import JobStore
 from orchestrator.testing import ManualClock, MemoryCore, memory_core
 
@@ -301,8 +302,8 @@ def test_a_timed_out_end_names_the_limit(core: MemoryCore) -> None:
 def test_a_renewal_is_one_write_with_the_held_back_progress(core: MemoryCore) -> None:
     job = core.dispatcher.submit(_builtin())
     assert core.lifecycle.claim(job.id, R, 1, start_at_once=AT_ONCE) is not None
-    core.lifecycle.progress(job.id, R, 1, 10, "first")  # stored at once
-    core.lifecycle.progress(job.id, R, 1, 20, "held back")  # by the progress gate
+    core.lifecycle.progress(job.id, R, 1, 10, "first")  # held back: the claim just wrote
+    core.lifecycle.progress(job.id, R, 1, 20, "held back")  # (the latest wins)
     statements: list[str] = []
 
     def count(_conn: Any, _cur: Any, statement: str, *_a: Any) -> None:
@@ -328,3 +329,25 @@ def test_a_transition_from_no_allowed_status_matches_nothing(store: JobStore) ->
     assert store.get(job.id).status == JobStatus.queued
     done = store.transition(job.id, JobStatus.cancelled, expect=[JobStatus.queued])
     assert done is not None and done.status == JobStatus.cancelled
+
+
+def test_a_rehearsal_claims_and_ends_a_job_and_leaves_nothing(store: JobStore) -> None:
+    # (tasks/warm.py: a worker rehearses before its pool forks, and each child again)
+    announced: list[Any] = []
+    lifecycle = Lifecycle(Settings(), store, Listeners(), lambda *a, **k: announced.append(a))
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cur: Any, statement: str, *_a: Any) -> None:
+        statements.append(" ".join(statement.split()[:3]))
+
+    sa.event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        lifecycle.rehearse(R, AT_ONCE)
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", seen)
+    assert any(s.startswith("INSERT INTO jobs") for s in statements)  # the claimed row
+    assert any(s.startswith("INSERT INTO attempts") for s in statements)
+    with store.engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one() == 0
+        assert c.execute(sa.select(sa.func.count()).select_from(attempts)).scalar_one() == 0
+    assert announced == []

@@ -1,6 +1,7 @@
 """Progress is coalesced: every report is an event at once, the store gets at most one
-write per ``progress_store_s`` per attempt, and what was held back is stored with the next
-lease renewal or the end (orchestrator/progress.py, on the in-memory core)."""
+write per ``progress_store_s`` per attempt (counted from the claim, when this process made
+it), and what was held back is stored with the next lease renewal or the end
+(orchestrator/progress.py, on the in-memory core)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typing import Any
 import pytest
 
 from orchestrator.job import EventType, Job, JobStatus
-from orchestrator.lifecycle import NotHeld
-from orchestrator.listeners import Listener
+from orchestrator.lifecycle import Lifecycle, NotHeld
+from orchestrator.listeners import Listener, Listeners
 from orchestrator.progress import ProgressGate
 from orchestrator.protocol import Verdict
 from orchestrator.settings import Settings
@@ -74,16 +75,32 @@ def _count_progress_writes(core: MemoryCore) -> list[int]:
     return writes
 
 
-def test_every_report_is_an_event_but_the_store_gets_the_first(
+def test_every_report_is_an_event_and_the_claim_counts_as_the_last_write(
     core: MemoryCore, seen: Progress
 ) -> None:
+    # Claimed here: the claim wrote the row, so reports within the interval are held
+    # back (a short job's reports then cost the store nothing before its end).
     job = _running(core)
     writes = _count_progress_writes(core)
     for i in range(1, 51):
         core.lifecycle.progress(job.id, A, 1, i, f"step {i}")
     assert seen.seen == [(float(i), f"step {i}") for i in range(1, 51)]
-    assert writes[0] == 1
-    assert _stored(core, job.id) == (1, "step 1")
+    assert writes[0] == 0
+    assert _stored(core, job.id) == (0, "")
+    assert core.lifecycle.renew(job.id, A, 1).held
+    assert _stored(core, job.id) == (50, "step 50")
+
+
+def test_the_first_report_of_an_attempt_claimed_elsewhere_is_stored_at_once(
+    core: MemoryCore,
+) -> None:
+    # (The API's lifecycle, taking an agent's reports: it did not see the claim.)
+    job = _running(core)
+    api = Lifecycle(core.settings, core.store, Listeners(), lambda *_a, **_k: None)
+    writes = _count_progress_writes(core)
+    api.progress(job.id, A, 1, 10, "ten")
+    api.progress(job.id, A, 1, 20, "twenty")
+    assert writes[0] == 1 and _stored(core, job.id) == (10, "ten")
 
 
 def test_the_held_back_report_is_stored_with_the_renewal(core: MemoryCore) -> None:
@@ -91,7 +108,7 @@ def test_the_held_back_report_is_stored_with_the_renewal(core: MemoryCore) -> No
     core.lifecycle.progress(job.id, A, 1, 10, "ten")
     core.lifecycle.progress(job.id, A, 1, 20, "twenty")
     core.lifecycle.progress(job.id, A, 1, 30, "thirty")
-    assert _stored(core, job.id) == (10, "ten")
+    assert _stored(core, job.id) == (0, "")
     assert core.lifecycle.renew(job.id, A, 1).held
     assert _stored(core, job.id) == (30, "thirty")
 
@@ -131,6 +148,16 @@ def test_gate_keeps_the_latest_pending_report_per_attempt() -> None:
     assert gate.settle(("j", 1)) == {}  # forgotten
 
 
+def test_a_write_of_the_row_holds_the_next_reports_back_for_the_interval() -> None:
+    clock = Clock()
+    gate = ProgressGate(2.0, clock=clock)
+    gate.written(("j", 1))  # (its claim)
+    assert not gate.admit(("j", 1), 1, "a")
+    clock.now += 2.1
+    assert gate.admit(("j", 1), 2, "b")
+    assert gate.take(("j", 1)) is None  # (b was written, and a with it)
+
+
 def test_zero_interval_writes_every_report() -> None:
     gate = ProgressGate(0.0, clock=Clock())
     assert all(gate.admit(("j", 1), i, "") for i in range(10))
@@ -140,7 +167,7 @@ def test_reports_of_an_attempt_claimed_here_cost_the_store_nothing(core: MemoryC
     """The claim vouches for its runner: the reports it holds back read and write nothing;
     another runner's report still costs one read, and is refused."""
     job = _running(core)
-    core.lifecycle.progress(job.id, A, 1, 0, "first")  # (stored at once)
+    core.lifecycle.progress(job.id, A, 1, 0, "first")  # (held back: the claim just wrote)
     calls: list[str] = []
     for name in ("get", "find", "set_progress"):
         real = getattr(core.store, name)
