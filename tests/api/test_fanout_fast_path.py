@@ -16,12 +16,12 @@ from typing import Any
 import anyio
 import pytest
 
-from api.fanout import Subscriber
+from api.fanout import Subscriber, _head_of
 from api.follower import Cursor, JobFollower
 from api.routes.firehose import _Filter, _follow, _Tail
 from api.sse import HubEventSource
 from bench.wire import SSEClient, _resp_array
-from orchestrator.events import FIREHOSE_STREAM, Events
+from orchestrator.events import EVENTS_CHANNEL, FIREHOSE_STREAM, Events
 from orchestrator.settings import Settings
 from tests.api.test_fanout import CountingHub, append, job_id, publish
 
@@ -271,3 +271,66 @@ def test_the_bench_pubsub_client_parses_resp_pushes() -> None:
     assert _resp_array(sub + msg, 0) == ([b"subscribe", b"ch", b"1"], len(sub))
     assert _resp_array(sub + msg, len(sub)) == ([b"message", b"ch", b"hello"], len(sub + msg))
     assert _resp_array(msg[:-3], 0) == (None, 0)  # not all here yet
+
+
+async def test_a_message_nobody_follows_is_not_decoded_but_still_chains(
+    counting_hub: CountingHub, events: Events
+) -> None:
+    # The listeners (metrics, agents' long polls) get the head; a follower gets it all;
+    # and the chain the hub keeps (``prev``) goes on through the heads.
+    hub, jid = counting_hub, job_id()
+    heard: list[dict[str, Any]] = []
+    got = anyio.Event()
+
+    def listener(msg: dict[str, Any]) -> None:
+        if msg.get("job_id") == jid:
+            heard.append(msg)
+            got.set()
+
+    unlisten = hub.listen(listener, logs=True)
+    try:
+        first = await anyio.to_thread.run_sync(events.publish, jid, "progress", {"n": 0})
+        with anyio.fail_after(WAIT_S):
+            await got.wait()
+        assert heard[0]["id"] == first["id"] and "data" not in heard[0]  # the head only
+        got = anyio.Event()
+        await append(events, jid, ["a line"])
+        with anyio.fail_after(WAIT_S):
+            await got.wait()
+        assert heard[-1]["type"] == "log" and "data" not in heard[-1]
+        sub = hub.subscribe(jid)  # now somebody follows it: decoded whole
+        second = await anyio.to_thread.run_sync(events.publish, jid, "progress", {"n": 1})
+        with anyio.fail_after(WAIT_S):
+            msg = await sub.next()
+        assert msg is not None and msg["data"] == {"n": 1}
+        assert msg["prev"] == first["id"]  # (chained through the undecoded one)
+        assert heard[-1]["id"] == second["id"] and heard[-1]["data"] == {"n": 1}
+        hub.unsubscribe(sub)
+    finally:
+        unlisten()
+
+
+async def test_the_heads_read_without_decoding_are_the_messages_own(
+    settings: Settings, events: Events
+) -> None:
+    # (api/fanout.py reads the heads of what orchestrator/events.py publishes)
+    jid = job_id()
+    pubsub = events.r.pubsub()
+    pubsub.subscribe(EVENTS_CHANNEL)
+    try:
+        assert pubsub.get_message(timeout=WAIT_S)["type"] == "subscribe"
+        await anyio.to_thread.run_sync(events.publish, jid, "succeeded", {"id": jid, "x": [1]})
+        await append(events, jid, ["one", "two"])
+        raw = []
+        while len(raw) < 2:
+            m = pubsub.get_message(timeout=WAIT_S)
+            assert m is not None, "a message did not come"
+            if m["type"] == "message" and json.loads(m["data"])["job_id"] == jid:
+                raw.append(m["data"])
+    finally:
+        pubsub.close()
+    for data in raw:
+        head, whole = _head_of(data), json.loads(data)
+        assert head is not None, data[:200]
+        assert head == {k: whole[k] for k in head}
+    assert [json.loads(d)["type"] for d in raw] == ["succeeded", "log"]
