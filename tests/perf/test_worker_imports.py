@@ -8,17 +8,14 @@ it is used, if ever."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orchestrator.services import free_port, worker_argv
 from orchestrator.settings import Settings
+from tests.support import run_probe
 
 # Top-level packages (or exact modules) a worker must not have imported before it forks.
 ABSENT = (
@@ -82,18 +79,7 @@ def before_fork(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "LAUNCHBAY_RUNNER_ID": "runner-imports",
         "PYTHONWARNINGS": "ignore",
     }
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE, *argv[argv.index("worker") :]],
-        env=env,
-        cwd=Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    return run_probe(_PROBE, *argv[argv.index("worker") :], env=env)
 
 
 def _present(modules: list[str], name: str) -> list[str]:

@@ -10,17 +10,14 @@ Valkey; the child reports what it holds."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orchestrator.services import settings_env
 from orchestrator.settings import Settings
+from tests.support import run_probe
 
 _PROBE = """
 import json, os, sys
@@ -76,18 +73,7 @@ def warmed(tmp_path_factory: pytest.TempPathFactory, valkey_url: str) -> dict[st
         "LAUNCHBAY_RUNNER_ID": "runner-warm",
         "PYTHONWARNINGS": "ignore",
     }
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE],
-        env=env,
-        cwd=Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    return run_probe(_PROBE, env=env)
 
 
 def test_a_child_opens_its_redis_connections_before_its_first_job(
