@@ -17,7 +17,9 @@ takes the usual path.
 
 The app (``api.app.LaunchbayAPI``) keeps the server's own ``send`` in the scope under
 :data:`SERVER_SEND`; the bytes written here are added to the access log's count
-(:data:`DIRECT_BYTES` in the scope's state).
+(:data:`DIRECT_BYTES` in the scope's state). The chunks written here pass no middleware:
+none of the app's changes a body (one that did, compression say, would have to turn the
+lane off for the answers it changes).
 """
 
 from __future__ import annotations
