@@ -71,7 +71,7 @@ class Lifecycle:
         self.store = store
         self.listeners = listeners
         self._send = send
-        self._progress = ProgressGate(settings.progress_store_s)
+        self._progress = ProgressGate(settings.progress_store_s, renew_s=settings.lease_s / 3)
 
     # ------------------------------------------------------------ ownership
 

@@ -13,6 +13,7 @@ rate of writes per job instead of one write per report.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +26,17 @@ _PRUNE_AT = 10_000  # attempts remembered before the stale ones are forgotten
 class ProgressGate:
     """Thread-safe; one per process (the lifecycle holds it)."""
 
-    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        every_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        renew_s: float = math.inf,
+    ) -> None:
         self.every_s = every_s
+        # How often a held attempt is renewed (and its held-back report taken): one with a
+        # report held back for longer is not renewed here any more (see ``_prune``).
+        self.renew_s = renew_s
         self._clock = clock
         self._lock = threading.Lock()
         self._written_at: dict[Key, float] = {}
@@ -93,7 +103,12 @@ class ProgressGate:
         return {"progress_percent": pending[0], "progress_message": pending[1]}
 
     def _prune(self, now: float) -> None:
+        """Forget attempts written long enough ago: one with nothing held back once the
+        interval passed (its next report is written at once, as a first one); one with a
+        report held back only once it missed a renewal (the renewal takes the report: an
+        attempt it no longer reaches ended elsewhere, or was lost)."""
         for key, at in list(self._written_at.items()):
-            if now - at >= self.every_s:  # (an attempt that ended elsewhere, or was lost)
+            age = now - at
+            if age >= self.every_s and (key not in self._pending or age >= 2 * self.renew_s):
                 del self._written_at[key]
                 self._pending.pop(key, None)

@@ -13,7 +13,7 @@ import pytest
 from orchestrator.job import EventType, Job, JobStatus
 from orchestrator.lifecycle import Lifecycle, NotHeld
 from orchestrator.listeners import Listener, Listeners
-from orchestrator.progress import ProgressGate
+from orchestrator.progress import _PRUNE_AT, ProgressGate
 from orchestrator.protocol import Verdict
 from orchestrator.settings import Settings
 from orchestrator.testing import MemoryCore, memory_core
@@ -156,6 +156,27 @@ def test_a_write_of_the_row_holds_the_next_reports_back_for_the_interval() -> No
     clock.now += 2.1
     assert gate.admit(("j", 1), 2, "b")
     assert gate.take(("j", 1)) is None  # (b was written, and a with it)
+
+
+def test_pruning_keeps_a_held_back_report_until_its_attempt_misses_a_renewal() -> None:
+    # (at 10,000 remembered attempts the gate forgets old ones: a report held back for an
+    # attempt still running here must survive that, to be stored by its renewal or end)
+    clock = Clock()
+    gate = ProgressGate(2.0, clock=clock, renew_s=10.0)
+    gate.written(("held", 1))
+    assert not gate.admit(("held", 1), 50, "half")  # held back
+    gate.written(("quiet", 1))
+    for i in range(_PRUNE_AT - 2):
+        gate.written((f"other-{i}", 1))
+    clock.now += 5.0  # past the interval, within a renewal
+    gate.written(("new", 1))  # (the 10,000th: prunes)
+    assert gate.take(("held", 1)) == (50, "half")
+    assert not gate.admit(("held", 1), 60, "sixty")  # (taken just now: held back again)
+    clock.now += 21.0  # two renewals missed: not this process's any more
+    for i in range(_PRUNE_AT):
+        gate.written((f"more-{i}", 1))
+    assert gate.take(("held", 1)) is None
+    assert gate.admit(("quiet", 1), 1, "")  # (forgotten: written at once, as a first)
 
 
 def test_zero_interval_writes_every_report() -> None:
