@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from orchestrator.broker import TRANSPORT
 from orchestrator.settings import Settings
 
 RUN_JOB = "launchbay.run_job"
@@ -14,7 +15,11 @@ FIRE_SCHEDULES = "launchbay.fire_schedules"
 
 
 def make_celery(settings: Settings, *, include: list[str] | None = None) -> Celery:
-    app = Celery("launchbay", broker=settings.effective_redis_url, include=include or [])
+    url = settings.effective_redis_url
+    app = Celery("launchbay", broker=url, include=include or [])
+    if url.split("://", 1)[0] in ("redis", "rediss"):
+        # kombu's Redis transport, with one Redis client per channel (orchestrator/broker.py)
+        app.conf.broker_transport = TRANSPORT
     app.conf.update(
         # A message only delivers a job to a runner; the store says who runs it. It is
         # acked when its task starts (the claim is the task's first step), so a running
