@@ -166,14 +166,9 @@ class JobFollower:
     async def _wait(self) -> list[dict[str, Any] | None]:
         # Parked at the live edge: everything so far was sent. Until this wakes, messages
         # that continue the cursor are written by the hub's task (``_take``).
-        sub = self.sub
-        if self.writer is not None:
-            sub.live = self._take
-        try:
-            first = await sub.next(self.poll_s)
-        finally:
-            sub.live = None
-        return [first, *sub.pending()]
+        live = self._take if self.writer is not None else None
+        first = await self.sub.next(self.poll_s, live=live)
+        return [first, *self.sub.pending()]
 
     def _take(self, msg: dict[str, Any]) -> bool:
         """The live lane: write ``msg`` now if it provably continues the cursor (the same
@@ -185,10 +180,8 @@ class JobFollower:
             return False
         kind = msg.get("type")
         if kind == EventType.log:
-            lines = msg.get("data", {}).get("lines", [])
-            seq = self.cursor.log_seq
-            fresh = [ln for ln in lines if ln["seq"] > seq]
-            if not all(ln["seq"] == seq + i for i, ln in enumerate(fresh, start=1)):
+            fresh = self._continuing(msg.get("data", {}).get("lines", []))
+            if fresh is None:
                 return False  # a gap: read
             if fresh:
                 writer.write(self._merge(fresh, []))
@@ -233,14 +226,20 @@ class JobFollower:
                 # (else already ours: it landed between subscribing and a read)
         return read_events, read_logs, hint, [] if read_events else published
 
+    def _continuing(self, lines: list[LogLine]) -> list[LogLine] | None:
+        """The lines the cursor has not seen, if they continue it exactly (none: [] ); None
+        when one is missing before them (a read is due)."""
+        seq = self.cursor.log_seq
+        fresh = [ln for ln in lines if ln["seq"] > seq]
+        if all(ln["seq"] == seq + i for i, ln in enumerate(fresh, start=1)):
+            return fresh
+        return None
+
     async def _logs(self, hint: list[LogLine]) -> list[LogLine]:
-        fresh = [ln for ln in hint if ln["seq"] > self.cursor.log_seq]
-        if fresh and all(
-            ln["seq"] == self.cursor.log_seq + i for i, ln in enumerate(fresh, start=1)
-        ):
-            return fresh  # the published lines continue our cursor exactly: no read needed
-        if hint and not fresh:
-            return []
+        if hint:
+            fresh = self._continuing(hint)
+            if fresh is not None:  # the published lines continue our cursor: no read
+                return fresh
         lines = await self.hub.read_logs(self.job_id, self.cursor.log_seq, self.page)
         self._full_read = len(lines) >= self.page  # a full page: there may be more
         return lines

@@ -723,8 +723,9 @@ class JobStore:
                 row = c.execute(_claim_stmt(start_at_once, True, False), params).first()
                 if row is not None:
                     _row_to_job(row)
-                _claimed(c, row if row is not None else _NO_ROW, runner_id, now)
-                end(c, row if row is not None else _NO_ROW)
+                claimed = row if row is not None else _NO_ROW
+                _claimed(c, claimed, runner_id, now)
+                end(c, claimed)
             finally:
                 c.rollback()
 

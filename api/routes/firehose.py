@@ -200,12 +200,8 @@ async def _follow(hub: Hub, sub: Subscriber, tail: _Tail, poll_s: float) -> Asyn
             continue  # more are waiting: no need to wait for a wake-up
         read = False
         # Parked: everything so far was sent; the live lane may write meanwhile.
-        sub.live = tail.take if tail.writer is not None else None
-        try:
-            first_msg = await sub.next(poll_s)  # raises Dropped when too slow
-        finally:
-            sub.live = None
-        msgs = [first_msg, *sub.pending()]
+        live = tail.take if tail.writer is not None else None
+        msgs = [await sub.next(poll_s, live=live), *sub.pending()]  # Dropped when too slow
 
 
 @router.get(
