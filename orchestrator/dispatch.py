@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from celery import Celery
 
-from orchestrator.broker import held_task_ids
+from orchestrator.broker import TaskMessages, held_task_ids
 from orchestrator.capabilities import LiveRunners, celery_demands, describe
 from orchestrator.celery_app import RUN_JOB
 from orchestrator.errors import BrokerUnavailable, InvalidTransition, ParamError
@@ -31,6 +31,13 @@ from orchestrator.tracing import TracingListener, tracing_for
 
 log = logging.getLogger(__name__)
 _CANCEL_TRIES = 5
+
+
+@dataclass
+class _Staged:
+    """The messages staged in one :meth:`Dispatcher._sending` block."""
+
+    sent: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -66,6 +73,11 @@ class Dispatcher:
         self.sessions = Sessions(self.store.engine, self.settings.workspaces_dir)
         self.listeners.add(SessionListener(self))
         self.live_runners = LiveRunners(RunnerRegistry(self.events.r).live)
+        # Task messages pushed through the events outbox when the broker is the events'
+        # Redis (orchestrator/broker.py); else Celery's send_task.
+        self._messages = (
+            TaskMessages.for_app(self.celery, self.events.r) if self.events.sends_messages else None
+        )
 
     def live_runners_by_id(self, runner_id: str) -> Any:
         """One live runner's registration, or ``None``."""
@@ -97,10 +109,13 @@ class Dispatcher:
             held.warnings = self.live_runners.warnings(held.spec.executor, held.spec.demands)
             return held
         try:
-            self.send(job)
+            # On Redis, the job's message, its created event and its counters leave in one
+            # call (the event first: no runner's claim can be published before it).
+            with self.listeners.together(), self._sending() as sends:
+                self.send(job, producer=sends)
+                self.announce(job, EventType.created)
         except Exception as exc:
             raise self._unsent([job], exc) from exc
-        self.announce(job, EventType.created)
         job.warnings = self.live_runners.warnings(job.spec.executor, job.spec.demands)
         return job
 
@@ -125,14 +140,10 @@ class Dispatcher:
             prepared, match_timeout_s=self.settings.default_match_timeout_s
         )
         try:
-            with self.celery.producer_or_acquire() as producer:
-                # kombu 5.7+: the batch's messages go out in one pipelined round trip
-                # (older: one by one, on the one producer).
-                batch = getattr(producer, "batch", None)
-                with batch() if batch is not None else contextlib.nullcontext():
-                    for job in jobs:
-                        if job.hold != "deps":
-                            self.send(job, producer=producer)
+            with self._sending() as sends:  # (the batch's messages: one round trip)
+                for job in jobs:
+                    if job.hold != "deps":
+                        self.send(job, producer=sends)
         except Exception as exc:
             raise self._unsent(jobs, exc) from exc
         out = []
@@ -160,10 +171,30 @@ class Dispatcher:
                 self.announce(failed)
         return BrokerUnavailable(f"the broker cannot take jobs right now: {exc}")
 
+    @contextlib.contextmanager
+    def _sending(self) -> Iterator[Any]:
+        """Sends made inside (``send(job, producer=…)`` with what this yields) leave
+        together at the end, in one round trip, with whatever events were staged by then;
+        raises if they did not. On Redis they are staged in the events outbox; on another
+        broker (or the in-memory core) they go through one Celery producer."""
+        if self._messages is not None:
+            sends = _Staged()
+            yield sends
+            self.events.flush()
+            for sent in sends.sent:
+                sent.check()
+            return
+        with self.celery.producer_or_acquire() as producer:
+            # kombu 5.7+: the batch's messages go out in one pipelined round trip
+            # (older: one by one, on the one producer).
+            batch = getattr(producer, "batch", None)
+            with batch() if batch is not None else contextlib.nullcontext():
+                yield producer
+
     def send(self, job: Job, *, producer: Any = None) -> None:
-        """Send the job's current attempt to its queue (through ``producer``, e.g. one in a
-        publish batch). A job waiting out a delay (``not_before`` in the future) is not
-        sent: :meth:`send_due` sends it when due."""
+        """Send the job's current attempt to its queue: now, or with the others of a
+        :meth:`_sending` block (``producer``). A job waiting out a delay (``not_before``
+        in the future) is not sent: :meth:`send_due` sends it when due."""
         if job.not_before is not None and job.not_before > self.store.now():
             return
         task_id = task_id_for(job.id, job.attempt)
@@ -172,22 +203,40 @@ class Dispatcher:
             expires = max(job.match_deadline, self.store.now() + timedelta(seconds=1))
         args = [job.id, job.attempt]
         # Demands no queue name carries: the worker checks them before it claims.
-        kwargs = celery_demands(job.spec.demands)
-        self.celery.send_task(
-            RUN_JOB,
-            args=args,
-            kwargs=kwargs,
-            argsrepr=repr(args),  # (plain values: Celery's saferepr costs more than the send)
-            kwargsrepr=repr(kwargs or {}),
-            task_id=task_id,
-            queue=route(job.spec),
-            expires=expires,
-            # Redis serves priority 0 first; a job's priority 9 is the highest.
-            priority=9 - job.spec.priority,
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
-            producer=producer,
-        )
+        kwargs = celery_demands(job.spec.demands) or {}
+        # Redis serves priority 0 first; a job's priority 9 is the highest.
+        priority = 9 - job.spec.priority
+        if self._messages is not None:
+            key, raw = self._messages.make(
+                RUN_JOB,
+                task_id,
+                args=args,
+                kwargs=kwargs,
+                queue=route(job.spec),
+                priority=priority,
+                expires=expires,
+            )
+            sent = self.events.stage_message(key, raw)
+            if isinstance(producer, _Staged):
+                producer.sent.append(sent)
+            else:
+                self.events.flush()
+                sent.check()
+        else:
+            self.celery.send_task(
+                RUN_JOB,
+                args=args,
+                kwargs=kwargs,
+                argsrepr=repr(args),  # (plain values: Celery's saferepr costs more)
+                kwargsrepr=repr(kwargs),
+                task_id=task_id,
+                queue=route(job.spec),
+                expires=expires,
+                priority=priority,
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+                producer=producer,
+            )
         if job.task_id != task_id:
             self.store.set_task_id(job.id, task_id)
 

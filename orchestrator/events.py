@@ -143,7 +143,9 @@ RUNNERS_PATTERN = "lb:runners:*"
 #      with the stream id it got (only known in here); ``gid`` is its id in the firehose;
 #   c | f, field, n — HINCRBY | HINCRBYFLOAT of the metrics hash;
 #   l, maxlen, ts, the first line's number, how many lines, a (stream, step, line) triple per
-#      line, the wake-up message — log lines with ids ``{seq}-0`` (line numbers).
+#      line, the wake-up message — log lines with ids ``{seq}-0`` (line numbers);
+#   q, message — a Celery task message LPUSHed onto its queue's list (its key is the
+#      operation's key; orchestrator/broker.py ``TaskMessages``).
 # Returns the event ids, in order.
 _SEND_LUA = """
 local chan, emax, fmax = ARGV[1], ARGV[2], ARGV[3]
@@ -183,6 +185,10 @@ while i <= #ARGV do
     redis.call('XTRIM', KEYS[k], 'MAXLEN', ARGV[i + 1])
     redis.call('PUBLISH', chan, ARGV[j])
     i = j + 1
+  elseif op == 'q' then
+    k = k + 1
+    redis.call('LPUSH', KEYS[k], ARGV[i + 1])
+    i = i + 2
   else
     return redis.error_reply('launchbay: unknown operation ' .. tostring(op))
   end
@@ -202,6 +208,12 @@ class _Sent:
     def __init__(self) -> None:
         self.id: str | None = None
         self.error: Exception | None = None
+
+    def check(self) -> None:
+        """Raise unless it was sent (after a flush: another thread's call may have taken
+        it, and failed)."""
+        if self.id is None:
+            raise self.error or redis.RedisError("not sent")
 
 
 class Outbox:
@@ -228,7 +240,8 @@ class Outbox:
         self._sending = threading.Lock()  # one call in flight
         self._keys: list[str] = []
         self._args: list[str | int | float] = []
-        self._sent: list[_Sent] = []
+        self._sent: list[_Sent] = []  # the staged events, in order
+        self._queued: list[_Sent] = []  # the staged task messages
         self._soon = threading.Event()  # wakes the outbox's thread (:meth:`flush_soon`)
         self._thread: tuple[int, threading.Thread] | None = None
 
@@ -243,6 +256,16 @@ class Outbox:
             self._args += ("e", type_, ts, payload, body, job_id)
             self._sent.append(sent)
         return ts, sent
+
+    def message(self, key: str, raw: str) -> _Sent:
+        """Stage one task message for the list ``key`` (a broker queue); its ``_Sent``
+        gets an id (``"queued"``) once the call that pushed it returned."""
+        sent = _Sent()
+        with self._lock:
+            self._keys.append(key)
+            self._args += ("q", raw)
+            self._queued.append(sent)
+        return sent
 
     def count(self, fields: dict[str, float]) -> None:
         """Stage metric increments (``…|sum`` fields by a float, the others by an int)."""
@@ -260,18 +283,18 @@ class Outbox:
         failed publish always was; a log batch is the caller's to send again."""
         with self._sending:
             with self._lock:
-                keys, args, sent = self._keys, self._args, self._sent
+                keys, args, sent, queued = self._keys, self._args, self._sent, self._queued
                 if logs is not None:
                     key, op = logs(utcnow().isoformat())
                     keys.append(key)
                     args += op
                 if not args:
                     return
-                self._keys, self._args, self._sent = [], [], []
+                self._keys, self._args, self._sent, self._queued = [], [], [], []
             try:
                 ids = self._call([FIREHOSE_STREAM, METRICS_KEY, *keys], args)
             except Exception as exc:
-                for s in sent:
+                for s in (*sent, *queued):
                     s.error = exc
                 if sent:
                     log.warning("%d job event(s) not published: %s", len(sent), exc)
@@ -280,6 +303,8 @@ class Outbox:
             # once the lock is free.)
             for s, entry_id in zip(sent, ids, strict=False):
                 s.id = entry_id
+            for s in queued:
+                s.id = "queued"
 
     def flush_soon(self) -> None:
         """Have what is staged sent by this outbox's own thread, now, without waiting for
@@ -386,8 +411,7 @@ class Events:
             raise NotImplementedError
         ts, sent = self._outbox.event(job_id, type_, data)
         self._outbox.flush()
-        if sent.id is None:  # another thread's call took it, and failed
-            raise sent.error or redis.RedisError("the event was not published")
+        sent.check()
         return {"id": sent.id, "job_id": job_id, "type": type_, "ts": ts, "data": data}
 
     def post(self, job_id: str, type_: str, data: dict[str, Any]) -> None:
@@ -397,6 +421,17 @@ class Events:
             self.publish(job_id, type_, data)
         else:
             self._outbox.event(job_id, type_, data)
+
+    @property
+    def sends_messages(self) -> bool:
+        """Whether :meth:`stage_message` works (a real Redis behind an outbox)."""
+        return self._outbox is not None
+
+    def stage_message(self, key: str, raw: str) -> _Sent:
+        """Stage a task message for the broker's list ``key``: pushed by the next flush,
+        in the same call as the events staged around it (``_Sent.check`` after it)."""
+        assert self._outbox is not None
+        return self._outbox.message(key, raw)
 
     def flush(self) -> None:
         """Send what is staged (:meth:`post`, metric increments); raises a Redis error."""
