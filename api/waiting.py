@@ -1,4 +1,5 @@
-"""Waiting for a job's end without polling: ``GET /jobs/{id}?wait=S``.
+"""Waiting for a job's end without polling: ``GET /jobs/{id}?wait=S``, and ``POST
+/jobs?wait=S`` (submit and wait in one request: the job is subscribed to before it exists).
 
 The request subscribes to the job on the process's one fan-out hub (``api/fanout.py``)
 *before* it reads the store, so an end that lands between the read and the wait still
@@ -13,6 +14,8 @@ thread hop and the store's time while the client waits (~0.5 ms of its round tri
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
 
@@ -25,17 +28,28 @@ MAX_WAIT_S = 30.0  # (as the agents' long poll: one answer within any proxy's ti
 _WAKE = TERMINAL_EVENTS | {EventType.resync}
 
 
-async def wait_for_end(store: JobStore, hub: Hub, job_id: str, wait_s: float) -> Job:
+async def wait_for_end(
+    store: JobStore,
+    hub: Hub,
+    job_id: str,
+    wait_s: float,
+    *,
+    submit: Callable[[], Job] | None = None,
+) -> Job:
     """The job once it has ended, or as it stands after ``wait_s`` seconds (an unknown id
-    raises JobNotFound at once: the first read)."""
+    raises JobNotFound at once: the first read). With ``submit`` (``POST /jobs?wait=``,
+    the job to be made with id ``job_id``): it runs in a thread once the job is
+    subscribed to, and the job it answers is the first read."""
+    first: Callable[[], Job] = submit or functools.partial(store.get, job_id)
     if wait_s <= 0:
-        return await run_in_threadpool(store.get, job_id)
+        return await run_in_threadpool(first)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
         sub = hub.subscribe(job_id, logs=False, label="wait")
         try:
-            job = await run_in_threadpool(store.get, job_id)
+            job = await run_in_threadpool(first)
+            first = functools.partial(store.get, job_id)  # (a second round reads)
             while not job.ended:
                 left = deadline - loop.time()
                 if left <= 0:

@@ -7,6 +7,7 @@ compares the two.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import threading
 import time
@@ -295,7 +296,34 @@ def make_engine(url: str) -> Engine:
         )
         sa.event.listen(engine, "connect", _on_sqlite_connect)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE)
+    engine = sa.create_engine(url, pool_size=POOL_SIZE)
+    sa.event.listen(engine, "checkin", _on_checkin)
+    sa.event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
+    return engine
+
+
+# A server's connection is pinged when it is checked out after resting in the pool for
+# longer than this (SQLAlchemy's ``pool_pre_ping`` pings at every checkout: four round
+# trips per job on PostgreSQL). A connection the server dropped meanwhile is replaced
+# before use; one it dropped within the last second fails its statement, and SQLAlchemy
+# then replaces every connection of the pool (the store's callers retry or answer 503).
+PING_IDLE_S = 1.0
+
+
+def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+    record.info["rested_from"] = time.monotonic()
+
+
+def _ping_if_idle(dialect: Any, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    rested_from = record.info.get("rested_from")
+    if rested_from is None or time.monotonic() - rested_from <= PING_IDLE_S:
+        return  # (a new connection, or one in use a moment ago)
+    try:
+        ok = dialect.do_ping(dbapi_connection)
+    except Exception as exc:
+        raise sa.exc.DisconnectionError(f"ping failed: {exc}") from exc
+    if ok is False:
+        raise sa.exc.DisconnectionError("ping failed")
 
 
 # Connections a process keeps to its database. The API serves up to 40 requests at once

@@ -110,6 +110,24 @@ def _inserted(spec: Any, v: dict[str, Any]) -> Job:
 _AttemptWrite = Callable[[sa.Connection, sa.Row[Any]], None]
 
 
+class _AttemptRow:
+    """An :data:`_AttemptWrite` that sets ``fields`` on attempt ``number``'s row: in the
+    transition's transaction, or (PostgreSQL) in its very statement
+    (:func:`_with_attempt_update`)."""
+
+    __slots__ = ("number", "fields")
+
+    def __init__(self, number: int, fields: dict[str, Any]) -> None:
+        self.number = number
+        self.fields = fields
+
+    def __call__(self, c: sa.Connection, row: sa.Row[Any]) -> None:
+        _write_attempt(c, row.id, self.number, self.fields)
+
+    def params(self) -> dict[str, Any]:
+        return {"a_number": self.number, **{f"a_{k}": v for k, v in self.fields.items()}}
+
+
 # What a store that cannot be reached (a database restarting, a network partition, a
 # SQLite file locked past its busy timeout) raises; callers retry or answer 503.
 STORE_DOWN: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError)
@@ -128,6 +146,17 @@ class JobStore:
         self.url = url
         self.now = clock
         self.engine = make_engine(url)
+        # PostgreSQL: one statement that is a whole transaction runs in autocommit (no
+        # BEGIN and COMMIT round trips: a read 0.5 → 0.3 ms), and a transition writes its
+        # attempt's row in the same statement (a data-modifying CTE): a claim, a start
+        # and an end are one round trip each, not four. SQLite: one transaction as before
+        # (its statements cost no round trip; SQLite has no DML in a CTE).
+        self._folds = self.engine.dialect.name == "postgresql"
+        self._single = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self._folds
+            else self.engine
+        )
         if create:
             self.create_schema()
 
@@ -142,7 +171,7 @@ class JobStore:
     # ------------------------------------------------------------ reads
 
     def get(self, job_id: str) -> Job:
-        with self.engine.connect() as c:
+        with self._single.connect() as c:
             row = c.execute(_GET_JOB, {"job_id": job_id}).first()
         if row is None:
             raise JobNotFound(job_id)
@@ -318,7 +347,7 @@ class JobStore:
         is a ParamError."""
         spec = _SPEC.validate_python(spec) if isinstance(spec, dict) else spec
         values = self._new_row(spec, job_id, match_timeout_s, concurrency_key, rerun_of)
-        with self.engine.begin() as c:
+        with (self.engine if spec.depends_on else self._single).begin() as c:
             _insert_job(c, spec, values)
         return _inserted(spec, values)
 
@@ -436,6 +465,13 @@ class JobStore:
             )
             params = {f"v_{k}": v for k, v in values.items()}
             params.update(p_id=job_id, p_attempt=attempt, p_runner=runner_id)
+            if self._folds and (record is None or isinstance(record, _AttemptRow)):
+                if record is not None:  # (the attempt's row in the same statement)
+                    stmt = _with_attempt_update(stmt, tuple(record.fields))
+                    params.update(record.params())
+                with self._single.begin() as c:
+                    row = c.execute(stmt, params).first()
+                return _row_to_job(row) if row is not None else None
             with self.engine.begin() as c:
                 row = c.execute(stmt, params).first()
                 if row is not None and record is not None:
@@ -467,18 +503,15 @@ class JobStore:
         exit_code: int | None = None,
         error: str | None = None,
         record: dict[str, Any] | None = None,
-    ) -> _AttemptWrite:
-        def write(c: sa.Connection, row: sa.Row[Any]) -> None:
-            fields = {
-                "ended_at": self.now(),
-                "outcome": outcome.value,
-                "exit_code": exit_code,
-                "error": error,
-                **(record or {}),  # handle, cleanup, resource_usage (run records)
-            }
-            _write_attempt(c, row.id, number, fields)
-
-        return write
+    ) -> _AttemptRow:
+        fields = {
+            "ended_at": self.now(),
+            "outcome": outcome.value,
+            "exit_code": exit_code,
+            "error": error,
+            **(record or {}),  # handle, cleanup, resource_usage (run records)
+        }
+        return _AttemptRow(number, fields)
 
     def claim(
         self,
@@ -506,10 +539,15 @@ class JobStore:
         try:
             # Flow control: a held job is not claimable; a keyed one takes _claim_keyed.
             # Sessions: one run of a session at a time, in order (orchestrator/sessions.py).
-            with self.engine.begin() as c:
-                row = c.execute(_claim_stmt(start_at_once, pinned, False), params).first()
-                if row is not None:
-                    _claimed(c, row, runner_id, now)
+            row = None
+            if self._folds:  # (a job of no session: one statement, its attempt row in it)
+                with self._single.begin() as c:
+                    row = c.execute(_claim_folded_stmt(start_at_once, pinned), params).first()
+            if row is None:
+                with self.engine.begin() as c:
+                    row = c.execute(_claim_stmt(start_at_once, pinned, False), params).first()
+                    if row is not None:
+                        _claimed(c, row, runner_id, now)
             if row is None:  # only a lost claim pays for the look at the key
                 row = self._claim_keyed(params, start_at_once)
         except SessionBusy:  # another run of its session won meanwhile (rolled back)
@@ -647,12 +685,9 @@ class JobStore:
         """claimed → running; the attempt's row gets its start time and launch handle."""
         now = self.now()
 
-        def record(c: sa.Connection, row: sa.Row[Any]) -> None:
-            fields: dict[str, Any] = {"started_at": now}
-            if handle:
-                fields["handle"] = handle[:512]
-            _write_attempt(c, row.id, attempt, fields)
-
+        fields: dict[str, Any] = {"started_at": now}
+        if handle:
+            fields["handle"] = handle[:512]
         return self._cas(
             job_id,
             JobStatus.running,
@@ -661,7 +696,7 @@ class JobStore:
             require_no_cancel=False,
             runner_id=runner_id,
             values={"started_at": now, "lease_expires_at": now + timedelta(seconds=lease_s)},
-            record=record,
+            record=_AttemptRow(attempt, fields),
         )
 
     def finish(
@@ -822,7 +857,7 @@ class JobStore:
         stmt = _active_update_stmt(tuple(values), runner_id is not None, cancel_flag)
         params = {f"v_{k}": v for k, v in values.items()}
         params.update(p_id=job_id, p_attempt=attempt, p_runner=runner_id)
-        with self.engine.begin() as c:
+        with self._single.begin() as c:
             res = c.execute(stmt, params)
             if not cancel_flag:
                 return True if res.rowcount == 1 else None
@@ -1024,6 +1059,41 @@ def _active_update_stmt(keys: tuple[str, ...], by_runner: bool, cancel_flag: boo
 
 
 _INSERT_ATTEMPT = attempts.insert()
+
+
+@functools.lru_cache(maxsize=256)
+def _with_attempt_update(stmt: Any, keys: tuple[str, ...]) -> Any:
+    """PostgreSQL: ``stmt`` (an UPDATE of jobs RETURNING the row) and the update of its
+    attempt's row (``a_number``; ``a_<key>`` values) as one statement, the row as
+    ``stmt`` returns it: ``WITH won AS (UPDATE jobs … RETURNING …), a AS (UPDATE
+    attempts … FROM won …) SELECT * FROM won``."""
+    won = stmt.cte("won")
+    row = (
+        attempts.update()
+        .where(attempts.c.job_id == won.c.id, attempts.c.number == sa.bindparam("a_number"))
+        .values(**{k: sa.bindparam(f"a_{k}", type_=attempts.c[k].type) for k in keys})
+    )
+    return sa.select(won).add_cte(row.cte("attempt_row"))
+
+
+@functools.cache
+def _claim_folded_stmt(start_at_once: frozenset[str], pinned: bool) -> Any:
+    """PostgreSQL: the claim of a job of no session and no concurrency key (the ones
+    that need no other statement in the claim's transaction) and its attempt's row
+    (started too when the claim started the job), in one statement."""
+    won = _claim_stmt(start_at_once, pinned, False).where(jobs.c.session_id.is_(None)).cte("won")
+    now = sa.bindparam("v_claimed_at", type_=jobs.c.claimed_at.type)
+    row = attempts.insert().from_select(
+        ["job_id", "number", "runner_id", "claimed_at", "started_at"],
+        sa.select(
+            won.c.id,
+            won.c.attempt,
+            sa.bindparam("v_runner_id", type_=attempts.c.runner_id.type),
+            now,
+            sa.case((won.c.status == JobStatus.running.value, now), else_=sa.null()),
+        ),
+    )
+    return sa.select(won).add_cte(row.cte("attempt_row"))
 
 
 class _NoRow:

@@ -3,6 +3,7 @@ straight from the model (``response_model`` documents it)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from api.routes.streams import hub_of
 from api.waiting import MAX_WAIT_S, wait_for_end
 from orchestrator.errors import ParamError
 from orchestrator.job import Job, JobSpec, JobStatus
+from orchestrator.store import new_job_id
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=StrictJSONRoute)
 
@@ -44,8 +46,9 @@ class JobPage(BaseModel):
     operation_id="jobs-create",
     summary="Submit a job",
 )
-def create_job(
+async def create_job(
     spec: Annotated[JobSpec, Body()],
+    request: Request,
     dispatcher: DispatcherDep,
     idempotency_key: Annotated[
         str | None,
@@ -57,16 +60,49 @@ def create_job(
             "first job (200); another body is a 409 (orchestrator/idempotency.py).",
         ),
     ] = None,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_S,
+            description="Seconds to wait for the job to end before answering: submit and "
+            "wait in one request (as `GET /jobs/{id}?wait=`); the job as it stands when "
+            "the wait runs out. 0 answers at once.",
+        ),
+    ] = 0,
 ) -> Any:
-    code = status.HTTP_201_CREATED
-    if idempotency_key is None:
-        job = dispatcher.submit(spec)
-    else:
+    if idempotency_key is not None:
         body = spec.model_dump(mode="json")
-        job, created = dispatcher.flow.submit_idempotent(idempotency_key, body, spec)
-        if not created:
-            code = status.HTTP_200_OK
-    return _answer(dispatcher.flow.with_waiting(job), code)
+        job, created = await run_in_threadpool(
+            dispatcher.flow.submit_idempotent, idempotency_key, body, spec
+        )
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        if wait:  # (the key's job may be an earlier one: its id is known only now)
+            job = await wait_for_end(dispatcher.store, hub_of(request.app.state.lb), job.id, wait)
+        return _answer(await _why_queued(dispatcher, job), code)
+    if not wait:  # (one thread hop: the submit, and why a queued job waits)
+        job = await run_in_threadpool(_submit, dispatcher, spec, None)
+        return _answer(job, status.HTTP_201_CREATED)
+    job_id = new_job_id()  # (subscribed to before it exists: its end cannot slip past)
+    job = await wait_for_end(
+        dispatcher.store,
+        hub_of(request.app.state.lb),
+        job_id,
+        wait,
+        submit=functools.partial(dispatcher.submit, spec, job_id=job_id),
+    )
+    return _answer(await _why_queued(dispatcher, job), status.HTTP_201_CREATED)
+
+
+def _submit(dispatcher: Any, spec: JobSpec, job_id: str | None) -> Job:
+    job: Job = dispatcher.submit(spec, job_id=job_id)
+    return dispatcher.flow.with_waiting(job) if job.status == JobStatus.queued else job
+
+
+async def _why_queued(dispatcher: Any, job: Job) -> Job:
+    if job.status != JobStatus.queued:
+        return job
+    return await run_in_threadpool(dispatcher.flow.with_waiting, job)  # type: ignore[no-any-return]
 
 
 class JobBatch(BaseModel):

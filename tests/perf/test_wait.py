@@ -1,5 +1,6 @@
-"""``GET /jobs/{id}?wait=S``: the answer comes when the job ends (woken by the fan-out
-hub, not by polling), or when the wait runs out; bad values are 422s naming ``wait``."""
+"""``GET /jobs/{id}?wait=S`` and ``POST /jobs?wait=S`` (submit and wait in one request):
+the answer comes when the job ends (woken by the fan-out hub, not by polling), or when
+the wait runs out; bad values are 422s naming ``wait``, and lose nothing."""
 
 from __future__ import annotations
 
@@ -76,3 +77,69 @@ def test_a_bad_wait_is_a_422_naming_the_field(api: httpx.Client, value: str) -> 
 def test_wait_on_an_unknown_job_is_a_404(api: httpx.Client) -> None:
     r = api.get("/api/v1/jobs/no-such-job", params={"wait": 5})
     assert r.status_code == 404
+
+
+def test_submit_and_wait_answers_the_ended_job(stack: Stack, api: httpx.Client) -> None:
+    r = api.post("/api/v1/jobs", params={"wait": 30}, json=COUNTDOWN, timeout=40)
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["status"] == "succeeded"
+    assert job["result"]["message"] == "Countdown complete!"
+    assert api.get(f"/api/v1/jobs/{job['id']}").json() == job  # (as the store holds it)
+
+
+def test_many_submit_and_waits_at_once_each_get_their_own_end(
+    stack: Stack, api: httpx.Client
+) -> None:
+    """Trivial jobs end within a millisecond or two of their submit: an end published
+    before the submit's thread came back must still reach its waiter."""
+    spec = {"executor": "builtin", "type": "fibonacci", "params": {"count": 3}}
+    got: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        with httpx.Client(base_url=stack.url, timeout=60) as h:
+            for _ in range(10):
+                r = h.post("/api/v1/jobs", params={"wait": 30}, json=spec)
+                with lock:
+                    got.append(r.json())
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(got) == 40 and len({j["id"] for j in got}) == 40
+    assert {j["status"] for j in got} == {"succeeded"}
+    assert all(j["result"]["numbers"] == [1, 1, 2] for j in got)
+
+
+def test_submit_and_wait_that_runs_out_answers_the_queued_job(
+    stack: Stack, api: httpx.Client
+) -> None:
+    r = api.post("/api/v1/jobs", params={"wait": 0.3}, json={**UNMATCHED, "match_timeout_s": 600})
+    assert r.status_code == 201 and r.json()["status"] == "queued"
+    assert r.json()["waiting"]  # (why it waits, as a plain submit answers)
+    api.post(f"/api/v1/jobs/{r.json()['id']}/cancel")
+
+
+def test_submit_and_wait_with_an_idempotency_key_waits_for_the_first_job(
+    stack: Stack, api: httpx.Client
+) -> None:
+    key = {"Idempotency-Key": f"wait-{threading.get_ident()}-{id(api)}"}
+    first = api.post("/api/v1/jobs", params={"wait": 30}, json=COUNTDOWN, headers=key)
+    assert first.status_code == 201 and first.json()["status"] == "succeeded"
+    again = api.post("/api/v1/jobs", params={"wait": 30}, json=COUNTDOWN, headers=key)
+    assert again.status_code == 200 and again.json() == first.json()
+
+
+@pytest.mark.parametrize("value", ["-1", "31", "soon", "nan"])
+def test_a_bad_submit_wait_is_a_422_and_submits_nothing(
+    stack: Stack, api: httpx.Client, value: str
+) -> None:
+    before = api.get("/api/v1/stats").json()
+    r = api.post("/api/v1/jobs", params={"wait": value}, json=COUNTDOWN)
+    assert r.status_code == 422, r.text
+    assert [f["field"] for f in r.json()["fields"]] == ["wait"]
+    after = api.get("/api/v1/stats").json()
+    assert after["total"] == before["total"]

@@ -76,3 +76,41 @@ def test_a_resync_still_reads_the_store(core: MemoryCore) -> None:
     hub = _Hub([lambda: {"type": "resync", "data": {}}])
     got = asyncio.run(wait_for_end(core.store, hub, job.id, 0.05))  # type: ignore[arg-type]
     assert got.status == JobStatus.queued
+
+
+def test_submit_and_wait_subscribes_before_the_job_exists(core: MemoryCore) -> None:
+    """``POST /jobs?wait=``: the submit runs once its job is subscribed to (an end
+    published before the submit's thread came back still wakes it), and its answer is
+    the first read: no store read at all when the end's event comes."""
+    order: list[str] = []
+    reads = [0]
+    real_get = core.store.get
+
+    def counting_get(job_id: str) -> Any:
+        reads[0] += 1
+        return real_get(job_id)
+
+    core.store.get = counting_get  # type: ignore[method-assign]
+
+    class _Ordered(_Hub):
+        def subscribe(self, job_id: str, **_: Any) -> _Sub:
+            order.append(f"subscribe {job_id}")
+            return super().subscribe(job_id)
+
+    def submit() -> Any:
+        order.append("submit")
+        return core.dispatcher.submit(FIB, job_id="feedfacefeedfacefeedfacefeedface")
+
+    def end() -> dict[str, Any]:
+        jid = "feedfacefeedfacefeedfacefeedface"
+        assert core.lifecycle.claim(jid, A, start_at_once=frozenset({"builtin"})) is not None
+        done = core.lifecycle.end(jid, A, 1, Verdict(status=JobStatus.succeeded, result=[1]))
+        return {"type": "succeeded", "data": done.public()}
+
+    hub = _Ordered([end])
+    got = asyncio.run(
+        wait_for_end(core.store, hub, "feedfacefeedfacefeedfacefeedface", 5, submit=submit)  # type: ignore[arg-type]
+    )
+    assert order == ["subscribe feedfacefeedfacefeedfacefeedface", "submit"]
+    assert got.status == JobStatus.succeeded and got.result == [1]
+    assert reads == [0]
