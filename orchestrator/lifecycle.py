@@ -320,6 +320,7 @@ class Lifecycle:
             error=error,
             runner_id=runner_id,
             record=record,
+            same_spec=job.spec if job is not None else None,
             **ended,
         )
         if done is None and status in (JobStatus.succeeded, JobStatus.failed):
@@ -332,6 +333,7 @@ class Lifecycle:
                 error="cancelled",
                 runner_id=runner_id,
                 record=record,
+                same_spec=job.spec if job is not None else None,
                 **fields,
             )
         if done is None:

@@ -37,18 +37,20 @@ from orchestrator.sessions import SessionBusy, guard_session_turn, session_turn
 _SPEC = TypeAdapter(JobSpec)
 
 
-def _row_to_job(row: sa.Row[Any]) -> Job:
+def _row_to_job(row: sa.Row[Any], spec: Any = None) -> Job:
+    """The job a row holds; ``spec``: its spec as the caller holds it already (a job's
+    spec never changes), instead of validating the row's again."""
     m = row._mapping
-    job = _job_of(m)
+    job = _job_of(m, spec)
     if m.get("secrets"):
         job.spec.secrets = dict(m["secrets"])  # for the runner only: never serialized
     return job
 
 
-def _job_of(m: Any) -> Job:
+def _job_of(m: Any, spec: Any = None) -> Job:
     return Job(
         id=m["id"],
-        spec=_SPEC.validate_python(m["spec"]),
+        spec=spec if spec is not None else _SPEC.validate_python(m["spec"]),
         status=JobStatus(m["status"]),
         attempt=m["attempt"],
         runner_id=m["runner_id"],
@@ -447,6 +449,7 @@ class JobStore:
         runner_id: str | None = None,
         record: _AttemptWrite | None = None,
         where: Iterable[Any] = (),
+        spec: Any = None,
     ) -> Job | None:
         sources = sources_of(target)
         if expect is not None:
@@ -471,12 +474,12 @@ class JobStore:
                     params.update(record.params())
                 with self._single.begin() as c:
                     row = c.execute(stmt, params).first()
-                return _row_to_job(row) if row is not None else None
+                return _row_to_job(row, spec) if row is not None else None
             with self.engine.begin() as c:
                 row = c.execute(stmt, params).first()
                 if row is not None and record is not None:
                     record(c, row)
-            return _row_to_job(row) if row is not None else None
+            return _row_to_job(row, spec) if row is not None else None
         # A value computed in SQL (a counter) or an extra condition: built for this call.
         conds = [jobs.c.id == job_id, jobs.c.status.in_([s.value for s in sources])]
         if attempt is not None:
@@ -493,7 +496,7 @@ class JobStore:
             ).first()
             if row is not None and record is not None:
                 record(c, row)
-        return _row_to_job(row) if row is not None else None
+        return _row_to_job(row, spec) if row is not None else None
 
     def _end_attempt_row(
         self,
@@ -709,11 +712,13 @@ class JobStore:
         error: str | None = None,
         runner_id: str | None = None,
         record: dict[str, Any] | None = None,
+        same_spec: Any = None,
         **values: Any,
     ) -> Job | None:
         """Terminal CAS from claimed/running. Neither success nor failure wins over an
         accepted cancel (the caller ends it ``cancelled`` instead); a run-time limit that
-        fired does. ``record``: the attempt row's run-record fields."""
+        fired does. ``record``: the attempt row's run-record fields; ``same_spec``: the
+        job's spec as the caller holds it (the answer reuses it)."""
         return self._cas(
             job_id,
             status,
@@ -729,6 +734,7 @@ class JobStore:
                 error=error,
                 record=record,
             ),
+            spec=same_spec,
         )
 
     def rehearse_attempt_rows(

@@ -539,7 +539,11 @@ class Attempt:
         for n in range(1, tries + 1):
             if self.stop_reason is not None:
                 return None
-            if self.channel.cancel_requested(self.job):
+            # Before a retry, a cancel asked meanwhile. (Not before the first try: it
+            # follows the claim, which found no cancel asked, by a fraction of a
+            # millisecond; a cancel asked since is the watcher's, as one asked just after
+            # the launch is. A Redis round trip on every attempt's critical path.)
+            if n > 1 and self.channel.cancel_requested(self.job):
                 self.cancel()
                 return None
             if self.channel.hand_back_due(self.job):

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from orchestrator import store as store_module
 from orchestrator.job import EventType, Job, JobStatus
 from orchestrator.lifecycle import Lifecycle, NotHeld
 from orchestrator.listeners import Listener, Listeners
@@ -242,11 +243,21 @@ def test_an_end_with_the_runners_copy_reads_nothing_first(
     job = core.dispatcher.submit(_builtin())
     mine = core.lifecycle.claim(job.id, R, 1, start_at_once=AT_ONCE)
     assert mine is not None
+    validated: list[Any] = []
+    real_validate = store_module._SPEC.validate_python
+
+    def counting(raw: Any, *args: Any, **kwargs: Any) -> Any:
+        validated.append(raw)
+        return real_validate(raw, *args, **kwargs)
+
     with monkeypatch.context() as m:
         _no_reads(core, m)
+        m.setattr(store_module._SPEC, "validate_python", counting)
         done = core.lifecycle.end(job.id, R, 1, Verdict(status=JobStatus.succeeded), mine)
     assert done.status == JobStatus.succeeded and done.progress.percent == 100
     assert core.events.types(job.id)[-1] == "succeeded"
+    # Nor validates the row's spec again: a job's spec never changes, the runner holds it.
+    assert validated == [] and done.spec is mine.spec
 
 
 def test_a_cancel_asked_after_the_runners_copy_still_wins(core: MemoryCore) -> None:

@@ -103,7 +103,7 @@ def test_output_goes_out_when_there_is_some_not_on_a_tick(core: MemoryCore) -> N
         launcher.gate.set()
         launcher.end.set()
         assert running.result(timeout=WAIT_S) == "succeeded"
-    assert channel.polls == 1  # the launch's own check; the watcher never polled
+    assert channel.polls == 0  # the watcher never polled (nor the launch: it follows the claim)
     assert _published(core, job.id) == [
         "created",
         "claimed",
@@ -129,7 +129,7 @@ def test_a_report_after_a_quiet_spell_goes_out_at_once(core: MemoryCore) -> None
         assert core.store.get(job.id).progress.percent == 0
         launcher.end.set()
         assert running.result(timeout=WAIT_S) == "succeeded"
-    assert channel.polls == 1  # the launch's own check
+    assert channel.polls == 0  # (the first launch follows the claim without a look)
     assert core.store.get(job.id).progress.message == "half"  # (stored by the end, at 100%)
 
 
@@ -144,7 +144,7 @@ def test_a_lost_attempt_found_by_the_sender_stops_the_real_run(core: MemoryCore)
     launcher = ScriptedLauncher(Run(until_stopped=True, lines=["working"]))
     assert channel.run(job.id, 1, launcher.launchers()) == "lost"
     assert launcher.stops == [(launcher.handles[0], 2.0)]
-    assert channel.polls == 1  # (the launch's own check: found by sending, not polling)
+    assert channel.polls == 0  # (found by sending, not polling)
 
 
 def test_a_cancel_is_found_by_the_poll_and_stops_the_run(core: MemoryCore) -> None:
@@ -196,7 +196,7 @@ def test_an_attempt_that_ends_before_its_first_duty_never_has_a_watcher_thread(
         job = core.dispatcher.submit({"executor": "process", "command": ["x"]})
         assert channel.run(job.id, 1, ScriptedLauncher(Run()).launchers()) == "succeeded"
     assert not [n for n in started if n.startswith("watch-")], started
-    assert channel.polls == 3  # (each launch's own check; none by a watcher)
+    assert channel.polls == 0  # (none by a watcher, none before a first launch)
 
 
 def test_a_watcher_started_late_still_renews_from_the_attempts_start(core: MemoryCore) -> None:

@@ -185,6 +185,8 @@ def _where(cls: type) -> str:
 
 def glob_workspace(workspace: Path, patterns: list[str]) -> list[tuple[str, Path]]:
     """Files under ``workspace`` matching ``patterns``; never anything outside it."""
+    if not patterns:  # (most jobs: no look at the disk at all)
+        return []
     root = workspace.resolve()
     found: dict[str, Path] = {}
     for pattern in patterns:
