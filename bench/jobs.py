@@ -169,28 +169,25 @@ def throughput(url: str, valkey_pid: int | None, *, jobs: int = 400, slots: int 
             rows.append(
                 Row("throughput", f"jobs/s, {label}", raw["rate"], lb["rate"], "jobs/s", note=note)
             )
-            rows.append(
-                Row(
-                    "throughput",
-                    f"one at a time p50, {label}",
-                    raw["p50"] * 1000,
-                    lb["p50"] * 1000,
-                    "ms",
-                    higher=False,
-                    note="submit → observed end (Launchbay: POST, then GET ?wait=)",
+            for figure, key, how in (
+                ("", "p50", "submit → observed end (Launchbay: POST, then GET ?wait=)"),
+                (
+                    ", one request",
+                    "p50_one_request",
+                    "submit and wait in one request: POST ?wait= (raw: delay().get())",
+                ),
+            ):
+                rows.append(
+                    Row(
+                        "throughput",
+                        f"one at a time p50{figure}, {label}",
+                        raw["p50"] * 1000,
+                        lb[key] * 1000,
+                        "ms",
+                        higher=False,
+                        note=how,
+                    )
                 )
-            )
-            rows.append(
-                Row(
-                    "throughput",
-                    f"one at a time p50, one request, {label}",
-                    raw["p50"] * 1000,
-                    lb["p50_one_request"] * 1000,
-                    "ms",
-                    higher=False,
-                    note="submit and wait in one request: POST ?wait= (raw: delay().get())",
-                )
-            )
             rc, lc = raw["cpu"], lb["cpu"]
             rows.append(
                 Row(

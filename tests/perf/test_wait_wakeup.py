@@ -47,8 +47,8 @@ def core() -> Iterator[MemoryCore]:
     c.close()
 
 
-def test_the_end_event_is_the_answer_and_costs_no_second_read(core: MemoryCore) -> None:
-    job = core.dispatcher.submit(FIB)
+def _count_reads(core: MemoryCore) -> list[int]:
+    """From now on, ``[n]``: how many times the store was read."""
     reads = [0]
     real_get = core.store.get
 
@@ -57,6 +57,13 @@ def test_the_end_event_is_the_answer_and_costs_no_second_read(core: MemoryCore) 
         return real_get(job_id)
 
     core.store.get = counting_get  # type: ignore[method-assign]
+    return reads
+
+
+def test_the_end_event_is_the_answer_and_costs_no_second_read(core: MemoryCore) -> None:
+    job = core.dispatcher.submit(FIB)
+    real_get = core.store.get
+    reads = _count_reads(core)
 
     def end() -> dict[str, Any]:  # (the job ends while the waiter waits)
         assert core.lifecycle.claim(job.id, A, start_at_once=frozenset({"builtin"})) is not None
@@ -83,14 +90,7 @@ def test_submit_and_wait_subscribes_before_the_job_exists(core: MemoryCore) -> N
     published before the submit's thread came back still wakes it), and its answer is
     the first read: no store read at all when the end's event comes."""
     order: list[str] = []
-    reads = [0]
-    real_get = core.store.get
-
-    def counting_get(job_id: str) -> Any:
-        reads[0] += 1
-        return real_get(job_id)
-
-    core.store.get = counting_get  # type: ignore[method-assign]
+    reads = _count_reads(core)
 
     class _Ordered(_Hub):
         def subscribe(self, job_id: str, **_: Any) -> _Sub:
