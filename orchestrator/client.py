@@ -280,9 +280,20 @@ class LaunchbayClient:
 
     # ------------------------------------------------------------ jobs
 
-    def submit(self, spec: dict[str, Any]) -> Job:
-        """POST /jobs; InvalidRequest (with ``fields``) when the spec is refused."""
-        return self._parse(Job, self.request_json("POST", "/jobs", json=spec), "job")
+    def submit(self, spec: dict[str, Any], *, wait: float = 0) -> Job:
+        """POST /jobs; InvalidRequest (with ``fields``) when the spec is refused. With
+        ``wait`` (at most 30 s): submit and wait in one request, the job once it has ended
+        or as it stands after ``wait`` seconds (:meth:`wait_job` waits on from there)."""
+        if not wait:
+            return self._parse(Job, self.request_json("POST", "/jobs", json=spec), "job")
+        data = self.request_json(
+            "POST",
+            "/jobs",
+            json=spec,
+            params={"wait": f"{wait:g}"},
+            timeout=httpx.Timeout(self._http.timeout.connect, read=wait + 30),
+        )
+        return self._parse(Job, data, "job")
 
     def submit_batch(self, specs: list[dict[str, Any]]) -> list[Job]:
         """POST /jobs/batch: the jobs made, in order; InvalidRequest naming ``jobs[i].…``

@@ -50,6 +50,15 @@ def test_submit_read_logs_and_artifacts(
     assert job.id in [j.id for j in client.jobs(status=["succeeded"], limit=200).items]
 
 
+def test_submit_and_wait_in_one_request(client: LaunchbayClient) -> None:
+    spec = {"executor": "builtin", "type": "fibonacci", "params": {"count": 4}}
+    job = client.submit(spec, wait=30)
+    assert job.status == JobStatus.succeeded and job.result["numbers"] == [1, 1, 2, 3]
+    with pytest.raises(InvalidRequest) as info:
+        client.submit(spec, wait=31)
+    assert [f["field"] for f in info.value.fields] == ["wait"]
+
+
 def test_errors_are_typed(client: LaunchbayClient, stack: Stack) -> None:
     with pytest.raises(NotFound, match="not found"):
         client.job("f" * 32)
