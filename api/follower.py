@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from api.fanout import Hub, Subscriber
 from orchestrator.errors import ParamError
 from orchestrator.events import LogLine, parse_log_seq
-from orchestrator.job import STATUS_EVENTS, TERMINAL_STATUSES, EventType, Job
+from orchestrator.job import STATUS_EVENTS, TERMINAL_STATUSES, EventType, Job, utcnow
 
 TERMINAL_EVENTS = frozenset(STATUS_EVENTS[s] for s in TERMINAL_STATUSES)
 _EVENT_ID = re.compile(r"^[0-9]+-[0-9]+$")
@@ -96,6 +96,11 @@ class LiveWriter(Protocol):
         """Send ``items`` now (only after ``ready()``)."""
 
 
+# How long after a job's end (its row's ``finished_at``) its terminal event may still be
+# on its way: the end publishes it right after its commit, a round trip later.
+END_EVENT_GRACE_S = 2.0
+
+
 class JobFollower:
     """Reads one job's events and log lines from a cursor until the job has ended.
 
@@ -152,6 +157,14 @@ class JobFollower:
             batch = self._merge(logs, evs)
             if batch:
                 yield batch
+            if terminal is None and self.ended is not None:
+                # The store said ended, its terminal event is not in the stream: it may
+                # still be on its way (published just after the end's commit). Its id is
+                # the cursor a client resumes from, so wait for it a moment.
+                late = self._end_event_due()
+                if late > 0:
+                    read_events, read_logs, hint, published = self._wake(await self._wait(late))
+                    continue
             if terminal is not None or self.ended is not None:
                 async for rest in self._finish(terminal):
                     yield rest
@@ -163,12 +176,23 @@ class JobFollower:
             # those were published too, and are waiting in the queue.)
             read_events, read_logs, hint, published = self._wake(await self._wait())
 
-    async def _wait(self) -> list[dict[str, Any] | None]:
+    async def _wait(self, at_most: float | None = None) -> list[dict[str, Any] | None]:
         # Parked at the live edge: everything so far was sent. Until this wakes, messages
         # that continue the cursor are written by the hub's task (``_take``).
         live = self._take if self.writer is not None else None
-        first = await self.sub.next(self.poll_s, live=live)
+        wait = self.poll_s if at_most is None else min(self.poll_s, at_most)
+        first = await self.sub.next(wait, live=live)
         return [first, *self.sub.pending()]
+
+    def _end_event_due(self) -> float:
+        """Seconds the terminal event of a job the store says ended may still take to be
+        published (0: it would be here by now, or was lost; the end is then told from
+        the store's row)."""
+        finished = self.ended.finished_at if self.ended is not None else None
+        if finished is None:
+            return 0.0
+        age = (utcnow() - finished).total_seconds()
+        return min(END_EVENT_GRACE_S, max(0.0, END_EVENT_GRACE_S - age))  # (clocks skew)
 
     def _take(self, msg: dict[str, Any]) -> bool:
         """The live lane: write ``msg`` now if it provably continues the cursor (the same

@@ -63,6 +63,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "LAUNCHBAY_SCHEDULE_TICK_S": str(settings.schedule_tick_s),
         "LAUNCHBAY_SCHEDULE_GRACE_S": str(settings.schedule_grace_s),
         "LAUNCHBAY_IDEMPOTENCY_TTL_S": str(settings.idempotency_ttl_s),
+        "LAUNCHBAY_LONG_POLL_MAX_S": str(settings.long_poll_max_s),
         "LAUNCHBAY_WORKER_PREFETCH": "1" if settings.worker_prefetch else "0",
     }
     if settings.token:

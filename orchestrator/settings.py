@@ -181,6 +181,14 @@ class Settings(BaseSettings):
     idempotency_ttl_s: float = Field(
         default=86400, gt=0, description="How long an Idempotency-Key is kept."
     )
+    long_poll_max_s: float = Field(
+        default=30,
+        gt=0,
+        le=30,
+        description="The longest the API holds a waiting request (?wait= on a job, an "
+        "agent's long poll) before answering as things stand: lower it behind a proxy "
+        "with a shorter idle timeout.",
+    )
     schedule_tick_s: float = Field(
         default=5, gt=0, description="How often beat looks for due schedule ticks."
     )

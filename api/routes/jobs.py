@@ -71,6 +71,7 @@ async def create_job(
         ),
     ] = 0,
 ) -> Any:
+    state = request.app.state.lb
     if idempotency_key is not None:
         body = spec.model_dump(mode="json")
         job, created = await run_in_threadpool(
@@ -78,7 +79,7 @@ async def create_job(
         )
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         if wait:  # (the key's job may be an earlier one: its id is known only now)
-            job = await wait_for_end(dispatcher.store, hub_of(request.app.state.lb), job.id, wait)
+            job = await wait_for_end(dispatcher.store, hub_of(state), job.id, _held(state, wait))
         return _answer(await _why_queued(dispatcher, job), code)
     if not wait:  # (one thread hop: the submit, and why a queued job waits)
         job = await run_in_threadpool(_submit, dispatcher, spec, None)
@@ -86,12 +87,17 @@ async def create_job(
     job_id = new_job_id()  # (subscribed to before it exists: its end cannot slip past)
     job = await wait_for_end(
         dispatcher.store,
-        hub_of(request.app.state.lb),
+        hub_of(state),
         job_id,
-        wait,
+        _held(state, wait),
         submit=functools.partial(dispatcher.submit, spec, job_id=job_id),
     )
     return _answer(await _why_queued(dispatcher, job), status.HTTP_201_CREATED)
+
+
+def _held(state: Any, wait: float) -> float:
+    """How long a ``?wait=`` is held: as asked, up to ``LAUNCHBAY_LONG_POLL_MAX_S``."""
+    return min(wait, state.settings.long_poll_max_s)
 
 
 def _submit(dispatcher: Any, spec: JobSpec, job_id: str | None) -> Job:
@@ -215,7 +221,7 @@ async def get_job(
     state = request.app.state.lb
     if not wait:  # (one thread hop: the read, and why a queued job waits)
         return _answer(await run_in_threadpool(_read, state.store, state.dispatcher, job_id))
-    job = await wait_for_end(state.store, hub_of(state), job_id, wait)
+    job = await wait_for_end(state.store, hub_of(state), job_id, _held(state, wait))
     if job.status == JobStatus.queued:  # why it waits (orchestrator/flow.py)
         job = await run_in_threadpool(state.dispatcher.flow.with_waiting, job)
     return _answer(job)

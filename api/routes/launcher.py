@@ -207,7 +207,7 @@ async def poll(
     acting_as(who, launcher_id)
     info = await run_in_threadpool(_registered, state, launcher_id)
     waker: Waker | None = getattr(request.app.state, "launcher_waker", None)
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + min(wait, state.settings.long_poll_max_s)
     while True:
         wake = waker.current() if waker is not None else None
         if await request.is_disconnected():

@@ -11,6 +11,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -22,6 +23,7 @@ from api.routes.firehose import _Filter, _follow, _Tail
 from api.sse import HubEventSource
 from bench.wire import SSEClient, _resp_array
 from orchestrator.events import EVENTS_CHANNEL, FIREHOSE_STREAM, Events
+from orchestrator.job import Job, utcnow
 from orchestrator.settings import Settings
 from tests.api.test_fanout import CountingHub, append, job_id, publish
 
@@ -334,3 +336,63 @@ async def test_the_heads_read_without_decoding_are_the_messages_own(
         assert head is not None, data[:200]
         assert head == {k: whole[k] for k in head}
     assert [json.loads(d)["type"] for d in raw] == ["succeeded", "log"]
+
+
+def _ended_job(jid: str, ago_s: float) -> Job:
+    now = utcnow()
+    return Job.model_validate(
+        {
+            "id": jid,
+            "spec": {"executor": "builtin", "type": "fibonacci", "params": {"count": 1}},
+            "status": "succeeded",
+            "created_at": now - timedelta(seconds=ago_s + 1),
+            "finished_at": now - timedelta(seconds=ago_s),
+        }
+    )
+
+
+async def _follow_to_the_end(follower: JobFollower, got: list[Any]) -> None:
+    async for batch in follower.batches():
+        got.extend(batch)
+
+
+async def test_an_end_the_store_shows_first_is_told_by_its_own_event(
+    counting_hub: CountingHub, events: Events
+) -> None:
+    """The store says ended before the end's event is in the stream (it is published just
+    after the commit): the follower waits for that event, so the last item's cursor is
+    its id and a client resuming from there is told 204, not sent the end again."""
+    hub, jid = counting_hub, job_id()
+    await publish(events, jid, "started", {"status": "running"})
+    sub = hub.subscribe(jid)
+    started = await hub.last_event_id(jid)
+    follower = JobFollower(hub, sub, jid, Cursor(started, 0), ended=_ended_job(jid, 0))
+    got: list[Any] = []
+    with anyio.fail_after(WAIT_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_follow_to_the_end, follower, got)
+            await anyio.wait_all_tasks_blocked()
+            assert got == []  # (waiting for the end's event, not telling it from the row)
+            await publish(events, jid, "succeeded", {"status": "succeeded"})
+    hub.unsubscribe(sub)
+    ended = await hub.last_event_id(jid)
+    assert [(kind, p["type"]) for kind, p, _ in got] == [("event", "succeeded")]
+    assert got[-1][2] == Cursor(ended, 0) and ended != started
+
+
+async def test_a_long_ended_job_without_its_end_event_ends_at_once(
+    counting_hub: CountingHub, events: Events
+) -> None:
+    """Its end's event was lost (or trimmed): the row tells the end, with no wait."""
+    hub, jid = counting_hub, job_id()
+    await publish(events, jid, "started", {"status": "running"})
+    sub = hub.subscribe(jid)
+    started = await hub.last_event_id(jid)
+    follower = JobFollower(hub, sub, jid, Cursor(started, 0), ended=_ended_job(jid, 3600))
+    got: list[Any] = []
+    with anyio.fail_after(1.5):  # (less than the grace a just-ended job gets)
+        await _follow_to_the_end(follower, got)
+    hub.unsubscribe(sub)
+    assert [(kind, p["type"], c) for kind, p, c in got] == [
+        ("event", "succeeded", Cursor(started, 0))
+    ]

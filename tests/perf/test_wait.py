@@ -5,12 +5,14 @@ the wait runs out; bad values are 422s naming ``wait``, and lose nothing."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import Stack
+from orchestrator.services import free_port
+from tests.support import Stack, private_api
 
 COUNTDOWN = {"executor": "builtin", "type": "countdown", "params": {"seconds": 1}}
 # No worker has this tag: the job stays queued until its match deadline.
@@ -143,3 +145,28 @@ def test_a_bad_submit_wait_is_a_422_and_submits_nothing(
     assert [f["field"] for f in r.json()["fields"]] == ["wait"]
     after = api.get("/api/v1/stats").json()
     assert after["total"] == before["total"]
+
+
+def test_the_api_holds_a_wait_no_longer_than_its_cap(stack: Stack, tmp_path: Path) -> None:
+    """``LAUNCHBAY_LONG_POLL_MAX_S`` (behind a proxy with a shorter idle timeout): a wait
+    of 30 s is answered, the job as it stands, once the cap runs out. This API's jobs
+    never run (no worker reads its Valkey database): without the cap, each request below
+    would be held its 30 s, past the client's 10 s timeout."""
+    settings = stack.settings.model_copy(
+        update={
+            "home": tmp_path / "home",
+            "database_url": None,
+            "redis_url": stack.settings.effective_redis_url.rsplit("/", 1)[0] + "/7",
+            "api_port": free_port(),
+            "long_poll_max_s": 0.3,
+        }
+    )
+    settings.ensure_dirs()
+    with (
+        private_api(settings, tmp_path / "logs") as url,
+        httpx.Client(base_url=url, timeout=10) as h,
+    ):
+        r = h.post("/api/v1/jobs", params={"wait": 30}, json=COUNTDOWN)
+        assert r.status_code == 201 and r.json()["status"] == "queued"
+        r = h.get(f"/api/v1/jobs/{r.json()['id']}", params={"wait": 30})
+        assert r.status_code == 200 and r.json()["status"] == "queued"
