@@ -356,43 +356,50 @@ async def _follow_to_the_end(follower: JobFollower, got: list[Any]) -> None:
         got.extend(batch)
 
 
+async def _after_started(
+    hub: CountingHub, events: Events, ended_ago_s: float
+) -> tuple[Subscriber, str, JobFollower]:
+    """A job that started, a follower at that event, told by the store that the job
+    ended ``ended_ago_s`` ago: its subscription, the started event's id, the follower."""
+    jid = job_id()
+    await publish(events, jid, "started", {"status": "running"})
+    sub = hub.subscribe(jid)
+    started = await hub.last_event_id(jid)
+    assert started is not None
+    ended = _ended_job(jid, ended_ago_s)
+    return sub, started, JobFollower(hub, sub, jid, Cursor(started, 0), ended=ended)
+
+
 async def test_an_end_the_store_shows_first_is_told_by_its_own_event(
     counting_hub: CountingHub, events: Events
 ) -> None:
     """The store says ended before the end's event is in the stream (it is published just
     after the commit): the follower waits for that event, so the last item's cursor is
     its id and a client resuming from there is told 204, not sent the end again."""
-    hub, jid = counting_hub, job_id()
-    await publish(events, jid, "started", {"status": "running"})
-    sub = hub.subscribe(jid)
-    started = await hub.last_event_id(jid)
-    follower = JobFollower(hub, sub, jid, Cursor(started, 0), ended=_ended_job(jid, 0))
+    sub, started, follower = await _after_started(counting_hub, events, 0)
     got: list[Any] = []
     with anyio.fail_after(WAIT_S):
         async with anyio.create_task_group() as tg:
             tg.start_soon(_follow_to_the_end, follower, got)
             await anyio.wait_all_tasks_blocked()
             assert got == []  # (waiting for the end's event, not telling it from the row)
-            await publish(events, jid, "succeeded", {"status": "succeeded"})
-    hub.unsubscribe(sub)
-    ended = await hub.last_event_id(jid)
+            await publish(events, follower.job_id, "succeeded", {"status": "succeeded"})
+    counting_hub.unsubscribe(sub)
+    ended = await counting_hub.last_event_id(follower.job_id)
     assert [(kind, p["type"]) for kind, p, _ in got] == [("event", "succeeded")]
-    assert got[-1][2] == Cursor(ended, 0) and ended != started
+    assert ended is not None and ended != started
+    assert got[-1][2] == Cursor(ended, 0)
 
 
 async def test_a_long_ended_job_without_its_end_event_ends_at_once(
     counting_hub: CountingHub, events: Events
 ) -> None:
     """Its end's event was lost (or trimmed): the row tells the end, with no wait."""
-    hub, jid = counting_hub, job_id()
-    await publish(events, jid, "started", {"status": "running"})
-    sub = hub.subscribe(jid)
-    started = await hub.last_event_id(jid)
-    follower = JobFollower(hub, sub, jid, Cursor(started, 0), ended=_ended_job(jid, 3600))
+    sub, started, follower = await _after_started(counting_hub, events, 3600)
     got: list[Any] = []
     with anyio.fail_after(1.5):  # (less than the grace a just-ended job gets)
         await _follow_to_the_end(follower, got)
-    hub.unsubscribe(sub)
+    counting_hub.unsubscribe(sub)
     assert [(kind, p["type"], c) for kind, p, c in got] == [
         ("event", "succeeded", Cursor(started, 0))
     ]
