@@ -3,7 +3,6 @@ straight from the model (``response_model`` documents it)."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -85,13 +84,18 @@ async def create_job(
         job = await run_in_threadpool(_submit, dispatcher, spec, None)
         return _answer(job, status.HTTP_201_CREATED)
     job_id = new_job_id()  # (subscribed to before it exists: its end cannot slip past)
+    submitted: list[Job] = []
+
+    def submit() -> Job:
+        job: Job = dispatcher.submit(spec, job_id=job_id)
+        submitted.append(job)
+        return job
+
     job = await wait_for_end(
-        dispatcher.store,
-        hub_of(state),
-        job_id,
-        _held(state, wait),
-        submit=functools.partial(dispatcher.submit, spec, job_id=job_id),
+        dispatcher.store, hub_of(state), job_id, _held(state, wait), submit=submit
     )
+    if submitted and not job.warnings:  # (the submit's own, e.g. no live runner fits)
+        job.warnings = submitted[0].warnings
     return _answer(await _why_queued(dispatcher, job), status.HTTP_201_CREATED)
 
 

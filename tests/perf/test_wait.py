@@ -122,7 +122,10 @@ def test_submit_and_wait_that_runs_out_answers_the_queued_job(
     r = api.post("/api/v1/jobs", params={"wait": 0.3}, json={**UNMATCHED, "match_timeout_s": 600})
     assert r.status_code == 201 and r.json()["status"] == "queued"
     assert r.json()["waiting"]  # (why it waits, as a plain submit answers)
-    api.post(f"/api/v1/jobs/{r.json()['id']}/cancel")
+    plain = api.post("/api/v1/jobs", json={**UNMATCHED, "match_timeout_s": 600}).json()
+    assert r.json()["warnings"] == plain["warnings"] != []  # (no live runner has the tag)
+    for job in (r.json(), plain):
+        api.post(f"/api/v1/jobs/{job['id']}/cancel")
 
 
 def test_submit_and_wait_with_an_idempotency_key_waits_for_the_first_job(
