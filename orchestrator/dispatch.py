@@ -110,7 +110,9 @@ class Dispatcher:
             return held
         try:
             # On Redis, the job's message, its created event and its counters leave in one
-            # call (the event first: no runner's claim can be published before it).
+            # script call, so no runner can take the message before the event is out
+            # (unless another thread's flush takes the message in the microseconds
+            # between the two stagings; before, a fast claim often came first).
             with self.listeners.together(), self._sending() as sends:
                 self.send(job, producer=sends)
                 self.announce(job, EventType.created)
