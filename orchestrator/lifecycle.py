@@ -309,6 +309,7 @@ class Lifecycle:
                 return again
             self.held(job_id, runner_id, attempt)  # still held: a cancel landed meanwhile
             status, error = JobStatus.cancelled, "cancelled"
+        spec = job.spec if job is not None else None  # (the end's answer reuses it)
         ended = dict(fields)
         if status == JobStatus.succeeded:
             ended["progress_percent"] = 100.0  # done is 100 %, whatever it last printed
@@ -320,7 +321,7 @@ class Lifecycle:
             error=error,
             runner_id=runner_id,
             record=record,
-            same_spec=job.spec if job is not None else None,
+            same_spec=spec,
             **ended,
         )
         if done is None and status in (JobStatus.succeeded, JobStatus.failed):
@@ -333,7 +334,7 @@ class Lifecycle:
                 error="cancelled",
                 runner_id=runner_id,
                 record=record,
-                same_spec=job.spec if job is not None else None,
+                same_spec=spec,
                 **fields,
             )
         if done is None:

@@ -81,7 +81,7 @@ async def create_job(
             job = await wait_for_end(dispatcher.store, hub_of(state), job.id, _held(state, wait))
         return _answer(await _why_queued(dispatcher, job), code)
     if not wait:  # (one thread hop: the submit, and why a queued job waits)
-        job = await run_in_threadpool(_submit, dispatcher, spec, None)
+        job = await run_in_threadpool(_submit, dispatcher, spec)
         return _answer(job, status.HTTP_201_CREATED)
     job_id = new_job_id()  # (subscribed to before it exists: its end cannot slip past)
     submitted: list[Job] = []
@@ -104,12 +104,13 @@ def _held(state: Any, wait: float) -> float:
     return min(wait, state.settings.long_poll_max_s)
 
 
-def _submit(dispatcher: Any, spec: JobSpec, job_id: str | None) -> Job:
-    job: Job = dispatcher.submit(spec, job_id=job_id)
-    return dispatcher.flow.with_waiting(job) if job.status == JobStatus.queued else job
+def _submit(dispatcher: Any, spec: JobSpec) -> Job:
+    return dispatcher.flow.with_waiting(dispatcher.submit(spec))  # type: ignore[no-any-return]
 
 
 async def _why_queued(dispatcher: Any, job: Job) -> Job:
+    """The job with why it waits, if it is queued (orchestrator/flow.py): a thread hop
+    only then."""
     if job.status != JobStatus.queued:
         return job
     return await run_in_threadpool(dispatcher.flow.with_waiting, job)  # type: ignore[no-any-return]
@@ -226,14 +227,11 @@ async def get_job(
     if not wait:  # (one thread hop: the read, and why a queued job waits)
         return _answer(await run_in_threadpool(_read, state.store, state.dispatcher, job_id))
     job = await wait_for_end(state.store, hub_of(state), job_id, _held(state, wait))
-    if job.status == JobStatus.queued:  # why it waits (orchestrator/flow.py)
-        job = await run_in_threadpool(state.dispatcher.flow.with_waiting, job)
-    return _answer(job)
+    return _answer(await _why_queued(state.dispatcher, job))
 
 
 def _read(store: Any, dispatcher: Any, job_id: str) -> Job:
-    job: Job = store.get(job_id)
-    return dispatcher.flow.with_waiting(job) if job.status == JobStatus.queued else job
+    return dispatcher.flow.with_waiting(store.get(job_id))  # type: ignore[no-any-return]
 
 
 @router.post(
