@@ -313,7 +313,10 @@ def test_two_launchers_racing_for_one_job(
 
     def go(lid: str) -> None:
         with httpx.Client(base_url=stack.url, timeout=40, auth=stack.keyring) as c:
-            answers[lid] = poll(c, lid, wait=6)
+            # Half the stack's lease (6 s): the winner never renews its claim, so a loser
+            # still parked when that lease runs out would be handed the job's next attempt
+            # (seen twice in CI as 200 for both, once with this job in both answers).
+            answers[lid] = poll(c, lid, wait=3)
 
     threads = [threading.Thread(target=go, args=(lid,)) for lid in ids]
     for t in threads:
@@ -321,18 +324,11 @@ def test_two_launchers_racing_for_one_job(
     job = stack.submit(spec(tag))
     for t in threads:
         t.join(timeout=40)
-    assert sorted(answers) == sorted(ids)
-    assert all(a.status_code in (200, 204) for a in answers.values())
-    got = {lid: a.json()["job"] for lid, a in answers.items() if a.status_code == 200}
-    # A tag-less built-in job of another test on this stack (a schedule's, say) fits
-    # these launchers too, and one may have been handed it (seen once in CI): hand it
-    # back. The race under test is for this job: exactly one launcher has it.
-    for lid, other in got.items():
-        if other["id"] != job["id"]:
-            assert post(api, other["id"], "release", lid, other["attempt"]).status_code == 200
-    winners = [lid for lid, j in got.items() if j["id"] == job["id"]]
-    assert len(winners) == 1
-    assert stack.job(job["id"])["runner_id"] == winners[0]
+    codes = sorted(a.status_code for a in answers.values())
+    assert codes == [200, 204]
+    winner = next(lid for lid, a in answers.items() if a.status_code == 200)
+    assert answers[winner].json()["job"]["attempt"] == 1
+    assert stack.job(job["id"])["runner_id"] == winner
     assert event_types(stack_events, job["id"]).count("claimed") == 1
 
 
