@@ -229,6 +229,53 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+# Statements that write, and so open a write transaction (Python's sqlite3 starts one,
+# deferred, just before the first of them).
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLAC", "WITH")
+
+# How a writer waits for SQLite's one write lock: tries ``BEGIN IMMEDIATE`` again after
+# WRITE_WAIT_FIRST_S, growing by half up to WRITE_WAIT_MAX_S, for up to _SQLITE_BUSY_S.
+WRITE_WAIT_FIRST_S = 50e-6
+WRITE_WAIT_MAX_S = 1e-3
+
+
+def _take_write_lock(
+    _conn: Any, cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
+) -> None:
+    """Before a transaction's first write, take SQLite's write lock, waiting in steps of
+    50 µs to 1 ms.
+
+    The API and every worker process write the same file, and a write transaction holds
+    the lock for 0.1–0.5 ms. SQLite's own busy handler sleeps 1, 2, 5, 10… ms between
+    tries: measured under a throughput run, an API insert waited 4.9 ms on average for a
+    lock held a fraction of that, and a worker's compare-and-set 0.8 ms. Taking the lock
+    here (``BEGIN IMMEDIATE``, busy timeout off while trying) is the same lock at the same
+    point — the deferred transaction would take it at this very statement — with a finer
+    wait. Only where Python's sqlite3 manages transactions (not in autocommit, where no
+    one would commit what this opens)."""
+    dbapi = cursor.connection
+    if (
+        dbapi.in_transaction
+        or dbapi.isolation_level is None
+        or not statement.lstrip()[:6].upper().startswith(_WRITES)
+    ):
+        return
+    dbapi.execute("PRAGMA busy_timeout=0")
+    try:
+        delay, deadline = WRITE_WAIT_FIRST_S, time.monotonic() + _SQLITE_BUSY_S
+        while True:
+            try:
+                dbapi.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 1.5, WRITE_WAIT_MAX_S)
+    finally:
+        dbapi.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_S * 1000)}")
+
+
 def _switch_to_wal(cur: Any) -> None:
     """Turn a new database file to WAL; several processes may race to do it.
 
@@ -295,6 +342,7 @@ def make_engine(url: str) -> Engine:
             **({"poolclass": _LentPool} if memory else {"pool_size": POOL_SIZE}),
         )
         sa.event.listen(engine, "connect", _on_sqlite_connect)
+        sa.event.listen(engine, "before_cursor_execute", _take_write_lock)
         return engine
     engine = sa.create_engine(url, pool_size=POOL_SIZE)
     sa.event.listen(engine, "checkin", _on_checkin)
