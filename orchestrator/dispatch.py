@@ -109,13 +109,13 @@ class Dispatcher:
             held.warnings = self.live_runners.warnings(held.spec.executor, held.spec.demands)
             return held
         try:
-            # On Redis, the job's message, its created event and its counters leave in one
-            # script call, so no runner can take the message before the event is out
-            # (unless another thread's flush takes the message in the microseconds
-            # between the two stagings; before, a fast claim often came first).
+            # The created event is staged before the message, so it leaves with it or
+            # before it (another thread's flush may take it first), never after: no
+            # runner's claim can precede it in the job's stream. On Redis both, and the
+            # counters, leave in one script call.
             with self.listeners.together(), self._sending() as sends:
-                self.send(job, producer=sends)
                 self.announce(job, EventType.created)
+                self.send(job, producer=sends)
         except Exception as exc:
             raise self._unsent([job], exc) from exc
         job.warnings = self.live_runners.warnings(job.spec.executor, job.spec.demands)
@@ -141,17 +141,17 @@ class Dispatcher:
         jobs = self.store.create_many(
             prepared, match_timeout_s=self.settings.default_match_timeout_s
         )
-        try:
-            with self._sending() as sends:  # (the batch's messages: one round trip)
+        try:  # (each job's created event before its message, as in submit; one round trip)
+            with self.listeners.together(), self._sending() as sends:
                 for job in jobs:
+                    self.announce(job, EventType.created)
                     if job.hold != "deps":
                         self.send(job, producer=sends)
         except Exception as exc:
             raise self._unsent(jobs, exc) from exc
         out = []
-        with self.listeners.together():  # (their events: one round trip)
+        with self.listeners.together():
             for job in jobs:
-                self.announce(job, EventType.created)
                 if job.hold == "deps":
                     self.flow.resolve(job.id)
                     job = self.store.get(job.id)

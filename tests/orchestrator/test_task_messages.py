@@ -121,7 +121,7 @@ def test_a_submit_is_one_call_message_and_created_event(
 
     monkeypatch.setattr(Outbox, "_call", counting)
     job = d.submit(BuiltinSpec(type="fibonacci", params={"count": 3}, priority=2))
-    assert calls == [["q", "e"]]  # one call: the message, then the created event
+    assert calls == [["e", "q"]]  # one call: the created event, then the message
     [msg] = [
         m
         for m in map(json.loads, events.r.lrange(queue_key("lb.builtin", 7), 0, -1))
@@ -134,8 +134,7 @@ def test_a_submit_is_one_call_message_and_created_event(
 
     calls.clear()
     jobs = d.submit_many([BuiltinSpec(type="echo_delay", params={}) for _ in range(3)])
-    assert calls[0] == ["q", "q", "q"]  # the batch's messages: one call
-    assert len(calls) == 2  # and their created events: one more
+    assert calls == [["e", "q"] * 3]  # the batch: one call, each job's event before its message
     queued = [json.loads(m) for m in events.r.lrange(queue_key("lb.builtin", 9), 0, -1)]
     ids = {m["headers"]["id"] for m in queued}  # (other tests use this database too)
     assert {j.task_id for j in jobs} <= ids
