@@ -141,10 +141,11 @@ class Dispatcher:
         jobs = self.store.create_many(
             prepared, match_timeout_s=self.settings.default_match_timeout_s
         )
-        try:  # (each job's created event before its message, as in submit; one round trip)
+        try:  # (the created events before the messages, as in submit; one round trip)
             with self.listeners.together(), self._sending() as sends:
                 for job in jobs:
                     self.announce(job, EventType.created)
+                for job in jobs:
                     if job.hold != "deps":
                         self.send(job, producer=sends)
         except Exception as exc:

@@ -140,9 +140,11 @@ def test_a_batch_takes_no_sessions(core: MemoryCore) -> None:
     assert refused.value.field == "jobs[1].session" and total(core) == 0
 
 
-def test_a_broker_that_is_away_fails_the_batch_and_announces_no_creation(
+def test_a_broker_that_is_away_fails_the_batch_after_its_creation(
     core: MemoryCore,
 ) -> None:
+    """Each job's created event is staged before its message (so no runner's claim can
+    precede it): the jobs exist, were created, and failed for want of a broker."""
     core.celery.down = ConnectionError("no broker")
     with pytest.raises(BrokerUnavailable):
         core.dispatcher.submit_many(specs(spec(), spec()))
@@ -150,7 +152,7 @@ def test_a_broker_that_is_away_fails_the_batch_and_announces_no_creation(
     assert n == 2
     for job in jobs:
         assert job.status == JobStatus.failed and "broker unavailable" in (job.error or "")
-        assert core.events.types(job.id) == ["failed"]
+        assert core.events.types(job.id) == ["created", "failed"]
 
 
 # ---------------------------------------------------------------- over HTTP (Valkey)
