@@ -2,9 +2,11 @@
 does it still hold?).
 
 Kombu's Redis transport keeps waiting messages in one list per queue (and per priority
-step, ``<queue>\\x06\\x16<n>``) and messages a worker has taken but not acked in the
-``unacked`` hash. The reconciler uses this to re-send queued jobs whose message was lost
-(a broker restart without persistence, a flushed database).
+step, ``<queue>\\x06\\x16<n>``); a worker pops the next one when it has a free slot
+(without kombu's ack emulation: no ``unacked`` hash, orchestrator/celery_app.py). The
+reconciler looks in these lists to re-send queued jobs whose message is in none (a broker
+restart without persistence, a flushed database, a worker killed between taking a
+message and claiming its job).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import Any
 import redis
 from kombu.transport import redis as kombu_redis
 
-UNACKED_KEY = "unacked"
 # Celery's ``broker_transport`` for redis:// and rediss:// brokers (orchestrator/celery_app.py).
 TRANSPORT = "orchestrator.broker:Transport"
 
@@ -27,8 +28,9 @@ TRANSPORT = "orchestrator.broker:Transport"
 class Channel(kombu_redis.Channel):
     """Kombu's Redis channel, with one Redis client for its one-shot operations instead of
     a new one for each: kombu 5.7 builds a ``redis.Redis`` (about 50 µs: its table of
-    reply callbacks) for every publish, every delivery's unacked record and every ack, all
-    on the channel's one connection pool. A client is safe to share between threads
+    reply callbacks) for every publish (and, with the ack emulation Launchbay turns off,
+    every delivery's unacked record and every ack), all on the channel's one connection
+    pool. A client is safe to share between threads
     (each command takes a connection from the pool); a new pool gets a new client."""
 
     _shared_client: redis.Redis | None = None
@@ -54,8 +56,6 @@ def _task_id(raw: str) -> str | None:
         msg = json.loads(raw)
     except ValueError:
         return None
-    if isinstance(msg, list):  # unacked entries are [payload, exchange, routing_key]
-        msg = msg[0] if msg else {}
     if not isinstance(msg, dict):
         return None
     task_id = (msg.get("headers") or {}).get("id")
@@ -63,7 +63,9 @@ def _task_id(raw: str) -> str | None:
 
 
 def held_task_ids(client: redis.Redis, queues: Iterable[str]) -> set[str]:
-    """Task ids of every message waiting in ``queues`` or taken but not yet acked."""
+    """Task ids of every message waiting in ``queues``. (Not the ``unacked`` hash of
+    kombu's ack emulation, which Launchbay no longer uses: nothing gives back what a
+    release before that left there, so its jobs count as lost and are re-sent.)"""
     held: set[str] = set()
     for queue in set(queues):
         keys = [queue, *client.scan_iter(match=f"{queue}{_PRIORITY_SEP}*", count=100)]
@@ -71,9 +73,6 @@ def held_task_ids(client: redis.Redis, queues: Iterable[str]) -> set[str]:
             for raw in client.lrange(key, 0, -1):
                 if (tid := _task_id(raw)) is not None:
                     held.add(tid)
-    for raw in client.hvals(UNACKED_KEY):
-        if (tid := _task_id(raw)) is not None:
-            held.add(tid)
     return held
 
 

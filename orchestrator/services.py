@@ -54,7 +54,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "LAUNCHBAY_CANCEL_FALLBACK_S": str(settings.cancel_fallback_s),
         "LAUNCHBAY_PROCESS_SWEEP_S": str(settings.process_sweep_s),
         "LAUNCHBAY_RESEND_AFTER_S": str(settings.resend_after_s),
-        "LAUNCHBAY_BROKER_VISIBILITY_S": str(settings.broker_visibility_s),
         "LAUNCHBAY_DRAIN_S": str(settings.drain_s),
         "LAUNCHBAY_MAX_LOST": str(settings.max_lost),
         "LAUNCHBAY_MAX_LOG_LINE_BYTES": str(settings.max_log_line_bytes),

@@ -128,14 +128,10 @@ class Settings(BaseSettings):
         "fails (a spec's match_timeout_s overrides it).",
     )
     resend_after_s: float = Field(
-        default=30, gt=0, description="Age after which a queued job's lost message is re-sent."
-    )
-    broker_visibility_s: float = Field(
         default=30,
-        ge=5,
-        le=86400,
-        description="How long a message a worker took but did not start stays invisible "
-        "before the broker gives it to another (the worker may be dead).",
+        gt=0,
+        description="Age after which a queued job whose message is in no queue (the broker "
+        "lost it, or a worker that took it died before starting it) is sent again.",
     )
     drain_s: float = Field(
         default=30,

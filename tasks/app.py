@@ -28,39 +28,6 @@ app = make_celery(Settings.from_env(), include=["tasks.jobs", "tasks.maintenance
 from tasks import lifecycle, warm  # noqa: E402,F401  (connect worker signals)
 
 
-def _guard_kombu_restore_on_closed_connection() -> None:
-    """kombu 5.7's Redis transport restores a channel's unacked messages while closing it;
-    when the broker connection dropped, the connection is already gone and this raises
-    ``AttributeError: 'NoneType' object has no attribute 'hostname'``, which the worker
-    treats as unrecoverable and exits (seen in tests/test_chaos.py on a Valkey restart).
-    Those messages are restored anyway after the visibility timeout, so the worker logs
-    and goes on reconnecting instead."""
-    import logging
-
-    from kombu.transport import redis as kombu_redis
-
-    original = kombu_redis.QoS.restore_unacked
-    if getattr(original, "_launchbay_guarded", False):
-        return
-
-    def restore_unacked(self, client=None):  # type: ignore[no-untyped-def]
-        try:
-            return original(self, client)
-        except AttributeError as exc:
-            logging.getLogger(__name__).warning(
-                "could not give back unacked messages while the broker connection closed "
-                "(%s); they come back after the visibility timeout",
-                exc,
-            )
-            return None
-
-    restore_unacked._launchbay_guarded = True  # type: ignore[attr-defined]
-    kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
-
-
-_guard_kombu_restore_on_closed_connection()
-
-
 def build_worker(argv: Sequence[str] | None = None) -> Worker:
     """The worker that ``argv`` asks for, built up to its pool's fork (nothing started).
 

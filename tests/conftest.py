@@ -242,6 +242,7 @@ def stack_settings(home: Path, redis_url: str, **overrides: Any) -> Settings:
         "worker_concurrency": 4,
         "lease_s": 6,
         "reconcile_interval_s": 1,
+        "resend_after_s": 5,  # (a message lost with a killed worker: tests/test_faults.py)
         "cancel_fallback_s": 5,
         "runner_heartbeat_s": 1,
     }

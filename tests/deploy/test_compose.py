@@ -5,9 +5,9 @@ Brings up docker-compose.yml with deploy/ci.env's images under a project name of
 on free host ports, once for this module, and always tears it down (``down -v``) at the
 end. The only change to the file is tests/deploy/compose.health.yml: the image's
 HEALTHCHECK every 5 s, not 15 s. The Launchbay settings are compose's defaults (lease 30 s,
-reconcile every 5 s, broker visibility 30 s, drain 30 s), so the recoveries take as long
-as they would in a real deployment: about 40 s after the kill (mostly the broker giving
-back the messages the dead worker had taken) and 30 s of drain.
+reconcile every 5 s, lost messages re-sent after 30 s, drain 30 s), so the recoveries take
+as long as they would in a real deployment: about 40 s after the kill (the dead worker's
+leases running out) and 30 s of drain.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ HEALTH_EVERY_5S = Path(__file__).with_name("compose.health.yml")
 # Long enough that a worker is seen running two jobs and killed before they end.
 COUNTDOWN_S = 6
 # A killed worker's jobs come back after its leases expire (30 s, renewed every 10 s) and
-# the next reconcile (5 s), then run again; prefetched messages after the broker's 30 s.
+# the next reconcile (5 s), then run again; a message it had taken, not yet started, is
+# re-sent by the reconciler once its job is 30 s old.
 RECOVERY_BOUND_S = 180
 # The GET the Kubernetes autoscaler makes (path and query of the ScaledObject's URL).
 KEDA_TRIGGER = next(
