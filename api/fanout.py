@@ -9,7 +9,8 @@ Pub/sub is only a wake-up. The Redis streams are the truth: after a wake-up a cl
 its job's streams from its own cursor (XRANGE with an exclusive start), so nothing is lost
 or repeated and the order is exactly the stream's, even when pub/sub drops a message or two
 publishers race. :class:`api.follower.JobFollower` implements that loop for one job, on
-top of the hub's stream reads (``read_events``, ``read_logs``).
+top of the hub's stream reads (``read_both``: one snapshot of both streams, cut where
+both are known; ``read_logs`` for the log's drain after the job's end).
 
 Two things keep that cheap with many clients:
 
@@ -528,22 +529,42 @@ class Hub:
         """:meth:`read_events` and :meth:`read_logs` as one snapshot (MULTI/EXEC): an event
         and the lines written with it (one script call writes both) are both in it or both
         not. Two reads let such a call land between them, and a follower then had the lines
-        without the event written before them, and sent them out of order."""
+        without the event written before them, and sent them out of order.
+
+        What comes back is where both streams are known, so that the two lists merged by
+        time stamp (``JobFollower._merge``) are exactly the first items after the cursors,
+        as a replay from there has them:
+
+        * only lines the snapshot held: the whole-log file (read when the live buffer
+          rolled past ``since``, after the snapshot) may already hold lines written since,
+          with events the snapshot does not have (a job with no line in Redis yet has none
+          to take from the file: its first lines are written to Redis first);
+        * a full page of lines (``limit``) keeps back the events that come after the next
+          line; a full page of events (``count``) keeps back the lines after its last
+          event. What is kept back comes with the next read (a full page is read on at
+          once)."""
         ekey, lkey = job_events_key(job_id), job_logs_key(job_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xrange(ekey, min=f"({after}", max="+", count=count)
-            pipe.xrange(lkey, min=f"({since}-0", max="+", count=limit)
-            pipe.exists(lkey)
-            events, entries, buffered = await pipe.execute()
+            # (one line more than a page: the first one not sent, to know where to stop)
+            pipe.xrange(lkey, min=f"({since}-0", max="+", count=limit + 1)
+            pipe.xrevrange(lkey, count=1)
+            events, entries, top = await pipe.execute()
         evs = [decode_event(job_id, eid, f) for eid, f in events]
+        last = _entry_seq(top[0][0]) if top else 0  # the snapshot's last line (0: none)
         lines = _from_buffer(entries, since)
-        if lines is not None:
-            return evs, lines
-        if not entries and buffered:
-            return evs, []
-        # The live buffer rolled past ``since`` (or is gone): the older lines are in the
-        # whole-log file, which only ever grows at its end.
-        return evs, await self._read_log_file(job_id, since, limit)
+        if lines is None:
+            lines = []
+            if last > since:
+                # The live buffer rolled past ``since``: the older lines are in the whole-log
+                # file, which only ever grows at its end (and is written just after Redis:
+                # the buffer's own lines may not be in it yet).
+                lines = await self._read_log_file(job_id, since, min(limit + 1, last - since))
+                upto = lines[-1]["seq"] if lines else since
+                if entries and _entry_seq(entries[0][0]) <= upto + 1:
+                    rest = [decode_log(eid, f) for eid, f in entries if _entry_seq(eid) > upto]
+                    lines += rest[: limit + 1 - len(lines)]
+        return _consistent(evs, lines, count, limit, last)
 
     async def first_buffered_seq(self, job_id: str) -> int | None:
         first = await self.redis.xrange(job_logs_key(job_id), count=1)
@@ -591,6 +612,34 @@ class Hub:
     async def _read_log_file(self, job_id: str, since: int, limit: int) -> list[LogLine]:
         path = self.logs_dir / f"{job_id}.jsonl"
         return await anyio.to_thread.run_sync(_read_log_file, path, since, limit)
+
+
+def _consistent(
+    evs: list[dict[str, Any]], lines: list[LogLine], count: int, limit: int, last: int
+) -> tuple[list[dict[str, Any]], list[LogLine]]:
+    """:meth:`Hub.read_both`'s answer cut where both lists are known (see there): ``lines``
+    holds up to ``limit + 1`` lines from the cursor on, ``last`` is the snapshot's last line.
+
+    An event goes before a line when its time stamp is earlier, after it otherwise (ties:
+    the line first), as in ``JobFollower._merge``; each stream keeps its own order."""
+    last_event = evs[-1]["ts"] if len(evs) >= count else None  # (a full page of events)
+    if len(lines) > limit:  # a full page of lines: the events after its next line wait
+        bound = lines[limit]["ts"]
+        evs, lines = [e for e in evs if e["ts"] < bound], lines[:limit]
+    elif lines and lines[-1]["seq"] < last:
+        # The file does not reach the lines the snapshot had yet (it is written just after
+        # Redis, and the buffer rolled past them): the next line's time is not known, but
+        # it is not before this one's. (With no line at all there is nothing to keep to.)
+        bound = lines[-1]["ts"]
+        evs = [e for e in evs if e["ts"] < bound]
+    if last_event is not None:  # the lines after the page's last event wait for the next
+        lines = [ln for ln in lines if ln["ts"] <= last_event]
+    return evs, lines
+
+
+def _entry_seq(entry_id: str) -> int:
+    """The line number of a log stream id ``{seq}-0``."""
+    return int(entry_id.split("-", 1)[0])
 
 
 def _from_buffer(entries: list[Any], since: int) -> list[LogLine] | None:

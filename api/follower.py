@@ -129,31 +129,34 @@ class JobFollower:
         self.page = page
         self.poll_s = poll_s
         self.final: dict[str, Any] | None = None  # the terminal event, once seen
-        self._full_read = False  # the last read of the log filled a page
         # Set by the route once its answer can be written to directly (api/wire.py).
         self.writer: LiveWriter | None = None
 
     async def batches(self) -> AsyncIterator[list[Item]]:
-        read_events, read_logs = True, True
+        read = True
         hint: list[LogLine] = []
         published: list[dict[str, Any]] = []
         while True:
-            self._full_read = False
-            logs: list[LogLine] | None = None
-            if read_events and read_logs:  # (one snapshot of both: see Hub.read_both)
+            if read:
+                # Both streams, always, as one snapshot cut where both are known (see
+                # Hub.read_both): a read of one alone may reach past the other, and send a
+                # line before an event written before it (or the other way round).
                 evs, logs = await self.hub.read_both(
-                    self.job_id, self.cursor.event_id, self.cursor.log_seq, limit=self.page
+                    self.job_id,
+                    self.cursor.event_id,
+                    self.cursor.log_seq,
+                    count=self.page,
+                    limit=self.page,
                 )
-                self._full_read = len(logs) >= self.page  # a full page: there may be more
-            elif read_events:
-                evs = await self.hub.read_events(self.job_id, self.cursor.event_id)
+                # A full page of either: there may be more, kept back until read.
+                more = len(logs) >= self.page or len(evs) >= self.page
             else:
-                evs = published
+                # What the messages of one wake-up hold, as the streams have it: the events
+                # that follow the cursor's, the lines that continue its line (``_wake``).
+                evs, logs, more = published, self._continuing(hint) or [], False
             terminal = next((e for e in evs if e["type"] in TERMINAL_EVENTS), None)
             if terminal is not None:
                 evs = evs[: evs.index(terminal)]
-            if logs is None:
-                logs = await self._logs(hint) if read_logs or hint else []
             batch = self._merge(logs, evs)
             if batch:
                 yield batch
@@ -163,18 +166,18 @@ class JobFollower:
                 # the cursor a client resumes from, so wait for it a moment.
                 late = self._end_event_due()
                 if late > 0:
-                    read_events, read_logs, hint, published = self._wake(await self._wait(late))
+                    read, hint, published = self._wake(await self._wait(late))
                     continue
             if terminal is not None or self.ended is not None:
                 async for rest in self._finish(terminal):
                     yield rest
                 return
-            if self._full_read:
-                read_events, read_logs, hint, published = False, True, [], []
-                continue  # more lines are waiting: no need to wait for a wake-up
+            if more:
+                read, hint, published = True, [], []
+                continue  # more is waiting: no need to wait for a wake-up
             # (Lines taken from the published messages need no read for the next ones:
             # those were published too, and are waiting in the queue.)
-            read_events, read_logs, hint, published = self._wake(await self._wait())
+            read, hint, published = self._wake(await self._wait())
 
     async def _wait(self, at_most: float | None = None) -> list[dict[str, Any] | None]:
         # Parked at the live edge: everything so far was sent. Until this wakes, messages
@@ -224,19 +227,19 @@ class JobFollower:
 
     def _wake(
         self, msgs: list[dict[str, Any] | None]
-    ) -> tuple[bool, bool, list[LogLine], list[dict[str, Any]]]:
-        """What a burst of messages asks for: (read events?, read logs?, lines, events)."""
-        read_events = read_logs = False
+    ) -> tuple[bool, list[LogLine], list[dict[str, Any]]]:
+        """What a burst of messages asks for: (read both streams?, lines, events)."""
+        read = False
         hint: list[LogLine] = []
         published: list[dict[str, Any]] = []
         head = self.cursor.event_id  # the last event we have, or will have from ``published``
         for msg in msgs:
             if msg is None or msg.get("type") == EventType.resync:
                 # A quiet poll or a reconnect: re-read both streams to be sure.
-                read_events = read_logs = True
+                read = True
             elif msg.get("type") == EventType.log:
                 hint.extend(msg.get("data", {}).get("lines", []))
-            elif not read_events:  # (else a read is due anyway, and covers this event)
+            elif not read:  # (else a read is due anyway, and covers this event)
                 if msg.get("prev") == head and isinstance(msg.get("id"), str):
                     # The very next entry of the stream, as published: no read needed (the
                     # hub sets ``prev`` from stream ids only, each before its event's id).
@@ -246,9 +249,13 @@ class JobFollower:
                 elif _is_after(msg.get("id"), head) is not False:
                     # A gap or an unknown predecessor: read both streams, as on a first
                     # connection (lines written just before the events come before them).
-                    read_events = read_logs = True
+                    read = True
                 # (else already ours: it landed between subscribing and a read)
-        return read_events, read_logs, hint, [] if read_events else published
+        if not read and self._continuing(hint) is None:
+            # A line is missing before them: read both streams. (The log alone may already
+            # hold lines written after an event whose message has not come yet.)
+            read = True
+        return read, hint, [] if read else published
 
     def _continuing(self, lines: list[LogLine]) -> list[LogLine] | None:
         """The lines the cursor has not seen, if they continue it exactly (none: [] ); None
@@ -258,15 +265,6 @@ class JobFollower:
         if all(ln["seq"] == seq + i for i, ln in enumerate(fresh, start=1)):
             return fresh
         return None
-
-    async def _logs(self, hint: list[LogLine]) -> list[LogLine]:
-        if hint:
-            fresh = self._continuing(hint)
-            if fresh is not None:  # the published lines continue our cursor: no read
-                return fresh
-        lines = await self.hub.read_logs(self.job_id, self.cursor.log_seq, self.page)
-        self._full_read = len(lines) >= self.page  # a full page: there may be more
-        return lines
 
     def _merge(self, logs: list[LogLine], evs: list[dict[str, Any]]) -> list[Item]:
         out: list[Item] = []
