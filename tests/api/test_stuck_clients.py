@@ -114,8 +114,10 @@ def test_clients_that_never_read_are_dropped_and_stall_no_one(
     assert not t.is_alive() and not reader_errors, reader_errors
     # Each stuck client was dropped for taking no data, within the bound.
     stats = httpx.get(f"{api_url}{API}/streams", timeout=10).json()
-    assert stats["dropped"] >= STUCK and stats["subscribers"] == 0
     reasons = {d["reason"] for d in stats["recent_drops"]}
+    # (What a failure needs to be told apart: seen once in CI, 57 of 60 dropped.)
+    summary = {k: v for k, v in stats.items() if k != "recent_drops"} | {"reasons": reasons}
+    assert stats["dropped"] >= STUCK and stats["subscribers"] == 0, summary
     assert reasons == {
         f"too slow: the connection took no data for {SEND_TIMEOUT_S} s; "
         "reconnect with your last event id to resume"
