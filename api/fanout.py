@@ -228,6 +228,9 @@ class Hub:
         self.live_deliveries = 0  # messages the live lane wrote (api/wire.py)
         self.dropped = 0
         self.dropped_by_kind: dict[str, int] = {}
+        # How SSE answers ended (api/sse.py): "complete" (the job's end sent), "left" (the
+        # client disconnected), "dropped", "shutdown", "error".
+        self.ended: dict[str, int] = {}
         self.recent_drops: deque[dict[str, Any]] = deque(maxlen=20)
 
     # ------------------------------------------------------------------ lifecycle
@@ -383,6 +386,7 @@ class Hub:
             "received": self.received,
             "live": self.live_deliveries,
             "dropped": self.dropped,
+            "ended": dict(self.ended),
             "recent_drops": list(self.recent_drops),
         }
 
@@ -503,6 +507,10 @@ class Hub:
             {"client": sub.label, "job_id": sub.job_id, "reason": reason, "at": time.time()}
         )
         log.warning("dropped %s (job %s): %s", sub.label, sub.job_id, reason)
+
+    def count_end(self, how: str) -> None:
+        """One SSE answer ended ``how`` (see ``ended``)."""
+        self.ended[how] = self.ended.get(how, 0) + 1
 
     def stuck_reason(self) -> str:
         return (

@@ -64,6 +64,7 @@ class HubEventSource(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = finished = False
         sub, now = self.sub, asyncio.get_running_loop().time
+        how: str | None = None  # what ended the answer first, if not its end or a drop
 
         async def tracking_send(message: Message) -> None:
             nonlocal started, finished
@@ -84,15 +85,17 @@ class HubEventSource(Response):
             try:
                 async with anyio.create_task_group() as tg:
 
-                    async def until(wait: Callable[[], Awaitable[object]]) -> None:
+                    async def until(wait: Callable[[], Awaitable[object]], ended: str) -> None:
                         await wait()
+                        nonlocal how
+                        how = how or ended
                         tg.cancel_scope.cancel()
 
-                    tg.start_soon(until, sub.dropped.wait)
-                    tg.start_soon(until, partial(_until_disconnect, receive))
+                    tg.start_soon(until, sub.dropped.wait, "dropped")
+                    tg.start_soon(until, partial(_until_disconnect, receive), "left")
                     if _EXIT is not None:  # (sse-starlette's one watcher of uvicorn's exit)
-                        tg.start_soon(until, _EXIT)
-                    tg.start_soon(until, partial(self._ping, tracking_send))
+                        tg.start_soon(until, _EXIT, "shutdown")
+                    tg.start_soon(until, partial(self._ping, tracking_send), "error")
                     await self._stream(scope, tracking_send)
                     tg.cancel_scope.cancel()
             except* Dropped:
@@ -113,6 +116,8 @@ class HubEventSource(Response):
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self.hub.unsubscribe(sub)
+            ended = "complete" if finished else (how or "error")
+            self.hub.count_end("dropped" if sub.reason is not None else ended)
 
     def _start(self) -> Message:
         return {"type": "http.response.start", "status": 200, "headers": self.raw_headers}

@@ -5,7 +5,8 @@
   cursors over both of the job's streams; ``Last-Event-ID`` or ``?since=`` resume exactly.
 * ``GET /jobs/{id}/logs``        a page of log lines (JSON, or ``?format=text``).
 * ``GET /jobs/{id}/logs/stream`` SSE of log lines (id = line number) until the job ended.
-* ``GET /streams``               the fan-out hub's counters (subscribers, drops and why).
+* ``GET /streams``               the fan-out hub's counters (subscribers, drops and why, how
+                                   SSE answers ended).
 
 Where a first connection starts: ``/events`` sends the job as it is now, then the log lines
 still in the live buffer (a late joiner gets the recent tail, not a million old lines), then

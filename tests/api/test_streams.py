@@ -274,6 +274,10 @@ def test_many_clients_at_once_see_the_same_stream(stack: Stack, tmp_path: Path) 
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
+    def completed() -> int:
+        return int(stack.http.get(f"{API}/streams").json()["ended"].get("complete", 0))
+
+    before = completed()
     threads = [threading.Thread(target=watch, args=(n,)) for n in range(clients)]
     for t in threads:
         t.start()
@@ -287,6 +291,8 @@ def test_many_clients_at_once_see_the_same_stream(stack: Stack, tmp_path: Path) 
     for t in threads:
         t.join(60)
     assert not errors, errors
+    # The hub counts how each answer ended: these, with the job's end sent.
+    wait_until(lambda: completed() >= before + clients, 10, what="the answers counted")
     assert len(results) == clients
     first = results[0]
     logs = [d["line"] for ev, d in first if ev == "log"]
@@ -299,6 +305,22 @@ def test_many_clients_at_once_see_the_same_stream(stack: Stack, tmp_path: Path) 
     assert first[-1][0] == "complete"
     for n in range(1, clients):
         assert results[n] == first
+
+
+def test_a_client_that_leaves_is_counted_as_left(stack: Stack, sse: httpx.Client) -> None:
+    def left() -> int:
+        return int(sse.get(f"{API}/streams").json()["ended"].get("left", 0))
+
+    before = left()
+    job = stack.submit({"executor": "builtin", "type": "countdown", "params": {"seconds": 30}})
+    with (
+        httpx.Client(base_url=stack.url, timeout=10) as c,
+        c.stream("GET", f"{API}/jobs/{job['id']}/events") as r,
+    ):
+        assert r.status_code == 200
+        next(r.iter_lines())  # (the status event: the answer is under way)
+    wait_until(lambda: left() >= before + 1, 10, what="the answer counted as left")
+    stack.http.post(f"{API}/jobs/{job['id']}/cancel")
 
 
 def test_hub_reports_its_subscription(sse: httpx.Client) -> None:
