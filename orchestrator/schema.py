@@ -230,8 +230,10 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 
 
 # Statements that write, and so open a write transaction (Python's sqlite3 starts one,
-# deferred, just before the first of them).
-_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLAC", "WITH")
+# deferred, just before the first of them). Not ``WITH``: a read can start so too, and
+# would hold the write lock until its connection went back (no store statement on SQLite
+# is a data-modifying WITH; one would take the lock the usual way, at its first step).
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLAC")
 
 # How a writer waits for SQLite's one write lock: tries ``BEGIN IMMEDIATE`` again after
 # WRITE_WAIT_FIRST_S, growing by half up to WRITE_WAIT_MAX_S, for up to _SQLITE_BUSY_S.

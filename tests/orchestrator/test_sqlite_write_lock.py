@@ -114,3 +114,13 @@ def test_an_autocommit_connection_is_left_alone(db: Path) -> None:
     with engine.connect() as c:
         assert c.execute(sa.text("SELECT count(*) FROM t")).scalar() == 1
     engine.dispose()
+
+
+def test_a_read_that_starts_with_with_takes_no_lock(store: JobStore, db: Path) -> None:
+    other = _holder(db)
+    try:
+        with store.engine.connect() as c:
+            assert c.exec_driver_sql("WITH one AS (SELECT 1 AS x) SELECT x FROM one").scalar() == 1
+            assert not c.connection.dbapi_connection.in_transaction
+    finally:
+        other.execute("COMMIT")
