@@ -22,11 +22,6 @@ WAIT_S = 10
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def small_events(settings: Settings) -> Any:
     ev = Events(
         connect(settings.effective_redis_url), logs_dir=settings.logs_dir, log_buffer_lines=10

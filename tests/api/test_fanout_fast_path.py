@@ -32,11 +32,6 @@ WAIT_S = 10
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def counting_hub(settings: Settings) -> AsyncIterator[CountingHub]:
     h = CountingHub(
         settings.effective_redis_url,

@@ -25,14 +25,10 @@ from api.fanout import Hub, Subscriber
 from api.follower import Cursor, Item, JobFollower
 from orchestrator.events import Events
 from orchestrator.settings import Settings
+from tests.api.test_fanout import job_id
 
 pytestmark = pytest.mark.anyio
 WAIT_S = 10
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -45,10 +41,6 @@ async def hub(settings: Settings) -> AsyncIterator[Hub]:
     await h.start()
     yield h
     await h.stop()
-
-
-def _job_id() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
 
 
 def _shape(items: list[Item]) -> list[tuple[str, str, str]]:
@@ -120,7 +112,7 @@ async def test_a_line_written_after_the_snapshot_does_not_overtake_its_event(
     next call (a progress report, then the line printed after it) lands right after. The
     follower must not take that line from the log file while the snapshot, older, does
     not hold the event written before it."""
-    jid = _job_id()
+    jid = job_id()
     started = events.publish(jid, "started", {"status": "running"})["id"]
     events.log_is_new(jid)
 
@@ -151,7 +143,7 @@ async def test_a_page_of_lines_does_not_let_a_later_event_overtake_the_next_page
 ) -> None:
     """A read whose page of lines is full stops short of the log's end: the events it got
     that come after the next (unread) line wait for it, whatever the page size."""
-    jid = _job_id()
+    jid = job_id()
     started = events.publish(jid, "started", {"status": "running"})["id"]
     events.append_logs(jid, [("stdout", None, x) for x in ("a", "b", "c")])  # one batch
     events.publish(jid, "progress", {"percent": 50, "message": "half"})
@@ -193,7 +185,7 @@ async def test_lines_after_a_gap_are_read_with_the_events_written_among_them(
     """A log message whose lines do not continue the cursor (one was missed) makes the
     follower read. It must read both streams: the log alone may already hold lines written
     after an event whose message has not come yet."""
-    jid = _job_id()
+    jid = job_id()
     started = events.publish(jid, "started", {"status": "running"})["id"]
     events.log_is_new(jid)
     real = hub.subscribe(jid)

@@ -32,11 +32,6 @@ WAIT_S = 10
 JOB = "j-order"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _key(entry_id: str) -> tuple[int, int]:
     ms, _, n = entry_id.partition("-")
     return int(ms), int(n or 0)
