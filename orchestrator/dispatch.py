@@ -121,6 +121,29 @@ class Dispatcher:
         job.warnings = self.live_runners.warnings(job.spec.executor, job.spec.demands)
         return job
 
+    def submit_together(self, specs: Sequence[Any]) -> list[Job | Exception]:
+        """Submits of separate requests made as one batch (api/submits.py gathers the
+        ``POST /jobs`` that arrive while one is being made): one transaction and one Redis
+        call for all, each answered as its own :meth:`submit` would be — its job, or the
+        error its request gets. A spec the batch refuses (a ParamError, raised before
+        anything is written) sends each through :meth:`submit` alone, so the refusal is
+        only its own; a store or broker that fails the batch fails each of them, as it
+        would have failed each alone. No sessions here (a session's runs take turns)."""
+        if len(specs) > 1:
+            try:
+                return list(self.submit_many(specs))
+            except ParamError:
+                pass  # (nothing was written: one by one, each with its own answer)
+            except Exception as exc:
+                return [exc] * len(specs)
+        out: list[Job | Exception] = []
+        for spec in specs:
+            try:
+                out.append(self.submit(spec))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
     def submit_many(self, specs: Sequence[Any]) -> list[Job]:
         """Submit validated specs at once (``POST /jobs/batch``): every flow rule checked
         first, then one transaction inserts them all, their messages go out in one

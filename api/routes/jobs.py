@@ -15,6 +15,7 @@ from api.bodies import StrictJSONRoute
 from api.deps import DispatcherDep, Offset, Store
 from api.errors import answers
 from api.routes.streams import hub_of
+from api.submits import groups_of
 from api.waiting import MAX_WAIT_S, wait_for_end
 from orchestrator.errors import ParamError
 from orchestrator.job import Job, JobSpec, JobStatus
@@ -80,8 +81,11 @@ async def create_job(
         if wait:  # (the key's job may be an earlier one: its id is known only now)
             job = await wait_for_end(dispatcher.store, hub_of(state), job.id, _held(state, wait))
         return _answer(await _why_queued(dispatcher, job), code)
-    if not wait:  # (one thread hop: the submit, and why a queued job waits)
-        job = await run_in_threadpool(_submit, dispatcher, spec)
+    if not wait:
+        if spec.session is None:  # (with the submits that arrive meanwhile: api/submits.py)
+            job = await groups_of(state).submit(spec)
+        else:  # (one thread hop: the submit, and why a queued job waits)
+            job = await run_in_threadpool(_submit, dispatcher, spec)
         return _answer(job, status.HTTP_201_CREATED)
     job_id = new_job_id()  # (subscribed to before it exists: its end cannot slip past)
     submitted: list[Job] = []
