@@ -135,9 +135,7 @@ async def test_a_refusal_reaches_only_its_own_request(core: MemoryCore) -> None:
 def test_many_clients_at_once_each_get_their_own_job(stack: Stack) -> None:
     names = [f"many-{i}" for i in range(40)]
     with ThreadPoolExecutor(8) as pool:
-        answers = list(
-            pool.map(lambda n: stack.http.post(f"{API}/jobs", json=spec(name=n)), names)
-        )
+        answers = list(pool.map(lambda n: stack.http.post(f"{API}/jobs", json=spec(name=n)), names))
     assert [a.status_code for a in answers] == [201] * len(names)
     made = [a.json() for a in answers]
     assert [m["name"] for m in made] == names
