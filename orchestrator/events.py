@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from datetime import datetime
@@ -199,6 +200,13 @@ _SEND_SHA = hashlib.sha1(_SEND_LUA.encode()).hexdigest()
 # The job counters (orchestrator/metrics.py): the outbox adds to them with the events.
 METRICS_KEY = "lb:metrics"
 
+# How long the outbox's thread lets what ``flush_soon`` staged wait for a flush that is
+# coming anyway: a short job's claim events then leave with its end's, in one Redis call
+# instead of two (and the thread's wake-up no longer takes the GIL from the job while it
+# runs). Throughput bench, 3 runs each: 317–330 → 332–353 jobs/s; Valkey CPU per job
+# 0.35–0.38 → 0.28–0.33 ms.
+SOON_S = 0.002
+
 
 class _Sent:
     """One staged event: its stream id once sent, or why it was not."""
@@ -307,10 +315,11 @@ class Outbox:
                 s.id = "queued"
 
     def flush_soon(self) -> None:
-        """Have what is staged sent by this outbox's own thread, now, without waiting for
-        it: in order with every other flush (one call at a time, in staging order), so a
-        later :meth:`flush` or log batch still goes out after it. A failure is logged, as
-        a failed :meth:`flush`'s events are."""
+        """Have what is staged sent by this outbox's own thread within ``SOON_S``, without
+        waiting for it: in order with every other flush (one call at a time, in staging
+        order), so a later :meth:`flush` or log batch still goes out after it — and takes
+        what is staged with it, if it comes first. A failure is logged, as a failed
+        :meth:`flush`'s events are."""
         with self._lock:
             if not self._args:
                 return
@@ -324,6 +333,7 @@ class Outbox:
     def _send_soon(self) -> None:
         while True:
             self._soon.wait()
+            time.sleep(SOON_S)  # (a flush of the caller's meanwhile takes it all along)
             self._soon.clear()
             try:
                 self.flush()

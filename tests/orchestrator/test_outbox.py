@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from orchestrator import events as events_module
 from orchestrator.events import (
     _SEND_LUA,
     EVENTS_CHANNEL,
@@ -159,6 +160,32 @@ def test_changes_handed_over_without_waiting_go_out_from_the_outbox_thread_in_or
     assert [m["type"] for m in _messages(pubsub, 2)] == ["succeeded", "progress"]
     want = ["claimed", "started", "succeeded", "progress"]
     assert [e["type"] for e in events.read_events(jid)] == want
+
+
+def test_what_is_handed_over_without_waiting_leaves_with_a_flush_that_comes_first(
+    events: Events, pubsub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox's thread lets what ``flush_soon`` staged wait ``SOON_S``: a short job's
+    claim events leave with its end's, in one call (here the wait is made long, so the
+    caller's flush surely comes first)."""
+    monkeypatch.setattr(events_module, "SOON_S", 30.0)
+    listeners = Listeners([EventPublisher(events)])
+    jid = "outbox-soon-coalesced"
+    callers: list[str] = []
+    real = events.r.execute_command
+
+    def counted(*args: Any, **options: Any) -> Any:
+        callers.append(threading.current_thread().name)
+        return real(*args, **options)
+
+    events.r.script_load(_SEND_LUA)
+    monkeypatch.setattr(events.r, "execute_command", counted)
+    with listeners.together(wait=False):
+        listeners.transition(_job(jid, "claimed"))
+        listeners.transition(_job(jid, "running"))
+    listeners.transition(_job(jid, "succeeded"))  # (this thread's flush, at once)
+    assert [m["type"] for m in _messages(pubsub, 3)] == ["claimed", "started", "succeeded"]
+    assert callers == [threading.current_thread().name]  # one call, the caller's
 
 
 def test_what_threads_stage_while_a_call_is_in_flight_keeps_each_jobs_order(
