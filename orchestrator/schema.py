@@ -11,6 +11,7 @@ import functools
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,13 @@ schedules = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Index("ix_schedules_next_fire", "next_fire_at"),
 )
+
+
+def any_of(column: Any, values: Iterable[Any]) -> Any:
+    """``column IN (values)`` as plain equalities, for statements built once and cached: an
+    IN list's parameters are expanded again, its SQL rewritten, at every execution."""
+    wanted = [column == getattr(v, "value", v) for v in sorted(values)]
+    return sa.or_(*wanted) if wanted else sa.false()  # (none: nothing matches)
 
 
 _SQLITE_BUSY_S = 15.0

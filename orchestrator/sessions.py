@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from orchestrator.errors import LaunchbayError, ParamError
 from orchestrator.job import ACTIVE_STATUSES, TERMINAL_STATUSES, EventType, Job, JobStatus, utcnow
 from orchestrator.listeners import Listener
-from orchestrator.schema import jobs, sessions
+from orchestrator.schema import any_of, jobs, sessions
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def session_turn() -> Any:
         sibling.c.session_id == jobs.c.session_id,
         sibling.c.id != jobs.c.id,
         sa.or_(
-            sibling.c.status.in_([s.value for s in ACTIVE_STATUSES]),
+            any_of(sibling.c.status, ACTIVE_STATUSES),  # (no IN: see any_of)
             sa.and_(
                 sibling.c.status == JobStatus.queued.value,
                 sa.tuple_(sibling.c.created_at, sibling.c.id)

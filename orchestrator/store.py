@@ -31,7 +31,14 @@ from orchestrator.job import (
     task_id_for,
     utcnow,
 )
-from orchestrator.schema import attempts, concurrency_limits, job_deps, jobs, make_engine
+from orchestrator.schema import (
+    any_of,
+    attempts,
+    concurrency_limits,
+    job_deps,
+    jobs,
+    make_engine,
+)
 from orchestrator.sessions import SessionBusy, guard_session_turn, session_turn
 
 _SPEC = TypeAdapter(JobSpec)
@@ -957,13 +964,6 @@ class JobStore:
 # column has, so SQLAlchemy never reads one as an extra SET column.
 
 
-def _any_of(column: Any, values: Iterable[str]) -> Any:
-    """``column IN (values)`` as plain equalities: a cached statement's IN list would be
-    expanded again at every execution."""
-    wanted = [column == getattr(v, "value", v) for v in sorted(values)]
-    return sa.or_(*wanted) if wanted else sa.false()  # (none: nothing matches)
-
-
 def _v(keys: Iterable[str]) -> dict[str, Any]:
     return {k: sa.bindparam(f"v_{k}") for k in keys}
 
@@ -977,7 +977,7 @@ def _claim_stmt(start_at_once: frozenset[str], pinned: bool, keyed: bool) -> Any
     assert can_transition(JobStatus.claimed, JobStatus.running)
     conds = [
         jobs.c.id == sa.bindparam("p_id"),
-        _any_of(jobs.c.status, sources_of(JobStatus.claimed)),
+        any_of(jobs.c.status, sources_of(JobStatus.claimed)),
         jobs.c.hold.is_(None),
         session_turn(),
     ]
@@ -996,7 +996,7 @@ def _claim_stmt(start_at_once: frozenset[str], pinned: bool, keyed: bool) -> Any
         "status": JobStatus.claimed.value,
     }
     if start_at_once:
-        at_once = _any_of(jobs.c.executor, start_at_once)
+        at_once = any_of(jobs.c.executor, start_at_once)
         values["status"] = sa.case(
             (at_once, JobStatus.running.value), else_=JobStatus.claimed.value
         )
@@ -1039,7 +1039,7 @@ def _cas_stmt(
 ) -> Any:
     """A transition's compare-and-set: status in ``sources`` [, attempt, runner, no cancel
     asked] → ``target``, setting ``keys``; RETURNING the new row."""
-    conds = [jobs.c.id == sa.bindparam("p_id"), _any_of(jobs.c.status, sources)]
+    conds = [jobs.c.id == sa.bindparam("p_id"), any_of(jobs.c.status, sources)]
     if pinned:
         conds.append(jobs.c.attempt == sa.bindparam("p_attempt"))
     if by_runner:
@@ -1056,7 +1056,7 @@ def _active_update_stmt(keys: tuple[str, ...], by_runner: bool, cancel_flag: boo
     conds = [
         jobs.c.id == sa.bindparam("p_id"),
         jobs.c.attempt == sa.bindparam("p_attempt"),
-        _any_of(jobs.c.status, ACTIVE_STATUSES),
+        any_of(jobs.c.status, ACTIVE_STATUSES),
     ]
     if by_runner:
         conds.append(jobs.c.runner_id == sa.bindparam("p_runner"))
@@ -1184,7 +1184,7 @@ def _scan_stmt(after: bool) -> Any:
 _ACTIVE_COUNT = (
     sa.select(sa.func.count())
     .select_from(jobs)
-    .where(jobs.c.runner_id == sa.bindparam("p_runner"), _any_of(jobs.c.status, ACTIVE_STATUSES))
+    .where(jobs.c.runner_id == sa.bindparam("p_runner"), any_of(jobs.c.status, ACTIVE_STATUSES))
 )
 
 
@@ -1196,7 +1196,7 @@ def _running_count(key: Any) -> Any:
         .select_from(running)
         .where(
             running.c.concurrency_key == key,
-            _any_of(running.c.status, ACTIVE_STATUSES),
+            any_of(running.c.status, ACTIVE_STATUSES),
         )
     )
 
