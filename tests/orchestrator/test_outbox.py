@@ -133,13 +133,8 @@ def test_changes_handed_over_together_are_one_call_in_order(
     assert [m["id"] for m in got] == [e["id"] for e in events.read_events(jid)]
 
 
-def test_changes_handed_over_without_waiting_go_out_from_the_outbox_thread_in_order(
-    events: Events, pubsub: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``together(wait=False)``: the caller sends nothing itself (the outbox's thread does),
-    and what the caller flushes next still goes out after it."""
-    listeners = Listeners([EventPublisher(events), MetricsRecorder.for_client(events.r)])
-    jid = "outbox-soon"
+def _callers(events: Events, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread of each command ``events``' client sends from now on."""
     callers: list[str] = []
     real = events.r.execute_command
 
@@ -147,8 +142,19 @@ def test_changes_handed_over_without_waiting_go_out_from_the_outbox_thread_in_or
         callers.append(threading.current_thread().name)
         return real(*args, **options)
 
-    events.r.script_load(_SEND_LUA)
+    events.r.script_load(_SEND_LUA)  # (a fresh server loads the script on first use)
     monkeypatch.setattr(events.r, "execute_command", counted)
+    return callers
+
+
+def test_changes_handed_over_without_waiting_go_out_from_the_outbox_thread_in_order(
+    events: Events, pubsub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``together(wait=False)``: the caller sends nothing itself (the outbox's thread does),
+    and what the caller flushes next still goes out after it."""
+    listeners = Listeners([EventPublisher(events), MetricsRecorder.for_client(events.r)])
+    jid = "outbox-soon"
+    callers = _callers(events, monkeypatch)
     with listeners.together(wait=False):
         listeners.transition(_job(jid, "claimed"))
         listeners.transition(_job(jid, "running"))
@@ -171,15 +177,7 @@ def test_what_is_handed_over_without_waiting_leaves_with_a_flush_that_comes_firs
     monkeypatch.setattr(events_module, "SOON_S", 30.0)
     listeners = Listeners([EventPublisher(events)])
     jid = "outbox-soon-coalesced"
-    callers: list[str] = []
-    real = events.r.execute_command
-
-    def counted(*args: Any, **options: Any) -> Any:
-        callers.append(threading.current_thread().name)
-        return real(*args, **options)
-
-    events.r.script_load(_SEND_LUA)
-    monkeypatch.setattr(events.r, "execute_command", counted)
+    callers = _callers(events, monkeypatch)
     with listeners.together(wait=False):
         listeners.transition(_job(jid, "claimed"))
         listeners.transition(_job(jid, "running"))
