@@ -134,7 +134,7 @@ class JobFollower:
 
     async def batches(self) -> AsyncIterator[list[Item]]:
         read = True
-        hint: list[LogLine] = []
+        fresh: list[LogLine] = []
         published: list[dict[str, Any]] = []
         while True:
             if read:
@@ -153,7 +153,7 @@ class JobFollower:
             else:
                 # What the messages of one wake-up hold, as the streams have it: the events
                 # that follow the cursor's, the lines that continue its line (``_wake``).
-                evs, logs, more = published, self._continuing(hint) or [], False
+                evs, logs, more = published, fresh, False
             terminal = next((e for e in evs if e["type"] in TERMINAL_EVENTS), None)
             if terminal is not None:
                 evs = evs[: evs.index(terminal)]
@@ -166,18 +166,18 @@ class JobFollower:
                 # the cursor a client resumes from, so wait for it a moment.
                 late = self._end_event_due()
                 if late > 0:
-                    read, hint, published = self._wake(await self._wait(late))
+                    read, fresh, published = self._wake(await self._wait(late))
                     continue
             if terminal is not None or self.ended is not None:
                 async for rest in self._finish(terminal):
                     yield rest
                 return
             if more:
-                read, hint, published = True, [], []
+                read, fresh, published = True, [], []
                 continue  # more is waiting: no need to wait for a wake-up
             # (Lines taken from the published messages need no read for the next ones:
             # those were published too, and are waiting in the queue.)
-            read, hint, published = self._wake(await self._wait())
+            read, fresh, published = self._wake(await self._wait())
 
     async def _wait(self, at_most: float | None = None) -> list[dict[str, Any] | None]:
         # Parked at the live edge: everything so far was sent. Until this wakes, messages
@@ -228,7 +228,8 @@ class JobFollower:
     def _wake(
         self, msgs: list[dict[str, Any] | None]
     ) -> tuple[bool, list[LogLine], list[dict[str, Any]]]:
-        """What a burst of messages asks for: (read both streams?, lines, events)."""
+        """What a burst of messages asks for: (read both streams?, the lines that continue
+        the cursor, the events that follow it); when a read is due, no lines or events."""
         read = False
         hint: list[LogLine] = []
         published: list[dict[str, Any]] = []
@@ -251,11 +252,13 @@ class JobFollower:
                     # connection (lines written just before the events come before them).
                     read = True
                 # (else already ours: it landed between subscribing and a read)
-        if not read and self._continuing(hint) is None:
-            # A line is missing before them: read both streams. (The log alone may already
-            # hold lines written after an event whose message has not come yet.)
-            read = True
-        return read, hint, [] if read else published
+        fresh = None if read else self._continuing(hint)
+        if fresh is None:
+            # A read is due, or a line is missing before them: read both streams. (The log
+            # alone may already hold lines written after an event whose message has not
+            # come yet.)
+            return True, [], []
+        return False, fresh, published
 
     def _continuing(self, lines: list[LogLine]) -> list[LogLine] | None:
         """The lines the cursor has not seen, if they continue it exactly (none: [] ); None

@@ -31,8 +31,6 @@ class SubmitGroups:
         self.dispatcher = dispatcher
         self._waiting: list[tuple[Any, asyncio.Future[Job]]] = []
         self._task: asyncio.Task[None] | None = None
-        self.groups = 0  # groups made, and submits in them: how much the grouping saves
-        self.submits = 0
 
     async def submit(self, spec: Any) -> Job:
         """``spec``'s job as ``Dispatcher.submit`` and ``Flow.with_waiting`` answer it (or
@@ -49,8 +47,6 @@ class SubmitGroups:
             while self._waiting:
                 group = self._waiting[:MAX_GROUP]
                 del self._waiting[:MAX_GROUP]
-                self.groups += 1
-                self.submits += len(group)
                 try:
                     answers = await run_in_threadpool(self._make, [spec for spec, _ in group])
                 except Exception as exc:  # (not the submits' own errors: those are answers)

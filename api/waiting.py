@@ -22,9 +22,18 @@ from starlette.concurrency import run_in_threadpool
 from api.fanout import Dropped, Hub
 from api.follower import TERMINAL_EVENTS
 from orchestrator.job import EventType, Job
+from orchestrator.settings import Settings
 from orchestrator.store import JobStore
 
 MAX_WAIT_S = 30.0  # (as the agents' long poll: one answer within any proxy's timeout)
+
+
+def held_s(settings: Settings, wait: float) -> float:
+    """How long a waiting request (``?wait=``, an agent's long poll) is held: as asked, up
+    to ``LAUNCHBAY_LONG_POLL_MAX_S``."""
+    return min(wait, settings.long_poll_max_s)
+
+
 _WAKE = TERMINAL_EVENTS | {EventType.resync}
 
 

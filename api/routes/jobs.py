@@ -16,7 +16,7 @@ from api.deps import DispatcherDep, Offset, Store
 from api.errors import answers
 from api.routes.streams import hub_of
 from api.submits import groups_of
-from api.waiting import MAX_WAIT_S, wait_for_end
+from api.waiting import MAX_WAIT_S, held_s, wait_for_end
 from orchestrator.errors import ParamError
 from orchestrator.job import Job, JobSpec, JobStatus
 from orchestrator.store import new_job_id
@@ -79,7 +79,9 @@ async def create_job(
         )
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         if wait:  # (the key's job may be an earlier one: its id is known only now)
-            job = await wait_for_end(dispatcher.store, hub_of(state), job.id, _held(state, wait))
+            job = await wait_for_end(
+                dispatcher.store, hub_of(state), job.id, held_s(state.settings, wait)
+            )
         return _answer(await _why_queued(dispatcher, job), code)
     if not wait:
         if spec.session is None:  # (with the submits that arrive meanwhile: api/submits.py)
@@ -96,16 +98,11 @@ async def create_job(
         return job
 
     job = await wait_for_end(
-        dispatcher.store, hub_of(state), job_id, _held(state, wait), submit=submit
+        dispatcher.store, hub_of(state), job_id, held_s(state.settings, wait), submit=submit
     )
     if submitted and not job.warnings:  # (the submit's own, e.g. no live runner fits)
         job.warnings = submitted[0].warnings
     return _answer(await _why_queued(dispatcher, job), status.HTTP_201_CREATED)
-
-
-def _held(state: Any, wait: float) -> float:
-    """How long a ``?wait=`` is held: as asked, up to ``LAUNCHBAY_LONG_POLL_MAX_S``."""
-    return min(wait, state.settings.long_poll_max_s)
 
 
 def _submit(dispatcher: Any, spec: JobSpec) -> Job:
@@ -230,7 +227,7 @@ async def get_job(
     state = request.app.state.lb
     if not wait:  # (one thread hop: the read, and why a queued job waits)
         return _answer(await run_in_threadpool(_read, state.store, state.dispatcher, job_id))
-    job = await wait_for_end(state.store, hub_of(state), job_id, _held(state, wait))
+    job = await wait_for_end(state.store, hub_of(state), job_id, held_s(state.settings, wait))
     return _answer(await _why_queued(state.dispatcher, job))
 
 

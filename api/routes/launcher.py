@@ -26,6 +26,7 @@ from api.bodies import StrictJSONRoute
 from api.deps import State
 from api.errors import answers
 from api.routes.streams import hub_of
+from api.waiting import held_s
 from api.waker import Waker
 from orchestrator.artifacts import MAX_NAME, safe_name
 from orchestrator.errors import LaunchbayError
@@ -207,7 +208,7 @@ async def poll(
     acting_as(who, launcher_id)
     info = await run_in_threadpool(_registered, state, launcher_id)
     waker: Waker | None = getattr(request.app.state, "launcher_waker", None)
-    deadline = time.monotonic() + min(wait, state.settings.long_poll_max_s)
+    deadline = time.monotonic() + held_s(state.settings, wait)
     while True:
         wake = waker.current() if waker is not None else None
         if await request.is_disconnected():

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+
+from orchestrator.settings import Settings
+from orchestrator.testing import MemoryCore, memory_core
 
 
 @pytest.fixture
@@ -10,3 +16,12 @@ def anyio_backend() -> str:
     """The anyio-marked tests (the fan-out hub and the follower, in process) run on asyncio,
     as uvicorn does."""
     return "asyncio"
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[MemoryCore]:
+    """The core on the in-package fakes (orchestrator/testing.py): submits and their
+    answers without a server, a Redis or a worker."""
+    c = memory_core(Settings(home=tmp_path / "home"))
+    yield c
+    c.close()

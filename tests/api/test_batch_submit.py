@@ -20,7 +20,7 @@ from orchestrator.errors import BrokerUnavailable, ParamError
 from orchestrator.job import JobSpec, JobStatus, utcnow
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
-from orchestrator.testing import MemoryCore, memory_core
+from orchestrator.testing import MemoryCore
 from tests.orchestrator.conftest import postgres_cluster, postgres_url  # noqa: F401
 
 with warnings.catch_warnings():  # (starlette would rather have httpx2; httpx works)
@@ -37,13 +37,6 @@ def spec(**extra: Any) -> dict[str, Any]:
 
 def specs(*docs: dict[str, Any]) -> list[Any]:
     return [SPEC.validate_python(d) for d in docs]
-
-
-@pytest.fixture
-def core(tmp_path: Path) -> Iterator[MemoryCore]:
-    c = memory_core(Settings(home=tmp_path / "home"))
-    yield c
-    c.close()
 
 
 def total(core: MemoryCore) -> int:

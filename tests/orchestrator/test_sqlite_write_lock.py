@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,10 +27,11 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db: Path) -> JobStore:
+def store(db: Path) -> Iterator[JobStore]:
     s = JobStore(f"sqlite:///{db}")
     s.create_schema()
-    return s
+    yield s
+    s.dispose()
 
 
 def _holder(db: Path) -> sqlite3.Connection:
