@@ -270,6 +270,12 @@ def _take_write_lock(
         or not statement.lstrip()[:6].upper().startswith(_WRITES)
     ):
         return
+    begin_immediate(dbapi)
+
+
+def begin_immediate(dbapi: Any) -> None:
+    """``BEGIN IMMEDIATE`` on a sqlite3 connection, waiting for the write lock in steps of
+    WRITE_WAIT_FIRST_S to WRITE_WAIT_MAX_S (see :func:`_take_write_lock`)."""
     dbapi.execute("PRAGMA busy_timeout=0")
     try:
         delay, deadline = WRITE_WAIT_FIRST_S, time.monotonic() + _SQLITE_BUSY_S

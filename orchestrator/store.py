@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import TypeAdapter
 
+from orchestrator.driver import Driver
 from orchestrator.errors import JobNotEnded, JobNotFound, ParamError
 from orchestrator.job import (
     ACTIVE_STATUSES,
@@ -47,7 +48,11 @@ _SPEC = TypeAdapter(JobSpec)
 def _row_to_job(row: sa.Row[Any], spec: Any = None) -> Job:
     """The job a row holds; ``spec``: its spec as the caller holds it already (a job's
     spec never changes), instead of validating the row's again."""
-    m = row._mapping
+    return _job_from(row._mapping, spec)
+
+
+def _job_from(m: Any, spec: Any = None) -> Job:
+    """:func:`_row_to_job` of a row as a mapping (a :class:`Driver` row)."""
     job = _job_of(m, spec)
     if m.get("secrets"):
         job.spec.secrets = dict(m["secrets"])  # for the runner only: never serialized
@@ -131,7 +136,16 @@ class _AttemptRow:
         self.fields = fields
 
     def __call__(self, c: sa.Connection, row: sa.Row[Any]) -> None:
-        _write_attempt(c, row.id, self.number, self.fields)
+        c.execute(*self.update(row.id))
+
+    def update(self, job_id: str) -> tuple[Any, dict[str, Any]]:
+        """The statement that writes it, and its parameters."""
+        params = {f"v_{k}": v for k, v in self.fields.items()}
+        return _attempt_update_stmt(tuple(self.fields)), {
+            "p_id": job_id,
+            "p_number": self.number,
+            **params,
+        }
 
     def params(self) -> dict[str, Any]:
         return {"a_number": self.number, **{f"a_{k}": v for k, v in self.fields.items()}}
@@ -166,6 +180,10 @@ class JobStore:
             if self._folds
             else self.engine
         )
+        # The statements every job runs (insert, claim, start, renew, end, read by id),
+        # run on the driver's connection: the same SQL, without SQLAlchemy's execution
+        # layer (orchestrator/driver.py); in autocommit where _single is.
+        self._driver = Driver(self.engine, autocommit=self._folds)
         if create:
             self.create_schema()
 
@@ -180,11 +198,11 @@ class JobStore:
     # ------------------------------------------------------------ reads
 
     def get(self, job_id: str) -> Job:
-        with self._single.connect() as c:
-            row = c.execute(_GET_JOB, {"job_id": job_id}).first()
+        with self._driver.read() as tx:
+            row = tx.first(_GET_JOB, {"job_id": job_id})
         if row is None:
             raise JobNotFound(job_id)
-        return _row_to_job(row)
+        return _job_from(row)
 
     def find(self, job_id: str) -> Job | None:
         try:
@@ -356,8 +374,12 @@ class JobStore:
         is a ParamError."""
         spec = _SPEC.validate_python(spec) if isinstance(spec, dict) else spec
         values = self._new_row(spec, job_id, match_timeout_s, concurrency_key, rerun_of)
-        with (self.engine if spec.depends_on else self._single).begin() as c:
-            _insert_job(c, spec, values)
+        if spec.depends_on:
+            with self.engine.begin() as c:
+                _insert_job(c, spec, values)
+        else:
+            with self._driver.write() as tx:
+                tx.run(_INSERT_JOB, values)
         return _inserted(spec, values)
 
     def create_many(
@@ -366,6 +388,10 @@ class JobStore:
         """Insert queued jobs in one transaction (all or none), answered in order; the
         rules of :meth:`create` hold for each (a ParamError names the job: ``jobs[i].…``)."""
         rows = [(s, self._new_row(s, None, match_timeout_s, None, None)) for s in specs]
+        if not self._folds and not any(spec.depends_on for spec in specs):
+            with self._driver.write() as tx:  # (SQLite: one transaction, as below)
+                tx.run_many(_INSERT_JOB, [values for _spec, values in rows])
+            return [_inserted(spec, values) for spec, values in rows]
         with self.engine.begin() as c:
             plain = [values for spec, values in rows if not spec.depends_on]
             if plain:
@@ -475,13 +501,18 @@ class JobStore:
             )
             params = {f"v_{k}": v for k, v in values.items()}
             params.update(p_id=job_id, p_attempt=attempt, p_runner=runner_id)
-            if self._folds and (record is None or isinstance(record, _AttemptRow)):
-                if record is not None:  # (the attempt's row in the same statement)
-                    stmt = _with_attempt_update(stmt, tuple(record.fields))
-                    params.update(record.params())
-                with self._single.begin() as c:
-                    row = c.execute(stmt, params).first()
-                return _row_to_job(row, spec) if row is not None else None
+            if record is None or isinstance(record, _AttemptRow):
+                with self._driver.write() as tx:
+                    if not self._folds:
+                        won = tx.first(stmt, params)
+                        if won is not None and record is not None:
+                            tx.run(*record.update(job_id))
+                    else:
+                        if record is not None:  # (the attempt's row in the same statement)
+                            stmt = _with_attempt_update(stmt, tuple(record.fields))
+                            params.update(record.params())
+                        won = tx.first(stmt, params)
+                return _job_from(won, spec) if won is not None else None
             with self.engine.begin() as c:
                 row = c.execute(stmt, params).first()
                 if row is not None and record is not None:
@@ -549,15 +580,21 @@ class JobStore:
         try:
             # Flow control: a held job is not claimable; a keyed one takes _claim_keyed.
             # Sessions: one run of a session at a time, in order (orchestrator/sessions.py).
-            row = None
-            if self._folds:  # (a job of no session: one statement, its attempt row in it)
-                with self._single.begin() as c:
-                    row = c.execute(_claim_folded_stmt(start_at_once, pinned), params).first()
-            if row is None:
-                with self.engine.begin() as c:
-                    row = c.execute(_claim_stmt(start_at_once, pinned, False), params).first()
-                    if row is not None:
-                        _claimed(c, row, runner_id, now)
+            # A job of no session and no key: its claim and its attempt's row, on the
+            # driver's connection (PostgreSQL: one statement).
+            with self._driver.write() as tx:
+                if self._folds:
+                    won = tx.first(_claim_folded_stmt(start_at_once, pinned), params)
+                else:
+                    won = tx.first(_claim_plain_stmt(start_at_once, pinned), params)
+                    if won is not None:
+                        tx.run(_INSERT_ATTEMPT, _attempt_row(won, runner_id, now))
+            if won is not None:
+                return _job_from(won)
+            with self.engine.begin() as c:  # (a job of a session: its turn guarded)
+                row = c.execute(_claim_stmt(start_at_once, pinned, False), params).first()
+                if row is not None:
+                    _claimed(c, row, runner_id, now)
             if row is None:  # only a lost claim pays for the look at the key
                 row = self._claim_keyed(params, start_at_once)
         except SessionBusy:  # another run of its session won meanwhile (rolled back)
@@ -759,23 +796,23 @@ class JobStore:
         spec = _SPEC.validate_python(_REHEARSAL_SPEC)
         now = self.now()
         params = {
-            "p_id": _NoRow.id,
+            "p_id": _REHEARSAL_ID,
             "p_attempt": 1,
             "v_runner_id": runner_id,
             "v_claimed_at": now,
             "v_lease_expires_at": now,
         }
-        with self.engine.connect() as c:
-            try:
-                _insert_job(c, spec, self._new_row(spec, _NoRow.id, None, None, None))
-                row = c.execute(_claim_stmt(start_at_once, True, False), params).first()
-                if row is not None:
-                    _row_to_job(row)
-                claimed = row if row is not None else _NO_ROW
-                _claimed(c, claimed, runner_id, now)
-                end(c, claimed)
-            finally:
-                c.rollback()
+        with self._driver.rehearsal() as tx:
+            tx.run(_INSERT_JOB, self._new_row(spec, _REHEARSAL_ID, None, None, None))
+            if self._folds:
+                won = tx.first(_claim_folded_stmt(start_at_once, True), params)
+            else:
+                won = tx.first(_claim_plain_stmt(start_at_once, True), params)
+                if won is not None:
+                    tx.run(_INSERT_ATTEMPT, _attempt_row(won, runner_id, now))
+                    tx.run(*end.update(_REHEARSAL_ID))
+            if won is not None:
+                _job_from(won)
 
     def requeue(
         self,
@@ -870,12 +907,11 @@ class JobStore:
         stmt = _active_update_stmt(tuple(values), runner_id is not None, cancel_flag)
         params = {f"v_{k}": v for k, v in values.items()}
         params.update(p_id=job_id, p_attempt=attempt, p_runner=runner_id)
-        with self._single.begin() as c:
-            res = c.execute(stmt, params)
+        with self._driver.write() as tx:
             if not cancel_flag:
-                return True if res.rowcount == 1 else None
-            row = res.first()
-        return None if row is None else bool(row[0])
+                return True if tx.run(stmt, params) == 1 else None
+            row = tx.first(stmt, params)
+        return None if row is None else bool(row["cancel_requested"])
 
     def renew_lease(
         self, job_id: str, attempt: int, lease_s: float, *, runner_id: str | None = None
@@ -1083,11 +1119,17 @@ def _with_attempt_update(stmt: Any, keys: tuple[str, ...]) -> Any:
 
 
 @functools.cache
+def _claim_plain_stmt(start_at_once: frozenset[str], pinned: bool) -> Any:
+    """The claim of a job of no session and no concurrency key: the ones that need no
+    other statement in the claim's transaction than their attempt's row."""
+    return _claim_stmt(start_at_once, pinned, False).where(jobs.c.session_id.is_(None))
+
+
+@functools.cache
 def _claim_folded_stmt(start_at_once: frozenset[str], pinned: bool) -> Any:
-    """PostgreSQL: the claim of a job of no session and no concurrency key (the ones
-    that need no other statement in the claim's transaction) and its attempt's row
-    (started too when the claim started the job), in one statement."""
-    won = _claim_stmt(start_at_once, pinned, False).where(jobs.c.session_id.is_(None)).cte("won")
+    """PostgreSQL: :func:`_claim_plain_stmt` and its attempt's row (started too when the
+    claim started the job), in one statement."""
+    won = _claim_plain_stmt(start_at_once, pinned).cte("won")
     now = sa.bindparam("v_claimed_at", type_=jobs.c.claimed_at.type)
     row = attempts.insert().from_select(
         ["job_id", "number", "runner_id", "claimed_at", "started_at"],
@@ -1102,37 +1144,28 @@ def _claim_folded_stmt(start_at_once: frozenset[str], pinned: bool) -> Any:
     return sa.select(won).add_cte(row.cte("attempt_row"))
 
 
-class _NoRow:
-    """A claimed job's row for :meth:`JobStore.rehearse_attempt_rows` (no job has its id:
-    job ids are hex)."""
-
-    id = "-rehearsal-"
-    attempt = 1
-    status = "running"
-    session_id = None
-
-
-_NO_ROW: Any = _NoRow()
-# What the rehearsal claims (inside a transaction it rolls back): a built-in job.
+# What the rehearsal claims (inside a transaction it rolls back): a built-in job, of an
+# id no job has (job ids are hex).
+_REHEARSAL_ID = "-rehearsal-"
 _REHEARSAL_SPEC = {"executor": "builtin", "type": "countdown", "params": {"seconds": 1}}
 
 
 def _claimed(c: sa.Connection, row: sa.Row[Any], runner_id: str, now: datetime) -> None:
-    """In the claim's transaction: its session's guard, then the attempt's row (started
-    too when the claim started the job)."""
+    """In the claim's transaction: its session's guard, then the attempt's row."""
     if row.session_id is not None:
         guard_session_turn(c, row.session_id, row.id)  # raises: rolled back
-    started = now if row.status == JobStatus.running.value else None
-    c.execute(
-        _INSERT_ATTEMPT,
-        {
-            "job_id": row.id,
-            "number": row.attempt,
-            "runner_id": runner_id,
-            "claimed_at": now,
-            "started_at": started,
-        },
-    )
+    c.execute(_INSERT_ATTEMPT, _attempt_row(row._mapping, runner_id, now))
+
+
+def _attempt_row(won: Any, runner_id: str, now: datetime) -> dict[str, Any]:
+    """A claimed job's (a mapping) attempt row; started too when the claim started it."""
+    return {
+        "job_id": won["id"],
+        "number": won["attempt"],
+        "runner_id": runner_id,
+        "claimed_at": now,
+        "started_at": now if won["status"] == JobStatus.running.value else None,
+    }
 
 
 @functools.lru_cache(maxsize=64)
@@ -1146,11 +1179,6 @@ def _attempt_update_stmt(keys: tuple[str, ...]) -> Any:
         )
         .values(**_v(keys))
     )
-
-
-def _write_attempt(c: sa.Connection, job_id: str, number: int, fields: dict[str, Any]) -> None:
-    params = {f"v_{k}": v for k, v in fields.items()}
-    c.execute(_attempt_update_stmt(tuple(fields)), {"p_id": job_id, "p_number": number, **params})
 
 
 @functools.cache

@@ -8,14 +8,17 @@ import functools
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import sqlalchemy as sa
 
 from orchestrator.events import Events, connect
 from orchestrator.runners import new_runner_id
@@ -274,3 +277,50 @@ def private_api(
         yield url
     finally:
         sup.stop()
+
+
+class SqlSent:
+    """Every statement an engine's connections send to the database, BEGIN and COMMIT
+    included, as its first two words (``sent``), seen where the driver sends it: SQLite's
+    trace callback; on PostgreSQL, libpq's protocol trace (each ``Query`` or ``Parse``
+    message). PRAGMAs (SQLite's write lock sets its wait) are left out."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.sent: list[str] = []
+        self._traces: list[Any] = []
+
+    def __enter__(self) -> SqlSent:
+        sa.event.listen(self.engine.pool, "checkout", self._watch)
+        sa.event.listen(self.engine.pool, "checkin", self._unwatch)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sa.event.remove(self.engine.pool, "checkout", self._watch)
+        sa.event.remove(self.engine.pool, "checkin", self._unwatch)
+
+    def _watch(self, dbapi_conn: Any, *_rest: Any) -> None:
+        if isinstance(dbapi_conn, sqlite3.Connection):
+            dbapi_conn.set_trace_callback(self._sql)
+        else:
+            trace = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed at checkin)
+            self._traces.append(trace)
+            dbapi_conn.pgconn.trace(trace.fileno())
+
+    def _unwatch(self, dbapi_conn: Any, *_rest: Any) -> None:
+        if isinstance(dbapi_conn, sqlite3.Connection):
+            dbapi_conn.set_trace_callback(None)
+            return
+        dbapi_conn.pgconn.untrace()
+        trace = self._traces.pop()
+        trace.seek(0)
+        for line in trace:  # <ts> F <len> Parse  "" "SELECT …   (F: from the client)
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) > 4 and fields[1] == "F" and fields[3] in ("Query", "Parse"):
+                message = fields[4].strip()
+                self._sql(message.split('"" "', 1)[-1].strip('"'))
+        trace.close()
+
+    def _sql(self, statement: str) -> None:
+        if not statement.upper().startswith("PRAGMA"):  # (the write lock's wait settings)
+            self.sent.append(" ".join(statement.split()[:2]).upper())

@@ -14,14 +14,13 @@ from typing import Any
 
 import anyio
 import pytest
-import sqlalchemy as sa
 
 from api.submits import SubmitGroups
 from orchestrator.errors import BrokerUnavailable, ParamError
 from orchestrator.job import JobStatus
 from orchestrator.testing import MemoryCore
 from tests.api.test_batch_submit import spec, specs
-from tests.support import Stack
+from tests.support import SqlSent, Stack
 
 pytestmark = pytest.mark.anyio
 API = "/api/v1"
@@ -31,11 +30,10 @@ API = "/api/v1"
 
 
 def test_a_group_is_one_transaction_answered_in_order(core: MemoryCore) -> None:
-    begun: list[int] = []
-    sa.event.listen(core.store.engine, "begin", lambda _c: begun.append(1))
-    made = core.dispatcher.submit_together(specs(*(spec(name=f"g{i}") for i in range(5))))
+    with SqlSent(core.store.engine) as seen:
+        made = core.dispatcher.submit_together(specs(*(spec(name=f"g{i}") for i in range(5))))
     assert [m.name for m in made] == [f"g{i}" for i in range(5)]  # type: ignore[union-attr]
-    assert len(begun) == 1
+    assert seen.sent.count("BEGIN IMMEDIATE") == 1 and seen.sent.count("COMMIT") == 1
     for job in made:
         assert core.store.get(job.id).status == JobStatus.queued  # type: ignore[union-attr]
         assert core.events.types(job.id) == ["created"]  # type: ignore[union-attr]

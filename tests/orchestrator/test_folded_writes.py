@@ -16,6 +16,7 @@ from orchestrator.job import JobStatus
 from orchestrator.schema import attempts
 from orchestrator.store import JobStore
 from orchestrator.testing import ManualClock
+from tests.support import SqlSent
 
 R = "runner-0123456789ab"
 AT_ONCE = frozenset({"builtin"})
@@ -26,36 +27,6 @@ def store(backend_url: str) -> Iterator[JobStore]:
     s = JobStore(backend_url, clock=ManualClock())
     yield s
     s.dispose()
-
-
-class _Seen:
-    """Every statement the store's connections send, BEGIN and COMMIT included."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
-        self.sent: list[str] = []
-
-    def __enter__(self) -> _Seen:
-        sa.event.listen(self.engine, "before_cursor_execute", self._stmt)
-        sa.event.listen(self.engine, "begin", self._begin)
-        sa.event.listen(self.engine, "commit", self._commit)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        sa.event.remove(self.engine, "before_cursor_execute", self._stmt)
-        sa.event.remove(self.engine, "begin", self._begin)
-        sa.event.remove(self.engine, "commit", self._commit)
-
-    def _stmt(self, conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
-        self.sent.append(" ".join(statement.split()[:2]).upper())
-
-    def _begin(self, conn: Any) -> None:
-        if not _autocommit(conn):
-            self.sent.append("BEGIN")
-
-    def _commit(self, conn: Any) -> None:
-        if not _autocommit(conn):
-            self.sent.append("COMMIT")
 
 
 def _autocommit(conn: sa.Connection) -> bool:
@@ -107,7 +78,7 @@ def test_a_retry_ends_the_row_and_the_next_claim_adds_one(store: JobStore) -> No
 
 def test_round_trips_per_write(store: JobStore, backend_url: str) -> None:
     job = store.create({"executor": "builtin", "type": "primes", "params": {"limit": 100}})
-    with _Seen(store.engine) as seen:
+    with SqlSent(store.engine) as seen:
         store.get(job.id)
         store.claim(job.id, R, 30, start_at_once=AT_ONCE)
         store.finish(job.id, 1, JobStatus.succeeded, exit_code=0, runner_id=R)
@@ -115,10 +86,10 @@ def test_round_trips_per_write(store: JobStore, backend_url: str) -> None:
     if backend_url.startswith("postgresql"):
         # One statement each, none wrapped in BEGIN … COMMIT.
         assert seen.sent == ["SELECT JOBS.ID,", "WITH WON", "WITH WON", "INSERT INTO"]
-    else:  # SQLite: its transactions as before (no round trip to save)
+    else:  # SQLite: a write is one transaction (no round trip to save), a read none
         assert seen.sent == [
-            *("BEGIN", "SELECT JOBS.ID,"),  # (pysqlite begins no transaction for a read)
-            *("BEGIN", "UPDATE JOBS", "INSERT INTO", "COMMIT"),
-            *("BEGIN", "UPDATE JOBS", "UPDATE ATTEMPTS", "COMMIT"),
-            *("BEGIN", "INSERT INTO", "COMMIT"),
+            "SELECT JOBS.ID,",
+            *("BEGIN IMMEDIATE", "UPDATE JOBS", "INSERT INTO", "COMMIT"),
+            *("BEGIN IMMEDIATE", "UPDATE JOBS", "UPDATE ATTEMPTS", "COMMIT"),
+            *("BEGIN IMMEDIATE", "INSERT INTO", "COMMIT"),
         ]
