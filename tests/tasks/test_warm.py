@@ -34,8 +34,8 @@ if pid == 0:
     seen = []
     # The store the children inherit: every statement a connection of this child runs.
     @event.listens_for(warm._rehearsed.engine, "before_cursor_execute")
-    def _seen(conn, _cursor, statement, *_a):
-        seen.append((id(conn.connection.dbapi_connection), " ".join(statement.split()[:3])))
+    def _seen(_conn, cursor, statement, *_a):  # (the driver's statements: no Connection)
+        seen.append((id(cursor.connection), " ".join(statement.split()[:3])))
     probe = redis.Redis.from_url(os.environ["LAUNCHBAY_REDIS_URL"], decode_responses=True)
     before = {c["id"] for c in probe.client_list()}
     warm._warm()  # worker_process_init, in the child
