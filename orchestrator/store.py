@@ -95,6 +95,18 @@ def _job_of(m: Any, spec: Any = None) -> Job:
 _GET_JOB = sa.select(jobs).where(jobs.c.id == sa.bindparam("job_id"))
 _INSERT_JOB = jobs.insert()
 _INSERT_DEP = job_deps.insert()
+# PostgreSQL: up to this many jobs go in one multi-row INSERT (one statement, so all or
+# none in autocommit: submits gathered into one, api/submits.py); a bigger batch takes a
+# transaction.
+_INSERT_MANY_MAX = 64
+
+
+@functools.lru_cache(maxsize=_INSERT_MANY_MAX)
+def _insert_jobs_stmt(keys: tuple[str, ...], n: int) -> Any:
+    """INSERT of ``n`` rows of ``keys`` in one statement; parameters ``<key>_<row>``."""
+    return jobs.insert().values(
+        [{k: sa.bindparam(f"{k}_{i}", type_=jobs.c[k].type) for k in keys} for i in range(n)]
+    )
 
 
 def _insert_job(c: sa.Connection, spec: Any, values: dict[str, Any]) -> None:
@@ -388,9 +400,17 @@ class JobStore:
         """Insert queued jobs in one transaction (all or none), answered in order; the
         rules of :meth:`create` hold for each (a ParamError names the job: ``jobs[i].…``)."""
         rows = [(s, self._new_row(s, None, match_timeout_s, None, None)) for s in specs]
-        if not self._folds and not any(spec.depends_on for spec in specs):
-            with self._driver.write() as tx:  # (SQLite: one transaction, as below)
+        no_deps = not any(spec.depends_on for spec in specs)
+        if no_deps and not self._folds:  # SQLite: one transaction, as below
+            with self._driver.write() as tx:
                 tx.run_many(_INSERT_JOB, [values for _spec, values in rows])
+            return [_inserted(spec, values) for spec, values in rows]
+        if no_deps and len(rows) <= _INSERT_MANY_MAX:  # PostgreSQL: one statement (autocommit)
+            params = {
+                f"{k}_{i}": v for i, (_s, values) in enumerate(rows) for k, v in values.items()
+            }
+            with self._driver.write() as tx:
+                tx.run(_insert_jobs_stmt(tuple(rows[0][1]), len(rows)), params)
             return [_inserted(spec, values) for spec, values in rows]
         with self.engine.begin() as c:
             plain = [values for spec, values in rows if not spec.depends_on]

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from orchestrator.job import JobStatus
 from orchestrator.schema import attempts
-from orchestrator.store import JobStore
+from orchestrator.store import _SPEC, JobStore
 from orchestrator.testing import ManualClock
 from tests.support import SqlSent
 
@@ -93,3 +93,21 @@ def test_round_trips_per_write(store: JobStore, backend_url: str) -> None:
             *("BEGIN IMMEDIATE", "UPDATE JOBS", "UPDATE ATTEMPTS", "COMMIT"),
             *("BEGIN IMMEDIATE", "INSERT INTO", "COMMIT"),
         ]
+
+
+def test_jobs_submitted_together_are_one_insert(store: JobStore, backend_url: str) -> None:
+    specs = [
+        _SPEC.validate_python({"executor": "process", "command": ["echo", str(i)]})
+        for i in range(3)
+    ]
+    with SqlSent(store.engine) as seen:
+        made = store.create_many(specs)
+    assert [store.get(j.id).spec.command for j in made] == [
+        ["echo", "0"],
+        ["echo", "1"],
+        ["echo", "2"],
+    ]  # type: ignore[union-attr]
+    if backend_url.startswith("postgresql"):  # (one statement: all or none, in autocommit)
+        assert seen.sent == ["INSERT INTO"]
+    else:
+        assert seen.sent == ["BEGIN IMMEDIATE", *["INSERT INTO"] * 3, "COMMIT"]
