@@ -102,7 +102,7 @@ class EventPublisher(Listener):
         self.events = events
 
     def transition(self, job: Job, event: EventType) -> None:
-        self.events.post(job.id, event.value, job.public())
+        self.events.post_job(job.id, event.value, job)
 
     def progress(self, job_id: str, attempt: int, percent: float, message: str) -> None:
         self.events.post(
