@@ -95,6 +95,7 @@ def _job_of(m: Any, spec: Any = None) -> Job:
 _GET_JOB = sa.select(jobs).where(jobs.c.id == sa.bindparam("job_id"))
 _INSERT_JOB = jobs.insert()
 _INSERT_DEP = job_deps.insert()
+_PING = sa.select(sa.literal_column("1").label("one"))
 # PostgreSQL: up to this many jobs go in one multi-row INSERT (one statement, so all or
 # none in autocommit: submits gathered into one, api/submits.py); a bigger batch takes a
 # transaction.
@@ -280,6 +281,11 @@ class JobStore:
         with self.engine.connect() as c:
             rows = c.execute(q).all()
         return [AttemptRecord.model_validate({**r._mapping, "attempt": r.number}) for r in rows]
+
+    def ping(self) -> None:
+        """One round trip that reads nothing (``/healthz``); raises if the store is down."""
+        with self._driver.read() as tx:
+            tx.first(_PING, {})
 
     def counts_by_status(self) -> dict[str, int]:
         q = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)

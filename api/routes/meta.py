@@ -109,7 +109,7 @@ def healthz(state: State) -> dict[str, Any]:
     except Exception:
         redis_ok = False
     try:
-        state.store.counts_by_status()
+        state.store.ping()  # (not a count: a health probe must cost the same at any size)
     except Exception:
         db_ok = False
     return {

@@ -17,6 +17,7 @@ from orchestrator.job import Job, JobStatus
 from orchestrator.schema import attempts, jobs
 from orchestrator.store import _GET_JOB, _INSERT_JOB, STORE_DOWN, JobStore
 from orchestrator.testing import ManualClock
+from tests.support import SqlSent
 
 R = "runner-0123456789ab"
 
@@ -174,3 +175,15 @@ def test_a_lost_connection_is_replaced(postgres_url: str) -> None:
     finally:
         killer.dispose()
         store.dispose()
+
+
+def test_a_ping_reads_nothing_and_fails_when_the_store_is_down(store: JobStore) -> None:
+    with SqlSent(store.engine) as seen:
+        store.ping()
+    assert seen.sent == ["SELECT 1"]
+    gone = JobStore("postgresql+psycopg://postgres@127.0.0.1:1/none", create=False)
+    try:
+        with pytest.raises(STORE_DOWN):
+            gone.ping()
+    finally:
+        gone.dispose()
