@@ -95,7 +95,7 @@ def _job_of(m: Any, spec: Any = None) -> Job:
 _GET_JOB = sa.select(jobs).where(jobs.c.id == sa.bindparam("job_id"))
 _INSERT_JOB = jobs.insert()
 _INSERT_DEP = job_deps.insert()
-_PING = sa.select(sa.literal_column("1").label("one"))
+_PING: Any = sa.select(sa.literal_column("1").label("one"))
 # PostgreSQL: up to this many jobs go in one multi-row INSERT (one statement, so all or
 # none in autocommit: submits gathered into one, api/submits.py); a bigger batch takes a
 # transaction.
