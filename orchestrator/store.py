@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import TypeAdapter
 
-from orchestrator.driver import Driver
+from orchestrator.driver import Driver, Transaction
 from orchestrator.errors import JobNotEnded, JobNotFound, ParamError
 from orchestrator.job import (
     ACTIVE_STATUSES,
@@ -609,12 +609,7 @@ class JobStore:
             # A job of no session and no key: its claim and its attempt's row, on the
             # driver's connection (PostgreSQL: one statement).
             with self._driver.write() as tx:
-                if self._folds:
-                    won = tx.first(_claim_folded_stmt(start_at_once, pinned), params)
-                else:
-                    won = tx.first(_claim_plain_stmt(start_at_once, pinned), params)
-                    if won is not None:
-                        tx.run(_INSERT_ATTEMPT, _attempt_row(won, runner_id, now))
+                won = self._claim_plain(tx, start_at_once, pinned, params)
             if won is not None:
                 return _job_from(won)
             with self.engine.begin() as c:  # (a job of a session: its turn guarded)
@@ -626,6 +621,20 @@ class JobStore:
         except SessionBusy:  # another run of its session won meanwhile (rolled back)
             return None
         return _row_to_job(row) if row is not None else None
+
+    def _claim_plain(
+        self, tx: Transaction, start_at_once: frozenset[str], pinned: bool, params: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """In ``tx``: the claim of a job of no session and no key, and its attempt's row
+        (PostgreSQL: one statement); the claimed row, or ``None``."""
+        if self._folds:
+            return tx.first(_claim_folded_stmt(start_at_once, pinned), params)
+        won = tx.first(_claim_plain_stmt(start_at_once, pinned), params)
+        if won is not None:
+            tx.run(
+                _INSERT_ATTEMPT, _attempt_row(won, params["v_runner_id"], params["v_claimed_at"])
+            )
+        return won
 
     def _claim_keyed(
         self, params: dict[str, Any], start_at_once: frozenset[str]
@@ -830,15 +839,11 @@ class JobStore:
         }
         with self._driver.rehearsal() as tx:
             tx.run(_INSERT_JOB, self._new_row(spec, _REHEARSAL_ID, None, None, None))
-            if self._folds:
-                won = tx.first(_claim_folded_stmt(start_at_once, True), params)
-            else:
-                won = tx.first(_claim_plain_stmt(start_at_once, True), params)
-                if won is not None:
-                    tx.run(_INSERT_ATTEMPT, _attempt_row(won, runner_id, now))
-                    tx.run(*end.update(_REHEARSAL_ID))
+            won = self._claim_plain(tx, start_at_once, True, params)
             if won is not None:
                 _job_from(won)
+                if not self._folds:
+                    tx.run(*end.update(_REHEARSAL_ID))
 
     def requeue(
         self,
