@@ -19,7 +19,7 @@ from bench.common import Row, print_rows, valkey
 Section = Callable[..., list[Row]]
 SECTIONS: dict[str, tuple[Section, dict[str, Any]]] = {
     # name: (function, its arguments under --quick)
-    "throughput": (jobs.throughput, {"jobs": 60}),
+    "throughput": (jobs.throughput, {"jobs": 60, "rounds": 1}),
     "process": (jobs.process, {"n": 5}),
     "docker": (jobs.docker, {"n": 2}),
     "logs": (jobs.logs, {"lines": 20_000}),

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -155,8 +156,31 @@ def _launchbay(
         }
 
 
-def throughput(url: str, valkey_pid: int | None, *, jobs: int = 400, slots: int = 2) -> list[Row]:
-    """SQLite and PostgreSQL, each against raw Celery measured just before it."""
+def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure of several runs' results (``cpu`` by process too): its median."""
+    out: dict[str, Any] = {}
+    for key, first in runs[0].items():
+        if isinstance(first, dict):
+            out[key] = _median_of([r[key] for r in runs])
+        else:
+            out[key] = statistics.median(r[key] for r in runs)
+    return out
+
+
+def _rounds(raws: list[dict[str, Any]], lbs: list[dict[str, Any]], key: str) -> str:
+    """Each round's ratio of Launchbay's ``key`` to raw Celery's jobs/s, for a note."""
+    if len(raws) < 2:
+        return ""
+    ratios = ", ".join(f"{b[key] / a['rate']:.2f}" for a, b in zip(raws, lbs, strict=True))
+    return f"; median of {len(raws)} rounds ({ratios})"
+
+
+def throughput(
+    url: str, valkey_pid: int | None, *, jobs: int = 400, slots: int = 2, rounds: int = 3
+) -> list[Row]:
+    """SQLite and PostgreSQL, each against raw Celery measured just before it, ``rounds``
+    times taking turns (one run moves by ±10 % on this machine): each figure is the
+    median of its rounds, and the jobs/s rows name every round's ratio."""
     rows: list[Row] = []
     with postgres() as pg:
         for label, db in (("SQLite", None), ("PostgreSQL", pg)):
@@ -172,9 +196,13 @@ def throughput(url: str, valkey_pid: int | None, *, jobs: int = 400, slots: int 
                     )
                 )
                 continue
-            raw = _raw(url, jobs, slots, valkey_pid)
-            lb = _launchbay(url, jobs, slots, valkey_pid, db)
-            note = f"{jobs} trivial jobs, {slots} worker processes"
+            raws, lbs = [], []
+            for _ in range(rounds):
+                raws.append(_raw(url, jobs, slots, valkey_pid))
+                lbs.append(_launchbay(url, jobs, slots, valkey_pid, db))
+            raw, lb = _median_of(raws), _median_of(lbs)
+
+            note = f"{jobs} trivial jobs, {slots} worker processes{_rounds(raws, lbs, 'rate')}"
             rows.append(
                 Row("throughput", f"jobs/s, {label}", raw["rate"], lb["rate"], "jobs/s", note=note)
             )
@@ -185,7 +213,8 @@ def throughput(url: str, valkey_pid: int | None, *, jobs: int = 400, slots: int 
                     raw["rate"],
                     lb["batch_rate"],
                     "jobs/s",
-                    note=f"the {jobs} jobs in one POST /jobs/batch (raw: delay() in a loop)",
+                    note=f"the {jobs} jobs in one POST /jobs/batch (raw: delay() in a loop)"
+                    + _rounds(raws, lbs, "batch_rate"),
                 )
             )
             for figure, key, how in (
