@@ -78,8 +78,8 @@ class _Compiled:
     def args(self, params: Mapping[str, Any]) -> Any:
         values = dict(self.fixed)
         for name, key, proc in self.binds:
-            value = params[key]
-            values[name] = proc(value) if proc is not None and value is not None else value
+            value = params[key]  # (None too goes through: JSON's None is stored 'null')
+            values[name] = proc(value) if proc is not None else value
         if self.positional:
             return tuple(values[n] for n in self.names)
         return values
@@ -126,6 +126,8 @@ class Transaction:
 
     def run_many(self, stmt: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run ``stmt`` once per row of parameters (all with the same keys)."""
+        if not rows:
+            return
         compiled = self._driver.compiled(stmt, rows[0])
         args = [compiled.args(p) for p in rows]
         watched = self._driver.watched

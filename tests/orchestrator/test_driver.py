@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from orchestrator.driver import Driver
 from orchestrator.job import Job, JobStatus
 from orchestrator.schema import attempts, jobs
-from orchestrator.store import _GET_JOB, _INSERT_JOB, STORE_DOWN, JobStore
+from orchestrator.store import _GET_JOB, _INSERT_JOB, _SPEC, STORE_DOWN, JobStore
 from orchestrator.testing import ManualClock
 from tests.support import SqlSent
 
@@ -88,6 +88,23 @@ def test_an_insert_writes_what_sqlalchemy_would(store: JobStore) -> None:
 def _same(a: Job, b: Job) -> bool:
     """The same job (its running time aside: that is the reader's clock)."""
     return a.model_dump(exclude={"duration_s"}) == b.model_dump(exclude={"duration_s"})
+
+
+def test_an_insert_stores_each_value_as_sqlalchemy_stores_it(store: JobStore) -> None:
+    # (SQLAlchemy stores a JSON column's None as JSON 'null', not SQL NULL: the driver too)
+    spec = {"executor": "process", "command": ["true"]}
+    fast = store.create(spec).id
+    slow = "f" * 32
+    values = store._new_row(_SPEC.validate_python(spec), slow, None, None, None)
+    with store.engine.begin() as c:
+        c.execute(_INSERT_JOB, values)
+    columns = [c for c in jobs.c if c.name not in ("id", "task_id", "created_at")]
+    raw = sa.select(*(sa.cast(c, sa.Text).is_(None).label(c.name) for c in columns))
+    with store.engine.connect() as c:
+        a = c.execute(raw.where(jobs.c.id == fast)).one()._asdict()
+        b = c.execute(raw.where(jobs.c.id == slow)).one()._asdict()
+    assert a == b
+    assert a["secrets"] is False and a["runner_id"] is True  # (JSON null; SQL NULL)
 
 
 def test_a_claim_and_an_end_write_both_tables(store: JobStore) -> None:
