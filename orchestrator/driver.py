@@ -129,17 +129,13 @@ class Transaction:
         if not rows:
             return
         compiled = self._driver.compiled(stmt, rows[0])
-        args = [compiled.args(p) for p in rows]
-        watched = self._driver.watched
-        if watched:
-            watched(None, self._cursor, compiled.sql, args, None, True)
-        self._cursor.executemany(compiled.sql, args)
+        self._execute(compiled.sql, [compiled.args(p) for p in rows], many=True)
 
-    def _execute(self, sql: str, args: Any) -> None:
+    def _execute(self, sql: str, args: Any, *, many: bool = False) -> None:
         watched = self._driver.watched
         if watched:
-            watched(None, self._cursor, sql, args, None, False)
-        self._cursor.execute(sql, args)
+            watched(None, self._cursor, sql, args, None, many)
+        (self._cursor.executemany if many else self._cursor.execute)(sql, args)
 
 
 class Driver:
@@ -205,7 +201,8 @@ class Driver:
                 if autocommit:
                     conn.autocommit = True
                 elif write and not self.autocommit:
-                    begin_immediate(conn)  # (PostgreSQL: the driver begins one itself)
+                    # SQLite. (A rehearsal on PostgreSQL: psycopg begins the transaction.)
+                    begin_immediate(conn)
                 cursor = conn.cursor()
                 yield Transaction(self, cursor)
                 if not keep:

@@ -188,14 +188,9 @@ class JobStore:
         # and an end are one round trip each, not four. SQLite: one transaction as before
         # (its statements cost no round trip; SQLite has no DML in a CTE).
         self._folds = self.engine.dialect.name == "postgresql"
-        self._single = (
-            self.engine.execution_options(isolation_level="AUTOCOMMIT")
-            if self._folds
-            else self.engine
-        )
         # The statements every job runs (insert, claim, start, renew, end, read by id),
         # run on the driver's connection: the same SQL, without SQLAlchemy's execution
-        # layer (orchestrator/driver.py); in autocommit where _single is.
+        # layer (orchestrator/driver.py).
         self._driver = Driver(self.engine, autocommit=self._folds)
         if create:
             self.create_schema()
@@ -528,16 +523,13 @@ class JobStore:
             params = {f"v_{k}": v for k, v in values.items()}
             params.update(p_id=job_id, p_attempt=attempt, p_runner=runner_id)
             if record is None or isinstance(record, _AttemptRow):
+                if record is not None and self._folds:  # (its attempt's row in the statement)
+                    stmt = _with_attempt_update(stmt, tuple(record.fields))
+                    params.update(record.params())
                 with self._driver.write() as tx:
-                    if not self._folds:
-                        won = tx.first(stmt, params)
-                        if won is not None and record is not None:
-                            tx.run(*record.update(job_id))
-                    else:
-                        if record is not None:  # (the attempt's row in the same statement)
-                            stmt = _with_attempt_update(stmt, tuple(record.fields))
-                            params.update(record.params())
-                        won = tx.first(stmt, params)
+                    won = tx.first(stmt, params)
+                    if won is not None and record is not None and not self._folds:
+                        tx.run(*record.update(job_id))
                 return _job_from(won, spec) if won is not None else None
             with self.engine.begin() as c:
                 row = c.execute(stmt, params).first()

@@ -29,10 +29,6 @@ def store(backend_url: str) -> Iterator[JobStore]:
     s.dispose()
 
 
-def _autocommit(conn: sa.Connection) -> bool:
-    return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
-
-
 def _attempt_rows(store: JobStore, job_id: str) -> list[dict[str, Any]]:
     with store.engine.connect() as c:
         q = sa.select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.number)
