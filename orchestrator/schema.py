@@ -225,6 +225,23 @@ def any_of(column: Any, values: Iterable[Any]) -> Any:
     return sa.or_(*wanted) if wanted else sa.false()  # (none: nothing matches)
 
 
+def on_the_row(*conds: Any) -> Any:
+    """``conds`` as a test of the row another condition finds (a job's primary key), never
+    as a way to find rows: ``CASE WHEN conds THEN true ELSE false END``, which no index
+    matches (NULL, as in WHERE, is false). Without fresh statistics (a new table, or a
+    burst of queued jobs since the last ANALYZE) PostgreSQL's planner rated
+    ``ix_jobs_status_created`` as good as the primary key for ``id = … AND status =
+    'queued'`` and took it: each claim read every queued job's index entry
+    (tests/orchestrator/test_plans.py)."""
+    return sa.case((sa.and_(*conds), sa.true()), else_=sa.false())
+
+
+def one_job(job_id: Any, *conds: Any) -> Any:
+    """The job ``job_id`` (a value or a bind parameter) if ``conds`` hold for its row:
+    found by its primary key, whatever the planner's statistics say (:func:`on_the_row`)."""
+    return sa.and_(jobs.c.id == job_id, on_the_row(*conds)) if conds else jobs.c.id == job_id
+
+
 _SQLITE_BUSY_S = 15.0
 
 

@@ -39,6 +39,8 @@ from orchestrator.schema import (
     job_deps,
     jobs,
     make_engine,
+    on_the_row,
+    one_job,
 )
 from orchestrator.sessions import SessionBusy, guard_session_turn, session_turn
 
@@ -537,7 +539,7 @@ class JobStore:
                     record(c, row)
             return _row_to_job(row, spec) if row is not None else None
         # A value computed in SQL (a counter) or an extra condition: built for this call.
-        conds = [jobs.c.id == job_id, jobs.c.status.in_([s.value for s in sources])]
+        conds: list[Any] = [jobs.c.status.in_([s.value for s in sources])]
         if attempt is not None:
             conds.append(jobs.c.attempt == attempt)
         if runner_id is not None:
@@ -545,11 +547,10 @@ class JobStore:
         if require_no_cancel:
             conds.append(jobs.c.cancel_requested.is_(False))
         conds.extend(where)
+        update = jobs.update().where(one_job(job_id, *conds))
         with self.engine.begin() as c:
             # RETURNING: the winner reads its new row in the same statement.
-            row = c.execute(
-                jobs.update().where(*conds).values(status=target.value, **values).returning(jobs)
-            ).first()
+            row = c.execute(update.values(status=target.value, **values).returning(jobs)).first()
             if row is not None and record is not None:
                 record(c, row)
         return _row_to_job(row, spec) if row is not None else None
@@ -677,7 +678,7 @@ class JobStore:
             for job_id, spec in held:
                 row = c.execute(
                     jobs.update()
-                    .where(jobs.c.id == job_id, jobs.c.hold == "limit")
+                    .where(one_job(job_id, jobs.c.hold == "limit"))
                     .values(hold=None, match_deadline=self._deadline(spec, match_timeout_s))
                     .returning(jobs)
                 ).first()
@@ -693,9 +694,7 @@ class JobStore:
             row = c.execute(
                 jobs.update()
                 .where(
-                    jobs.c.id == job_id,
-                    jobs.c.status == JobStatus.queued.value,
-                    jobs.c.hold == "deps",
+                    one_job(job_id, jobs.c.status == JobStatus.queued.value, jobs.c.hold == "deps")
                 )
                 .values(hold=None, match_deadline=self._deadline(spec, match_timeout_s))
                 .returning(jobs)
@@ -903,9 +902,11 @@ class JobStore:
             res = c.execute(
                 jobs.update()
                 .where(
-                    jobs.c.id == job_id,
-                    jobs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
-                    jobs.c.cancel_requested.is_(False),
+                    one_job(
+                        job_id,
+                        jobs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
+                        jobs.c.cancel_requested.is_(False),
+                    )
                 )
                 .values(cancel_requested=True, cancel_requested_at=self.now())
             )
@@ -1005,8 +1006,7 @@ class JobStore:
         with self.engine.begin() as c:
             gone = c.execute(
                 jobs.delete().where(
-                    jobs.c.id == job_id,
-                    jobs.c.status.in_([s.value for s in TERMINAL_STATUSES]),
+                    one_job(job_id, jobs.c.status.in_([s.value for s in TERMINAL_STATUSES]))
                 )
             )
             if gone.rowcount:
@@ -1035,7 +1035,6 @@ def _claim_stmt(start_at_once: frozenset[str], pinned: bool, keyed: bool) -> Any
     caller holds the key's lock)."""
     assert can_transition(JobStatus.claimed, JobStatus.running)
     conds = [
-        jobs.c.id == sa.bindparam("p_id"),
         any_of(jobs.c.status, sources_of(JobStatus.claimed)),
         jobs.c.hold.is_(None),
         session_turn(),
@@ -1060,7 +1059,9 @@ def _claim_stmt(start_at_once: frozenset[str], pinned: bool, keyed: bool) -> Any
             (at_once, JobStatus.running.value), else_=JobStatus.claimed.value
         )
         values["started_at"] = sa.case((at_once, now), else_=sa.null())
-    return jobs.update().where(*conds).values(**values).returning(jobs)
+    return (
+        jobs.update().where(one_job(sa.bindparam("p_id"), *conds)).values(**values).returning(jobs)
+    )
 
 
 @functools.cache
@@ -1068,7 +1069,6 @@ def _hold_for_limit_stmt(pinned: bool) -> Any:
     """A keyed claim refused for a full key holds the job (``hold='limit'``)."""
     key = sa.bindparam("p_key", type_=jobs.c.concurrency_key.type)
     conds = [
-        jobs.c.id == sa.bindparam("p_id"),
         jobs.c.status == JobStatus.queued.value,
         jobs.c.hold.is_(None),
         jobs.c.concurrency_key == key,
@@ -1077,13 +1077,11 @@ def _hold_for_limit_stmt(pinned: bool) -> Any:
     ]
     if pinned:
         conds.append(jobs.c.attempt == sa.bindparam("p_attempt"))
-    return jobs.update().where(*conds).values(hold="limit")
+    return jobs.update().where(one_job(sa.bindparam("p_id"), *conds)).values(hold="limit")
 
 
 _KEY_OF_CLAIMABLE = sa.select(jobs.c.concurrency_key).where(
-    jobs.c.id == sa.bindparam("p_id"),
-    jobs.c.status == JobStatus.queued.value,
-    jobs.c.hold.is_(None),
+    one_job(sa.bindparam("p_id"), jobs.c.status == JobStatus.queued.value, jobs.c.hold.is_(None))
 )
 
 
@@ -1098,28 +1096,25 @@ def _cas_stmt(
 ) -> Any:
     """A transition's compare-and-set: status in ``sources`` [, attempt, runner, no cancel
     asked] → ``target``, setting ``keys``; RETURNING the new row."""
-    conds = [jobs.c.id == sa.bindparam("p_id"), any_of(jobs.c.status, sources)]
+    conds = [any_of(jobs.c.status, sources)]
     if pinned:
         conds.append(jobs.c.attempt == sa.bindparam("p_attempt"))
     if by_runner:
         conds.append(jobs.c.runner_id == sa.bindparam("p_runner"))
     if no_cancel:
         conds.append(jobs.c.cancel_requested.is_(False))
-    return jobs.update().where(*conds).values(status=target.value, **_v(keys)).returning(jobs)
+    update = jobs.update().where(one_job(sa.bindparam("p_id"), *conds))
+    return update.values(status=target.value, **_v(keys)).returning(jobs)
 
 
 @functools.lru_cache(maxsize=64)
 def _active_update_stmt(keys: tuple[str, ...], by_runner: bool, cancel_flag: bool) -> Any:
     """Set fields of a live attempt (attempt pinned, still claimed or running [, runner]);
     with ``cancel_flag``, RETURNING whether its cancel was asked."""
-    conds = [
-        jobs.c.id == sa.bindparam("p_id"),
-        jobs.c.attempt == sa.bindparam("p_attempt"),
-        any_of(jobs.c.status, ACTIVE_STATUSES),
-    ]
+    conds = [jobs.c.attempt == sa.bindparam("p_attempt"), any_of(jobs.c.status, ACTIVE_STATUSES)]
     if by_runner:
         conds.append(jobs.c.runner_id == sa.bindparam("p_runner"))
-    stmt = jobs.update().where(*conds).values(**_v(keys))
+    stmt = jobs.update().where(one_job(sa.bindparam("p_id"), *conds)).values(**_v(keys))
     return stmt.returning(jobs.c.cancel_requested) if cancel_flag else stmt
 
 
@@ -1133,9 +1128,15 @@ def _with_attempt_update(stmt: Any, keys: tuple[str, ...]) -> Any:
     ``stmt`` returns it: ``WITH won AS (UPDATE jobs … RETURNING …), a AS (UPDATE
     attempts … FROM won …) SELECT * FROM won``."""
     won = stmt.cte("won")
+    # (Found by its own key, the job's id as the CAS names it, only if the CAS won: not
+    # joined on the CTE's id, which the planner answered with a scan of attempts.)
     row = (
         attempts.update()
-        .where(attempts.c.job_id == won.c.id, attempts.c.number == sa.bindparam("a_number"))
+        .where(
+            attempts.c.job_id == sa.bindparam("p_id"),
+            attempts.c.number == sa.bindparam("a_number"),
+            sa.exists(sa.select(won.c.id)),
+        )
         .values(**{k: sa.bindparam(f"a_{k}", type_=attempts.c[k].type) for k in keys})
     )
     return sa.select(won).add_cte(row.cte("attempt_row"))
@@ -1145,7 +1146,7 @@ def _with_attempt_update(stmt: Any, keys: tuple[str, ...]) -> Any:
 def _claim_plain_stmt(start_at_once: frozenset[str], pinned: bool) -> Any:
     """The claim of a job of no session and no concurrency key: the ones that need no
     other statement in the claim's transaction than their attempt's row."""
-    return _claim_stmt(start_at_once, pinned, False).where(jobs.c.session_id.is_(None))
+    return _claim_stmt(start_at_once, pinned, False).where(on_the_row(jobs.c.session_id.is_(None)))
 
 
 @functools.cache
