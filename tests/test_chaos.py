@@ -1,7 +1,8 @@
 """Chaos: dying workers, API, beat and Valkey never lose, strand or double-run a job.
 
-A stack of the test's own — a persistent Valkey, SQLite in its own ``LAUNCHBAY_HOME``, the
-API, beat and three workers, each started separately in its own process group — runs at
+A stack of the test's own — a persistent Valkey, SQLite in its own ``LAUNCHBAY_HOME`` (or,
+in the second run, a PostgreSQL database of its own on the session's server), the API,
+beat and three workers, each started separately in its own process group — runs at
 least 150 mixed jobs: process jobs that append ``start <attempt> <ns>`` and ``end <attempt>
 <ns>`` to a marks file of their own, built-ins, and process jobs that fail their first
 attempt and succeed on the retry after a backoff. Meanwhile, on a schedule drawn from one
@@ -40,6 +41,7 @@ import pytest
 from orchestrator.broker import held_task_ids
 from orchestrator.events import connect
 from orchestrator.routing import worker_queues
+from orchestrator.store import JobStore
 from tests.chaos_support import (
     ChaosStack,
     Marks,
@@ -49,6 +51,7 @@ from tests.chaos_support import (
     all_jobs,
     processes_naming,
 )
+from tests.orchestrator.conftest import postgres_cluster, postgres_url  # noqa: F401
 from tests.support import wait_until
 
 API = "/api/v1"
@@ -249,9 +252,20 @@ def _hms(iso: str | None) -> str:
 # ---------------------------------------------------------------------- the test
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The stack's store: SQLite in its home, then a PostgreSQL database of its own (its
+    compare-and-sets are other statements: one each, in autocommit)."""
+    if request.param == "sqlite":
+        return {}
+    return {"database_url": request.getfixturevalue("postgres_url")}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(int(180 + CHAOS_S + DRAIN_S))
-def test_chaos_never_loses_strands_or_double_runs_a_job(tmp_path: Path) -> None:
+def test_chaos_never_loses_strands_or_double_runs_a_job(
+    tmp_path: Path, store_overrides: dict[str, Any]
+) -> None:
     seed = int(os.environ.get("LAUNCHBAY_CHAOS_SEED") or random.SystemRandom().randrange(10**6))
     print(
         f"\nchaos seed {seed}: {JOBS} jobs, {CHAOS_S:g} s of chaos (replay with "
@@ -268,7 +282,7 @@ def test_chaos_never_loses_strands_or_double_runs_a_job(tmp_path: Path) -> None:
     events = _schedule(rng, CHAOS_S)
     t_begin = time.monotonic()
 
-    stack = ChaosStack(tmp_path, STACK, valkey_fsync=VALKEY_FSYNC)
+    stack = ChaosStack(tmp_path, {**STACK, **store_overrides}, valkey_fsync=VALKEY_FSYNC)
     shared = Shared()
     submitter = Submitter(stack, shared, seed, SUBMIT_S)
     problems = shared.problems
@@ -390,6 +404,15 @@ def test_chaos_never_loses_strands_or_double_runs_a_job(tmp_path: Path) -> None:
             )
     if not still_active and (again := [j["id"] for j in store_jobs if j["status"] in ACTIVE]):
         problems.append(f"active again after every job had ended: {again}")
+
+    if "database_url" in store_overrides:  # (the run was on PostgreSQL: no SQLite file)
+        pg = JobStore(store_overrides["database_url"])
+        try:
+            on_pg = pg.counts_by_status()
+        finally:
+            pg.dispose()
+        if (stack.home / "launchbay.db").exists() or sum(on_pg.values()) != len(store_jobs):
+            problems.append(f"the stack did not run on its PostgreSQL database: {on_pg}")
 
     left = processes_naming([str(tmp_path)])
     if left:
