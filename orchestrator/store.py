@@ -1126,10 +1126,10 @@ def _with_attempt_update(stmt: Any, keys: tuple[str, ...]) -> Any:
     """PostgreSQL: ``stmt`` (an UPDATE of jobs RETURNING the row) and the update of its
     attempt's row (``a_number``; ``a_<key>`` values) as one statement, the row as
     ``stmt`` returns it: ``WITH won AS (UPDATE jobs … RETURNING …), a AS (UPDATE
-    attempts … FROM won …) SELECT * FROM won``."""
+    attempts … WHERE job_id = :p_id AND number = :a_number AND EXISTS (SELECT … FROM
+    won)) SELECT * FROM won``. The row is found by its own key, written only if the CAS
+    won (joined on the CTE's id instead, the planner scanned all of ``attempts``)."""
     won = stmt.cte("won")
-    # (Found by its own key, the job's id as the CAS names it, only if the CAS won: not
-    # joined on the CTE's id, which the planner answered with a scan of attempts.)
     row = (
         attempts.update()
         .where(
