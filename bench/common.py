@@ -197,6 +197,26 @@ def postgres() -> Iterator[str | None]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def fresh_database(server_url: str) -> str:
+    """A new, empty database on the PostgreSQL server of ``server_url`` (as
+    :func:`postgres` yields it); its URL. Each throughput round starts on one, as each
+    SQLite round starts on a file of its own: a database the earlier rounds grew would
+    measure a bigger table each round (``GET /stats``, which the bench's observer polls,
+    counts every job: 3.9 → 12.3 ms a request from 600 to 5,600 jobs)."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"lb_round_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as c:
+            c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        engine.dispose()
+    return f"{server_url.rsplit('/', 1)[0]}/{name}"
+
+
 class Stack:
     """An API and ``workers`` Launchbay workers (``slots`` each) on ``redis_url``."""
 

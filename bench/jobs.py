@@ -27,6 +27,7 @@ from bench.common import (
     Row,
     Stack,
     cpu_s,
+    fresh_database,
     pct,
     postgres,
     pss_mb,
@@ -200,9 +201,9 @@ def throughput(
                 )
                 continue
             raws, lbs = [], []
-            for _ in range(rounds):
+            for _ in range(rounds):  # (each round on an empty store: a new file, a new database)
                 raws.append(_raw(url, jobs, slots, valkey_pid))
-                lbs.append(_launchbay(url, jobs, slots, valkey_pid, db))
+                lbs.append(_launchbay(url, jobs, slots, valkey_pid, db and fresh_database(db)))
             raw, lb = _median_of(raws), _median_of(lbs)
 
             note = f"{jobs} trivial jobs, {slots} worker processes{_rounds(raws, lbs, 'rate')}"
