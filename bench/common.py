@@ -169,7 +169,7 @@ def _pg_bindir() -> Path | None:
 
 @contextlib.contextmanager
 def postgres() -> Iterator[str | None]:
-    """A throwaway PostgreSQL cluster (as tests/orchestrator/conftest.py starts one); its
+    """A throwaway PostgreSQL cluster (as tests/postgres.py starts one); its
     SQLAlchemy URL, or None when this machine has no PostgreSQL server."""
     bindir = _pg_bindir()
     if bindir is None:

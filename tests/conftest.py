@@ -21,6 +21,7 @@ from orchestrator.events import Events, connect
 from orchestrator.services import free_port
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
+from tests.postgres import backend_url, postgres_cluster, postgres_url
 from tests.support import (
     Stack,
     docker_available,
@@ -32,7 +33,7 @@ from tests.support import (
 )
 from tests.tiers import FastTierViolation, fast_tier_guard, is_fast
 
-__all__ = ["wait_until"]
+__all__ = ["backend_url", "postgres_cluster", "postgres_url", "wait_until"]
 
 REQUIRE_DOCKER = os.environ.get("LAUNCHBAY_REQUIRE_DOCKER") == "1"
 REQUIRE_BROWSER = os.environ.get("LAUNCHBAY_REQUIRE_BROWSER") == "1"

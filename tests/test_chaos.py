@@ -51,7 +51,6 @@ from tests.chaos_support import (
     all_jobs,
     processes_naming,
 )
-from tests.orchestrator.conftest import postgres_cluster, postgres_url  # noqa: F401
 from tests.support import wait_until
 
 API = "/api/v1"

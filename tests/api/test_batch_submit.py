@@ -10,7 +10,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +20,6 @@ from orchestrator.job import JobSpec, JobStatus, utcnow
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
 from orchestrator.testing import MemoryCore
-from tests.orchestrator.conftest import postgres_cluster, postgres_url  # noqa: F401
 
 with warnings.catch_warnings():  # (starlette would rather have httpx2; httpx works)
     warnings.simplefilter("ignore")
@@ -65,15 +63,8 @@ def test_create_answers_exactly_what_reading_the_row_gives(core: MemoryCore) -> 
     assert made.not_before is not None and made.match_deadline is not None
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.db'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-def test_every_backend_answers_an_insert_as_it_reads_it_back(store_url: str) -> None:
-    store = JobStore(store_url)
+def test_every_backend_answers_an_insert_as_it_reads_it_back(backend_url: str) -> None:
+    store = JobStore(backend_url)
     try:
         first = store.create(SPEC.validate_python(spec(secrets={"K": "v"})))
         assert first == store.get(first.id)

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.orchestrator.conftest import PostgresCluster, _pg_bindir, _unavailable
+from tests.postgres import PostgresCluster, _pg_bindir, _unavailable
 from tests.support import start_stack, stop_stack, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]

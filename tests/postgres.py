@@ -1,10 +1,12 @@
-"""Store backends for the orchestrator tests: SQLite files and a throwaway PostgreSQL.
+"""Store backends for the tests: SQLite files and a throwaway PostgreSQL (registered for
+every test folder by tests/conftest.py).
 
 ``backend_url`` is parametrized over ``sqlite`` and ``postgresql``; every test that takes
-it runs once per backend on an empty database of its own. The PostgreSQL cluster is
-Debian's server binaries run from a temp folder (``initdb`` + ``pg_ctl``) on a free port
-for the session, as the ``postgres`` user when the tests run as root. Without the
-binaries the PostgreSQL half skips, unless ``LAUNCHBAY_REQUIRE_POSTGRES=1`` (CI), where
+it runs once per backend on an empty database of its own; ``postgres_url`` is such a
+database alone. The PostgreSQL cluster is Debian's server binaries run from a temp folder
+(``initdb`` + ``pg_ctl``) on a free port for the session (one per test process, whatever
+folders its tests are in), as the ``postgres`` user when the tests run as root. Without
+the binaries the PostgreSQL half skips, unless ``LAUNCHBAY_REQUIRE_POSTGRES=1`` (CI), where
 it fails.
 """
 
