@@ -122,8 +122,11 @@ def problem(code: int, message: str, **extra: Any) -> JSONResponse:
 def install(app: FastAPI) -> None:
     @app.exception_handler(LaunchbayError)
     async def _lb(_: Request, exc: LaunchbayError) -> JSONResponse:
-        extra = {"field": exc.field} if isinstance(exc, ParamError) else {}
-        return problem(exc.status_code, str(exc), **extra)
+        if not isinstance(exc, ParamError):
+            return problem(exc.status_code, str(exc))
+        # Named as a request validation names its fields, and as ``field`` (older clients).
+        named = [{"field": exc.field, "message": str(exc)}]
+        return problem(exc.status_code, str(exc), field=exc.field, fields=named)
 
     async def _store_down(_: Request, exc: Exception) -> JSONResponse:
         # Nothing was kept: the client may send the same request again.

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from orchestrator.job import ACTIVE_STATUSES, AttemptOutcome, JobStatus
 from orchestrator.runners import RunnerRegistry
 from orchestrator.schema import attempts, jobs
-from orchestrator.store import JobStore
+from orchestrator.store import JobStore, labels_match
 
 OUTCOMES = (
     JobStatus.succeeded.value,
@@ -37,9 +37,15 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
     return sorted_values[rank - 1]
 
 
-def overview(store: JobStore, minutes: int = 60, now: datetime | None = None) -> dict[str, Any]:
+def overview(
+    store: JobStore,
+    minutes: int = 60,
+    now: datetime | None = None,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Sixty buckets over the last ``minutes``: ended jobs by outcome, the run time
-    percentiles of the jobs that ended in each, and how many jobs waited at its end."""
+    percentiles of the jobs that ended in each, and how many jobs waited at its end;
+    of the jobs carrying every pair of ``labels`` when given."""
     now = now or store.now()
     bucket_s = max(60, minutes * 60 // BUCKETS)
     # Whole buckets, the last one ending at the next bucket boundary after now.
@@ -62,8 +68,8 @@ def overview(store: JobStore, minutes: int = 60, now: datetime | None = None) ->
         sa.or_(jobs.c.finished_at.is_(None), jobs.c.finished_at >= start),
     )
     with store.engine.connect() as c:
-        ended = c.execute(ended_q).all()
-        waited = c.execute(waited_q).all()
+        ended = _rows(c, ended_q, labels)
+        waited = _rows(c, waited_q, labels)
 
     counts = [dict.fromkeys(OUTCOMES, 0) for _ in range(BUCKETS)]
     runs: list[list[float]] = [[] for _ in range(BUCKETS)]
@@ -125,6 +131,17 @@ def overview(store: JobStore, minutes: int = 60, now: datetime | None = None) ->
             "p95_s": percentile(every_run, 95),
         },
     }
+
+
+def _rows(c: sa.Connection, q: sa.Select[Any], labels: dict[str, str] | None) -> list[Any]:
+    """``q``'s rows, of the jobs carrying ``labels`` when given (labels are JSON: matched
+    here, as the store's listing matches them)."""
+    if not labels:
+        return list(c.execute(q).all())
+    width = len(q.selected_columns)
+    return [
+        r[:width] for r in c.execute(q.add_columns(jobs.c.labels)) if labels_match(r[width], labels)
+    ]
 
 
 # A runner whose last heartbeat is older than this many heartbeat periods is marked stale:

@@ -266,7 +266,7 @@ class JobStore:
         with self.engine.connect() as c:
             if labels:
                 # Labels are JSON; filter in Python to stay portable across backends.
-                hits = [r for r in c.execute(q) if _labels_match(r._mapping["labels"], labels)]
+                hits = [r for r in c.execute(q) if labels_match(r._mapping["labels"], labels)]
                 return [_row_to_job(r) for r in hits[offset : offset + limit]], len(hits)
             total = c.execute(count_q).scalar_one()
             rows = c.execute(q.limit(limit).offset(offset)).all()
@@ -1301,6 +1301,7 @@ def _mark_dependencies(c: sa.Connection, deps: builtins.list[str]) -> str | None
     return None if all(s == JobStatus.succeeded.value for s in found.values()) else "deps"
 
 
-def _labels_match(have: dict[str, str] | None, want: dict[str, str]) -> bool:
+def labels_match(have: dict[str, str] | None, want: dict[str, str]) -> bool:
+    """Whether a job's labels ``have`` carry every pair of ``want``."""
     have = have or {}
     return all(have.get(k) == v for k, v in want.items())

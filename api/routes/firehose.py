@@ -24,6 +24,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import StrictJSONRoute
+from api.deps import LabelFilter, label_filter
 from api.fanout import Hub, Subscriber
 from api.routes.streams import hub_of
 from api.sse import HubEventSource, LiveLane
@@ -47,16 +48,6 @@ def _parse_id(text: str, field: str) -> str:
             field, f"{field} must be an event id from this stream (like '1712345678901-0')"
         )
     return text
-
-
-def _parse_labels(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ParamError("label", f"label must be key=value, got {item[:100]!r}")
-        out[key] = value
-    return out
 
 
 def _id_key(event_id: str) -> tuple[int, int]:
@@ -212,9 +203,7 @@ async def _follow(hub: Hub, sub: Subscriber, tail: _Tail, poll_s: float) -> Asyn
 )
 async def firehose(
     request: Request,
-    label: Annotated[
-        list[str] | None, Query(description="key=value; repeat for several (all must hold).")
-    ] = None,
+    label: LabelFilter = None,
     executor: Annotated[list[Executor] | None, Query(description="Any of these.")] = None,
     status: Annotated[
         list[JobStatus] | None, Query(description="The job's status after the event.")
@@ -225,7 +214,7 @@ async def firehose(
     state: AppState = request.app.state.lb
     keep = _Filter(
         state,
-        _parse_labels(label or []),
+        label_filter(label),
         set(executor or []),
         {s.value for s in status or []},
     )

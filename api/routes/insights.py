@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from api.bodies import StrictJSONRoute
-from api.deps import State
+from api.deps import LabelFilter, State, label_filter
 from orchestrator.insights import overview, runner_board
 
 router = APIRouter(tags=["insights"], route_class=StrictJSONRoute)
@@ -116,7 +116,11 @@ async def insights_overview(
     minutes: Annotated[
         int, Query(ge=5, le=1440, description="Window: the last N minutes, in 60 buckets.")
     ] = 60,
+    label: LabelFilter = None,
 ) -> Any:
+    labels = label_filter(label)
+    if labels:  # (computed each time: caching every filter asked for would be unbounded)
+        return await run_in_threadpool(overview, state.store, minutes, labels=labels)
     # Every open overview asks every 15 s; one answer serves them all for a few seconds
     # (the query reads every job that ended or waited in the window).
     cache: dict[int, tuple[float, Any]] = state.extras.setdefault("insights_overview", {})

@@ -13,15 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.auth import needs
 from api.bodies import StrictJSONRoute
-from api.deps import Offset, State
+from api.deps import LabelFilter, Offset, State, label_filter
 from api.errors import answers
 from orchestrator.credentials import Scope
-from orchestrator.errors import ParamError
 from orchestrator.events import Events, job_logs_key
 from orchestrator.job import (
-    MAX_LABEL_KEY,
-    MAX_LABEL_VALUE,
-    MAX_LABELS,
     AttemptRecord,
     Executor,
     Job,
@@ -98,10 +94,7 @@ def list_runs(
     state: State,
     status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
     executor: Executor | None = None,
-    label: Annotated[
-        list[str] | None,
-        Query(max_length=MAX_LABELS, description="key=value; repeat to AND"),
-    ] = None,
+    label: LabelFilter = None,
     since: Annotated[UtcTime | None, Query(description="Created at or after (ISO 8601)")] = None,
     until: Annotated[UtcTime | None, Query(description="Created before (ISO 8601)")] = None,
     q: Annotated[
@@ -122,7 +115,7 @@ def list_runs(
     filters: dict[str, Any] = {
         "statuses": [s.value for s in status_ or []],
         "executor": executor,
-        "labels": _labels(label or []),
+        "labels": label_filter(label),
         "since": since,
         "until": until,
         "search": q,
@@ -132,22 +125,6 @@ def list_runs(
     page = limit or 50
     items, total = state.store.list(**filters, limit=page, offset=offset)
     return {"items": [j.public() for j in items], "total": total, "limit": page, "offset": offset}
-
-
-def _labels(pairs: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ParamError("label", f"label filter {pair[:100]!r} is not key=value")
-        if len(key) > MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE:
-            raise ParamError(
-                "label",
-                f"a label filter's key has at most {MAX_LABEL_KEY} characters and its value "
-                f"at most {MAX_LABEL_VALUE}",
-            )
-        out[key] = value
-    return out
 
 
 def _jsonl(

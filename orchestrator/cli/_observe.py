@@ -153,12 +153,16 @@ def _read(path: str, what: str) -> Any:
 def overview(
     ctx: typer.Context,
     minutes: Annotated[int, typer.Option("--minutes", min=5, max=1440)] = 60,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE the jobs carry.")
+    ] = None,
     url: Url = None,
     token: Token = None,
 ) -> None:
     """Jobs per minute by outcome, p50/p95 run time and queue depth (JSON)."""
+    params = {"minutes": minutes, "label": label or []}
     with client_for(ctx, url, token) as client:
-        print_json(client.request_json("GET", "/insights/overview", params={"minutes": minutes}))
+        print_json(client.request_json("GET", "/insights/overview", params=params))
 
 
 @handled

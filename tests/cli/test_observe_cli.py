@@ -4,6 +4,7 @@ streams — each a command, as every API operation is (issue 16)."""
 from __future__ import annotations
 
 import json
+import uuid
 
 from tests.cli.conftest import Cli
 from tests.support import Stack
@@ -50,7 +51,11 @@ def test_firehose_overview_runners_metrics_and_streams(cli: Cli, stack: Stack) -
     lines = [json.loads(x) for x in r.out.splitlines()]
     assert len(lines) == 2 and all(x["data"]["job_id"] for x in lines), lines
     over = json.loads(cli("overview", "--minutes", "60").out)
-    assert len(over["buckets"]) == 60
+    assert len(over["buckets"]) == 60 and over["totals"]["succeeded"] >= 1
+    nobody = json.loads(cli("overview", "--label", f"nobody={uuid.uuid4().hex}").out)
+    assert nobody["totals"]["ended"] == 0
+    bad = cli("overview", "--label", "nobody")
+    assert bad.code != 0 and "label" in bad.err, bad
     board = json.loads(cli("runners").out)
     assert any(x["kind"] == "celery" for x in board["items"])
     assert "launchbay_" in cli("metrics").out

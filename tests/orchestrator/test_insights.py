@@ -26,13 +26,15 @@ def core() -> Iterator[MemoryCore]:
     c.close()
 
 
-def spec(name: str = "job") -> dict[str, Any]:
-    return {"executor": "process", "command": ["true"], "name": name}
+def spec(name: str = "job", **labels: str) -> dict[str, Any]:
+    return {"executor": "process", "command": ["true"], "name": name, "labels": labels}
 
 
-def run(core: MemoryCore, status: JobStatus, seconds: float, runner: str = "r1") -> str:
+def run(
+    core: MemoryCore, status: JobStatus, seconds: float, runner: str = "r1", **labels: str
+) -> str:
     """A job that waits 1 s, runs ``seconds`` and ends ``status``."""
-    job = core.store.create(spec())
+    job = core.store.create(spec(**labels))
     core.clock.advance(1)
     assert core.store.claim(job.id, runner, LEASE)
     assert core.store.start(job.id, 1, LEASE)
@@ -103,6 +105,32 @@ def test_overview_leaves_out_jobs_that_ended_before_the_window(core: MemoryCore)
     assert view["totals"]["succeeded"] == 1
 
 
+def test_a_label_filter_counts_only_the_jobs_carrying_every_pair(core: MemoryCore) -> None:
+    run(core, JobStatus.succeeded, 2, team="a", env="prod")
+    run(core, JobStatus.failed, 4, team="a", env="dev")
+    run(core, JobStatus.cancelled, 8, team="b", env="prod")
+    core.store.create(spec("waits", team="a", env="prod"))
+    core.store.create(spec("waits too", team="b"))
+    core.clock.advance(1)
+
+    mine = overview(core.store, 60, labels={"team": "a", "env": "prod"})
+    team = overview(core.store, 60, labels={"team": "a"})
+    every = overview(core.store, 60)
+
+    assert mine["totals"] == {
+        "succeeded": 1,
+        "failed": 0,
+        "timed_out": 0,
+        "cancelled": 0,
+        "ended": 1,
+    }
+    assert mine["run_time"] == {"count": 1, "p50_s": 2.0, "p95_s": 2.0}
+    assert mine["buckets"][-1]["queue_depth"] == 1
+    assert (team["totals"]["ended"], team["buckets"][-1]["queue_depth"]) == (2, 1)
+    assert (every["totals"]["ended"], every["buckets"][-1]["queue_depth"]) == (3, 2)
+    assert overview(core.store, 60, labels={"team": "c"})["totals"]["ended"] == 0
+
+
 def test_wider_windows_use_wider_buckets(core: MemoryCore) -> None:
     view = overview(core.store, 1440)
     assert view["bucket_s"] == 1440
@@ -168,7 +196,10 @@ def test_search_and_overview_on_each_backend(backend_url: str) -> None:
     clock = ManualClock(datetime(2026, 12, 2, 12, 0, 5, tzinfo=UTC))
     store = JobStore(backend_url, clock=clock)
     try:
-        made = {n: store.create(spec(n)) for n in ("Deploy web", "deploy DB", "100%_sure", "x")}
+        made = {
+            n: store.create(spec(n, kind="end" if n == "x" else "wait"))
+            for n in ("Deploy web", "deploy DB", "100%_sure", "x")
+        }
         clock.advance(1)
         ended = made["x"]
         assert store.claim(ended.id, "r1", LEASE) and store.start(ended.id, 1, LEASE)
@@ -188,5 +219,9 @@ def test_search_and_overview_on_each_backend(backend_url: str) -> None:
         assert view["totals"]["failed"] == 1
         assert view["run_time"] == {"count": 1, "p50_s": 3.0, "p95_s": 3.0}
         assert view["buckets"][-1]["queue_depth"] == 3
+        ended_only = overview(store, 60, labels={"kind": "end"})
+        assert ended_only["totals"]["failed"] == 1
+        assert ended_only["buckets"][-1]["queue_depth"] == 0
+        assert overview(store, 60, labels={"kind": "wait"})["totals"]["ended"] == 0
     finally:
         store.dispose()
