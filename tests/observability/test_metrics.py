@@ -38,8 +38,23 @@ def delta(before: dict, after: dict, name: str, **labels: str) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
+def settled(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A scrape once the stack is quiet: no job waiting or running (the stack is shared
+    with the other observability tests, some of which leave jobs to end on their own),
+    and every end the store holds counted (counters go out just after the end commits)."""
+
+    def quiet() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        stats = stack.http.get("/api/v1/stats").json()
+        now = scrape(stack)
+        ended = sum(v for (name, _), v in now.items() if name == "launchbay_jobs_ended_total")
+        in_store = sum(stats[s] for s in ("succeeded", "failed", "cancelled", "timed_out"))
+        return now if stats["demand"] == 0 and ended == in_store else None
+
+    return wait_until(quiet, timeout=60, what="no job in flight and every end counted")
+
+
 def test_counters_move_by_exactly_the_ten_jobs(obs_stack: Stack) -> None:
-    before = scrape(obs_stack)
+    before = settled(obs_stack)
     tag = {"metrics-run": uuid.uuid4().hex}
     ok = [
         obs_stack.submit({"executor": "process", "command": ["true"], "labels": tag})
