@@ -37,12 +37,28 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def api_url(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def api_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stuck-api")
+
+
+@pytest.fixture(scope="module")
+def api_url(stack: Stack, api_logs: Path) -> Iterator[str]:
     settings = stack.settings.model_copy(
         update={"api_port": free_port(), "stream_send_timeout_s": SEND_TIMEOUT_S}
     )
-    with private_api(settings, tmp_path_factory.mktemp("stuck-api")) as url:
+    with private_api(settings, api_logs) as url:
         yield url
+
+
+def _trouble(log_dir: Path) -> list[str]:
+    """What the API logged besides its access lines, its drops and its start, for a
+    failure to show (a traceback says how a stream ended other than by a drop)."""
+    lines = []
+    for f in sorted(log_dir.glob("*.log")):
+        for line in f.read_text(errors="replace").splitlines():
+            if not line.startswith(("{", "INFO:", "dropped ")):
+                lines.append(line[:300])
+    return lines[-30:]
 
 
 def stuck_socket(url: str, path: str) -> socket.socket:
@@ -59,7 +75,7 @@ def stuck_socket(url: str, path: str) -> socket.socket:
 
 
 def test_clients_that_never_read_are_dropped_and_stall_no_one(
-    stack: Stack, api_url: str, tmp_path: Path
+    stack: Stack, api_url: str, api_logs: Path, tmp_path: Path
 ) -> None:
     go = tmp_path / "go"
     burst, trickle = 5000, 100  # ~5 MB at once: more than the kernel buffers for a socket
@@ -117,7 +133,9 @@ def test_clients_that_never_read_are_dropped_and_stall_no_one(
     reasons = {d["reason"] for d in stats["recent_drops"]}
     # (What a failure needs to be told apart: seen once in CI, 57 of 60 dropped.)
     summary = {k: v for k, v in stats.items() if k != "recent_drops"} | {"reasons": reasons}
-    assert stats["dropped"] >= STUCK and stats["subscribers"] == 0, summary
+    # (A string: pytest shortens any other message object to one line.)
+    said = json.dumps(summary | {"api_log": _trouble(api_logs)}, default=sorted)
+    assert stats["dropped"] >= STUCK and stats["subscribers"] == 0, said
     assert reasons == {
         f"too slow: the connection took no data for {SEND_TIMEOUT_S} s; "
         "reconnect with your last event id to resume"
