@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from orchestrator.pgcluster import PostgresCluster, pg_bindir
 from orchestrator.runners import new_runner_id
 from orchestrator.services import Supervisor, free_port, wait_http, worker_argv
 from orchestrator.settings import Settings
@@ -160,61 +160,24 @@ def valkey() -> Iterator[tuple[str, int | None]]:
         server.stop()
 
 
-def _pg_bindir() -> Path | None:
-    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
-    which = shutil.which("initdb")
-    dirs += [str(Path(which).parent)] if which else []
-    return next((Path(d) for d in dirs if (Path(d) / "pg_ctl").exists()), None)
-
-
 @contextlib.contextmanager
-def postgres() -> Iterator[str | None]:
-    """A throwaway PostgreSQL cluster (as tests/postgres.py starts one); its
-    SQLAlchemy URL, or None when this machine has no PostgreSQL server."""
-    bindir = _pg_bindir()
+def postgres() -> Iterator[PostgresCluster | None]:
+    """A throwaway PostgreSQL server with the server's default durability (each commit
+    flushed, as in production), or None when this machine has no PostgreSQL binaries.
+    Each throughput round takes a new, empty database on it (``create_database``), as
+    each SQLite round starts on a file of its own: a database the earlier rounds grew
+    would measure a bigger table each round (``GET /stats``, which the bench's observer
+    polls, counts every job: 3.9 → 12.3 ms a request from 600 to 5,600 jobs)."""
+    bindir = pg_bindir()
     if bindir is None:
         yield None
         return
-    root = Path(tempfile.mkdtemp(prefix="lb-bench-pg-"))
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")
-        os.chown(root, user.pw_uid, user.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port, data = free_port(), root / "data"
-
-    def run(*argv: str) -> None:
-        subprocess.run([*prefix, *argv], check=True, capture_output=True, timeout=120)
-
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync")
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-o", opts, "-w", "start")
+    cluster = PostgresCluster(bindir, durable=True)
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        cluster.start()
+        yield cluster
     finally:
-        with contextlib.suppress(subprocess.SubprocessError):
-            run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def fresh_database(server_url: str) -> str:
-    """A new, empty database on the PostgreSQL server of ``server_url`` (as
-    :func:`postgres` yields it); its URL. Each throughput round starts on one, as each
-    SQLite round starts on a file of its own: a database the earlier rounds grew would
-    measure a bigger table each round (``GET /stats``, which the bench's observer polls,
-    counts every job: 3.9 → 12.3 ms a request from 600 to 5,600 jobs)."""
-    import uuid
-
-    import sqlalchemy as sa
-
-    name = f"lb_round_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as c:
-            c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    finally:
-        engine.dispose()
-    return f"{server_url.rsplit('/', 1)[0]}/{name}"
+        cluster.stop()
 
 
 class Stack:

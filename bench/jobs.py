@@ -27,7 +27,6 @@ from bench.common import (
     Row,
     Stack,
     cpu_s,
-    fresh_database,
     pct,
     postgres,
     pss_mb,
@@ -203,7 +202,8 @@ def throughput(
             raws, lbs = [], []
             for _ in range(rounds):  # (each round on an empty store: a new file, a new database)
                 raws.append(_raw(url, jobs, slots, valkey_pid))
-                lbs.append(_launchbay(url, jobs, slots, valkey_pid, db and fresh_database(db)))
+                store = db.url_for(db.create_database()) if db else None
+                lbs.append(_launchbay(url, jobs, slots, valkey_pid, store))
             raw, lb = _median_of(raws), _median_of(lbs)
 
             note = f"{jobs} trivial jobs, {slots} worker processes{_rounds(raws, lbs, 'rate')}"

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.postgres import PostgresCluster, _pg_bindir, _unavailable
+from orchestrator.pgcluster import PostgresCluster, pg_bindir
+from tests.postgres import _unavailable
 from tests.support import start_stack, stop_stack, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -24,7 +25,7 @@ _OWN_DB = 7  # a Redis database of its own: the session stack's worker must not 
 
 @pytest.fixture
 def cluster() -> Iterator[PostgresCluster]:
-    bindir = _pg_bindir()
+    bindir = pg_bindir()
     if bindir is None:
         _unavailable("no PostgreSQL server binaries (apt-get install postgresql)")
     c = PostgresCluster(bindir)  # type: ignore[arg-type]
