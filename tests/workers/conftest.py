@@ -15,6 +15,7 @@ from orchestrator.job import DockerSpec, KubernetesSpec, ProcessSpec
 from orchestrator.settings import Settings
 from tests.support import docker_available, network_lock
 from workers.launchers import LaunchContext
+from workers.launchers.process import exec_helper
 
 BUSYBOX_IMAGE = "launchbay-test-busybox:latest"
 _BUSYBOX = Path("/bin/busybox")
@@ -53,6 +54,31 @@ def launch_settings(tmp_path: Path) -> Settings:
     s = Settings(home=tmp_path / "home", redis_url="redis://127.0.0.1:1/0", database_url=None)
     s.ensure_dirs()
     return s
+
+
+@pytest.fixture(scope="session")
+def exec_helper_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """launchbay-exec: the one `make` built beside this Python, else built here."""
+    built = exec_helper("auto")
+    if built is not None:
+        return built
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build launchbay-exec (`make` builds it where one is)")
+    out = tmp_path_factory.mktemp("exec-helper") / "launchbay-exec"
+    source = Path(__file__).parents[2] / "workers" / "launchers" / "launchbay_exec.c"
+    subprocess.run([cc, "-O2", "-o", str(out), str(source)], check=True, timeout=120)
+    return str(out)
+
+
+@pytest.fixture(params=["launchbay-exec", "preexec"])
+def exec_helper_setting(request: pytest.FixtureRequest) -> str:
+    """Each way a process job's step can start: through launchbay-exec (what `make`
+    installs), and through a Python preexec_fn (no C compiler): the value of
+    LAUNCHBAY_PROCESS_EXEC_HELPER for it."""
+    if request.param == "preexec":
+        return "none"
+    return str(request.getfixturevalue("exec_helper_path"))
 
 
 MakeCtx = Callable[..., LaunchContext]

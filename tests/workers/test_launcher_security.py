@@ -18,13 +18,16 @@ from orchestrator.hardening import job_identity
 from tests.support import process_alive, wait_until
 from tests.workers.conftest import MakeCtx
 from workers.launchers.docker import DockerConfig, DockerLauncher
-from workers.launchers.process import ProcessLauncher
+from workers.launchers.process import ProcessConfig, ProcessLauncher
 from workers.testing import RecordingReporter
 
 
 @pytest.fixture
-def launcher(launch_settings) -> ProcessLauncher:  # type: ignore[no-untyped-def]
-    return ProcessLauncher(launch_settings)
+def launcher(launch_settings, exec_helper_setting: str) -> ProcessLauncher:  # type: ignore[no-untyped-def]
+    """A process launcher, once for each way a step starts (tests/workers/conftest.py)."""
+    launcher = ProcessLauncher(launch_settings, ProcessConfig(exec_helper=exec_helper_setting))
+    assert launcher.helper == (None if exec_helper_setting == "none" else exec_helper_setting)
+    return launcher
 
 
 def run(launcher: ProcessLauncher, ctx) -> tuple[object, RecordingReporter]:  # type: ignore[no-untyped-def]

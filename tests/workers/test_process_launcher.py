@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 import workers.launchers as launchers_module
+import workers.launchers.process as process_module
 from orchestrator.errors import RunnerLaunchError
 from orchestrator.settings import Settings
 from tests.support import process_alive, wait_until
 from tests.workers.conftest import MakeCtx
 from workers.launchers import LauncherSet, launcher_class
-from workers.launchers.process import ProcessLauncher, _job_processes
+from workers.launchers._family import JOB_MARK
+from workers.launchers.process import ProcessConfig, ProcessLauncher, _job_processes
 from workers.testing import RecordingReporter
 
 
@@ -24,8 +26,11 @@ def _job_pids(job_id: str) -> list[int]:
 
 
 @pytest.fixture
-def launcher(launch_settings) -> ProcessLauncher:  # type: ignore[no-untyped-def]
-    return ProcessLauncher(launch_settings)
+def launcher(launch_settings, exec_helper_setting: str) -> ProcessLauncher:  # type: ignore[no-untyped-def]
+    """A process launcher, once for each way a step starts (tests/workers/conftest.py)."""
+    launcher = ProcessLauncher(launch_settings, ProcessConfig(exec_helper=exec_helper_setting))
+    assert launcher.helper == (None if exec_helper_setting == "none" else exec_helper_setting)
+    return launcher
 
 
 def test_registry_names_the_process_launcher() -> None:
@@ -123,6 +128,67 @@ def test_missing_program_is_a_permanent_launch_error(
         launcher.start(ctx)
     assert err.value.transient is False and err.value.launcher == "process"
     assert "No such file or directory" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_program_found_on_the_jobs_path_runs_and_one_that_is_not_is_named(
+    launcher: ProcessLauncher, make_ctx: MakeCtx, tmp_path: Path
+) -> None:
+    # The program is looked up on the PATH of the job's environment, as Popen does.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "lb-hello").write_text("#!/bin/sh\necho hello from the jobs PATH\n")
+    (bindir / "lb-hello").chmod(0o755)
+    tmp_path.chmod(0o755)  # (a root worker's job runs as another user: it must reach it)
+    ctx = make_ctx(
+        {"executor": "process", "command": ["lb-hello"], "env": {"PATH": f"{bindir}:/usr/bin:/bin"}}
+    )
+    rep = RecordingReporter()
+    assert launcher.follow(ctx, launcher.start(ctx), rep).exit_code == 0
+    assert rep.text("stdout") == ["hello from the jobs PATH"]
+    ctx = make_ctx({"executor": "process", "command": ["lb-no-such-program-anywhere"]})
+    with pytest.raises(RunnerLaunchError) as err:
+        launcher.start(ctx)
+    assert "lb-no-such-program-anywhere" in str(err.value) and err.value.transient is False
+
+
+def test_every_step_is_marked_before_the_job_runs(
+    launcher: ProcessLauncher, make_ctx: MakeCtx
+) -> None:
+    # The mark the sweep knows job processes by, set before the job's own program runs.
+    ctx = make_ctx(
+        {
+            "executor": "process",
+            "steps": [
+                {"name": "one", "command": ["cat", "/proc/self/oom_score_adj"]},
+                {"name": "two", "command": ["cat", "/proc/self/oom_score_adj"]},
+            ],
+        }
+    )
+    rep = RecordingReporter()
+    assert launcher.follow(ctx, launcher.start(ctx), rep).exit_code == 0
+    assert rep.text("stdout") == [JOB_MARK.decode()] * 2
+
+
+def test_with_the_helper_a_step_starts_without_a_python_preexec_fn(
+    launch_settings: Settings,
+    exec_helper_path: str,
+    make_ctx: MakeCtx,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What makes the helper worth having: no preexec_fn, so subprocess can vfork instead of
+    # forking the whole worker (bench/jobs.py, `process`, measures the difference).
+    seen: list[dict[str, object]] = []
+    real = process_module.subprocess.Popen
+
+    def recording(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs)
+        return real(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(process_module.subprocess, "Popen", recording)
+    launcher = ProcessLauncher(launch_settings, ProcessConfig(exec_helper=exec_helper_path))
+    ctx = make_ctx({"executor": "process", "command": ["true"]})
+    assert launcher.follow(ctx, launcher.start(ctx), RecordingReporter()).exit_code == 0
+    assert len(seen) == 1 and seen[0].get("preexec_fn") is None
 
 
 def test_stop_terminates_the_group_within_the_grace(
@@ -306,7 +372,9 @@ def test_worker_env_is_inherited_without_launchbay_settings(
     }
 
 
-def test_a_killed_worker_takes_its_jobs_with_it(make_ctx: MakeCtx, tmp_path: Path) -> None:
+def test_a_killed_worker_takes_its_jobs_with_it(
+    make_ctx: MakeCtx, tmp_path: Path, exec_helper_setting: str
+) -> None:
     import signal
     import subprocess
     import sys
@@ -333,6 +401,7 @@ def test_a_killed_worker_takes_its_jobs_with_it(make_ctx: MakeCtx, tmp_path: Pat
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parents[2],
+        env={**os.environ, "LAUNCHBAY_PROCESS_EXEC_HELPER": exec_helper_setting},
     )
     try:
         assert worker.stdout is not None
