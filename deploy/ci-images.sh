@@ -160,6 +160,10 @@ build_app() {
   fi
   local ca=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
   [ -f "$ca" ] && cp "$ca" "$ctx/deploy/buildenv/ca.crt"
+  # The process launcher's helper, linked statically (the base image has no compiler).
+  if command -v cc >/dev/null; then
+    cc -static -O2 -o "$ctx/deploy/buildenv/launchbay-exec" "$ROOT/workers/launchers/launchbay_exec.c"
+  fi
   build_staged "$APP_TAG" "$ctx/deploy/Dockerfile" "$ctx" "pip install inside the build"
 }
 
