@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -207,15 +206,6 @@ METRICS_KEY = "lb:metrics"
 # runs). Throughput bench, 3 runs each: 317–330 → 332–353 jobs/s; Valkey CPU per job
 # 0.35–0.38 → 0.28–0.33 ms.
 SOON_S = 0.002
-# While ``flush_soon`` was called in the last LINGER_S, the outbox's thread wakes every
-# TICK_S by itself and sends what is due, and ``flush_soon`` wakes it only when it would
-# wake too late (more than TICK_S after SOON_S): back-to-back jobs cost the thread one
-# wake-up per TICK_S, not two per job (the wake at the claim, on a core the job's own
-# processes need, and the one SOON_S later). A job still running then has its claim
-# events sent within SOON_S + TICK_S, as its output goes out at most every 50 ms.
-# One job at a time, interleaved in one stack: p50 −0.35 to −0.75 ms.
-TICK_S = 0.05
-LINGER_S = 1.0
 
 
 class _Sent:
@@ -260,13 +250,7 @@ class Outbox:
         self._args: list[str | int | float] = []
         self._sent: list[_Sent] = []  # the staged events, in order
         self._queued: list[_Sent] = []  # the staged task messages
-        # The outbox's thread (:meth:`flush_soon`): when what it was handed is due, when
-        # it plans to wake next (``math.inf``: not until woken), when it was last handed
-        # something. All under ``_lock``.
-        self._soon = threading.Condition(self._lock)
-        self._soon_at: float | None = None
-        self._planned = math.inf
-        self._handed_at = -math.inf
+        self._soon = threading.Event()  # wakes the outbox's thread (:meth:`flush_soon`)
         self._thread: tuple[int, threading.Thread] | None = None
 
     def event(self, job_id: str, type_: str, data: dict[str, Any] | str) -> tuple[str, _Sent]:
@@ -316,7 +300,6 @@ class Outbox:
                 if not args:
                     return
                 self._keys, self._args, self._sent, self._queued = [], [], [], []
-                self._soon_at = None  # (taken along: the thread has nothing due)
             try:
                 ids = self._call([FIREHOSE_STREAM, METRICS_KEY, *keys], args)
             except Exception as exc:
@@ -333,52 +316,30 @@ class Outbox:
                 s.id = "queued"
 
     def flush_soon(self) -> None:
-        """Have what is staged sent by this outbox's own thread within ``SOON_S`` (up to
-        ``TICK_S`` more while it wakes by itself: see TICK_S), without waiting for it: in
-        order with every other flush (one call at a time, in staging order), so a later
-        :meth:`flush` or log batch still goes out after it — and takes what is staged
-        with it, if it comes first. A failure is logged, as a failed :meth:`flush`'s
-        events are."""
+        """Have what is staged sent by this outbox's own thread within ``SOON_S``, without
+        waiting for it: in order with every other flush (one call at a time, in staging
+        order), so a later :meth:`flush` or log batch still goes out after it — and takes
+        what is staged with it, if it comes first. A failure is logged, as a failed
+        :meth:`flush`'s events are."""
         with self._lock:
             if not self._args:
                 return
-            now = time.monotonic()
-            self._handed_at = now
-            if self._soon_at is None:
-                self._soon_at = now + SOON_S
             pid = os.getpid()
             if self._thread is None or self._thread[0] != pid:  # (threads die with a fork)
-                self._planned = math.inf
                 thread = threading.Thread(target=self._send_soon, name="outbox", daemon=True)
                 self._thread = (pid, thread)
                 thread.start()
-            if self._planned > self._soon_at + TICK_S:  # (it would wake too late)
-                self._soon.notify()
+        self._soon.set()
 
     def _send_soon(self) -> None:
-        with self._lock:
-            while True:
-                now = time.monotonic()
-                due = self._soon_at
-                if due is not None and due <= now:
-                    self._soon_at = None
-                    self._planned = now  # (awake: flush_soon need not wake it)
-                    self._lock.release()
-                    try:
-                        self.flush()
-                    except Exception as exc:  # (flush logged the events it lost)
-                        log.debug("outbox: a flush failed: %s", exc)
-                    finally:
-                        self._lock.acquire()
-                    continue
-                if due is not None:
-                    self._planned = due
-                elif now - self._handed_at < LINGER_S:
-                    self._planned = now + TICK_S
-                else:
-                    self._planned = math.inf
-                self._soon.wait(None if self._planned == math.inf else self._planned - now)
-                self._planned = time.monotonic()  # (awake until it waits again)
+        while True:
+            self._soon.wait()
+            time.sleep(SOON_S)  # (a flush of the caller's meanwhile takes it all along)
+            self._soon.clear()
+            try:
+                self.flush()
+            except Exception as exc:  # (flush logged the events it lost)
+                log.debug("outbox: a flush failed: %s", exc)
 
     def _call(self, keys: list[str], ops: list[str | int | float]) -> list[str]:
         client = self._client()

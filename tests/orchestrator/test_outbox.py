@@ -186,34 +186,6 @@ def test_what_is_handed_over_without_waiting_leaves_with_a_flush_that_comes_firs
     assert callers == [threading.current_thread().name]  # one call, the caller's
 
 
-def test_back_to_back_hand_overs_wake_the_outbox_thread_once(
-    events: Events, pubsub: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Jobs one after another (each claim's events handed over without waiting): the
-    outbox's thread is woken for the first only, then sends the others at its own ticks
-    (TICK_S) while it lingers, each within SOON_S + TICK_S, in order. A wake-up per job
-    took a core from the job's own processes (orchestrator/events.py, TICK_S)."""
-    listeners = Listeners([EventPublisher(events)])
-    assert events._outbox is not None
-    soon = events._outbox._soon
-    wakes: list[float] = []
-    real = soon.notify
-
-    def counted(n: int = 1) -> None:
-        wakes.append(n)
-        real(n)
-
-    monkeypatch.setattr(soon, "notify", counted)
-    for i in range(5):
-        jid = f"outbox-tick-{i}"
-        with listeners.together(wait=False):
-            listeners.transition(_job(jid, "claimed"))
-            listeners.transition(_job(jid, "running"))
-        got = _messages(pubsub, 2)  # (sent by the thread: nobody else flushes)
-        assert [(m["job_id"], m["type"]) for m in got] == [(jid, "claimed"), (jid, "started")]
-    assert len(wakes) <= 1, f"woken {len(wakes)} times for 5 hand-overs"
-
-
 def test_what_threads_stage_while_a_call_is_in_flight_keeps_each_jobs_order(
     events: Events, pubsub: Any
 ) -> None:
