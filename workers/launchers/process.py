@@ -160,14 +160,16 @@ class ProcessLauncher(Launcher):
             if self.helper is not None:
                 proc = self._popen_via_helper(self.helper, run, step, cwd)
             else:
-                proc = self._popen(run, step, cwd, _in_child)
+                proc = self._popen(run, list(step.command), cwd, preexec_fn=_in_child)
             self._families.add((run.ctx.job_id, run.ctx.attempt), proc.pid)
         run.proc, run.exited = proc, threading.Event()
         return proc
 
-    def _popen(self, run: _Run, step: Step, cwd: Path, in_child: Any) -> subprocess.Popen[bytes]:
+    def _popen(self, run: _Run, argv: list[str], cwd: Path, **how: Any) -> subprocess.Popen[bytes]:
+        """``argv`` as a step's process: the job's environment, no stdin, its output piped,
+        a session of its own; ``how`` prepares it (a preexec_fn, or the helper's pipe)."""
         return subprocess.Popen(
-            list(step.command),
+            argv,
             cwd=cwd,
             env=self._env(run.ctx),
             stdin=subprocess.DEVNULL,
@@ -175,8 +177,8 @@ class ProcessLauncher(Launcher):
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
-            preexec_fn=in_child,
             umask=0o022,  # (Launchbay's own processes keep theirs private)
+            **how,
         )
 
     def _popen_via_helper(
@@ -191,17 +193,7 @@ class ProcessLauncher(Launcher):
         said_r, said_w = os.pipe()
         try:
             argv = [helper, str(said_w), JOB_MARK.decode(), uid, gid, parent, "--"]
-            proc = subprocess.Popen(
-                [*argv, *step.command],
-                cwd=cwd,
-                env=self._env(run.ctx),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                pass_fds=(said_w,),
-                umask=0o022,
-            )
+            proc = self._popen(run, [*argv, *step.command], cwd, pass_fds=(said_w,))
         except BaseException:
             os.close(said_r)
             raise
