@@ -308,9 +308,11 @@ def test_a_cancel_asked_during_the_timeouts_grace_leaves_it_timed_out(rig: Rig) 
 
 
 def test_a_timeout_passing_during_the_cancels_grace_leaves_it_cancelled(rig: Rig) -> None:
-    # The run takes longer to exit after its stop than the run-time limit allows.
-    launcher = ScriptedLauncher(Run(until_stopped=True, exit_after_stop_s=0.3))
-    job = rig.submit(timeout_s=0.15, grace_s=7)
+    # The run takes longer to exit after its stop than the run-time limit allows. The
+    # cancel must reach the attempt before the limit does: a second for that (a 0.15 s
+    # limit lost the race once in CI, on 2 cores shared by three test processes).
+    launcher = ScriptedLauncher(Run(until_stopped=True, exit_after_stop_s=1.5))
+    job = rig.submit(timeout_s=1.0, grace_s=7)
     running = rig.start(job, launcher)
     assert launcher.wait_following(timeout=WAIT_S)
     rig.core.dispatcher.cancel(job.id)
