@@ -114,13 +114,17 @@ def _launchbay(
     ):
         _finish(h, h.post("/api/v1/jobs", json=TRIVIAL).json()["id"])
         rtts, one_request = [], []
+        segments: dict[str, list[float]] = {k: [] for k in _SEGMENTS}
         for _ in range(min(100, n)):  # (the two ways, taking turns)
             t0 = time.perf_counter()
             _finish(h, h.post("/api/v1/jobs", json=TRIVIAL).json()["id"])
             rtts.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
+            t0, wall0 = time.perf_counter(), time.time()
             job = h.post("/api/v1/jobs", json=TRIVIAL, params={"wait": WAIT_S}).json()
-            if job["status"] not in ENDED:
+            if job["status"] in ENDED:
+                for k, v in _segments_of(job, wall0, time.time()).items():
+                    segments[k].append(v)
+            else:
                 _finish(h, job["id"])
             one_request.append(time.perf_counter() - t0)
         api, parent = st.pid("api"), st.pid("worker0")
@@ -152,8 +156,32 @@ def _launchbay(
             "batch_rate": batch_rate,
             "p50": pct(rtts, 0.5),
             "p50_one_request": pct(one_request, 0.5),
+            "segments": {k: pct(v, 0.5) for k, v in segments.items()},
             "cpu": cpu,
         }
+
+
+# Where one job's round trip (POST ?wait=) goes, from the job's own time stamps (the store's
+# clock is this machine's): the request until the API stamps the job created (HTTP, validation,
+# the thread hop); created until a runner's claim stamps it (the insert's commit, the Redis
+# call, Celery's worker parent, the pool child, the claim); claimed until its end is stamped
+# (the claim's commit, the attempt, the built-in's run); the end until the client has the
+# answer (the end's commit, its event, the API's answer, the client's read).
+_SEGMENTS = ("request → created", "→ claimed", "→ ended", "→ client has it")
+
+
+def _segments_of(job: dict[str, Any], sent: float, answered: float) -> dict[str, float]:
+    created, claimed, ended = (
+        datetime.fromisoformat(job[k]).timestamp()
+        for k in ("created_at", "claimed_at", "finished_at")
+    )
+    return dict(
+        zip(
+            _SEGMENTS,
+            (created - sent, claimed - created, ended - claimed, answered - ended),
+            strict=True,
+        )
+    )
 
 
 def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -226,7 +254,10 @@ def throughput(
                 (
                     ", one request",
                     "p50_one_request",
-                    "submit and wait in one request: POST ?wait= (raw: delay().get())",
+                    "submit and wait in one request: POST ?wait= (raw: delay().get()); p50 by "
+                    "segment (job time stamps): "
+                    + ", ".join(f"{k} {v * 1000:.2f}" for k, v in lb["segments"].items())
+                    + " ms",
                 ),
             ):
                 rows.append(
