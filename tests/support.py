@@ -13,9 +13,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 import sqlalchemy as sa
@@ -31,7 +31,10 @@ TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 
 
 def wait_until(
-    fn: Callable[[], T], timeout: float = 30, interval: float = 0.05, what: str = "condition"
+    fn: Callable[[], T | Literal[False] | None],
+    timeout: float = 30,
+    interval: float = 0.05,
+    what: str = "condition",
 ) -> T:
     """Call ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -94,7 +97,7 @@ class AgentKeyring(httpx.Auth):
                 lid = json.loads(request.content or b"{}").get("launcher_id")
         return lid if isinstance(lid, str) else None
 
-    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if "authorization" not in request.headers:
             key = (
                 self.keys.get(self._named(request) or "")

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -115,11 +115,11 @@ def test_retries_waiting_out_their_backoff_survive_the_death_of_every_worker(
     for job in jobs:
         back = stack.wait_status(job["id"], "queued", timeout=30)
         if back["attempt"] == 1:  # caught before the claim: wait for the retry
-            back = wait_until(
-                lambda j=job: (x := stack.job(j["id"]))["attempt"] == 2 and x,
-                timeout=30,
-                what="the retry",
-            )
+
+            def retried(j: dict[str, Any] = job) -> dict[str, Any] | Literal[False]:
+                return (x := stack.job(j["id"]))["attempt"] == 2 and x
+
+            back = wait_until(retried, timeout=30, what="the retry")
         assert back["not_before"] is not None
     w.kill()
     t0 = time.monotonic()

@@ -71,7 +71,11 @@ def _plan(rng: random.Random) -> list[Planned]:
     jobs: list[Planned] = []
     for _ in range(14):
         secs = rng.randint(1, 3)
-        spec = {"executor": "builtin", "type": "countdown", "params": {"seconds": secs}}
+        spec: dict[str, Any] = {
+            "executor": "builtin",
+            "type": "countdown",
+            "params": {"seconds": secs},
+        }
         jobs.append(Planned("countdown", spec, "succeeded", progress=100))
     for _ in range(12):
         spec = {

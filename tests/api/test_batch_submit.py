@@ -181,6 +181,7 @@ def test_a_bad_spec_is_named_by_its_place_and_nothing_is_made(client: TestClient
 
 
 def test_the_batch_is_bounded_and_takes_no_idempotency_key(client: TestClient) -> None:
+    body: dict[str, Any]
     for body in ({"jobs": []}, {"jobs": [spec()] * 501}, {"specs": [spec()]}):
         assert client.post(f"{API}/jobs/batch", json=body).status_code == 422
     r = client.post(f"{API}/jobs/batch", json={"jobs": [spec()]}, headers={"Idempotency-Key": "k"})

@@ -53,7 +53,8 @@ async def publish(events: Events, jid: str, type_: str, data: dict[str, Any]) ->
 
 
 async def append(events: Events, jid: str, lines: list[str]) -> None:
-    await anyio.to_thread.run_sync(events.append_logs, jid, [("stdout", None, x) for x in lines])
+    records: list[tuple[str, str | None, str]] = [("stdout", None, x) for x in lines]
+    await anyio.to_thread.run_sync(events.append_logs, jid, records)
 
 
 async def test_messages_reach_the_right_subscribers(hub: Hub, events: Events) -> None:

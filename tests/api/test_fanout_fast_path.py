@@ -315,10 +315,11 @@ async def test_the_heads_read_without_decoding_are_the_messages_own(
     pubsub = events.r.pubsub()
     pubsub.subscribe(EVENTS_CHANNEL)
     try:
-        assert pubsub.get_message(timeout=WAIT_S)["type"] == "subscribe"
+        subscribed = pubsub.get_message(timeout=WAIT_S)
+        assert subscribed is not None and subscribed["type"] == "subscribe"
         await anyio.to_thread.run_sync(events.publish, jid, "succeeded", {"id": jid, "x": [1]})
         await append(events, jid, ["one", "two"])
-        raw = []
+        raw: list[str] = []
         while len(raw) < 2:
             m = pubsub.get_message(timeout=WAIT_S)
             assert m is not None, "a message did not come"

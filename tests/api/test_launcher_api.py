@@ -462,7 +462,7 @@ def test_artifact_upload(api: httpx.Client, stack: Stack, tag: str) -> None:
     lid = register(api, [tag])
     job = stack.submit(spec(tag))
     claim(api, lid)
-    params = {"launcher_id": lid, "attempt": 1, "name": "out/report.txt"}
+    params: dict[str, str | int] = {"launcher_id": lid, "attempt": 1, "name": "out/report.txt"}
     r = api.post(f"{L}/jobs/{job['id']}/artifacts", params=params, content=b"all good\n")
     assert r.status_code == 200, r.text
     assert r.json()["size"] == 9 and len(r.json()["sha256"]) == 64
@@ -485,13 +485,14 @@ def test_reports_from_the_wrong_launcher_or_attempt_conflict(
     intruder = register(api, [tag])
     job = stack.submit(spec(tag))
     claim(api, lid)
-    for what, body in [
+    reports: list[tuple[str, dict[str, Any]]] = [
         ("started", {}),
         ("progress", {"percent": 1}),
         ("logs", {"lines": [{"line": "x"}]}),
         ("completed", {}),
         ("failed", {"error": "x"}),
-    ]:
+    ]
+    for what, body in reports:
         r = post(api, job["id"], what, intruder, **body)
         assert r.status_code == 409, (what, r.text)
         assert intruder in r.json()["error"]

@@ -140,10 +140,10 @@ def test_stream_cursors_must_name_a_place_in_the_stream(stack: Stack, api: httpx
             refused(api.get(f"{base}/{path}", params={"since": since}), "since")
         r = api.get(f"{base}/logs", params={"since": since, "format": "text"})
         refused(r, "since")  # (a 4xx before the stream starts, not a stream cut short)
-        r = api.get(f"{base}/logs/stream", headers={"Last-Event-ID": since.encode()})
+        r = api.get(f"{base}/logs/stream", headers={b"Last-Event-ID": since.encode()})
         refused(r, "Last-Event-ID")
     for cursor in (f"{2**64}-0|1", f"1-{2**64}|1", f"1-0|{2**63}", "٣-0|1"):
-        r = api.get(f"{base}/events", headers={"Last-Event-ID": cursor.encode()})
+        r = api.get(f"{base}/events", headers={b"Last-Event-ID": cursor.encode()})
         refused(r, "Last-Event-ID")
     refused(api.get(f"{base}/events", params={"since": "1-0\n|1"}), "since")
     # Well formed, but past this job's last event: it came from somewhere else.
@@ -333,7 +333,7 @@ def hold_a_job(api: httpx.Client) -> tuple[str, dict[str, Any]]:
 
 
 def upload(api: httpx.Client, launcher_id: str, job_id: str, name: str, data: bytes) -> Any:
-    params = {"launcher_id": launcher_id, "attempt": 1, "name": name}
+    params: dict[str, str | int] = {"launcher_id": launcher_id, "attempt": 1, "name": name}
     return api.post(f"{L}/jobs/{job_id}/artifacts", params=params, content=data)
 
 

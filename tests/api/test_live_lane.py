@@ -109,24 +109,24 @@ def test_clients_at_the_live_edge_get_everything_in_order_through_the_lane(
         sent_lines.append(line)
         if i % (LINES // PROGRESS) == 0:
             published.publish(jid, "progress", {"percent": i, "message": f"at {i}"})
-        wait_until(
-            lambda line=line: all(
+
+        def every_client_has(line: str = line) -> bool:
+            return all(
                 any(json.loads(e.data).get("line") == line for e in into if e.event == "log")
                 for kind in ("logs", "events")
                 for into in got[kind]
-            ),
-            10,
-            what=f"every client to get {line}",
-        )
+            )
+
+        wait_until(every_client_has, 10, what=f"every client to get {line}")
         if i % (LINES // PROGRESS) == 0:
-            wait_until(
-                lambda i=i: all(
+
+            def every_firehose_has(i: int = i) -> bool:
+                return all(
                     any(json.loads(e.data).get("data", {}).get("percent") == i for e in into)
                     for into in got["firehose"]
-                ),
-                10,
-                what=f"every firehose client to get progress {i}",
-            )
+                )
+
+            wait_until(every_firehose_has, 10, what=f"every firehose client to get progress {i}")
     after = stack.http.get(f"{API}/streams").json()
     assert stack.http.post(f"{API}/jobs/{jid}/cancel").status_code == 200
     for t in threads:
@@ -256,6 +256,7 @@ class _Cycle:
 
 
 def test_a_wire_frames_chunks_as_uvicorn_does_and_counts_them_for_the_access_log() -> None:
+    state: dict[str, Any]
     cycle, state = _Cycle(), {}
     wire = Wire(cycle, state)
     assert wire.ready()

@@ -64,7 +64,7 @@ def _after_each_snapshot(hub: Hub, write: Any, times: int = 1) -> list[int]:
                 await anyio.to_thread.run_sync(write)
             return out
 
-        pipe.execute = execute_then_write
+        pipe.execute = execute_then_write  # type: ignore[method-assign]  # (on this pipeline only)
         return pipe
 
     hub.redis.pipeline = pipeline  # type: ignore[method-assign]
@@ -226,13 +226,15 @@ async def test_lines_after_a_gap_are_read_with_the_events_written_among_them(
         events.post(jid, "progress", {"percent": 50, "message": "half"})
         events.append_logs(jid, [("stdout", None, "three")])
 
+    one: list[tuple[str, str | None, str]] = [("stdout", None, "one")]
+    two: list[tuple[str, str | None, str]] = [("stdout", None, "two")]
     with anyio.fail_after(WAIT_S):
         async with anyio.create_task_group() as tg:
             tg.start_soon(relay)
             tg.start_soon(follow)
             await gappy.parked.wait()  # (its first read done: nothing yet)
-            await anyio.to_thread.run_sync(events.append_logs, jid, [("stdout", None, "one")])
-            await anyio.to_thread.run_sync(events.append_logs, jid, [("stdout", None, "two")])
+            await anyio.to_thread.run_sync(events.append_logs, jid, one)
+            await anyio.to_thread.run_sync(events.append_logs, jid, two)
             await anyio.to_thread.run_sync(worker_call)
             written.set()
             await four.wait()

@@ -132,7 +132,7 @@ class Publisher:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         with (self.logs_dir / f"{JOB}.jsonl").open("a", encoding="utf-8") as f:
             f.write("".join(json.dumps(r) + "\n" for r in records))
-        msg = {"id": None, "job_id": JOB, "type": "log", "ts": ts}
+        msg: dict[str, object] = {"id": None, "job_id": JOB, "type": "log", "ts": ts}
         msg["data"] = {"seq": self.seq, "lines": records}
         self.hub._deliver(json.dumps(msg))
 
@@ -273,6 +273,11 @@ async def test_a_job_without_a_line_in_the_snapshot_has_none_from_the_file(
     hub.r = streams  # type: ignore[assignment]
     pub = Publisher(streams, hub, tmp_path)
     pub.event("started", {})
-    streams.after_snapshot = lambda: (pub.event("progress", {}), pub.lines("3..."))
+
+    def worker_call() -> None:
+        pub.event("progress", {})
+        pub.lines("3...")
+
+    streams.after_snapshot = worker_call
     evs, lines = await hub.read_both(JOB, "0-0", 0)
     assert [e["type"] for e in evs] == ["started"] and lines == []

@@ -12,11 +12,15 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from tests.support import Stack
+
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext, Page
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -125,9 +129,9 @@ class Dashboard:
         *,
         viewport: dict[str, int] | None = None,
         color_scheme: str = "light",
-        context: object | None = None,
+        context: BrowserContext | None = None,
         wait_live: bool = True,
-    ) -> object:
+    ) -> Page:
         from playwright.sync_api import expect
 
         if context is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,9 @@ from tests.support import Stack
 
 
 @pytest.fixture
-def client(stack: Stack) -> LaunchbayClient:
+def client(stack: Stack) -> Iterator[LaunchbayClient]:
     with LaunchbayClient(stack.url) as c:
-        yield c  # type: ignore[misc]
+        yield c
 
 
 def test_submit_read_logs_and_artifacts(

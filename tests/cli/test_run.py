@@ -88,11 +88,11 @@ class _CtrlCOnFirstPoll(LaunchbayClient):
 
     interrupted = False
 
-    def job(self, job_id: str) -> Job:
+    def job(self, job_id: str, *, wait: float = 0) -> Job:
         if not self.interrupted:
             self.interrupted = True
             raise KeyboardInterrupt
-        return super().job(job_id)
+        return super().job(job_id, wait=wait)
 
 
 def test_ctrl_c_before_the_first_poll_answered_still_cancels(stack: Stack) -> None:

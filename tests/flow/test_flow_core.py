@@ -30,7 +30,9 @@ def spec(**extra: Any) -> dict[str, Any]:
     return {"executor": "builtin", "type": "countdown", "params": {"seconds": 1}, **extra}
 
 
-def run_to_end(core: MemoryCore, job_id: str, status: str = "succeeded", runner: str = "r1") -> Any:
+def run_to_end(
+    core: MemoryCore, job_id: str, status: JobStatus = JobStatus.succeeded, runner: str = "r1"
+) -> Any:
     job = core.lifecycle.claim(job_id, runner)
     assert job is not None, f"{job_id} could not be claimed: {core.store.get(job_id)}"
     core.lifecycle.start(job_id, runner, job.attempt)
@@ -63,7 +65,7 @@ def test_a_full_key_refuses_the_claim_and_holds_the_job_until_a_slot_frees(
     assert why["reason"] == "concurrency_limit" and why["message"] == "waiting: team-a 1/1"
     sent_before = len(core.celery.sent_for(b.id))
     core.lifecycle.start(a.id, "r1", 1)
-    core.lifecycle.end(a.id, "r1", 1, Verdict(status="succeeded"))
+    core.lifecycle.end(a.id, "r1", 1, Verdict(status=JobStatus.succeeded))
     assert core.store.get(b.id).hold is None
     assert len(core.celery.sent_for(b.id)) == sent_before + 1  # re-sent when the slot freed
     assert core.lifecycle.claim(b.id, "r2") is not None
@@ -133,7 +135,8 @@ def test_a_chain_runs_in_order(core: MemoryCore) -> None:
     c = core.dispatcher.submit(spec(depends_on=[b.id]))
     assert core.celery.sent_for(b.id) == [] and core.celery.sent_for(c.id) == []
     assert core.lifecycle.claim(b.id, "r1") is None  # held: not claimable
-    assert core.dispatcher.flow.waiting(core.store.get(c.id))["reason"] == "dependency"
+    why = core.dispatcher.flow.waiting(core.store.get(c.id))
+    assert why is not None and why["reason"] == "dependency"
     run_to_end(core, a.id)
     assert len(core.celery.sent_for(b.id)) == 1 and core.celery.sent_for(c.id) == []
     run_to_end(core, b.id)
@@ -145,7 +148,7 @@ def test_a_failed_dependency_ends_the_chain_with_the_reason(core: MemoryCore) ->
     a = core.dispatcher.submit(spec())
     b = core.dispatcher.submit(spec(depends_on=[a.id]))
     c = core.dispatcher.submit(spec(depends_on=[b.id]))
-    run_to_end(core, a.id, "failed")
+    run_to_end(core, a.id, JobStatus.failed)
     b_, c_ = core.store.get(b.id), core.store.get(c.id)
     assert b_.status == c_.status == JobStatus.cancelled
     assert b_.error == f"not run: dependency {a.id} ended failed"
@@ -199,7 +202,7 @@ def test_rerun_makes_a_new_job_from_the_spec(core: MemoryCore) -> None:
     a = core.dispatcher.submit(spec(name="nightly", labels={"team": "x"}))
     with pytest.raises(JobNotEnded):
         core.dispatcher.flow.rerun(a.id)
-    run_to_end(core, a.id, "failed")
+    run_to_end(core, a.id, JobStatus.failed)
     again = core.dispatcher.flow.rerun(a.id)
     assert again.id != a.id and again.rerun_of == a.id
     assert again.spec == a.spec and again.status == JobStatus.queued
@@ -210,7 +213,7 @@ def test_bulk_rerun_takes_the_failed_jobs_a_filter_matches(core: MemoryCore) -> 
     other = core.dispatcher.submit(spec(labels={"team": "y"}))
     ok = core.dispatcher.submit(spec(labels={"team": "x"}))
     for j in (*failed, other):
-        run_to_end(core, j.id, "failed")
+        run_to_end(core, j.id, JobStatus.failed)
     run_to_end(core, ok.id)
     again = core.dispatcher.flow.rerun_many(labels={"team": "x"})
     assert sorted(j.rerun_of or "" for j in again) == sorted(j.id for j in failed)
@@ -236,7 +239,7 @@ def test_a_retry_waits_out_its_backoff_and_says_so(core: MemoryCore) -> None:
     job = core.dispatcher.submit(spec(max_attempts=2, retry_backoff_s=30))
     core.lifecycle.claim(job.id, "r1")
     core.lifecycle.start(job.id, "r1", 1)
-    again = core.lifecycle.end(job.id, "r1", 1, Verdict(status="failed", error="x"))
+    again = core.lifecycle.end(job.id, "r1", 1, Verdict(status=JobStatus.failed, error="x"))
     why = core.dispatcher.flow.waiting(again)
     assert why is not None and why["reason"] == "backoff" and why["until"]
 
@@ -270,7 +273,7 @@ def test_a_held_job_waits_for_no_runner_until_its_hold_ends(core: MemoryCore) ->
     assert core.store.get(dep.id).status == core.store.get(b.id).status == JobStatus.queued
     run_to_end(core, head.id)
     core.lifecycle.start(a.id, "r1", 1)
-    core.lifecycle.end(a.id, "r1", 1, Verdict(status="succeeded"))
+    core.lifecycle.end(a.id, "r1", 1, Verdict(status=JobStatus.succeeded))
     for job_id in (dep.id, b.id):
         released = core.store.get(job_id)
         assert released.hold is None

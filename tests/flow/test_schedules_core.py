@@ -124,7 +124,7 @@ def test_overlap_skip_leaves_out_a_tick_while_the_last_run_is_active(core: Memor
     core.clock.advance(60)
     assert beat.fire_due()["skipped"] == 1
     core.lifecycle.start(first.id, "r1", 1)
-    core.lifecycle.end(first.id, "r1", 1, Verdict(status="succeeded"))
+    core.lifecycle.end(first.id, "r1", 1, Verdict(status=JobStatus.succeeded))
     core.clock.advance(60)
     assert beat.fire_due()["fired"] == 1
     assert len(runs(core, sched.id)) == 2
@@ -152,9 +152,8 @@ def test_overlap_queue_runs_one_at_a_time(core: MemoryCore) -> None:
     first, second = sorted(runs(core, sched.id), key=lambda j: j.id)
     assert core.lifecycle.claim(first.id, "r1") is not None
     assert core.lifecycle.claim(second.id, "r2") is None
-    assert core.dispatcher.flow.waiting(core.store.get(second.id))["reason"] == (
-        "concurrency_limit"
-    )
+    why = core.dispatcher.flow.waiting(core.store.get(second.id))
+    assert why is not None and why["reason"] == "concurrency_limit"
 
 
 def test_a_paused_schedule_does_not_fire_and_resumes_from_now(core: MemoryCore) -> None:

@@ -67,6 +67,7 @@ def test_every_minute_fires_once_a_minute_with_two_beats(
     three = wait_until(
         lambda: len(runs()) >= 3 and runs(), timeout=250, interval=1, what="three ticks"
     )
+    assert isinstance(three, list)
     # Both beats were sending the fire task all along.
     for home in (stack.settings.home, stack.settings.home.parent / "home2"):
         text = "".join(p.read_text() for p in (home / "service-logs").glob("beat*.log"))

@@ -195,7 +195,9 @@ def test_reconcile_fails_unmatched_and_finishes_unanswered_cancels(
         )
     counts = d.reconcile()
     assert counts["unmatched"] == 1 and counts["force_cancelled"] == 1
-    assert store.get(unmatched.id).error.startswith("no matching runner available within 0.001 s")
+    error = store.get(unmatched.id).error
+    assert error is not None
+    assert error.startswith("no matching runner available within 0.001 s")
     assert store.get(stuck.id).status == JobStatus.cancelled
     with pytest.raises(InvalidTransition):
         d.cancel(unmatched.id)
@@ -239,7 +241,9 @@ def test_a_retry_is_sent_when_due_and_not_before(
     job = dispatcher.submit(spec)
     store.claim(job.id, "runner-x", 30)
     assert store.start(job.id, 1, 30) is not None
-    again = dispatcher.lifecycle.end(job.id, "runner-x", 1, Verdict(status="failed", error="x"))
+    again = dispatcher.lifecycle.end(
+        job.id, "runner-x", 1, Verdict(status=JobStatus.failed, error="x")
+    )
     assert again.status == JobStatus.queued and again.not_before is not None
     queue = "lb.builtin.resend-backoff" + PRIORITY_0
     events.r.delete(queue)  # the first attempt's message is gone; the retry's was never sent

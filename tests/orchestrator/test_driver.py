@@ -180,7 +180,9 @@ def test_a_lost_connection_is_replaced(postgres_url: str) -> None:
             ).scalar_one()
         assert killed >= 1
         seen: list[BaseException] = []
-        for _ in range(store.engine.pool.size() + 2):
+        pool = store.engine.pool
+        assert isinstance(pool, sa.pool.QueuePool)
+        for _ in range(pool.size() + 2):
             try:
                 assert store.get(job.id).id == job.id
                 break

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from orchestrator.job import JobStatus
+from orchestrator.job import JobStatus, ProcessSpec
 from orchestrator.schema import attempts
 from orchestrator.store import _SPEC, JobStore
 from orchestrator.testing import ManualClock
@@ -98,11 +98,16 @@ def test_jobs_submitted_together_are_one_insert(store: JobStore, backend_url: st
     ]
     with SqlSent(store.engine) as seen:
         made = store.create_many(specs)
-    assert [store.get(j.id).spec.command for j in made] == [
+    commands = []
+    for j in made:
+        spec = store.get(j.id).spec
+        assert isinstance(spec, ProcessSpec)
+        commands.append(spec.command)
+    assert commands == [
         ["echo", "0"],
         ["echo", "1"],
         ["echo", "2"],
-    ]  # type: ignore[union-attr]
+    ]
     if backend_url.startswith("postgresql"):  # (one statement: all or none, in autocommit)
         assert seen.sent == ["INSERT INTO"]
     else:

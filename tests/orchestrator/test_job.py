@@ -9,8 +9,10 @@ from orchestrator.errors import ParamError
 from orchestrator.job import (
     TERMINAL_STATUSES,
     TRANSITIONS,
+    BuiltinSpec,
     JobSpec,
     JobStatus,
+    ProcessSpec,
     can_transition,
     sources_of,
 )
@@ -59,6 +61,7 @@ def test_sources_of_matches_table() -> None:
 
 def test_builtin_defaults_are_filled() -> None:
     spec = SPEC.validate_python({"executor": "builtin", "type": "primes"})
+    assert isinstance(spec, BuiltinSpec)
     assert spec.params == {"limit": 1000}
 
 
@@ -121,7 +124,9 @@ def test_process_needs_exactly_one_of_command_or_steps() -> None:
                 "steps": [{"name": "a", "command": ["true"]}],
             }
         )
-    assert SPEC.validate_python({"executor": "process", "command": ["true"]}).command == ["true"]
+    spec = SPEC.validate_python({"executor": "process", "command": ["true"]})
+    assert isinstance(spec, ProcessSpec)
+    assert spec.command == ["true"]
 
 
 def test_command_must_be_an_argv_list() -> None:

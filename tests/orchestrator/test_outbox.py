@@ -260,7 +260,7 @@ def test_a_log_batch_sent_again_after_its_answer_was_lost_is_kept_once(
         return answer
 
     monkeypatch.setattr(events.r, "evalsha", ran_then_lost)
-    batch = [("stdout", None, "two"), ("stdout", None, "three")]
+    batch: list[tuple[str, str | None, str]] = [("stdout", None, "two"), ("stdout", None, "three")]
     with pytest.raises(redis.ConnectionError):
         events.append_logs(jid, batch)
     assert events.append_logs(jid, batch) == 3  # sent again, as the runner does

@@ -43,7 +43,10 @@ def test_under_whole_and_aliases_name_fields_as_a_larger_message_has_them() -> N
 
 
 def test_the_http_source_leads_a_location_and_is_dropped() -> None:
-    errors = [{"loc": ("query", "limit"), "msg": "bad"}, {"loc": ("body", "lines", 0), "msg": "x"}]
+    errors: list[dict[str, Any]] = [
+        {"loc": ("query", "limit"), "msg": "bad"},
+        {"loc": ("body", "lines", 0), "msg": "x"},
+    ]
     assert [p["field"] for p in problems_of(errors)] == ["limit", "lines.0"]
     assert problems_of([{"loc": ("body",), "msg": "Value error, broken"}]) == [
         {"field": "body", "message": "broken"}

@@ -112,7 +112,9 @@ def test_an_autocommit_connection_is_left_alone(db: Path) -> None:
         c.exec_driver_sql("CREATE TABLE t (x INTEGER)")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
         c.exec_driver_sql("INSERT INTO t VALUES (1)")
-        assert not c.connection.dbapi_connection.in_transaction
+        dbapi = c.connection.dbapi_connection
+        assert dbapi is not None
+        assert not dbapi.in_transaction
     with engine.connect() as c:
         assert c.execute(sa.text("SELECT count(*) FROM t")).scalar() == 1
     engine.dispose()
@@ -123,6 +125,8 @@ def test_a_read_that_starts_with_with_takes_no_lock(store: JobStore, db: Path) -
     try:
         with store.engine.connect() as c:
             assert c.exec_driver_sql("WITH one AS (SELECT 1 AS x) SELECT x FROM one").scalar() == 1
-            assert not c.connection.dbapi_connection.in_transaction
+            dbapi = c.connection.dbapi_connection
+            assert dbapi is not None
+            assert not dbapi.in_transaction
     finally:
         other.execute("COMMIT")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -282,7 +283,9 @@ def test_claim_next_waits_out_a_retrys_backoff(store: JobStore) -> None:
     taken = store.claim_next("runner-b", ["builtin"], [], LEASE)
     assert taken is not None and taken.id == job.id and taken.attempt == 2
     # a requeue without a delay (a lost lease) leaves nothing to wait for
-    assert store.requeue(job.id, 2, reason="lease lost").not_before is None
+    requeued = store.requeue(job.id, 2, reason="lease lost")
+    assert requeued is not None
+    assert requeued.not_before is None
 
 
 def test_claim_next_skips_jobs_past_their_match_deadline(store: JobStore) -> None:
@@ -345,8 +348,8 @@ def test_cancel_racing_finish_never_ends_succeeded_after_an_accepted_cancel(
         for _ in range(12):
             job = job_in(canceller, S.running)
             cancelled, finished = race(
-                lambda job=job: canceller.request_cancel(job.id),
-                lambda job=job: runner.finish(job.id, 1, S.succeeded, exit_code=0),
+                partial(canceller.request_cancel, job.id),
+                partial(runner.finish, job.id, 1, S.succeeded, exit_code=0),
             )
             final = canceller.get(job.id)
             assert (cancelled is None) != (finished is None), "exactly one side must win"
@@ -635,7 +638,9 @@ def test_upgrade_keeps_the_data_of_a_database_made_before_migrations(backend_url
         assert store.get("old1").not_before is None
         assert store.list()[1] == 3
         # and the upgraded rows take part in the new columns' rules
-        assert store.claim_next("runner-a", ["builtin"], [], LEASE).id == "old1"
+        claimed = store.claim_next("runner-a", ["builtin"], [], LEASE)
+        assert claimed is not None
+        assert claimed.id == "old1"
     finally:
         store.dispose()
 

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -110,7 +110,9 @@ class _Channel:
 
 
 def _reporter(channel: _Channel) -> Any:
-    return attempt_mod._Reporter(SimpleNamespace(channel=channel, job=SimpleNamespace(id="j")))
+    # A stand-in with only what the reporter reads of an attempt: its channel and job id.
+    attempt = SimpleNamespace(channel=channel, job=SimpleNamespace(id="j"))
+    return attempt_mod._Reporter(cast(attempt_mod.Attempt, attempt))
 
 
 def test_a_full_buffer_waits_for_the_watcher_instead_of_dropping(

@@ -11,7 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from orchestrator.capabilities import LiveRunners, describe, unmet
 from orchestrator.errors import ParamError
-from orchestrator.job import Demands, JobSpec, JobStatus
+from orchestrator.job import Demands, DockerSpec, JobSpec, JobStatus
 from orchestrator.problems import problems_of
 from orchestrator.protocol import Verdict
 from orchestrator.routing import queue_name, route, worker_queues
@@ -78,10 +78,11 @@ def test_a_resume_fills_what_the_job_left_out_from_the_session(core: MemoryCore)
         }
     )
     assert again.session_id == first.session_id
-    assert again.spec.image == "busybox:1"  # type: ignore[union-attr]
-    assert again.spec.resources.memory_mb == 64  # type: ignore[union-attr]
+    assert isinstance(again.spec, DockerSpec)
+    assert again.spec.image == "busybox:1"
+    assert again.spec.resources.memory_mb == 64
     assert again.spec.env == {"OWN": "1"}  # given: kept
-    assert again.spec.steps[0].name == "b"  # type: ignore[union-attr]
+    assert again.spec.steps[0].name == "b"
 
 
 def test_a_docker_job_needs_an_image_unless_it_resumes() -> None:

@@ -89,9 +89,12 @@ def make_ctx(launch_settings: Settings) -> MakeCtx:
     """Build a LaunchContext for a spec dict, with a fresh job id and workspace."""
 
     def make(spec: dict[str, Any], attempt: int = 1) -> LaunchContext:
-        model = {"process": ProcessSpec, "docker": DockerSpec, "kubernetes": KubernetesSpec}[
-            spec["executor"]
-        ]
+        models: dict[str, type[ProcessSpec | DockerSpec | KubernetesSpec]] = {
+            "process": ProcessSpec,
+            "docker": DockerSpec,
+            "kubernetes": KubernetesSpec,
+        }
+        model = models[spec["executor"]]
         job_id = uuid.uuid4().hex
         ws = launch_settings.workspaces_dir / job_id / f"a{attempt}"
         ws.mkdir(parents=True)

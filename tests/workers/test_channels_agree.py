@@ -187,8 +187,8 @@ def test_the_behaviour_table_is_the_same_on_both_channels(
     while to_cancel:  # each as soon as it runs, whichever channel comes first
         running = {j for j in to_cancel if stack.job(j)["status"] == "running"}
         for job_id in running:
-            r = stack.http.post(f"/api/v1/jobs/{job_id}/cancel")
-            assert r.status_code == 200, (r.text, stack.job(job_id))  # (how it ended, if so)
+            resp = stack.http.post(f"/api/v1/jobs/{job_id}/cancel")
+            assert resp.status_code == 200, (resp.text, stack.job(job_id))  # (how it ended, if so)
         to_cancel -= running
         if to_cancel:
             wait_until(

@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.errors import RunnerLaunchError
 from tests.workers.conftest import MakeCtx, labelled_containers
-from workers.launchers import launcher_class
+from workers.launchers import Outcome, launcher_class
 from workers.launchers.docker import DockerConfig, DockerLauncher
 from workers.testing import RecordingReporter
 
@@ -148,7 +148,7 @@ def test_stop_ends_a_running_container_and_skips_later_steps(
     )
     rep = RecordingReporter()
     handle = launcher.start(ctx)
-    outcome = {}
+    outcome: dict[str, Outcome] = {}
     t = threading.Thread(target=lambda: outcome.setdefault("o", launcher.follow(ctx, handle, rep)))
     t.start()
     assert rep.wait_for_line("ready")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -100,7 +101,12 @@ def test_a_daemon_started_while_the_job_runs_dies_when_it_is_stopped(
     wait_until(lambda: not process_alive(pid), timeout=10, what="the daemon to die")
 
 
-def _as_user(uid: int | None) -> dict[str, int]:
+class _AsUser(TypedDict, total=False):
+    user: int
+    group: int
+
+
+def _as_user(uid: int | None) -> _AsUser:
     return {} if uid is None else {"user": uid, "group": uid}
 
 

@@ -178,7 +178,7 @@ def test_process_job_gets_its_context(stack: Stack) -> None:
 @pytest.mark.docker
 def test_orphan_sweep_removes_superseded_attempts_only(stack: Stack, busybox_image: str) -> None:
     from orchestrator.celery_app import REMOVE_ORPHANS, make_celery
-    from orchestrator.job import DockerSpec
+    from orchestrator.job import DockerSpec, Step
     from workers.launchers import LaunchContext
     from workers.launchers.docker import DockerLauncher
 
@@ -201,7 +201,7 @@ def test_orphan_sweep_removes_superseded_attempts_only(stack: Stack, busybox_ima
         job_id=live["id"],
         attempt=99,
         runner_id="runner-000000000000",
-        spec=DockerSpec(image=busybox_image, steps=[{"name": "nap", "command": ["sleep", "300"]}]),
+        spec=DockerSpec(image=busybox_image, steps=[Step(name="nap", command=["sleep", "300"])]),
         workspace=ws,
         settings=stack.settings,
     )

@@ -15,7 +15,7 @@ from orchestrator.errors import RunnerLaunchError
 from orchestrator.settings import Settings
 from tests.support import process_alive, wait_until
 from tests.workers.conftest import MakeCtx
-from workers.launchers import LauncherSet, launcher_class
+from workers.launchers import LauncherSet, Outcome, launcher_class
 from workers.launchers._family import JOB_MARK
 from workers.launchers.process import ProcessConfig, ProcessLauncher, _job_processes
 from workers.testing import RecordingReporter
@@ -207,7 +207,7 @@ def test_stop_terminates_the_group_within_the_grace(
     )
     rep = RecordingReporter()
     handle = launcher.start(ctx)
-    result = {}
+    result: dict[str, Outcome] = {}
     t = threading.Thread(target=lambda: result.setdefault("o", launcher.follow(ctx, handle, rep)))
     t.start()
     assert rep.wait_for_line("ready")
