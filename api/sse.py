@@ -41,7 +41,9 @@ class HubEventSource(Response):
     blocked writing to a client that does not read — and the client gets a last ``error``
     event with the reason, if it takes it within ``DROP_GRACE_S``. A client whose socket
     takes no data for the hub's ``send_timeout_s`` (LAUNCHBAY_STREAM_SEND_TIMEOUT_S) is
-    dropped then, with nothing more sent: it holds no task, queue or Redis read after that.
+    dropped then, with nothing more sent, and its connection aborted: it holds no task,
+    queue, Redis read or buffered data after that (where the server is uvicorn's httptools
+    protocol, api/wire.py; elsewhere the server closes it as it does).
     (The hub's one watchdog notices, from ``Subscriber.sending_since``: a timer per write
     per client cost more than the write.)
     """
@@ -110,6 +112,14 @@ class HubEventSource(Response):
                 with anyio.move_on_after(DROP_GRACE_S):
                     await send({"type": "http.response.body", "body": farewell, "more_body": True})
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
+            elif sub.stuck and not finished:
+                # Its socket took nothing for send_timeout_s: drop the connection with what
+                # its buffers hold (up to a chunk and the kernel's send buffer, ~4 MB here),
+                # or they would stay until the client read them, which it never does.
+                wire = Wire.of(scope)
+                if wire is not None:
+                    wire.abort()
+                    await anyio.sleep(0)  # (the server sees the connection lost: no error)
             elif started and not finished and sub.reason is None:
                 # (the server is shutting down: end the answer cleanly, if it goes at once)
                 with anyio.move_on_after(1), contextlib.suppress(OSError):

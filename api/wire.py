@@ -24,12 +24,16 @@ lane off for the answers it changes).
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
 from typing import Any
 
 from starlette.types import Scope, Send
 
 SERVER_SEND = "launchbay.server_send"  # scope key: the server's send, before any middleware
 DIRECT_BYTES = "direct_bytes"  # scope["state"] key: body bytes written by the live lane
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() discards the send queue, resets
 
 
 class Wire:
@@ -71,6 +75,16 @@ class Wire:
             or self._transport.get_write_buffer_size()
             or self._transport.is_closing()
         )
+
+    def abort(self) -> None:
+        """Drop the connection at once, with what its buffers hold, the kernel's too (a
+        reset: a client that takes no data would otherwise keep the server's buffer until
+        it read it, which it never does, and the kernel's until its probes gave up)."""
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        self._transport.abort()
 
     def write(self, body: bytes) -> None:
         """One chunk of the answer, framed as uvicorn frames it (``ready()`` first)."""

@@ -2,13 +2,15 @@
 
 A second API process joins the session's stack with a short LAUNCHBAY_STREAM_SEND_TIMEOUT_S;
 60 raw sockets ask for a busy job's SSE stream and never read a byte. Their writes stall
-once the kernel's buffers are full; each is dropped that long after, and meanwhile
-/healthz and a client that does read are served as usual.
+once the kernel's buffers are full; each is dropped that long after, its connection
+aborted (what the server held for it goes too), and meanwhile /healthz and a client that
+does read are served as usual.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import socket
 import statistics
 import threading
@@ -61,6 +63,28 @@ def _trouble(log_dir: Path) -> list[str]:
     return lines[-30:]
 
 
+def _burst_lines() -> int:
+    """Lines of ~1 KB the job prints at once: half again what the kernel may buffer for
+    one connection's sending side (its largest send buffer), so that no stuck client can
+    take the whole stream into the kernel and end it as if it had read it. (5,000 lines,
+    5.7 MB framed, were only ~1.4 times that here: with the old wait below, a client
+    whose writes had not stalled yet when the reader finished was left undropped.)"""
+    wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    return max(5000, math.ceil(1.5 * wmem_max / 1000))
+
+
+def _ends_in_reset(sock: socket.socket) -> bool:
+    """Whether reading ``sock`` to its end meets a reset (the server aborted the
+    connection, dropping what it held) rather than an orderly end after the data."""
+    sock.settimeout(30)
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except ConnectionResetError:
+        return True
+    return False
+
+
 def stuck_socket(url: str, path: str) -> socket.socket:
     """An SSE request on a socket with a tiny receive buffer that is never read."""
     host, port = urlsplit(url).hostname, urlsplit(url).port
@@ -78,7 +102,7 @@ def test_clients_that_never_read_are_dropped_and_stall_no_one(
     stack: Stack, api_url: str, api_logs: Path, tmp_path: Path
 ) -> None:
     go = tmp_path / "go"
-    burst, trickle = 5000, 100  # ~5 MB at once: more than the kernel buffers for a socket
+    burst, trickle = _burst_lines(), 100
     script = (
         "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)\n"
         f"for i in range(1, {burst} + 1):\n    print(f'{{i:06d}} ' + 'x' * 1000)\n"
@@ -114,8 +138,9 @@ def test_clients_that_never_read_are_dropped_and_stall_no_one(
         wait_until(lambda: hub()["subscribers"] >= STUCK + 1, 30, what="the reader")
         go.touch()
         released = time.monotonic()
-        # Until every stuck client is gone, the API answers others as usual.
-        while hub()["subscribers"] > 1 or not reader_lines:
+        # Until every stuck client is gone (and the reader is done), the API answers
+        # others as usual.
+        while hub()["subscribers"] > 0 or not reader_lines:
             assert time.monotonic() - released < 60, hub()
             t0 = time.perf_counter()
             assert http.get(f"{API}/healthz").status_code == 200
@@ -123,6 +148,8 @@ def test_clients_that_never_read_are_dropped_and_stall_no_one(
             time.sleep(0.2)
         dropped_after = time.monotonic() - released
         t.join(60)
+        # Each was cut off: not closed after its buffers drain, which it never lets them.
+        reset = [_ends_in_reset(s) for s in stuck]
     finally:
         for s in stuck:
             s.close()
@@ -141,6 +168,9 @@ def test_clients_that_never_read_are_dropped_and_stall_no_one(
         "reconnect with your last event id to resume"
     }
     assert dropped_after < 45, dropped_after
+    # Cut off, by the app and cleanly for the server (which logs an answer left unfinished).
+    assert reset.count(False) == 0, (reset.count(False), said)
+    assert not any("without completing response" in line for line in _trouble(api_logs)), said
     # The reader got the whole log, in order, while they were stuck.
     assert [int(x[:6]) for x in reader_lines] == list(range(1, burst + trickle + 1))
     # And nobody waited on them.
