@@ -126,6 +126,9 @@ def test_runs_page_filters_searches_pages_and_opens_a_run(
     # Open a run: its record, its attempt and its log.
     failed = jobs["beta-migrate"]
     page.goto(f"{target.url}/#/runs?label=suite={tag}&q=beta-migrate")
+    # (The page shows the rows it had until the search's answer comes: wait for it.)
+    expect(run_rows(page)).to_have_count(1)
+    expect(run_rows(page).first).to_contain_text(f"beta-migrate-{tag}")
     run_rows(page).first.locator(".run-link").click()
     view = page.locator("#page-run")
     expect(view.locator("#runview-title")).to_have_text(f"beta-migrate-{tag}")
