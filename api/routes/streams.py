@@ -170,22 +170,39 @@ class _LineCache:
 
 _FRAMES_KEPT = 4096
 _LINES = _LineCache()
+# One write (one chunk) holds at most this many items, and about this much log text: what
+# a client whose socket stalls can have waiting in the server beyond the transport's
+# high-water mark, until it is dropped (256 lines of up to 64 KB each were 16 MB a client).
 _SLICE = 256
+_SLICE_CHARS = 256 << 10
 
 
 async def _slices(batch: list[Item]) -> AsyncIterator[list[Item]]:
     """``batch`` in slices, letting the event loop run between them: a burst of thousands
     of lines for many clients must not hold the loop while other requests wait (a write
     that does not block yields nothing by itself)."""
-    for start in range(0, len(batch), _SLICE):
+    start = 0
+    while start < len(batch):
         if start:
             await anyio.sleep(0)
-        yield batch[start : start + _SLICE]
+        end, chars = start, 0
+        while end < len(batch) and end - start < _SLICE and chars < _SLICE_CHARS:
+            kind, payload, _ = batch[end]
+            if kind == "log":
+                chars += len(payload["line"])
+            end += 1
+        yield batch[start:end]
+        start = end
 
 
 def _sliced(batch: list[Item]) -> AsyncIterator[list[Item]] | None:
     """None when ``batch`` is one slice: the common case, without a generator per batch."""
-    return _slices(batch) if len(batch) > _SLICE else None
+    if len(batch) == 1 or (
+        len(batch) <= _SLICE
+        and sum(len(p["line"]) for kind, p, _ in batch if kind == "log") < _SLICE_CHARS
+    ):
+        return None
+    return _slices(batch)
 
 
 def _encode(job_id: str, items: list[Item]) -> bytes:
