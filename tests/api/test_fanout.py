@@ -231,16 +231,23 @@ async def test_follower_wakes_on_live_messages(hub: Hub, events: Events) -> None
     sub = hub.subscribe(jid)
     follower = JobFollower(hub, sub, jid, Cursor(), emit_events=False, poll_s=30)
     got: list[str] = []
+    arrived = [anyio.Event() for _ in range(5)]  # got[n] is here
 
     async def follow() -> None:
         async for batch in follower.batches():
             got.extend(p["line"] for _, p, _ in batch)
+            for ev in arrived[: len(got)]:
+                ev.set()
 
     with anyio.fail_after(WAIT_S):
         async with anyio.create_task_group() as tg:
             tg.start_soon(follow)
+            # One line at a time, each once the last has come (with no wake-up it would
+            # wait for the 30-s poll): the hub's queues hold 3 here, and a loaded machine
+            # that ran the producer alone for six messages dropped the follower as too slow.
             for n in range(5):
                 await append(events, jid, [f"live-{n}"])
+                await arrived[n].wait()
             await publish(events, jid, "failed", {"status": "failed"})
     assert got == [f"live-{n}" for n in range(5)]
     assert follower.final is not None and follower.final["type"] == "failed"
