@@ -44,11 +44,12 @@ API_PREFIX = "/api/v1"
 
 
 class LaunchbayAPI(FastAPI):
-    """FastAPI, keeping the server's own ``send`` in each HTTP request's scope, for the
-    live streams' direct writes (api/wire.py); nothing else changes."""
+    """FastAPI, keeping the server's own ``send`` in each HTTP request's and WebSocket's
+    scope, for the live streams' direct writes and for resetting a stuck client's
+    connection (api/wire.py); nothing else changes."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):
             scope[SERVER_SEND] = send
         await super().__call__(scope, receive, send)
 

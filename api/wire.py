@@ -36,6 +36,25 @@ DIRECT_BYTES = "direct_bytes"  # scope["state"] key: body bytes written by the l
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() discards the send queue, resets
 
 
+def reset(transport: Any) -> None:
+    """Drop an asyncio transport's connection at once, with what its buffers hold, the
+    kernel's too (a reset: a client that takes no data would otherwise keep the server's
+    buffer until it read it, which it never does, and the kernel's until its probes gave
+    up)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+    transport.abort()
+
+
+def server_transport(scope: Scope) -> Any | None:
+    """The connection's asyncio transport under ``scope``'s server ``send`` (uvicorn's
+    HTTP and WebSocket protocols keep it as ``transport``), or None where there is none."""
+    transport = getattr(getattr(scope.get(SERVER_SEND), "__self__", None), "transport", None)
+    return transport if hasattr(transport, "abort") else None
+
+
 class Wire:
     """One chunked HTTP answer's connection, written to directly (see the module)."""
 
@@ -77,14 +96,8 @@ class Wire:
         )
 
     def abort(self) -> None:
-        """Drop the connection at once, with what its buffers hold, the kernel's too (a
-        reset: a client that takes no data would otherwise keep the server's buffer until
-        it read it, which it never does, and the kernel's until its probes gave up)."""
-        sock = self._transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-        self._transport.abort()
+        """Drop the connection at once, with what its buffers hold (:func:`reset`)."""
+        reset(self._transport)
 
     def write(self, body: bytes) -> None:
         """One chunk of the answer, framed as uvicorn frames it (``ready()`` first)."""

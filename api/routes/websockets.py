@@ -9,7 +9,8 @@
 
 Mounted at /api/v1 without the HTTP bearer dependency: the token is checked here
 (``Authorization`` header or ``?token=``). Close codes: 1008 wrong token or bad parameter,
-1013 too slow (the hub dropped us), 4404 unknown job.
+1013 too slow (the hub dropped us; a socket that took no data for the
+hub's send timeout is reset instead), 4404 unknown job.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from api.routes.meta import stats_of
 from api.routes.streams import hub_of, open_job
 from api.sse import DROP_GRACE_S
 from api.state import AppState
+from api.wire import reset, server_transport
 from orchestrator.credentials import Scope
 from orchestrator.errors import JobNotFound, LaunchbayError, ParamError
 from orchestrator.events import parse_log_since
@@ -99,9 +101,18 @@ async def _send(websocket: WebSocket, hub: Hub, sub: Subscriber, text: str) -> N
         raise Dropped(sub.reason or "too slow")
 
 
-def _close_wait(sub: Subscriber) -> float:
-    """How long the close of a dropped socket may take: a stuck one takes nothing more."""
-    return 1.0 if sub.stuck else DROP_GRACE_S
+async def _farewell(websocket: WebSocket, sub: Subscriber) -> None:
+    """Close a socket the hub dropped: 1013 with the reason, or, where its connection took
+    no data for ``send_timeout_s``, a reset that drops what the server's and the kernel's
+    buffers hold for it (a close frame would only wait behind them, and they would stay
+    until the client read them, which it never does)."""
+    transport = server_transport(websocket.scope) if sub.stuck else None
+    if transport is None:
+        wait = 1.0 if sub.stuck else DROP_GRACE_S  # (a stuck one takes nothing more)
+        await _close(websocket, CLOSE_TRY_LATER, sub.reason or "", wait)
+        return
+    reset(transport)
+    await anyio.sleep(0)  # (the server sees the connection lost before the app returns)
 
 
 async def _until_disconnect(websocket: WebSocket) -> None:
@@ -146,7 +157,7 @@ async def job_log_socket(websocket: WebSocket, job_id: str) -> None:
     finally:
         hub.unsubscribe(sub)
     if sub.reason is not None:
-        await _close(websocket, CLOSE_TRY_LATER, sub.reason, _close_wait(sub))
+        await _farewell(websocket, sub)
     elif done:
         status = follower.final["type"] if follower.final else "ended"
         await _close(websocket, 1000, f"job {status}")
@@ -391,4 +402,4 @@ async def queue_socket(websocket: WebSocket) -> None:
     finally:
         feed.hub.unsubscribe(sub)
     if sub.reason is not None:
-        await _close(websocket, CLOSE_TRY_LATER, sub.reason, _close_wait(sub))
+        await _farewell(websocket, sub)

@@ -1,10 +1,10 @@
 """Clients that never read: dropped within a bounded time, and nobody else waits for them.
 
 A second API process joins the session's stack with a short LAUNCHBAY_STREAM_SEND_TIMEOUT_S;
-60 raw sockets ask for a busy job's SSE stream and never read a byte. Their writes stall
-once the kernel's buffers are full; each is dropped that long after, its connection
-aborted (what the server held for it goes too), and meanwhile /healthz and a client that
-does read are served as usual.
+60 raw sockets ask for a busy job's SSE stream (or its WebSocket log) and never read a
+byte. Their writes stall once the kernel's buffers are full; each is dropped that long
+after, its connection reset (what the server held for it goes too), and meanwhile
+/healthz and a client that does read are served as usual.
 """
 
 from __future__ import annotations
@@ -85,21 +85,31 @@ def _ends_in_reset(sock: socket.socket) -> bool:
     return False
 
 
-def stuck_socket(url: str, path: str) -> socket.socket:
-    """An SSE request on a socket with a tiny receive buffer that is never read."""
+# How each kind of stream is asked for: the path under the job, the request's own headers.
+KINDS = {
+    "sse": ("events", "Accept: text/event-stream\r\n"),
+    "ws": (
+        "logs/stream",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    ),
+}
+
+
+def stuck_socket(url: str, path: str, headers: str = KINDS["sse"][1]) -> socket.socket:
+    """A stream's request on a socket with a tiny receive buffer that is never read."""
     host, port = urlsplit(url).hostname, urlsplit(url).port
     assert host and port
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect((host, port))
-    sock.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode()
-    )
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode())
     return sock
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_clients_that_never_read_are_dropped_and_stall_no_one(
-    stack: Stack, api_url: str, api_logs: Path, tmp_path: Path
+    stack: Stack, api_url: str, api_logs: Path, tmp_path: Path, kind: str
 ) -> None:
     go = tmp_path / "go"
     burst, trickle = _burst_lines(), 100
@@ -112,12 +122,16 @@ def test_clients_that_never_read_are_dropped_and_stall_no_one(
     )
     job = stack.submit({"executor": "process", "command": ["python3", "-c", script, str(go)]})
     path = f"{API}/jobs/{job['id']}/events"
+    stuck_path, headers = KINDS[kind]
     http = httpx.Client(base_url=api_url, timeout=30)
+    dropped_before = http.get(f"{API}/streams").json()["dropped"]
 
     def hub() -> dict[str, Any]:
         return http.get(f"{API}/streams").json()  # type: ignore[no-any-return]
 
-    stuck = [stuck_socket(api_url, path) for _ in range(STUCK)]
+    stuck = [
+        stuck_socket(api_url, f"{API}/jobs/{job['id']}/{stuck_path}", headers) for _ in range(STUCK)
+    ]
     reader_lines: list[str] = []
     reader_errors: list[BaseException] = []
 
@@ -162,7 +176,7 @@ def test_clients_that_never_read_are_dropped_and_stall_no_one(
     summary = {k: v for k, v in stats.items() if k != "recent_drops"} | {"reasons": reasons}
     # (A string: pytest shortens any other message object to one line.)
     said = json.dumps(summary | {"api_log": _trouble(api_logs)}, default=sorted)
-    assert stats["dropped"] >= STUCK and stats["subscribers"] == 0, said
+    assert stats["dropped"] - dropped_before >= STUCK and stats["subscribers"] == 0, said
     assert reasons == {
         f"too slow: the connection took no data for {SEND_TIMEOUT_S} s; "
         "reconnect with your last event id to resume"
