@@ -9,8 +9,8 @@
 
 Mounted at /api/v1 without the HTTP bearer dependency: the token is checked here
 (``Authorization`` header or ``?token=``). Close codes: 1008 wrong token or bad parameter,
-1013 too slow (the hub dropped us; a socket that took no data for the
-hub's send timeout is reset instead), 4404 unknown job.
+1013 too slow (the hub dropped us; a socket that took no data for the hub's send timeout
+is reset instead), 4404 unknown job.
 """
 
 from __future__ import annotations
