@@ -23,7 +23,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from api.fanout import Dropped, Hub, Subscriber
-from api.wire import Wire
+from api.wire import Wire, reset, server_transport
 
 DROP_GRACE_S = 30.0  # how long a dropped client gets to take its final "error" event
 
@@ -116,9 +116,9 @@ class HubEventSource(Response):
                 # Its socket took nothing for send_timeout_s: drop the connection with what
                 # its buffers hold (up to a chunk and the kernel's send buffer, ~4 MB here),
                 # or they would stay until the client read them, which it never does.
-                wire = Wire.of(scope)
-                if wire is not None:
-                    wire.abort()
+                transport = server_transport(scope)
+                if transport is not None:
+                    reset(transport)
                     await anyio.sleep(0)  # (the server sees the connection lost: no error)
             elif started and not finished and sub.reason is None:
                 # (the server is shutting down: end the answer cleanly, if it goes at once)

@@ -95,10 +95,6 @@ class Wire:
             or self._transport.is_closing()
         )
 
-    def abort(self) -> None:
-        """Drop the connection at once, with what its buffers hold (:func:`reset`)."""
-        reset(self._transport)
-
     def write(self, body: bytes) -> None:
         """One chunk of the answer, framed as uvicorn frames it (``ready()`` first)."""
         self._transport.write(b"%x\r\n%b\r\n" % (len(body), body))

@@ -96,7 +96,7 @@ KINDS = {
 }
 
 
-def stuck_socket(url: str, path: str, headers: str = KINDS["sse"][1]) -> socket.socket:
+def stuck_socket(url: str, path: str, headers: str) -> socket.socket:
     """A stream's request on a socket with a tiny receive buffer that is never read."""
     host, port = urlsplit(url).hostname, urlsplit(url).port
     assert host and port
@@ -124,10 +124,11 @@ def test_clients_that_never_read_are_dropped_and_stall_no_one(
     path = f"{API}/jobs/{job['id']}/events"
     stuck_path, headers = KINDS[kind]
     http = httpx.Client(base_url=api_url, timeout=30)
-    dropped_before = http.get(f"{API}/streams").json()["dropped"]
 
     def hub() -> dict[str, Any]:
         return http.get(f"{API}/streams").json()  # type: ignore[no-any-return]
+
+    dropped_before = hub()["dropped"]
 
     stuck = [
         stuck_socket(api_url, f"{API}/jobs/{job['id']}/{stuck_path}", headers) for _ in range(STUCK)
