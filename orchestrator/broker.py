@@ -68,8 +68,9 @@ def held_task_ids(client: redis.Redis, queues: Iterable[str]) -> set[str]:
     release before that left there, so its jobs count as lost and are re-sent.)"""
     held: set[str] = set()
     for queue in set(queues):
-        keys = [queue, *client.scan_iter(match=f"{queue}{_PRIORITY_SEP}*", count=100)]
-        for key in keys:
+        # (The ten lists its priorities may use, by name: a SCAN for them read every key
+        # in Redis, every job's streams among them, at each sweep.)
+        for key in (queue_key(queue, p) for p in range(10)):
             for raw in client.lrange(key, 0, -1):
                 if (tid := _task_id(raw)) is not None:
                     held.add(tid)

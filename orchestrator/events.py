@@ -134,7 +134,9 @@ def drain_key(runner_id: str) -> str:
     return f"lb:drain:{runner_id}"
 
 
-RUNNERS_PATTERN = "lb:runners:*"
+# The ids of the registered runners (a set): the registry lists them from here instead of
+# scanning every key in Redis for ``lb:runners:*``, which grew with every job's streams.
+RUNNERS_INDEX = "lb:runner-ids"
 
 # One call sends a batch of operations, in order. KEYS[1] the firehose, KEYS[2] the metrics
 # hash, then one key per ``e`` and ``l`` operation. ARGV[1] the channel, ARGV[2] the events'

@@ -1,4 +1,13 @@
-"""The live runner registry: ``lb:runners:{id}`` keys with a TTL renewed by heartbeat."""
+"""The live runner registry: ``lb:runners:{id}`` keys with a TTL renewed by heartbeat, and
+the set of registered ids (``lb:runner-ids``) that lists them.
+
+Listing the runners once scanned every key in Redis for ``lb:runners:*``: a cost that grew
+with every job's event and log streams kept (20,000 keys: 40 SCAN round trips for each
+``GET /stats``, each submit's runner check every 2 s, each metrics scrape). Now it reads
+the set, then the keys it names: three round trips whatever Redis holds. A key's TTL stays
+the truth of whether a runner lives; an id whose key is gone is dropped from the set when
+the list is read (a runner that beats again adds itself back).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +20,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field
 
-from orchestrator.events import RUNNERS_PATTERN, runner_key
+from orchestrator.events import RUNNERS_INDEX, runner_key
 from orchestrator.job import utcnow
 
 
@@ -56,6 +65,7 @@ class RunnerRegistry:
     def heartbeat(self, info: RunnerInfo) -> None:
         info.last_seen = utcnow().isoformat()
         self.r.set(runner_key(info.id), info.model_dump_json(), ex=max(1, int(self.ttl_s)))
+        self.r.sadd(RUNNERS_INDEX, info.id)  # (after the key: listed only once it is there)
 
     def touch(self, runner_id: str) -> bool:
         """Renew a registered runner's TTL (a long-poll is a sign of life); never brings
@@ -64,16 +74,21 @@ class RunnerRegistry:
 
     def remove(self, runner_id: str) -> None:
         self.r.delete(runner_key(runner_id))
+        self.r.srem(RUNNERS_INDEX, runner_id)
 
     def get(self, runner_id: str) -> RunnerInfo | None:
         raw = self.r.get(runner_key(runner_id))
         return RunnerInfo.model_validate_json(raw) if raw else None
 
     def live(self) -> list[RunnerInfo]:
-        keys = sorted(self.r.scan_iter(match=RUNNERS_PATTERN, count=500))
-        if not keys:
+        ids = sorted(self.r.smembers(RUNNERS_INDEX))
+        if not ids:
             return []
-        return [RunnerInfo.model_validate(json.loads(v)) for v in self.r.mget(keys) if v]
+        values = self.r.mget([runner_key(i) for i in ids])
+        gone = [i for i, v in zip(ids, values, strict=True) if v is None]
+        if gone:  # (expired or removed; a runner whose beat comes back re-adds itself)
+            self.r.srem(RUNNERS_INDEX, *gone)
+        return [RunnerInfo.model_validate(json.loads(v)) for v in values if v]
 
     def summary(self, active_by_runner: dict[str, int]) -> dict[str, Any]:
         runners = self.live()

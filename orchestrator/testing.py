@@ -18,6 +18,7 @@ Nothing here touches the network or the disk (except the in-memory database).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fnmatch
 import itertools
@@ -92,6 +93,7 @@ class MemoryRedis:
     def __init__(self, clock: Clock = utcnow) -> None:
         self.clock = clock
         self._keys: dict[str, tuple[str, datetime | None]] = {}
+        self._sets: dict[str, set[str]] = {}  # (sets never expire here, as in Redis)
         self._lock = threading.Lock()
 
     def _live(self, key: str) -> str | None:
@@ -136,6 +138,24 @@ class MemoryRedis:
                 return False
             self._keys[key] = (value, self.clock() + timedelta(seconds=seconds))
             return True
+
+    def sadd(self, key: str, *members: str) -> int:
+        with self._lock:
+            held = self._sets.setdefault(key, set())
+            new = set(members) - held
+            held |= new
+            return len(new)
+
+    def srem(self, key: str, *members: str) -> int:
+        with self._lock:
+            held = self._sets.get(key, set())
+            gone = held & set(members)
+            held -= gone
+            return len(gone)
+
+    def smembers(self, key: str) -> builtins.set[str]:
+        with self._lock:
+            return set(self._sets.get(key, set()))
 
     def scan_iter(self, match: str | None = None, count: int | None = None) -> Iterator[str]:
         with self._lock:

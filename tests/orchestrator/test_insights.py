@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.events import runner_key
+from orchestrator.events import RUNNERS_INDEX, runner_key
 from orchestrator.insights import overview, percentile, runner_board
 from orchestrator.job import AttemptOutcome, JobStatus
 from orchestrator.runners import RunnerInfo
@@ -190,6 +190,7 @@ def beat(core: MemoryCore, info: RunnerInfo) -> None:
     """A heartbeat at the core's clock (the registry's own stamps the wall clock)."""
     info.last_seen = core.clock().isoformat()
     core.keys.set(runner_key(info.id), info.model_dump_json(), ex=15)
+    core.keys.sadd(RUNNERS_INDEX, info.id)
 
 
 def test_search_and_overview_on_each_backend(backend_url: str) -> None:
