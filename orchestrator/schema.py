@@ -37,12 +37,11 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 metadata = sa.MetaData()
 
-# The partial indexes' conditions (the schema below and migration 0008).
-PARTIAL = {
-    "key": "concurrency_key IS NOT NULL",
-    "hold": "hold IS NOT NULL",
-    "session": "session_id IS NOT NULL",
-}
+
+def _only_where(condition: str) -> dict[str, Any]:
+    """A partial index's condition, for both databases (migration 0008)."""
+    return {"sqlite_where": sa.text(condition), "postgresql_where": sa.text(condition)}
+
 
 jobs = sa.Table(
     "jobs",
@@ -95,14 +94,14 @@ jobs = sa.Table(
     # the jobs that do (migration 0008), so a claim or an end, which changes ``status``,
     # writes none of them for most jobs. A query on the column (``= …``) implies the
     # condition, and both databases use the index for it (tests/orchestrator/test_plans.py).
-    *(
-        sa.Index(name, *cols, sqlite_where=where, postgresql_where=where)
-        for name, cols, where in (
-            ("ix_jobs_key_status", ("concurrency_key", "status"), sa.text(PARTIAL["key"])),
-            ("ix_jobs_hold", ("hold",), sa.text(PARTIAL["hold"])),
-            ("ix_jobs_session", ("session_id", "status"), sa.text(PARTIAL["session"])),
-        )
+    sa.Index(
+        "ix_jobs_key_status",
+        "concurrency_key",
+        "status",
+        **_only_where("concurrency_key IS NOT NULL"),
     ),
+    sa.Index("ix_jobs_hold", "hold", **_only_where("hold IS NOT NULL")),
+    sa.Index("ix_jobs_session", "session_id", "status", **_only_where("session_id IS NOT NULL")),
     sa.Index("ix_jobs_status_created", "status", "created_at"),
     sa.Index("ix_jobs_created", "created_at"),
 )

@@ -93,7 +93,7 @@ class MemoryRedis:
     def __init__(self, clock: Clock = utcnow) -> None:
         self.clock = clock
         self._keys: dict[str, tuple[str, datetime | None]] = {}
-        self._sets: dict[str, set[str]] = {}  # (sets never expire here, as in Redis)
+        self._sets: dict[str, set[str]] = {}  # (no TTL: the registry's set has none)
         self._lock = threading.Lock()
 
     def _live(self, key: str) -> str | None:
