@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import httpx
+import pytest
+import redis
 import sqlalchemy as sa
 
 from orchestrator.events import Events, connect
@@ -188,6 +190,21 @@ def process_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the state follows "(command)"
+
+
+class RedisCommands:
+    """Counts the commands ``client`` sends from now on, by name (a pipeline's would not
+    pass here)."""
+
+    def __init__(self, client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        real = client.execute_command
+
+        def counted(*args: Any, **options: Any) -> Any:
+            self.names.append(str(args[0]).upper())
+            return real(*args, **options)
+
+        monkeypatch.setattr(client, "execute_command", counted)
 
 
 def events_of(stack: Stack) -> Events:

@@ -29,23 +29,18 @@ from orchestrator.events import (
 from orchestrator.job import EventType, Job, utcnow
 from orchestrator.listeners import EventPublisher, Listeners
 from orchestrator.metrics import MetricsRecorder, increments
+from tests.support import RedisCommands
 
 WAIT_S = 5.0
 
 
-class Calls:
-    """Counts the commands a client sends (a pipeline's would not pass here: none is used)."""
+class Calls(RedisCommands):
+    """Counts the commands a client sends, once the outbox's script is loaded (a fresh
+    server loads it on first use: a call not counted here)."""
 
     def __init__(self, client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.names: list[str] = []
-        real = client.execute_command
-
-        def counted(*args: Any, **options: Any) -> Any:
-            self.names.append(str(args[0]).upper())
-            return real(*args, **options)
-
-        client.script_load(_SEND_LUA)  # (a fresh server loads the script on first use)
-        monkeypatch.setattr(client, "execute_command", counted)
+        client.script_load(_SEND_LUA)
+        super().__init__(client, monkeypatch)
 
 
 def _job(job_id: str, status: str) -> Job:

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import redis
 
 from orchestrator.events import RUNNERS_INDEX, Events, runner_key
 from orchestrator.runners import RunnerInfo, RunnerRegistry
+from tests.support import RedisCommands
 
 
 @pytest.fixture
@@ -19,18 +18,6 @@ def registry(events: Events) -> Iterator[RunnerRegistry]:
     yield reg
     for rid in ("runner-reg-a", "runner-reg-b", "runner-reg-c"):
         reg.remove(rid)
-
-
-def _commands(client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    names: list[str] = []
-    real = client.execute_command
-
-    def counted(*args: Any, **options: Any) -> Any:
-        names.append(str(args[0]).upper())
-        return real(*args, **options)
-
-    monkeypatch.setattr(client, "execute_command", counted)
-    return names
 
 
 def _mine(runners: list[RunnerInfo]) -> list[str]:
@@ -49,7 +36,7 @@ def test_listing_costs_the_same_whatever_else_redis_holds(
     for i in range(5000):
         pipe.set(f"lb:test-registry-filler:{i}", "x", ex=60)
     pipe.execute()
-    sent = _commands(events.r, monkeypatch)
+    sent = RedisCommands(events.r, monkeypatch).names
 
     live = registry.live()
 
