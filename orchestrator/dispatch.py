@@ -22,7 +22,7 @@ from orchestrator.lifecycle import Lifecycle
 from orchestrator.listeners import EventPublisher, Listener, Listeners
 from orchestrator.metrics import MetricsRecorder
 from orchestrator.routing import route
-from orchestrator.runners import RunnerRegistry
+from orchestrator.runners import ADOPT_EVERY_S, RunnerRegistry
 from orchestrator.sessions import SessionListener, Sessions
 from orchestrator.sessions import prepare as prepare_session
 from orchestrator.settings import Settings
@@ -348,7 +348,7 @@ class Dispatcher:
 
     def reconcile(self) -> dict[str, int]:
         """Beat's periodic sweep: lost runners, unmatched jobs, unanswered cancels, lost
-        messages."""
+        messages, runners missing from the registry's set."""
         counts = {"requeued": 0, "failed": 0, "unmatched": 0, "force_cancelled": 0}
         counts["sent_due"] = self.send_due()
         counts.update(self.flow.sweep())
@@ -397,4 +397,6 @@ class Dispatcher:
         window = max(1, int(self.settings.resend_after_s / 2))
         if self.events.r.set("lb:reconcile:resend", "1", nx=True, ex=window):
             counts["resent"] = self.resend_lost(self.settings.resend_after_s)
+        if self.events.r.set("lb:reconcile:runners", "1", nx=True, ex=ADOPT_EVERY_S):
+            counts["runners_adopted"] = RunnerRegistry(self.events.r).adopt_unlisted()
         return counts

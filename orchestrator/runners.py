@@ -7,6 +7,12 @@ with every job's event and log streams kept (20,000 keys: 40 SCAN round trips fo
 the set, then the keys it names: three round trips whatever Redis holds. A key's TTL stays
 the truth of whether a runner lives; an id whose key is gone is dropped from the set when
 the list is read (a runner that beats again adds itself back).
+
+A runner of a version from before the set beats without adding itself to it: during a
+rolling upgrade the new API would not list it (``/stats`` counting fewer workers, submits
+warned that no runner takes them). The reconciler adds such runners to the set
+(:meth:`RunnerRegistry.adopt_unlisted`: one SCAN, once per ADOPT_EVERY_S across every
+process), so an old runner is listed within a minute of the first new worker or beat.
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ from pydantic import BaseModel, Field
 
 from orchestrator.events import RUNNERS_INDEX, runner_key
 from orchestrator.job import utcnow
+
+# How often the reconciler looks for runners that are registered but not in the set (the
+# SCAN the listing no longer does: once a minute, whatever the number of processes).
+ADOPT_EVERY_S = 60
 
 
 def new_runner_id() -> str:
@@ -89,6 +99,16 @@ class RunnerRegistry:
         if gone:  # (expired or removed; a runner whose beat comes back re-adds itself)
             self.r.srem(RUNNERS_INDEX, *gone)
         return [RunnerInfo.model_validate(json.loads(v)) for v in values if v]
+
+    def adopt_unlisted(self) -> int:
+        """Add to the set every runner whose key exists but whose id the set lacks (one
+        that beats without adding itself: an older version's); how many were added. A
+        SCAN of the keyspace, so the reconciler's, once per ADOPT_EVERY_S (see the module);
+        an id adopted just as its runner unregistered is dropped again by the next
+        listing."""
+        prefix = runner_key("")
+        ids = [k.removeprefix(prefix) for k in self.r.scan_iter(match=f"{prefix}*", count=1000)]
+        return int(self.r.sadd(RUNNERS_INDEX, *ids)) if ids else 0
 
     def summary(self, active_by_runner: dict[str, int]) -> dict[str, Any]:
         runners = self.live()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import fnmatch
 import itertools
 import json
 import threading
@@ -155,6 +156,11 @@ class MemoryRedis:
     def smembers(self, key: str) -> builtins.set[str]:
         with self._lock:
             return set(self._sets.get(key, set()))
+
+    def scan_iter(self, match: str = "*", count: int | None = None) -> Iterator[str]:
+        with self._lock:
+            keys = [k for k in list(self._keys) if self._live(k) is not None]
+        return iter([k for k in keys if fnmatch.fnmatchcase(k, match)])
 
     def lrange(self, key: str, start: int, end: int) -> list[str]:
         return []

@@ -1,5 +1,6 @@
-"""The runner registry lists runners from the set of registered ids, not by scanning Redis
-(orchestrator/runners.py). On a real Valkey."""
+"""The runner registry lists runners from the set of registered ids, not by scanning Redis,
+and the reconciler adds to the set the runners that beat without it (orchestrator/runners.py).
+On a real Valkey."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from orchestrator.celery_app import make_celery
+from orchestrator.dispatch import Dispatcher
 from orchestrator.events import RUNNERS_INDEX, Events, runner_key
 from orchestrator.runners import RunnerInfo, RunnerRegistry
+from orchestrator.settings import Settings
+from orchestrator.store import JobStore
 from tests.support import RedisCommands
 
 
@@ -59,3 +64,27 @@ def test_a_runner_whose_key_is_gone_leaves_the_list_and_comes_back_with_its_beat
 
     registry.heartbeat(RunnerInfo(id="runner-reg-a"))
     assert _mine(registry.live()) == ["runner-reg-a", "runner-reg-c"]
+
+
+def test_a_runner_that_beats_without_the_set_is_adopted_by_the_reconciler(
+    registry: RunnerRegistry, events: Events, settings: Settings, store: JobStore
+) -> None:
+    """A runner of an older version (rolling upgrade) sets its key and never adds itself to
+    the set: the listing misses it until the reconciler's pass adds it, which scans once
+    per window however many processes reconcile."""
+    registry.heartbeat(RunnerInfo(id="runner-reg-a"))
+    old = RunnerInfo(id="runner-reg-b", capacity=3)
+    events.r.set(runner_key(old.id), old.model_dump_json(), ex=30)  # (as it beats)
+    events.r.delete("lb:reconcile:runners")
+    assert _mine(registry.live()) == ["runner-reg-a"]
+
+    dispatcher = Dispatcher(settings, store, events, make_celery(settings))
+    assert dispatcher.reconcile()["runners_adopted"] >= 1
+    assert _mine(registry.live()) == ["runner-reg-a", "runner-reg-b"]
+
+    events.r.srem(RUNNERS_INDEX, old.id)  # (within the window: no second scan)
+    assert "runners_adopted" not in dispatcher.reconcile()
+    assert _mine(registry.live()) == ["runner-reg-a"]
+    events.r.delete("lb:reconcile:runners")  # (the window over)
+    assert dispatcher.reconcile()["runners_adopted"] == 1
+    assert _mine(registry.live()) == ["runner-reg-a", "runner-reg-b"]
