@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -35,7 +34,7 @@ import redis
 import redis.asyncio as aredis
 
 from bench.common import Row
-from bench.wire import RawSubscriber, SSEClient
+from bench.wire import RawSubscriber, SSEClient, stuck_socket
 from orchestrator.events import Events
 from orchestrator.services import Supervisor, free_port, wait_http
 from orchestrator.settings import Settings
@@ -439,15 +438,6 @@ def _rows(n: int, raw: Run, run: Run, kind: str) -> list[Row]:
     ]
 
 
-def _stuck_socket(port: int, path: str) -> socket.socket:
-    """An SSE request on a socket with a tiny receive buffer that is never read."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
-    return sock
-
-
 def _healthz_while_busy(s: Settings, stuck: int, seconds: float) -> list[float]:
     """/healthz latencies (s) while a job's log gets ~2 MB/s and ``stuck`` clients that
     never read follow it."""
@@ -462,11 +452,12 @@ def _healthz_while_busy(s: Settings, stuck: int, seconds: float) -> list[float]:
         while not stop.wait(0.02):
             events.append_logs(job.id, [("stdout", None, line)] * 40)
 
-    socks = [_stuck_socket(s.api_port, f"/api/v1/jobs/{job.id}/events") for _ in range(stuck)]
+    base = f"http://127.0.0.1:{s.api_port}"
+    socks = [stuck_socket(base, f"/api/v1/jobs/{job.id}/events") for _ in range(stuck)]
     lat: list[float] = []
     pub = threading.Thread(target=publish, daemon=True)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{s.api_port}", timeout=30) as h:
+        with httpx.Client(base_url=base, timeout=30) as h:
             h.get("/api/v1/healthz")
             pub.start()
             deadline = time.monotonic() + seconds

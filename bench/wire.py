@@ -13,8 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Callable
 from typing import cast
+from urllib.parse import urlsplit
+
+SSE_HEADERS = "Accept: text/event-stream\r\n"
+
+
+def stuck_socket(url: str, path: str, headers: str = SSE_HEADERS) -> socket.socket:
+    """A client that never reads: ``path``'s request (an SSE one unless ``headers`` say
+    otherwise) sent from a socket with a tiny receive buffer, which is then left alone
+    (the bench's stuck clients, and tests/api/test_stuck_clients.py's)."""
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    if not (host and port):
+        raise ValueError(f"no host and port in {url!r}")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode())
+    return sock
 
 
 class RawSubscriber(asyncio.Protocol):

@@ -18,12 +18,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from httpx_sse import connect_sse
 
+from bench.wire import SSE_HEADERS, stuck_socket
 from orchestrator.services import free_port
 from tests.support import Stack, private_api, wait_until
 
@@ -87,24 +87,13 @@ def _ends_in_reset(sock: socket.socket) -> bool:
 
 # How each kind of stream is asked for: the path under the job, the request's own headers.
 KINDS = {
-    "sse": ("events", "Accept: text/event-stream\r\n"),
+    "sse": ("events", SSE_HEADERS),
     "ws": (
         "logs/stream",
         "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
     ),
 }
-
-
-def stuck_socket(url: str, path: str, headers: str) -> socket.socket:
-    """A stream's request on a socket with a tiny receive buffer that is never read."""
-    host, port = urlsplit(url).hostname, urlsplit(url).port
-    assert host and port
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((host, port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode())
-    return sock
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
