@@ -49,6 +49,8 @@ class Transport(kombu_redis.Transport):
 
 
 _PRIORITY_SEP = "\x06\x16"
+# The priority steps kombu is asked for (orchestrator/celery_app.py): one list per step.
+PRIORITY_STEPS = range(10)
 
 
 def _task_id(raw: str) -> str | None:
@@ -70,7 +72,7 @@ def held_task_ids(client: redis.Redis, queues: Iterable[str]) -> set[str]:
     for queue in set(queues):
         # (The ten lists its priorities may use, by name: a SCAN for them read every key
         # in Redis, every job's streams among them, at each sweep.)
-        for key in (queue_key(queue, p) for p in range(10)):
+        for key in queue_keys(queue):
             for raw in client.lrange(key, 0, -1):
                 if (tid := _task_id(raw)) is not None:
                     held.add(tid)
@@ -85,6 +87,11 @@ def queue_key(queue: str, priority: int) -> str:
     ``_q_for_pri`` with our ten priority steps, 0-9: 0 is the queue's own name)."""
     priority = max(0, min(9, int(priority)))
     return f"{queue}{_PRIORITY_SEP}{priority}" if priority else queue
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists that hold a Celery queue's messages, one per priority step."""
+    return [queue_key(queue, p) for p in PRIORITY_STEPS]
 
 
 class TaskMessages:

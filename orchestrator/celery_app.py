@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from orchestrator.broker import TRANSPORT
+from orchestrator.broker import PRIORITY_STEPS, TRANSPORT
 from orchestrator.settings import Settings
 
 RUN_JOB = "launchbay.run_job"
@@ -36,7 +36,7 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
         worker_disable_prefetch=not settings.worker_prefetch,
         broker_transport_options={
             # One Redis list per priority (0-9), served highest first (kombu: 0 first).
-            "priority_steps": list(range(10)),
+            "priority_steps": list(PRIORITY_STEPS),
             # No unacked hash and visibility timeout: the sweep above covers what they
             # did (and a broker that lost its data besides), and they cost two Redis
             # round trips per message in the worker's consumer, waited for in line with

@@ -72,7 +72,8 @@ class Dispatcher:
         # Sessions and capabilities (issue 16): orchestrator/sessions.py, capabilities.py.
         self.sessions = Sessions(self.store.engine, self.settings.workspaces_dir)
         self.listeners.add(SessionListener(self))
-        self.live_runners = LiveRunners(RunnerRegistry(self.events.r).live)
+        self.runners = RunnerRegistry(self.events.r)
+        self.live_runners = LiveRunners(self.runners.live)
         # Task messages pushed through the events outbox when the broker is the events'
         # Redis (orchestrator/broker.py); else Celery's send_task.
         self._messages = (
@@ -81,7 +82,7 @@ class Dispatcher:
 
     def live_runners_by_id(self, runner_id: str) -> Any:
         """One live runner's registration, or ``None``."""
-        return RunnerRegistry(self.events.r).get(runner_id)
+        return self.runners.get(runner_id)
 
     def announce(self, job: Job, event: EventType | None = None) -> None:
         """Hand a committed change to the listeners (events, metrics, webhooks)."""
@@ -398,5 +399,5 @@ class Dispatcher:
         if self.events.r.set("lb:reconcile:resend", "1", nx=True, ex=window):
             counts["resent"] = self.resend_lost(self.settings.resend_after_s)
         if self.events.r.set("lb:reconcile:runners", "1", nx=True, ex=ADOPT_EVERY_S):
-            counts["runners_adopted"] = RunnerRegistry(self.events.r).adopt_unlisted()
+            counts["runners_adopted"] = self.runners.adopt_unlisted()
         return counts

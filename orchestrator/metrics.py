@@ -50,16 +50,6 @@ _LAUNCH_FAILED = re.compile(r" launcher failed on launch attempt \d+: ")
 
 Sink = Callable[[dict[str, float]], None]
 
-# kombu's Redis transport keeps one list per priority step: ``name`` for 0, else
-# ``name\x06\x16{step}`` (orchestrator/celery_app.py asks for steps 0-9).
-_PRIORITIES = range(10)
-_PRIORITY_SEP = "\x06\x16"
-
-
-def queue_keys(name: str) -> list[str]:
-    """The Redis lists that hold a Celery queue's messages, one per priority step."""
-    return [name if p == 0 else f"{name}{_PRIORITY_SEP}{p}" for p in _PRIORITIES]
-
 
 def bucket_index(seconds: float) -> int:
     """The index of the first bucket that holds ``seconds`` (``len(BUCKETS)``: +Inf)."""

@@ -16,8 +16,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from orchestrator.broker import PRIORITY_STEPS, queue_keys
 from orchestrator.job import ACTIVE_STATUSES, JobStatus
-from orchestrator.metrics import _PRIORITIES, BUCKETS, METRICS_KEY, queue_keys
+from orchestrator.metrics import BUCKETS, METRICS_KEY
 
 
 def _hist(name: str, doc: str, raw: dict[str, float], prefix: str) -> HistogramMetricFamily | None:
@@ -157,7 +158,7 @@ class ClusterCollector(Collector):
                 for key in queue_keys(name):
                     pipe.llen(key)
             counts = iter(pipe.execute())
-            lengths = {name: sum(int(next(counts)) for _ in _PRIORITIES) for name in names}
+            lengths = {name: sum(int(next(counts)) for _ in PRIORITY_STEPS) for name in names}
         yield from cluster_families(
             raw,
             active=[(ex, st, n) for (ex, st), n in per.items()],

@@ -157,10 +157,10 @@ class MemoryRedis:
         with self._lock:
             return set(self._sets.get(key, set()))
 
-    def scan_iter(self, match: str = "*", count: int | None = None) -> Iterator[str]:
+    def scan_iter(self, match: str | None = None, count: int | None = None) -> Iterator[str]:
         with self._lock:
-            keys = [k for k in list(self._keys) if self._live(k) is not None]
-        return iter([k for k in keys if fnmatch.fnmatchcase(k, match)])
+            found = [k for k in list(self._keys) if self._live(k) is not None]
+        return iter([k for k in found if match is None or fnmatch.fnmatchcase(k, match)])
 
     def lrange(self, key: str, start: int, end: int) -> list[str]:
         return []

@@ -6,6 +6,7 @@ import uuid
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestrator.broker import queue_keys
 from orchestrator.events import Events
 from orchestrator.job import EventType, Job, JobStatus, utcnow
 from orchestrator.metrics import (
@@ -14,7 +15,6 @@ from orchestrator.metrics import (
     MetricsRecorder,
     bucket_index,
     increments,
-    queue_keys,
 )
 from orchestrator.metrics_scrape import ClusterCollector
 from orchestrator.runners import RunnerInfo
