@@ -39,22 +39,33 @@ export async function rerunFailed(button) {
 }
 
 // The API says why a queued job waits when it is read (GET); events carry no reason, so
-// the last one read is kept while the job stays queued.
+// the last one read is kept for as long as the job waits in the same spell: the same
+// attempt and the same due time. A job can leave the queue and come back (a retry) without
+// this tab seeing it leave (a reconnect's snapshot, a coalesced feed), so a reason read in
+// an earlier spell is never shown for a later one.
 const reasons = new Map();
+
+function spell(job) {
+  return `${job.attempt ?? 1} ${job.not_before ?? ""}`;
+}
+
+function reasonOf(job) {
+  if (job.status !== "queued") {
+    reasons.delete(job.id);
+    return null;
+  }
+  if (job.waiting) reasons.set(job.id, { spell: spell(job), waiting: job.waiting });
+  const kept = reasons.get(job.id);
+  return kept && kept.spell === spell(job) ? kept.waiting : null;
+}
 
 /** Why a queued job waits, as the API names it (a queued job with a delay and no word
  * from the API yet is a retry's backoff). */
 export function waitingReason(job) {
-  waitingText(job);
-  return reasons.get(job.id)?.reason || (job.not_before ? "backoff" : "");
+  return reasonOf(job)?.reason || (job.not_before ? "backoff" : "");
 }
 
 /** Why a queued job waits, in a sentence (the API's machine-readable ``waiting``). */
 export function waitingText(job) {
-  if (job.status !== "queued") {
-    reasons.delete(job.id);
-    return "";
-  }
-  if (job.waiting) reasons.set(job.id, job.waiting);
-  return reasons.get(job.id)?.message || "";
+  return reasonOf(job)?.message || "";
 }

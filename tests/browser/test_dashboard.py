@@ -134,6 +134,34 @@ def test_a_retry_waiting_out_its_backoff_says_when(target: Stack, dashboard) -> 
     expect(r).to_have_attribute("data-status", "cancelled", timeout=JOB_WAIT_MS)
 
 
+def test_a_reason_read_in_one_attempt_is_not_shown_for_the_next(target: Stack, dashboard) -> None:
+    """A tab can miss a job leaving the queue (a reconnect's snapshot): the reason the API
+    gave for attempt 1 must not be shown for attempt 2's backoff."""
+    page = dashboard.open(target.url)
+    job = target.submit(
+        {
+            "executor": "builtin",
+            "type": "countdown",
+            "params": {"seconds": 5},
+            "demands": {"tags": ["no-such-runner-tag"]},
+        }
+    )
+    r = row(page, job["id"])
+    expect(r).to_have_attribute("data-status", "queued")
+    upsert = """async (job) => {
+      const { store } = await import('/state.js');
+      store.upsert(job);
+    }"""
+    slot = {"reason": "slot", "message": "waiting for a free runner slot"}
+    page.evaluate(upsert, {**job, "waiting": slot})
+    expect(r.locator(".row-msg")).to_have_text("waiting for a free runner slot")
+    # Attempt 2, straight from queued to queued: no running state in between to clear it.
+    retry = {**job, "attempt": 2, "not_before": "2099-01-01T00:00:00Z", "waiting": None}
+    page.evaluate(upsert, retry)  # as an event carries it: no reason
+    expect(r.locator(".row-msg")).to_contain_text("attempt 2 after")
+    assert target.http.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 200
+
+
 def test_client_and_server_validation(target: Stack, dashboard) -> None:
     dashboard.allow_console("status of 422")  # the browser logs the refused POST itself
     page = dashboard.open(target.url)
