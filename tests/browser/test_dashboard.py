@@ -94,17 +94,19 @@ def test_submit_watch_cancel_and_second_tab(target: Stack, dashboard) -> None:
     expect(tab2.locator('.chip[data-stat="workers"] .chip-n')).not_to_have_text("0")
 
 
+# A job no runner can take: it stays queued until cancelled.
+NEVER_TAKEN = {
+    "executor": "builtin",
+    "type": "countdown",
+    "params": {"seconds": 5},
+    "demands": {"tags": ["no-such-runner-tag"]},
+}
+
+
 def test_cancel_a_queued_job(target: Stack, dashboard) -> None:
     """A job no worker can take stays queued, shows a Cancel button, and cancels."""
     page = dashboard.open(target.url)
-    job = target.submit(
-        {
-            "executor": "builtin",
-            "type": "countdown",
-            "params": {"seconds": 5},
-            "demands": {"tags": ["no-such-runner-tag"]},
-        }
-    )
+    job = target.submit(NEVER_TAKEN)
     r = row(page, job["id"])
     expect(r).to_have_attribute("data-status", "queued")
     expect(r.locator(".badge")).to_have_text("queued")
@@ -138,14 +140,7 @@ def test_a_reason_read_in_one_attempt_is_not_shown_for_the_next(target: Stack, d
     """A tab can miss a job leaving the queue (a reconnect's snapshot): the reason the API
     gave for attempt 1 must not be shown for attempt 2's backoff."""
     page = dashboard.open(target.url)
-    job = target.submit(
-        {
-            "executor": "builtin",
-            "type": "countdown",
-            "params": {"seconds": 5},
-            "demands": {"tags": ["no-such-runner-tag"]},
-        }
-    )
+    job = target.submit(NEVER_TAKEN)
     r = row(page, job["id"])
     expect(r).to_have_attribute("data-status", "queued")
     upsert = """async (job) => {
